@@ -1,0 +1,1 @@
+//! EWS operation sniffer (in progress).
