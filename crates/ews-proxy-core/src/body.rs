@@ -20,15 +20,14 @@ pin_project! {
     ///
     /// An enum rather than a boxed body, so the streamed case costs no allocation per response.
     #[project = ResponseBodyProj]
+    #[allow(missing_docs)] // pin-project-lite takes no docs on variant fields; the variants say it
     pub enum ResponseBody {
         /// Exchange's response body, streamed frame by frame.
         Upstream {
-            /// The body as hyper received it.
             #[pin] body: hyper::body::Incoming,
         },
         /// A complete body made by the gateway.
         Full {
-            /// The bytes of the body.
             #[pin] body: Full<Bytes>,
         },
     }
