@@ -1,1 +1,247 @@
-//! Placeholder.
+//! The `seg-proxy` gateway: reads the configuration and composes the workspace's layers.
+//!
+//! This is the one place where stacks are assembled (as linkerd2-proxy's app crate does): the
+//! order of the layers reads top to bottom in [`Gateway::build_service`]. Everything else lives
+//! in the library crates. Tests and embedders start a whole gateway in-process with
+//! [`Gateway::start`].
+//!
+//! ```no_run
+//! use seg_proxy::{Gateway, config::Config};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = Config::load(Some("seg.toml".as_ref()), None)?;
+//! let gateway = Gateway::start(loaded.config).await?;
+//! println!("EWS on {:?}", gateway.http_addr());
+//! gateway.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod properties;
+
+use config::Config;
+use ews_proxy_core::body::ResponseBody;
+use ews_proxy_core::body_limit::RequestBodyLimitLayer;
+use ews_proxy_core::forwarded::ForwardedHeadersLayer;
+use ews_proxy_core::hop_by_hop::StripHopByHopLayer;
+use ews_proxy_core::operation::EwsOperationLayer;
+use ews_proxy_core::proxy::{ReverseProxy, Upstream};
+use ews_proxy_core::routing::PathRouter;
+use ews_proxy_core::server::Server;
+use ews_proxy_core::tls::{self, TlsError, UpstreamTrust};
+use ews_proxy_core::upstream::UpstreamClient;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower_http::trace::TraceLayer;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate, key or trust store could not be used.
+    #[error("tls setup failed")]
+    Tls(#[from] TlsError),
+    /// An upstream URL could not be used.
+    #[error("exchange url refused")]
+    Upstream(#[from] ews_proxy_core::proxy::UpstreamError),
+    /// A URL that passed validation did not parse (a bug; reported, not panicked on).
+    #[error("url {0} does not parse")]
+    Url(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The gateway's whole service: what each listener serves.
+pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<GatewayBody>, Infallible>;
+
+/// The gateway's response body.
+pub type GatewayBody = tower_http::trace::ResponseBody<
+    ResponseBody,
+    tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
+>;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    https_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    listeners: JoinSet<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Builds the service that every listener serves.
+    ///
+    /// The stack, outermost first:
+    /// 1. a `tracing` span per request (method, path; EWS operation, device and user filled in
+    ///    by the layers that learn them);
+    /// 2. routing: `/EWS` when `ews.enable_proxy`, ActiveSync when `activesync.enable_proxy`,
+    ///    `404` otherwise;
+    /// 3. hop-by-hop header removal, both ways;
+    /// 4. `X-Forwarded-*`;
+    /// 5. request body limit (`413`);
+    /// 6. (EWS only) the operation sniffer;
+    /// 7. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
+    pub fn build_service(config: &Config) -> Result<GatewayService, StartError> {
+        let trust = UpstreamTrust {
+            trust_store: config.exchange.trust_store.clone(),
+            ignore_ssl_errors: config.exchange.ignore_ssl_errors,
+        };
+        // One pool for both hosts: the EWS host inherits the ActiveSync server's settings.
+        let client = UpstreamClient::new(&trust, &config.exchange.pool)?;
+        let parse = |url: &str| url.parse().map_err(|_| StartError::Url(url.to_owned()));
+        let exchange = Upstream::new(parse(&config.exchange.url)?, config.exchange.timeout)?;
+        let ews_upstream = match &config.exchange.ews_url {
+            Some(url) => Upstream::new(parse(url)?, config.exchange.timeout)?,
+            None => exchange.clone(),
+        };
+
+        let ews = config.ews.enable_proxy.then(|| {
+            let sniffer = if config.ews.require_soap {
+                EwsOperationLayer::requiring_soap()
+            } else {
+                EwsOperationLayer::new()
+            };
+            let sniffer = sniffer.with_prefix_limit(config.ews.sniff_limit);
+            ServiceBuilder::new()
+                .layer(StripHopByHopLayer::new())
+                .layer(ForwardedHeadersLayer::new())
+                .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
+                .layer(sniffer)
+                .service(ReverseProxy::new(client.clone(), ews_upstream))
+        });
+        let activesync = config.activesync.enable_proxy.then(|| {
+            ServiceBuilder::new()
+                .layer(StripHopByHopLayer::new())
+                .layer(ForwardedHeadersLayer::new())
+                .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
+                .service(ReverseProxy::new(client.clone(), exchange))
+        });
+        let service = ServiceBuilder::new()
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .service(PathRouter::new(ews, activesync));
+        Ok(BoxCloneSyncService::new(service))
+    }
+
+    /// Binds the configured listeners and starts serving.
+    ///
+    /// Returns once the listeners are bound: the addresses are known (port 0 is allowed) and
+    /// connections are accepted.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let service = Self::build_service(&config)?;
+        let (shutdown, _) = watch::channel(false);
+        let mut listeners = JoinSet::new();
+        let mut https_addr = None;
+        let mut http_addr = None;
+        if let (Some(addr), Some(files)) = (config.listen.https, &config.tls) {
+            let tls_config = tls::server_config(&files.cert, &files.key)?;
+            let server = Server::new(bind(addr).await?, config.server.clone()).with_tls(tls_config);
+            https_addr = Some(
+                server
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            );
+            listeners.spawn(server.serve(service.clone(), stopped(shutdown.subscribe())));
+        }
+        if let Some(addr) = config.listen.http {
+            let server = Server::new(bind(addr).await?, config.server.clone());
+            http_addr = Some(
+                server
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            );
+            listeners.spawn(server.serve(service.clone(), stopped(shutdown.subscribe())));
+        }
+        tracing::info!(
+            https = ?https_addr,
+            http = ?http_addr,
+            ews = config.ews.enable_proxy,
+            activesync = config.activesync.enable_proxy,
+            exchange = %config.exchange.url,
+            ews_host = config.exchange.ews_url.as_deref().unwrap_or(&config.exchange.url),
+            "seg-proxy started"
+        );
+        Ok(Gateway {
+            https_addr,
+            http_addr,
+            shutdown,
+            listeners,
+        })
+    }
+
+    /// The bound TLS listener address.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The bound plain HTTP listener address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Stops accepting, drains in-flight requests (up to `server.shutdown_grace`), and returns
+    /// when every listener has finished.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.wait().await;
+    }
+
+    /// Waits for the listeners to finish (after [`Gateway::shutdown`] from another handle, or a
+    /// listener failure).
+    async fn wait(&mut self) {
+        while let Some(result) = self.listeners.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "listener failed"),
+                Err(error) => tracing::error!(%error, "listener task failed"),
+            }
+        }
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutdown requested: draining");
+        self.shutdown().await;
+        tracing::info!("seg-proxy stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn stopped(mut receiver: watch::Receiver<bool>) {
+    // An error means the sender is gone: the gateway handle was dropped, which also stops it.
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+/// The span of one request. Fields the later layers fill in are declared empty here, since a
+/// `tracing` span cannot gain fields after it is created.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        ews.operation = tracing::field::Empty,
+        device = tracing::field::Empty,
+        user = tracing::field::Empty,
+    )
+}

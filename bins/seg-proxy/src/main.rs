@@ -1,2 +1,133 @@
-//! Placeholder.
-fn main() {}
+//! `seg-proxy`: the compliance-aware secure email gateway.
+//!
+//! `seg-proxy run --config seg.toml` serves; `seg-proxy check-config --config seg.toml` prints
+//! the effective configuration (secrets redacted) and exits non-zero naming the key and source of
+//! any error.
+
+use clap::{Args, Parser, Subcommand};
+use seg_proxy::Gateway;
+use seg_proxy::config::{Config, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "seg-proxy",
+    version,
+    about = "Compliance-aware secure email gateway for EWS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM or SIGINT, then drain in-flight requests.
+    Run(Sources),
+    /// Print the effective configuration and exit; non-zero on any error.
+    CheckConfig(Sources),
+}
+
+#[derive(Args)]
+struct Sources {
+    /// The TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// An existing SEG V2 application-override.properties to import.
+    #[arg(long)]
+    properties: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Run(sources) | Command::CheckConfig(sources)) = &cli.command;
+    let loaded = match Config::load(sources.config.as_deref(), sources.properties.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("seg-proxy: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig(_) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("# effective configuration (defaults, file, properties, environment)");
+            println!("# compliance: not configured: plain EWS proxy, no device is blocked");
+            print!("{}", loaded.config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run(_) => {
+            init_logging(&loaded.config);
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("seg-proxy: cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                match Gateway::start(loaded.config).await {
+                    Ok(gateway) => {
+                        gateway.run_until(termination()).await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), "seg-proxy cannot start");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

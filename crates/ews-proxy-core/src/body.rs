@@ -36,7 +36,9 @@ pin_project! {
 impl ResponseBody {
     /// An empty body.
     pub fn empty() -> Self {
-        ResponseBody::Full { body: Full::new(Bytes::new()) }
+        ResponseBody::Full {
+            body: Full::new(Bytes::new()),
+        }
     }
 }
 
@@ -48,7 +50,9 @@ impl Default for ResponseBody {
 
 impl From<Bytes> for ResponseBody {
     fn from(bytes: Bytes) -> Self {
-        ResponseBody::Full { body: Full::new(bytes) }
+        ResponseBody::Full {
+            body: Full::new(bytes),
+        }
     }
 }
 

@@ -79,7 +79,12 @@ impl SoapFault {
     ///
     /// The message is shown to EWS clients and written to logs: never put a secret in it.
     pub fn new(status: StatusCode, code: FaultCode, message: impl Into<String>) -> Self {
-        SoapFault { status, code, message: message.into(), reason: None }
+        SoapFault {
+            status,
+            code,
+            message: message.into(),
+            reason: None,
+        }
     }
 
     /// Sets the machine-readable cause sent in the `X-Seg-Fault` header.
@@ -134,7 +139,10 @@ impl SoapFault {
         let mut response = Response::new(B::from(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
         if let Some(reason) = self.reason {
             headers.insert(SEG_FAULT_HEADER, reason);
         }
@@ -154,9 +162,12 @@ mod tests {
 
     #[tokio::test]
     async fn fault_body_is_soap_with_escaped_message() {
-        let response: Response<Full<Bytes>> =
-            SoapFault::new(StatusCode::GATEWAY_TIMEOUT, FaultCode::TimeoutExpired, "a < b & c")
-                .into_response();
+        let response: Response<Full<Bytes>> = SoapFault::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            FaultCode::TimeoutExpired,
+            "a < b & c",
+        )
+        .into_response();
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(response.headers().get(SEG_FAULT_HEADER).is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -1,0 +1,434 @@
+//! The gateway's configuration: plain data, loaded once by figment and validated once at start.
+//!
+//! Sources, each overriding the one before:
+//! 1. built-in defaults;
+//! 2. the TOML file given with `--config`;
+//! 3. an existing SEG V2 `application-override.properties` given with `--properties`
+//!    (see [`crate::properties`]);
+//! 4. environment variables `SEG_<SECTION>__<KEY>`, e.g. `SEG_EXCHANGE__URL`.
+//!
+//! Every error names the key and the source (file, environment) it came from.
+
+use crate::properties::PropertiesFile;
+use ews_proxy_core::server::ServerSettings;
+use ews_proxy_core::upstream::PoolSettings;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Metadata};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration of a gateway process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway listens.
+    pub listen: Listen,
+    /// The listener's certificate, for `listen.https`.
+    pub tls: Option<TlsFiles>,
+    /// Where Exchange is and how to reach it.
+    pub exchange: Exchange,
+    /// EWS proxying.
+    pub ews: Ews,
+    /// ActiveSync proxying.
+    pub activesync: ActiveSync,
+    /// Limits and timeouts of the listeners.
+    pub server: ServerSettings,
+    /// Logging.
+    pub log: Log,
+}
+
+/// `[listen]`: the gateway's listeners. At least one is required.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// TLS listener address, e.g. `0.0.0.0:443`; needs `[tls]`.
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP listener address, for deployments behind a TLS-terminating load balancer.
+    pub http: Option<SocketAddr>,
+}
+
+/// `[tls]`: the listener's certificate chain and private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[exchange]`: the upstream. EWS may live on its own host (`ews_url`) and then uses the
+/// same timeout and trust settings as the ActiveSync server (`url`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Exchange {
+    /// The Exchange (ActiveSync) server, e.g. `https://mail.corp.example`. Required.
+    pub url: String,
+    /// A separate EWS host, e.g. `https://ews.corp.example`; `url` when absent.
+    pub ews_url: Option<String>,
+    /// Extra trust anchors (PEM) for a private-CA or self-signed Exchange certificate.
+    pub trust_store: Option<PathBuf>,
+    /// `ignoreSslErrorsWithExch`: do not verify Exchange's certificate. Insecure; logged.
+    pub ignore_ssl_errors: bool,
+    /// How long to wait for Exchange's response headers (not for a streaming body).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Connection pool to Exchange.
+    pub pool: PoolSettings,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            url: String::new(),
+            ews_url: None,
+            trust_store: None,
+            ignore_ssl_errors: false,
+            timeout: Duration::from_secs(120),
+            pool: PoolSettings::default(),
+        }
+    }
+}
+
+/// `[ews]`: EWS proxying.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ews {
+    /// `enable.boxer.ens.ews.proxy`: serve `/EWS` (any case). Off by default: `/EWS` gets 404.
+    pub enable_proxy: bool,
+    /// `remove.unsupported.auth.for.ews`: strip challenges the gateway cannot support
+    /// (takes effect with the authentication layer).
+    pub remove_unsupported_auth: bool,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    pub max_body_size: usize,
+    /// Refuse (400) a POST whose body is not a SOAP request.
+    pub require_soap: bool,
+    /// How much of a body is read to find the EWS operation, in bytes.
+    pub sniff_limit: usize,
+}
+
+impl Default for Ews {
+    fn default() -> Self {
+        Ews {
+            enable_proxy: false,
+            remove_unsupported_auth: false,
+            max_body_size: 16 * 1024 * 1024,
+            require_soap: false,
+            sniff_limit: 64 * 1024,
+        }
+    }
+}
+
+/// `[activesync]`: ActiveSync proxying to `exchange.url`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActiveSync {
+    /// Serve `/Microsoft-Server-ActiveSync` (any case).
+    pub enable_proxy: bool,
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info,ews_proxy_core=debug`; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type; figment names key and source.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The properties file could not be imported.
+    #[error(transparent)]
+    Properties(#[from] crate::properties::PropertiesError),
+    /// A value has the right type but cannot work.
+    #[error("{key} (from {origin}): {message}")]
+    Invalid {
+        /// The key, e.g. `exchange.url`.
+        key: &'static str,
+        /// Where the value came from: a file, the environment, or the defaults.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A loaded configuration, with the warnings seen while loading it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Things worth telling the operator that do not stop the gateway (unknown properties…).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads and validates from the TOML file, the optional properties file and the environment.
+    pub fn load(toml: Option<&Path>, properties: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Self::load_from(toml, properties, Env::prefixed("SEG_").split("__"))
+    }
+
+    /// [`Config::load`] with the environment provider given, for tests and embedders.
+    pub fn load_from(
+        toml: Option<&Path>,
+        properties: Option<&Path>,
+        env: Env,
+    ) -> Result<Loaded, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = toml {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    origin: "the command line".into(),
+                    message: format!("{} is not a readable file", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut warnings = Vec::new();
+        if let Some(path) = properties {
+            let file = PropertiesFile::read(path)?;
+            warnings.extend(file.warnings().iter().cloned());
+            figment = figment.merge(file);
+        }
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate(&figment)?;
+        if config.exchange.ignore_ssl_errors {
+            warnings.push(
+                "exchange.ignore_ssl_errors is on: Exchange's certificate is not verified".into(),
+            );
+        }
+        Ok(Loaded { config, warnings })
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            key,
+            origin: origin(figment.find_metadata(key)),
+            message,
+        };
+        if self.exchange.url.is_empty() {
+            return Err(invalid(
+                "exchange.url",
+                "is required, e.g. https://mail.corp.example".into(),
+            ));
+        }
+        check_url(&self.exchange.url).map_err(|m| invalid("exchange.url", m))?;
+        if let Some(url) = &self.exchange.ews_url {
+            check_url(url).map_err(|m| invalid("exchange.ews_url", m))?;
+        }
+        if self.listen.https.is_none() && self.listen.http.is_none() {
+            return Err(invalid(
+                "listen",
+                "set listen.https or listen.http (or both)".into(),
+            ));
+        }
+        if self.listen.https.is_some() && self.tls.is_none() {
+            return Err(invalid("listen.https", "needs [tls] cert and key".into()));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(invalid(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(path) = self.exchange.trust_store.as_ref().filter(|p| !p.is_file()) {
+            return Err(invalid(
+                "exchange.trust_store",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        if self.exchange.timeout.is_zero() {
+            return Err(invalid("exchange.timeout", "must be more than zero".into()));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.ews.sniff_limit < 512 {
+            return Err(invalid(
+                "ews.sniff_limit",
+                "must be at least 512 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with secrets redacted, for `check-config`.
+    ///
+    /// No setting of this slice is secret; credentials added later are replaced by `"<redacted>"`
+    /// here before printing.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(_)) => Ok(()),
+        _ => Err(format!(
+            "{url} must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn origin(metadata: Option<&Metadata>) -> String {
+    match metadata {
+        Some(metadata) => match &metadata.source {
+            Some(source) => format!("{} {source}", metadata.name),
+            None => metadata.name.to_string(),
+        },
+        None => "defaults".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        path
+    }
+
+    fn no_env() -> Env {
+        Env::prefixed("SEG_TEST_NOTHING_")
+    }
+
+    #[test]
+    fn hand_written_toml_with_the_documented_keys_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write(&dir, "ca.pem", "");
+        let toml = write(
+            &dir,
+            "seg.toml",
+            &format!(
+                r#"
+                [listen]
+                http = "127.0.0.1:8080"
+                [exchange]
+                url = "https://mail.corp.example"
+                ews_url = "https://ews.corp.example"
+                trust_store = "{}"
+                ignore_ssl_errors = false
+                timeout = "90s"
+                [ews]
+                enable_proxy = true
+                remove_unsupported_auth = true
+                "#,
+                ca.display()
+            ),
+        );
+        let loaded = Config::load_from(Some(&toml), None, no_env()).unwrap();
+        let config = loaded.config;
+        assert_eq!(config.listen.http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            config.exchange.ews_url.as_deref(),
+            Some("https://ews.corp.example")
+        );
+        assert_eq!(config.exchange.timeout, Duration::from_secs(90));
+        assert!(config.ews.enable_proxy && config.ews.remove_unsupported_auth);
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn ews_proxy_is_off_by_default() {
+        assert!(!Config::default().ews.enable_proxy);
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            &dir,
+            "seg.toml",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[exchange]\nurl = \"ftp://mail\"\n",
+        );
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exchange.url"), "{error}");
+        assert!(error.contains("seg.toml"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(&dir, "bad.toml", "[ews]\nenable_proxy = \"maybe\"\n");
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("enable_proxy"), "{error}");
+        assert!(error.contains("bad.toml"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(&dir, "typo.toml", "[exchange]\nulr = \"https://x\"\n");
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ulr"), "{error}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "seg.toml",
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[exchange]\nurl = \"https://a.example\"\n",
+            )?;
+            jail.set_env("SEG_EXCHANGE__URL", "https://b.example");
+            jail.set_env("SEG_EWS__ENABLE_PROXY", "true");
+            let loaded =
+                Config::load(Some(Path::new("seg.toml")), None).map_err(|e| e.to_string())?;
+            assert_eq!(loaded.config.exchange.url, "https://b.example");
+            assert!(loaded.config.ews.enable_proxy);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,189 @@
+//! Routes requests by path: EWS (`/EWS/…`, any case) to one stack, ActiveSync
+//! (`/Microsoft-Server-ActiveSync…`) to another, anything else to `404`.
+//!
+//! A route that is `None` is not served: with `enable.boxer.ens.ews.proxy` off the gateway answers
+//! `404` on `/EWS`, exactly as if it knew nothing of EWS. IIS matches paths without regard to case,
+//! and EWS clients rely on it (`/ews/exchange.asmx`), so the prefix match ignores case too.
+//!
+//! ```
+//! use ews_proxy_core::routing::PathRouter;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let ews = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::from("ews")))
+//! });
+//! // The same service on both routes, for brevity.
+//! let router = PathRouter::new(Some(ews.clone()), Some(ews));
+//! let ok = router.clone().oneshot(Request::post("/ews/exchange.asmx").body(Full::<Bytes>::default())?).await?;
+//! assert_eq!(ok.status(), StatusCode::OK);
+//! let owa = router.oneshot(Request::get("/owa/").body(Full::<Bytes>::default())?).await?;
+//! assert_eq!(owa.status(), StatusCode::NOT_FOUND);
+//! # Ok(())
+//! # }
+//! ```
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower::Service;
+use tower::util::{Oneshot, ServiceExt};
+
+/// True for `/ews` and every path below it, in any case.
+pub fn is_ews_path(path: &str) -> bool {
+    has_segment_prefix(path, "/ews")
+}
+
+/// True for `/Microsoft-Server-ActiveSync` and every path below it, in any case.
+pub fn is_activesync_path(path: &str) -> bool {
+    has_segment_prefix(path, "/microsoft-server-activesync")
+}
+
+/// `path` is `prefix` or starts with `prefix/`, ignoring ASCII case.
+fn has_segment_prefix(path: &str, prefix: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.len() >= prefix.len()
+        && bytes[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && matches!(bytes.get(prefix.len()), None | Some(b'/'))
+}
+
+/// The router; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct PathRouter<Ews, Eas> {
+    ews: Option<Ews>,
+    activesync: Option<Eas>,
+}
+
+impl<Ews, Eas> PathRouter<Ews, Eas> {
+    /// Routes EWS paths to `ews` and ActiveSync paths to `activesync`; `None` leaves a route unserved.
+    pub fn new(ews: Option<Ews>, activesync: Option<Eas>) -> Self {
+        PathRouter { ews, activesync }
+    }
+}
+
+impl<Ews, Eas, B, ResBody, E> Service<Request<B>> for PathRouter<Ews, Eas>
+where
+    Ews: Service<Request<B>, Response = Response<ResBody>, Error = E> + Clone,
+    Eas: Service<Request<B>, Response = Response<ResBody>, Error = E> + Clone,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = E;
+    type Future = ResponseFuture<Ews, Eas, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is awaited per request on the chosen route (by `oneshot`), so that one busy
+        // route never holds up the other.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if is_ews_path(path) {
+            if let Some(ews) = &self.ews {
+                return ResponseFuture {
+                    route: Route::Ews {
+                        inner: ews.clone().oneshot(request),
+                    },
+                };
+            }
+        } else if let Some(activesync) = self
+            .activesync
+            .as_ref()
+            .filter(|_| is_activesync_path(path))
+        {
+            return ResponseFuture {
+                route: Route::ActiveSync {
+                    inner: activesync.clone().oneshot(request),
+                },
+            };
+        }
+        tracing::debug!(path, "no route");
+        let mut response = Response::new(ResBody::from(Bytes::from_static(b"not found\n")));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        ResponseFuture {
+            route: Route::NotFound {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`PathRouter`].
+    pub struct ResponseFuture<Ews, Eas, B>
+    where
+        Ews: Service<Request<B>>,
+        Eas: Service<Request<B>>,
+    {
+        #[pin]
+        route: Route<Ews, Eas, B>,
+    }
+}
+
+pin_project! {
+    #[project = RouteProj]
+    enum Route<Ews, Eas, B>
+    where
+        Ews: Service<Request<B>>,
+        Eas: Service<Request<B>>,
+    {
+        Ews { #[pin] inner: Oneshot<Ews, Request<B>> },
+        ActiveSync { #[pin] inner: Oneshot<Eas, Request<B>> },
+        NotFound { response: Option<Ews::Response> },
+    }
+}
+
+impl<Ews, Eas, B, ResBody, E> Future for ResponseFuture<Ews, Eas, B>
+where
+    Ews: Service<Request<B>, Response = Response<ResBody>, Error = E>,
+    Eas: Service<Request<B>, Response = Response<ResBody>, Error = E>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().route.project() {
+            RouteProj::Ews { inner } => inner.poll(cx),
+            RouteProj::ActiveSync { inner } => inner.poll(cx),
+            RouteProj::NotFound { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ews_prefix_matches_any_case_and_only_whole_segments() {
+        for path in [
+            "/EWS/Exchange.asmx",
+            "/ews/exchange.asmx",
+            "/Ews/Services.wsdl",
+            "/ews",
+            "/EWS/",
+        ] {
+            assert!(is_ews_path(path), "{path}");
+        }
+        for path in ["/", "/ewsx", "/ew", "/owa/ews", "/EWSExchange.asmx"] {
+            assert!(!is_ews_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn activesync_prefix_matches_any_case() {
+        assert!(is_activesync_path("/Microsoft-Server-ActiveSync"));
+        assert!(is_activesync_path("/microsoft-server-activesync"));
+        assert!(!is_activesync_path("/Microsoft-Server-ActiveSyncX"));
+    }
+}

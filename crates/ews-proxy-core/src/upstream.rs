@@ -1,0 +1,92 @@
+//! The pooled HTTPS client that carries requests to Exchange.
+//!
+//! One client per process serves every request: connections are pooled and kept alive, and
+//! Exchange's affinity (its `X-BackEndOverrideCookie`) keeps working because the gateway forwards
+//! the cookie and headers untouched; it never pins connections itself.
+//!
+//! ```
+//! use ews_proxy_core::tls::UpstreamTrust;
+//! use ews_proxy_core::upstream::{PoolSettings, UpstreamClient};
+//!
+//! # fn main() -> Result<(), ews_proxy_core::tls::TlsError> {
+//! let client = UpstreamClient::new(&UpstreamTrust::default(), &PoolSettings::default())?;
+//! # let _ = client;
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::body::UpstreamBody;
+use crate::tls::{self, TlsError, UpstreamTrust};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How connections to Exchange are pooled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// How long an idle connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How many idle connections are kept per upstream host.
+    pub max_idle_per_host: usize,
+    /// How long connecting (TCP and TLS) may take before the request fails with 502.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 256,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A cheap-to-clone, pooled HTTP/1.1 and HTTP/2 client over rustls.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl UpstreamClient {
+    /// A client trusting Exchange as `trust` says; errs when the trust store cannot be read.
+    ///
+    /// With `trust.ignore_ssl_errors` a warning is logged here, once per client.
+    pub fn new(trust: &UpstreamTrust, pool: &PoolSettings) -> Result<Self, TlsError> {
+        if trust.ignore_ssl_errors {
+            tracing::warn!(
+                "ignore_ssl_errors is on: Exchange's certificate is NOT verified; \
+                 anyone on the path to Exchange can read and change EWS traffic"
+            );
+        }
+        let tls = tls::upstream_client_config(trust)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(pool.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool.idle_timeout)
+            .pool_max_idle_per_host(pool.max_idle_per_host)
+            .build(connector);
+        Ok(UpstreamClient { client })
+    }
+
+    /// The underlying hyper-util client.
+    pub fn inner(&self) -> &Client<HttpsConnector<HttpConnector>, UpstreamBody> {
+        &self.client
+    }
+}

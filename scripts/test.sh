@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, then format check, clippy
+# with warnings as errors, every test (unit, integration over real sockets, doc examples).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+cargo nextest run --workspace --all-targets --locked --no-fail-fast
+echo "== doc examples"
+cargo test --workspace --doc --locked
