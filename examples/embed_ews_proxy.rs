@@ -23,7 +23,9 @@ use tower::ServiceBuilder;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let exchange = args.next().unwrap_or_else(|| "http://127.0.0.1:9000".into());
+    let exchange = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:9000".into());
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
 
     let client = UpstreamClient::new(&UpstreamTrust::default(), &PoolSettings::default())?;
@@ -37,7 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // operation in the request's extensions.
         .map_request(|request: http::Request<_>| {
             if let Some(operation) = request.extensions().get::<EwsOperation>() {
-                println!("{} {} ({operation})", request.method(), request.uri().path());
+                println!(
+                    "{} {} ({operation})",
+                    request.method(),
+                    request.uri().path()
+                );
             }
             request
         })
@@ -45,7 +51,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = PathRouter::new(Some(ews), None::<ReverseProxy>);
 
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    println!("proxying http://{}/EWS to {exchange}", listener.local_addr()?);
+    println!(
+        "proxying http://{}/EWS to {exchange}",
+        listener.local_addr()?
+    );
     Server::new(listener, ServerSettings::default())
         .serve(router, async {
             let _ = tokio::signal::ctrl_c().await;

@@ -1,2 +1,199 @@
-//! Placeholder.
-fn main() {}
+//! The `seg-testbed` command: runs the test stand-ins and makes their certificates and tokens.
+//!
+//! ```text
+//! seg-testbed exchange --listen 127.0.0.1:8443 --tls-cert server.pem --tls-key server.key \
+//!     --users users.json [--token-public-key token.pub.pem] [--minute-ms 60000]
+//! seg-testbed pki --dir ./pki [--name proxy.test.local]
+//! seg-testbed token --key token.key.pem --upn alice@test.local [--public-key-out token.pub.pem]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use seg_testbed::exchange::{ExchangeConfig, ExchangeServer, User};
+use seg_testbed::pki::{self, TestPki};
+use seg_testbed::token::{DEFAULT_AUDIENCE, TokenIssuer, TokenVerifier};
+
+/// Test stand-ins for the SEG gateway.
+#[derive(Debug, Parser)]
+#[command(name = "seg-testbed", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Exchange EWS stand-in until Ctrl-C.
+    Exchange(ExchangeArgs),
+    /// Generate a test CA and a server certificate (ca.pem, server.pem, server.key).
+    Pki {
+        /// The directory to write the PEM files into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// An extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Print a bearer token for a user; generates the signing key if the file does not exist.
+    Token {
+        /// The P-256 private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The user principal name the token names.
+        #[arg(long)]
+        upn: String,
+        /// The token's audience.
+        #[arg(long, default_value = DEFAULT_AUDIENCE)]
+        audience: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Where to write the public key PEM, for `exchange --token-public-key`.
+        #[arg(long)]
+        public_key_out: Option<PathBuf>,
+    },
+}
+
+/// Arguments of `seg-testbed exchange`.
+#[derive(Debug, clap::Args)]
+struct ExchangeArgs {
+    /// The address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The server certificate chain (PEM); serves plain HTTP without it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The users file: a JSON array of {"upn", "password", "mailbox"}.
+    #[arg(long)]
+    users: PathBuf,
+    /// The public key (PEM) that verifies bearer tokens; bearer tokens are refused without it.
+    #[arg(long)]
+    token_public_key: Option<PathBuf>,
+    /// The audience bearer tokens must carry.
+    #[arg(long, default_value = DEFAULT_AUDIENCE)]
+    token_audience: String,
+    /// The length of one EWS minute, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    minute_ms: u64,
+    /// The interval of streaming keep-alives, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    keepalive_ms: u64,
+    /// The back-end server name used in the affinity cookie.
+    #[arg(long, default_value = "EXCH01")]
+    server_name: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Exchange(args) => run_async(exchange(args)),
+        Command::Pki { dir, names } => make_pki(&dir, &names),
+        Command::Token {
+            key,
+            upn,
+            audience,
+            ttl_secs,
+            public_key_out,
+        } => token(&key, &upn, &audience, ttl_secs, public_key_out.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("seg-testbed: {}", chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error and its causes on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn run_async(
+    future: impl std::future::Future<Output = Result<(), BoxError>>,
+) -> Result<(), BoxError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+async fn exchange(args: ExchangeArgs) -> Result<(), BoxError> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(pki::server_config_from_files(cert, key)?),
+        _ => None,
+    };
+    let mut config = ExchangeConfig::new(User::load_list(&args.users)?);
+    config.token_verifier = args
+        .token_public_key
+        .as_deref()
+        .map(|path| TokenVerifier::from_public_key_file(path, &args.token_audience))
+        .transpose()?;
+    config.minute = Duration::from_millis(args.minute_ms.max(1));
+    config.keepalive_interval = Duration::from_millis(args.keepalive_ms.max(1));
+    config.server_name = args.server_name;
+    let users = config.users.len();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let server = ExchangeServer::spawn(listener, tls, config)?;
+    tracing::info!(url = %server.url(), users, "Exchange stand-in listening");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn make_pki(dir: &std::path::Path, names: &[String]) -> Result<(), BoxError> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pki = TestPki::generate_with_names(dir, &names)?;
+    if let Some(files) = pki.files() {
+        println!("{}", files.ca.display());
+        println!("{}", files.server_cert.display());
+        println!("{}", files.server_key.display());
+    }
+    Ok(())
+}
+
+fn token(
+    key: &std::path::Path,
+    upn: &str,
+    audience: &str,
+    ttl_secs: u64,
+    public_key_out: Option<&std::path::Path>,
+) -> Result<(), BoxError> {
+    let issuer = if key.exists() {
+        TokenIssuer::from_private_key_pem(&std::fs::read_to_string(key)?, audience)?
+    } else {
+        let issuer = TokenIssuer::generate(audience)?;
+        issuer.write_private_key(key)?;
+        issuer
+    };
+    if let Some(path) = public_key_out {
+        issuer.write_public_key(path)?;
+    }
+    println!("{}", issuer.issue(upn, Duration::from_secs(ttl_secs))?);
+    Ok(())
+}

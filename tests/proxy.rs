@@ -1,0 +1,468 @@
+//! The EWS reverse proxy over real sockets: routing, header hygiene, streaming, limits, faults,
+//! upstream TLS, and shutdown. Exchange's part is played by scripted upstreams that do exactly
+//! what each test needs; the faithful Exchange stand-in is exercised in `ews_operations.rs`.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{Full, StreamBody};
+use hyper::body::Frame;
+use seg_testbed::client::HttpClient;
+use seg_testbed::pki::{self, TestPki};
+use seg_testbed::upstream::ScriptedUpstream;
+use std::time::Duration;
+use support::*;
+
+const GET_ITEM: &str = r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="AAMk1"/></m:ItemIds></m:GetItem>"#;
+
+fn client() -> HttpClient {
+    HttpClient::accepting_any_certificate()
+}
+
+#[tokio::test]
+async fn ews_paths_are_served_in_any_case() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    for path in [
+        "/EWS/Exchange.asmx",
+        "/ews/exchange.asmx",
+        "/Ews/Services.wsdl",
+    ] {
+        let url = format!("{}{path}", http_base(&gateway));
+        let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let paths: Vec<String> = exchange.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/EWS/Exchange.asmx",
+            "/ews/exchange.asmx",
+            "/Ews/Services.wsdl"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn disabled_ews_proxy_answers_404_and_forwards_nothing() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.ews.enable_proxy = false;
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(exchange.requests().is_empty());
+}
+
+#[tokio::test]
+async fn paths_outside_ews_answer_404() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    for path in ["/owa/", "/EWSX", "/Microsoft-Server-ActiveSync"] {
+        let url = format!("{}{path}", http_base(&gateway));
+        let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    assert!(exchange.requests().is_empty());
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways_and_forwarded_headers_set() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let mut request = soap_request(&url, GET_ITEM);
+    let headers = request.headers_mut();
+    headers.insert("host", "seg.example.com".parse().unwrap());
+    headers.insert("connection", "keep-alive, x-hop-request".parse().unwrap());
+    headers.insert("x-hop-request", "1".parse().unwrap());
+    headers.insert("keep-alive", "timeout=9".parse().unwrap());
+    headers.insert("te", "trailers".parse().unwrap());
+    headers.insert(
+        "proxy-authorization",
+        "Basic cHJveHk6c2VjcmV0".parse().unwrap(),
+    );
+    headers.insert("x-forwarded-for", "10.9.8.7".parse().unwrap());
+    headers.insert("x-forwarded-host", "evil.example".parse().unwrap());
+    headers.insert("x-forwarded-proto", "https".parse().unwrap());
+
+    let response = client().send(request).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = exchange.requests().pop().unwrap().headers;
+    for gone in [
+        "connection",
+        "x-hop-request",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+    ] {
+        assert!(seen.get(gone).is_none(), "{gone} reached exchange");
+    }
+    assert_eq!(seen["host"], exchange.addr().to_string());
+    assert_eq!(seen["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "seg.example.com");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    let back = response.headers();
+    assert!(back.get("x-hop-response").is_none());
+    assert!(back.get("keep-alive").is_none());
+    assert_eq!(back["x-end-to-end"], "kept");
+}
+
+#[tokio::test]
+async fn affinity_headers_and_cookie_pass_unchanged_both_ways() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let mut request = soap_request(&url, GET_ITEM);
+    let headers = request.headers_mut();
+    headers.insert("x-anchormailbox", "alice@test.local".parse().unwrap());
+    headers.insert("x-preferserveraffinity", "true".parse().unwrap());
+    headers.insert(
+        "cookie",
+        "X-BackEndOverrideCookie=EXCH01~1942063382; other=1"
+            .parse()
+            .unwrap(),
+    );
+
+    let response = client().send(request).await.unwrap();
+
+    let seen = exchange.requests().pop().unwrap().headers;
+    assert_eq!(seen["x-anchormailbox"], "alice@test.local");
+    assert_eq!(seen["x-preferserveraffinity"], "true");
+    assert_eq!(
+        seen["cookie"],
+        "X-BackEndOverrideCookie=EXCH01~1942063382; other=1"
+    );
+    assert_eq!(
+        response.headers()["set-cookie"],
+        "X-BackEndOverrideCookie=EXCH01~1942063382; path=/; HttpOnly"
+    );
+}
+
+#[tokio::test]
+async fn request_body_reaches_exchange_byte_for_byte() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(text(response).await, soap(GET_ITEM));
+    assert_eq!(
+        exchange.requests().pop().unwrap().body,
+        soap(GET_ITEM).as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn streaming_response_reaches_the_client_chunk_by_chunk() {
+    let mut exchange = ScriptedUpstream::streaming().await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let request = soap_request(&url, "<m:GetStreamingEvents/>");
+    let response = tokio::spawn(async move { client().send(request).await.unwrap() });
+
+    // Each chunk is sent only after the previous one reached the client: a proxy that buffered
+    // the body (or waited for its end) would never deliver the first one.
+    assert!(exchange.send_chunk("<Envelope>1</Envelope>").await);
+    let mut body = tokio::time::timeout(STEP, response)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body();
+    assert_eq!(
+        next_chunk(&mut body).await.unwrap(),
+        "<Envelope>1</Envelope>"
+    );
+    assert!(exchange.send_chunk("<Envelope>2</Envelope>").await);
+    assert_eq!(
+        next_chunk(&mut body).await.unwrap(),
+        "<Envelope>2</Envelope>"
+    );
+    exchange.end_stream();
+    assert_eq!(next_chunk(&mut body).await, None);
+}
+
+#[tokio::test]
+async fn exchange_timeout_bounds_headers_not_a_streaming_body() {
+    let exchange = ScriptedUpstream::streaming().await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.exchange.timeout = Duration::from_millis(300);
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let request = soap_request(&url, "<m:GetStreamingEvents/>");
+    let response = tokio::spawn(async move { client().send(request).await.unwrap() });
+    assert!(exchange.send_chunk("first").await);
+    let response = tokio::time::timeout(STEP, response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    assert_eq!(next_chunk(&mut body).await.unwrap(), "first");
+
+    // The quiet spell between chunks is what is under test, so time must really pass here.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+
+    assert!(exchange.send_chunk("after three timeouts").await);
+    assert_eq!(next_chunk(&mut body).await.unwrap(), "after three timeouts");
+}
+
+#[tokio::test]
+async fn announced_oversized_body_gets_413_and_nothing_is_forwarded() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.ews.max_body_size = 1024;
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let big = format!("<m:CreateItem>{}</m:CreateItem>", "x".repeat(2048));
+    let response = client().send(soap_request(&url, &big)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.headers()["x-seg-fault"], "body-too-large");
+    assert!(text(response).await.contains("ErrorInvalidRequest"));
+    assert!(exchange.requests().is_empty());
+}
+
+#[tokio::test]
+async fn chunked_oversized_body_gets_413() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.ews.max_body_size = 1024;
+    let gateway = start(config).await;
+    let stream = tokio::net::TcpStream::connect(gateway.http_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // No Content-Length: the body is sent chunked, so only counting can catch it.
+    let chunks = [soap("<m:CreateItem>").into_bytes(), vec![b'x'; 4096]]
+        .into_iter()
+        .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(chunk))));
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let request = Request::post("/EWS/Exchange.asmx")
+        .header("host", "seg")
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(STEP, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.headers()["x-seg-fault"], "body-too-large");
+}
+
+#[tokio::test]
+async fn unreachable_exchange_gives_a_502_soap_fault() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let gateway = start(config_for(&format!("http://{closed}"))).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["x-seg-fault"], "upstream-unreachable");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/xml; charset=utf-8"
+    );
+    let body = text(response).await;
+    assert!(body.contains("<faultcode"), "{body}");
+    assert!(
+        body.contains(">ErrorConnectionFailed</e:ResponseCode>"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn stalled_exchange_gives_a_504_soap_fault() {
+    let exchange = ScriptedUpstream::stalling().await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.exchange.timeout = Duration::from_millis(300);
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.headers()["x-seg-fault"], "upstream-timeout");
+    assert!(
+        text(response)
+            .await
+            .contains(">ErrorTimeoutExpired</e:ResponseCode>")
+    );
+}
+
+#[tokio::test]
+async fn untrusted_exchange_certificate_gives_a_502_tls_fault() {
+    let untrusted = pki::self_signed(&["localhost"]).unwrap();
+    let exchange = ScriptedUpstream::echo(Some(untrusted.server_config().unwrap()))
+        .await
+        .unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["x-seg-fault"], "upstream-tls");
+    assert!(exchange.requests().is_empty());
+}
+
+#[tokio::test]
+async fn trust_store_admits_a_private_ca_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let exchange = ScriptedUpstream::echo(Some(pki.server_config().unwrap()))
+        .await
+        .unwrap();
+    let mut config = config_for(&exchange.url());
+    config.exchange.trust_store = Some(pki.files().unwrap().ca.clone());
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(exchange.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn ignore_ssl_errors_admits_any_exchange_certificate() {
+    let untrusted = pki::self_signed(&["somewhere.else"]).unwrap();
+    let exchange = ScriptedUpstream::echo(Some(untrusted.server_config().unwrap()))
+        .await
+        .unwrap();
+    let mut config = config_for(&exchange.url());
+    config.exchange.ignore_ssl_errors = true;
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let response = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn separate_ews_host_gets_ews_with_the_exchange_hosts_trust_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let activesync_host = ScriptedUpstream::echo(Some(pki.server_config().unwrap()))
+        .await
+        .unwrap();
+    let ews_host = ScriptedUpstream::echo(Some(pki.server_config().unwrap()))
+        .await
+        .unwrap();
+    let mut config = config_for(&activesync_host.url());
+    config.exchange.ews_url = Some(ews_host.url());
+    // Set once, for the Exchange server; the EWS host must inherit it to be reachable at all.
+    config.exchange.trust_store = Some(pki.files().unwrap().ca.clone());
+    config.activesync.enable_proxy = true;
+    let gateway = start(config).await;
+
+    let ews = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    assert_eq!(
+        client()
+            .send(soap_request(&ews, GET_ITEM))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let eas = format!(
+        "{}/Microsoft-Server-ActiveSync?Cmd=Ping&DeviceId=D1",
+        http_base(&gateway)
+    );
+    let eas_request = Request::post(eas).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(
+        client().send(eas_request).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let ews_paths: Vec<String> = ews_host.requests().into_iter().map(|r| r.path).collect();
+    let eas_paths: Vec<String> = activesync_host
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(ews_paths, ["/EWS/Exchange.asmx"]);
+    assert_eq!(
+        eas_paths,
+        ["/Microsoft-Server-ActiveSync?Cmd=Ping&DeviceId=D1"]
+    );
+}
+
+#[tokio::test]
+async fn non_soap_body_gets_400_when_soap_is_required() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.ews.require_soap = true;
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let request = Request::post(url)
+        .body(Full::new(Bytes::from_static(b"{\"not\":\"soap\"}")))
+        .unwrap();
+    let response = client().send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(text(response).await.contains("ErrorSchemaValidation"));
+    assert!(exchange.requests().is_empty());
+}
+
+#[tokio::test]
+async fn tls_listener_serves_ews_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.listen.http = None;
+    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
+    let files = pki.files().unwrap();
+    config.tls = Some(seg_proxy::config::TlsFiles {
+        cert: files.server_cert.clone(),
+        key: files.server_key.clone(),
+    });
+    let gateway = start(config).await;
+    let url = format!(
+        "https://localhost:{}/EWS/Exchange.asmx",
+        gateway.https_addr().unwrap().port()
+    );
+    let response = HttpClient::trusting(pki.root_store())
+        .send(soap_request(&url, GET_ITEM))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        exchange.requests().pop().unwrap().headers["x-forwarded-proto"],
+        "https"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_connections() {
+    let exchange = ScriptedUpstream::stalling().await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let addr = gateway.http_addr().unwrap();
+    let url = format!("http://{addr}/EWS/Exchange.asmx");
+    let in_flight = tokio::spawn({
+        let request = soap_request(&url, GET_ITEM);
+        async move { client().send(request).await.unwrap() }
+    });
+    seg_testbed::harness::wait_until(STEP, "the request reaches exchange", || {
+        let seen = !exchange.requests().is_empty();
+        async move { seen }
+    })
+    .await
+    .unwrap();
+
+    let shutdown = tokio::spawn(gateway.shutdown());
+    seg_testbed::harness::wait_until(STEP, "the listener closes", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for the in-flight request"
+    );
+
+    exchange.release();
+    let response = tokio::time::timeout(STEP, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    tokio::time::timeout(STEP, shutdown).await.unwrap().unwrap();
+}

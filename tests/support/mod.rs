@@ -1,0 +1,64 @@
+//! Helpers shared by the top-level integration tests: starting a gateway in-process on loopback
+//! and short forms of the testbed's harness. Everything that stands in for a peer (Exchange,
+//! certificates, scripted upstreams, waiting with a deadline) lives in `seg_testbed`, not here.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use seg_proxy::Gateway;
+use seg_proxy::config::Config;
+use seg_testbed::harness;
+use std::time::Duration;
+
+pub use seg_testbed::harness::soap_envelope as soap;
+
+/// How long any single step of a test may take before it fails.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A configuration with a plain HTTP listener on an ephemeral loopback port, EWS proxying on,
+/// and Exchange at `exchange_url`.
+pub fn config_for(exchange_url: &str) -> Config {
+    let mut config = Config::default();
+    config.listen.http = Some("127.0.0.1:0".parse().expect("loopback address"));
+    config.exchange.url = exchange_url.to_owned();
+    config.exchange.timeout = Duration::from_secs(5);
+    config.ews.enable_proxy = true;
+    config
+}
+
+/// Starts a gateway; panics (failing the test) if it cannot.
+pub async fn start(config: Config) -> Gateway {
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+/// `http://127.0.0.1:PORT` of a gateway's plain listener.
+pub fn http_base(gateway: &Gateway) -> String {
+    format!("http://{}", gateway.http_addr().expect("an http listener"))
+}
+
+/// A POST of a SOAP envelope around `operation_xml` to `url`, without credentials.
+pub fn soap_request(url: &str, operation_xml: &str) -> Request<Full<Bytes>> {
+    harness::ews_request(url, None, &[], soap(operation_xml)).expect("valid request")
+}
+
+/// The whole body of a response, as text; fails the test after [`STEP`].
+pub async fn text(response: Response<Incoming>) -> String {
+    harness::within(
+        STEP,
+        "the whole body",
+        harness::body_text(response.into_body()),
+    )
+    .await
+    .expect("body within the step deadline")
+    .expect("body reads")
+}
+
+/// The next data chunk of a streaming body; `None` at its end. Fails the test after [`STEP`].
+pub async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
+    harness::next_chunk(body, STEP, "the next chunk")
+        .await
+        .expect("a chunk within the step deadline")
+}
