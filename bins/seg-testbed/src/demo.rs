@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use quick_xml::events::Event;
 use seg_proxy::Gateway;
 use seg_proxy::config::{Config, TlsFiles};
 use seg_testbed::harness::{self, TEST_PASSWORD, TestExchange};
@@ -86,8 +85,8 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     let body = expect_ok(response, "GetFolder").await?;
     say(&format!(
         "   200 OK: folder {:?}, {} items",
-        element_text(&body, "DisplayName").unwrap_or_default(),
-        element_text(&body, "TotalCount").unwrap_or_default()
+        harness::xml_text(&body, "DisplayName").unwrap_or_default(),
+        harness::xml_text(&body, "TotalCount").unwrap_or_default()
     ));
 
     say("4. Subscribe (streaming, NewMailEvent on the inbox) through the gateway");
@@ -97,7 +96,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         .await?;
     let body = expect_ok(response, "Subscribe").await?;
     let subscription =
-        element_text(&body, "SubscriptionId").ok_or("no SubscriptionId in the answer")?;
+        harness::xml_text(&body, "SubscriptionId").ok_or("no SubscriptionId in the answer")?;
     say(&format!("   subscription {subscription}"));
 
     say("5. GetStreamingEvents through the gateway: a long-lived response, read chunk by chunk");
@@ -122,7 +121,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
             .await?
             .ok_or("the stream ended before the notification")?;
         let text = String::from_utf8_lossy(&chunk);
-        if let Some(item) = attribute(&text, "ItemId", "Id") {
+        if let Some(item) = harness::xml_attribute(&text, "ItemId", "Id") {
             say(&format!(
                 "   chunk of {} bytes: NewMailEvent for item {item}",
                 chunk.len()
@@ -145,7 +144,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         ))?)
         .await?;
     let body = expect_ok(response, "GetItem").await?;
-    let subject = element_text(&body, "Subject").ok_or("no Subject in the item")?;
+    let subject = harness::xml_text(&body, "Subject").ok_or("no Subject in the item")?;
     say(&format!("   subject: {subject:?}"));
 
     say("9. Unsubscribe through the gateway");
@@ -191,47 +190,8 @@ async fn expect_ok(response: Response<Incoming>, operation: &str) -> Result<Stri
     Ok(body)
 }
 
-/// The text of the first element with this local name, whatever its prefix.
-fn element_text(xml: &str, local_name: &str) -> Option<String> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut inside = false;
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(start) if start.local_name().as_ref() == local_name.as_bytes() => {
-                inside = true;
-            }
-            Event::Text(text) if inside => {
-                let raw = text.decode().ok()?;
-                return quick_xml::escape::unescape(&raw)
-                    .ok()
-                    .map(|t| t.into_owned());
-            }
-            Event::End(_) if inside => return Some(String::new()),
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
-}
-
-/// The value of `attribute` on the first element with this local name.
-fn attribute(xml: &str, local_name: &str, attribute: &str) -> Option<String> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(element) | Event::Empty(element)
-                if element.local_name().as_ref() == local_name.as_bytes() =>
-            {
-                let value = element.try_get_attribute(attribute).ok()??;
-                return value.unescape_value().ok().map(|v| v.into_owned());
-            }
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
-}
-
 fn summary(chunk: &str) -> String {
-    match element_text(chunk, "ConnectionStatus") {
+    match harness::xml_text(chunk, "ConnectionStatus") {
         Some(status) => format!("ConnectionStatus {status} (keep-alive)"),
         None => "notification without a new item".into(),
     }

@@ -178,6 +178,58 @@ pub fn ews_request(
         .map_err(|e| Error::InvalidUrl(format!("{url}: {e}")))
 }
 
+/// The text of the first element with this local name, whatever its prefix (`""` for an empty
+/// element); `None` when there is none or the document is not well-formed up to it.
+pub fn xml_text(document: &str, local_name: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(document);
+    let mut inside = false;
+    let mut text = String::new();
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(start)
+                if !inside && start.local_name().as_ref() == local_name.as_bytes() =>
+            {
+                inside = true;
+            }
+            Event::Empty(empty)
+                if !inside && empty.local_name().as_ref() == local_name.as_bytes() =>
+            {
+                return Some(String::new());
+            }
+            Event::Text(chunk) if inside => {
+                let raw = chunk.decode().ok()?;
+                text.push_str(&quick_xml::escape::unescape(&raw).ok()?);
+            }
+            Event::GeneralRef(reference) if inside => {
+                let name = reference.decode().ok()?;
+                text.push_str(&quick_xml::escape::unescape(&format!("&{name};")).ok()?);
+            }
+            Event::End(_) if inside => return Some(text),
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// The value of `attribute` on the first element with this local name, whatever its prefix.
+pub fn xml_attribute(document: &str, local_name: &str, attribute: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(document);
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(element) | Event::Empty(element)
+                if element.local_name().as_ref() == local_name.as_bytes() =>
+            {
+                let value = element.try_get_attribute(attribute).ok()??;
+                return value.unescape_value().ok().map(|v| v.into_owned());
+            }
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
 /// The password every [`TestExchange`] user has.
 pub const TEST_PASSWORD: &str = "P@ssw0rd!";
 
@@ -252,6 +304,18 @@ impl TestExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xml_lookups_ignore_prefixes_and_unescape() {
+        let document = r#"<s:Envelope xmlns:s="urn:s" xmlns:t="urn:t"><t:Subject>A &amp; B</t:Subject><t:ItemId Id="AAMk&lt;1" ChangeKey="C"/><t:Empty/></s:Envelope>"#;
+        assert_eq!(xml_text(document, "Subject").as_deref(), Some("A & B"));
+        assert_eq!(
+            xml_attribute(document, "ItemId", "Id").as_deref(),
+            Some("AAMk<1")
+        );
+        assert_eq!(xml_text(document, "Empty").as_deref(), Some(""));
+        assert_eq!(xml_text(document, "Missing"), None);
+    }
 
     #[tokio::test]
     async fn wait_until_names_what_it_waited_for() {

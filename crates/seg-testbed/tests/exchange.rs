@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use seg_testbed::exchange::AFFINITY_COOKIE;
-use seg_testbed::harness::{self, TestExchange, basic_auth, body_text, next_chunk, wait_until};
+use seg_testbed::harness::{
+    self, TestExchange, basic_auth, body_text, next_chunk, wait_until, xml_attribute, xml_text,
+};
 use tokio::sync::mpsc;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -33,34 +35,6 @@ fn get_streaming_events(subscription_id: &str, minutes: u32) -> String {
     format!(
         "<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{subscription_id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>{minutes}</m:ConnectionTimeout></m:GetStreamingEvents>"
     )
-}
-
-/// The text of the first element with this local name, whatever its prefix.
-fn text_of(document: &str, local: &str) -> Option<String> {
-    let mut from = 0;
-    while let Some(found) = document[from..].find(local) {
-        let at = from + found;
-        from = at + local.len();
-        let tag_start = document[..at].rfind('<')?;
-        let name = &document[tag_start + 1..at];
-        let opens = !name.starts_with('/')
-            && (name.is_empty() || name.ends_with(':'))
-            && !name.contains([' ', '>']);
-        let after = document[from..].chars().next();
-        if opens && matches!(after, Some('>' | ' ')) {
-            let content = &document[from + document[from..].find('>')? + 1..];
-            return Some(content[..content.find('<')?].to_string());
-        }
-    }
-    None
-}
-
-/// The value of `attribute` on the first element with this local name.
-fn attribute_of(document: &str, local: &str, attribute: &str) -> Option<String> {
-    let start = document.find(&format!(":{local} "))?;
-    let rest = &document[start..];
-    let rest = &rest[rest.find(&format!(" {attribute}=\""))? + attribute.len() + 3..];
-    Some(rest[..rest.find('"')?].to_string())
 }
 
 async fn ews_text(
@@ -87,8 +61,8 @@ async fn subscribe_pull(testbed: &TestExchange) -> (String, String) {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     (
-        text_of(&body, "SubscriptionId").unwrap(),
-        text_of(&body, "Watermark").unwrap(),
+        xml_text(&body, "SubscriptionId").unwrap(),
+        xml_text(&body, "Watermark").unwrap(),
     )
 }
 
@@ -104,11 +78,11 @@ async fn basic_credentials_open_the_inbox_with_its_counts() {
     assert_eq!(headers[header::CONTENT_TYPE], "text/xml; charset=utf-8");
     assert!(body.contains(r#"ResponseClass="Success""#), "{body}");
     assert!(body.contains(r#"MajorVersion="15""#), "{body}");
-    assert_eq!(text_of(&body, "DisplayName").as_deref(), Some("Inbox"));
-    assert_eq!(text_of(&body, "TotalCount").as_deref(), Some("1"));
-    assert_eq!(text_of(&body, "UnreadCount").as_deref(), Some("1"));
-    assert_eq!(text_of(&body, "ChildFolderCount").as_deref(), Some("0"));
-    assert!(attribute_of(&body, "FolderId", "ChangeKey").is_some());
+    assert_eq!(xml_text(&body, "DisplayName").as_deref(), Some("Inbox"));
+    assert_eq!(xml_text(&body, "TotalCount").as_deref(), Some("1"));
+    assert_eq!(xml_text(&body, "UnreadCount").as_deref(), Some("1"));
+    assert_eq!(xml_text(&body, "ChildFolderCount").as_deref(), Some("0"));
+    assert!(xml_attribute(&body, "FolderId", "ChangeKey").is_some());
 }
 
 #[tokio::test]
@@ -189,9 +163,9 @@ async fn pull_subscription_reports_new_mail_whose_item_has_the_delivered_subject
     .await;
     assert!(events.contains("<t:NewMailEvent>"), "{events}");
     assert!(events.contains("<t:CreatedEvent>"), "{events}");
-    assert_eq!(text_of(&events, "MoreEvents").as_deref(), Some("false"));
-    assert_eq!(text_of(&events, "PreviousWatermark"), Some(watermark));
-    let item_id = attribute_of(&events, "ItemId", "Id").unwrap();
+    assert_eq!(xml_text(&events, "MoreEvents").as_deref(), Some("false"));
+    assert_eq!(xml_text(&events, "PreviousWatermark"), Some(watermark));
+    let item_id = xml_attribute(&events, "ItemId", "Id").unwrap();
     assert_eq!(item_id, delivered.id);
 
     let get_item = format!(
@@ -199,12 +173,12 @@ async fn pull_subscription_reports_new_mail_whose_item_has_the_delivered_subject
     );
     let (_, _, item) = ews_text(&testbed, &alice, &[], &get_item).await;
     assert_eq!(
-        text_of(&item, "Subject").as_deref(),
+        xml_text(&item, "Subject").as_deref(),
         Some("Quarterly numbers")
     );
-    assert_eq!(text_of(&item, "IsRead").as_deref(), Some("false"));
+    assert_eq!(xml_text(&item, "IsRead").as_deref(), Some("false"));
     assert_eq!(
-        text_of(&item, "EmailAddress").as_deref(),
+        xml_text(&item, "EmailAddress").as_deref(),
         Some("alice@test.local")
     );
 }
@@ -225,7 +199,7 @@ async fn get_events_after_acknowledging_everything_returns_a_status_event() {
     let last = first
         .match_indices("<t:Watermark>")
         .last()
-        .map(|(at, _)| text_of(&first[at..], "Watermark").unwrap())
+        .map(|(at, _)| xml_text(&first[at..], "Watermark").unwrap())
         .unwrap();
 
     let (_, _, second) = ews_text(&testbed, &alice, &[], &get_events(&subscription, &last)).await;
@@ -245,7 +219,7 @@ async fn an_unknown_subscription_is_not_found() {
     )
     .await;
     assert_eq!(
-        text_of(&body, "ResponseCode").as_deref(),
+        xml_text(&body, "ResponseCode").as_deref(),
         Some("ErrorSubscriptionNotFound")
     );
 }
@@ -262,7 +236,7 @@ async fn another_users_subscription_is_refused() {
     )
     .await;
     assert_eq!(
-        text_of(&body, "ResponseCode").as_deref(),
+        xml_text(&body, "ResponseCode").as_deref(),
         Some("ErrorSubscriptionAccessDenied")
     );
 }
@@ -277,8 +251,8 @@ async fn streaming_notifications_arrive_chunk_by_chunk_before_the_stream_ends() 
     .unwrap();
     let alice = testbed.basic("alice@test.local");
     let (_, _, subscribed) = ews_text(&testbed, &alice, &[], STREAMING_SUBSCRIBE).await;
-    let subscription = text_of(&subscribed, "SubscriptionId").unwrap();
-    assert!(text_of(&subscribed, "Watermark").is_none(), "{subscribed}");
+    let subscription = xml_text(&subscribed, "SubscriptionId").unwrap();
+    assert!(xml_text(&subscribed, "Watermark").is_none(), "{subscribed}");
 
     let response = testbed
         .ews(&alice, &[], &get_streaming_events(&subscription, 1))
@@ -297,7 +271,7 @@ async fn streaming_notifications_arrive_chunk_by_chunk_before_the_stream_ends() 
         "{keepalive}"
     );
     assert_eq!(
-        text_of(&keepalive, "ConnectionStatus").as_deref(),
+        xml_text(&keepalive, "ConnectionStatus").as_deref(),
         Some("OK")
     );
 
@@ -318,7 +292,7 @@ async fn streaming_notifications_arrive_chunk_by_chunk_before_the_stream_ends() 
     assert!(notification.starts_with("<Envelope") && notification.ends_with("</Envelope>"));
     assert!(notification.contains("<t:NewMailEvent>"), "{notification}");
     assert_eq!(
-        attribute_of(&notification, "ItemId", "Id"),
+        xml_attribute(&notification, "ItemId", "Id"),
         Some(delivered.id)
     );
 
@@ -328,7 +302,7 @@ async fn streaming_notifications_arrive_chunk_by_chunk_before_the_stream_ends() 
             .unwrap()
             .unwrap();
         let chunk = String::from_utf8(chunk.to_vec()).unwrap();
-        if text_of(&chunk, "ConnectionStatus").as_deref() == Some("Closed") {
+        if xml_text(&chunk, "ConnectionStatus").as_deref() == Some("Closed") {
             break chunk;
         }
     };
@@ -348,7 +322,7 @@ async fn shutting_the_server_down_ends_an_open_stream() {
         .unwrap();
     let alice = testbed.basic("alice@test.local");
     let (_, _, subscribed) = ews_text(&testbed, &alice, &[], STREAMING_SUBSCRIBE).await;
-    let subscription = text_of(&subscribed, "SubscriptionId").unwrap();
+    let subscription = xml_text(&subscribed, "SubscriptionId").unwrap();
     let mut body = testbed
         .ews(&alice, &[], &get_streaming_events(&subscription, 30))
         .await
@@ -420,7 +394,7 @@ async fn an_idle_push_subscription_gets_status_event_heartbeats() {
         &push_subscribe(&url),
     )
     .await;
-    let subscription = text_of(&subscribed, "SubscriptionId").unwrap();
+    let subscription = xml_text(&subscribed, "SubscriptionId").unwrap();
 
     let heartbeat = harness::within(DEADLINE, "a heartbeat", pushes.recv())
         .await
@@ -429,7 +403,7 @@ async fn an_idle_push_subscription_gets_status_event_heartbeats() {
 
     assert!(heartbeat.contains("SendNotification"), "{heartbeat}");
     assert!(heartbeat.contains("<t:StatusEvent>"), "{heartbeat}");
-    assert_eq!(text_of(&heartbeat, "SubscriptionId"), Some(subscription));
+    assert_eq!(xml_text(&heartbeat, "SubscriptionId"), Some(subscription));
 }
 
 #[tokio::test]
@@ -445,7 +419,7 @@ async fn push_delivers_new_mail_and_an_unsubscribe_answer_ends_the_subscription(
         &push_subscribe(&url),
     )
     .await;
-    assert!(text_of(&subscribed, "Watermark").is_some(), "{subscribed}");
+    assert!(xml_text(&subscribed, "Watermark").is_some(), "{subscribed}");
     let delivered = testbed
         .server
         .deliver("alice@test.local", "pushed")
@@ -461,7 +435,7 @@ async fn push_delivers_new_mail_and_an_unsubscribe_answer_ends_the_subscription(
         }
     };
     assert_eq!(
-        attribute_of(&notification, "ItemId", "Id"),
+        xml_attribute(&notification, "ItemId", "Id"),
         Some(delivered.id)
     );
     wait_until(DEADLINE, "the subscription to end", || async {
@@ -486,8 +460,8 @@ async fn subscribing_with_affinity_sets_the_backend_cookie_that_later_calls_need
         ("X-PreferServerAffinity", "true"),
     ];
     let (_, headers, subscribed) = ews_text(&testbed, &alice, &affinity, PULL_SUBSCRIBE).await;
-    let subscription = text_of(&subscribed, "SubscriptionId").unwrap();
-    let watermark = text_of(&subscribed, "Watermark").unwrap();
+    let subscription = xml_text(&subscribed, "SubscriptionId").unwrap();
+    let watermark = xml_text(&subscribed, "Watermark").unwrap();
     let cookie = testbed.server.affinity_cookie("alice@test.local");
     assert!(cookie.starts_with("EXCH01~"), "{cookie}");
     assert_eq!(
@@ -512,10 +486,10 @@ async fn subscribing_with_affinity_sets_the_backend_cookie_that_later_calls_need
     .await;
 
     assert_eq!(
-        text_of(&without, "ResponseCode").as_deref(),
+        xml_text(&without, "ResponseCode").as_deref(),
         Some("ErrorSubscriptionNotFound")
     );
-    assert_eq!(text_of(&with, "ResponseCode").as_deref(), Some("NoError"));
+    assert_eq!(xml_text(&with, "ResponseCode").as_deref(), Some("NoError"));
 }
 
 #[tokio::test]
@@ -536,7 +510,7 @@ async fn malformed_xml_gets_a_schema_validation_fault_and_the_server_keeps_servi
 
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
-        text_of(&body, "faultcode").as_deref(),
+        xml_text(&body, "faultcode").as_deref(),
         Some("a:ErrorSchemaValidation")
     );
     let (after, _, _) = ews_text(&testbed, &alice, &[], GET_INBOX).await;
@@ -555,7 +529,7 @@ async fn an_unsupported_operation_gets_an_invalid_request_fault() {
     .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
-        text_of(&body, "faultcode").as_deref(),
+        xml_text(&body, "faultcode").as_deref(),
         Some("a:ErrorInvalidRequest")
     );
 }
@@ -606,7 +580,7 @@ async fn the_deliver_endpoint_raises_events_like_the_handle_does() {
         &get_events(&subscription, &watermark),
     )
     .await;
-    assert_eq!(attribute_of(&events, "ItemId", "Id"), Some(item_id));
+    assert_eq!(xml_attribute(&events, "ItemId", "Id"), Some(item_id));
 }
 
 #[tokio::test]
