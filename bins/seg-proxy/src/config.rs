@@ -162,8 +162,8 @@ pub enum LogFormat {
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A source could not be read or a value has the wrong type; figment names key and source.
-    #[error("{0}")]
+    /// A source could not be read or a value has the wrong type.
+    #[error("{}", describe(.0))]
     Load(#[from] Box<figment::Error>),
     /// The properties file could not be imported.
     #[error(transparent)]
@@ -295,6 +295,28 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
     }
+}
+
+/// Every error figment collected, each as `key (from source): problem`, without figment's
+/// profile prefix (this configuration has no profiles).
+fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|error| {
+            let key = if error.path.is_empty() {
+                "configuration".to_owned()
+            } else {
+                error.path.join(".")
+            };
+            format!(
+                "{key} (from {}): {}",
+                origin(error.metadata.as_ref()),
+                error.kind
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn check_url(url: &str) -> Result<(), String> {
