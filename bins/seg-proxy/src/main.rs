@@ -75,9 +75,10 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async move {
+                let signalled = termination();
                 match Gateway::start(loaded.config).await {
                     Ok(gateway) => {
-                        gateway.run_until(termination()).await;
+                        gateway.run_until(signalled).await;
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
@@ -100,24 +101,26 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn termination() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives while the gateway is still starting is not
+/// lost to the default action (which would kill the process without draining).
+fn termination() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
 
