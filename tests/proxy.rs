@@ -466,3 +466,92 @@ async fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_connections(
     assert_eq!(response.status(), StatusCode::OK);
     tokio::time::timeout(STEP, shutdown).await.unwrap().unwrap();
 }
+
+/// Reads until the peer closes the connection; true if it did so within `STEP`.
+async fn closed_by_peer(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(STEP, read_to_end).await.is_ok()
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_at_the_header_timeout() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.server.header_timeout = Duration::from_millis(200);
+    let gateway = start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.http_addr().unwrap())
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    // A slowloris: a request line and one header, then nothing.
+    stream
+        .write_all(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: seg\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut stream).await,
+        "the gateway must close a connection whose headers never end"
+    );
+    assert!(exchange.requests().is_empty());
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_after_the_idle_timeout() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.server.idle_timeout = Duration::from_millis(200);
+    config.server.header_timeout = Duration::from_secs(30);
+    let gateway = start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.http_addr().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut stream).await,
+        "an idle connection must be closed"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.server.max_connections = 1;
+    let gateway = start(config).await;
+    let addr = gateway.http_addr().unwrap();
+    let url = format!("http://{addr}/EWS/Exchange.asmx");
+
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The kernel accepts the second connection into its backlog; the gateway must not serve it.
+    let mut second = tokio::spawn({
+        let request = soap_request(&url, GET_ITEM);
+        async move { client().send(request).await.unwrap().status() }
+    });
+    let not_served = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if second.is_finished() {
+                return;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        not_served.is_err(),
+        "the second connection was served while the first held the only slot"
+    );
+    assert!(exchange.requests().is_empty());
+
+    drop(first);
+    let status = tokio::time::timeout(STEP, second).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
