@@ -458,3 +458,45 @@ fn operation_equality_and_hash_are_by_name() {
     );
     assert_eq!(EwsOperation::Unknown.as_str(), "unknown");
 }
+
+/// Captures the values recorded into spans after their creation.
+#[derive(Clone, Default)]
+struct RecordedFields(Arc<Mutex<Vec<(String, String)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecordedFields {
+    fn on_record(
+        &self,
+        _span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Visitor<'a>(&'a mut Vec<(String, String)>);
+        impl tracing::field::Visit for Visitor<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push((field.name().to_owned(), format!("{value:?}")));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.push((field.name().to_owned(), value.to_owned()));
+            }
+        }
+        values.record(&mut Visitor(&mut self.0.lock().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn operation_is_recorded_in_the_request_span() {
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+    let recorded = RecordedFields::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(recorded.clone()));
+    let span = tracing::info_span!("request", ews.operation = tracing::field::Empty);
+
+    let request = post(Full::new(Bytes::from(request_xml("", "GetItem"))).map_err(BoxError::from));
+    send(EwsOperationLayer::new(), request)
+        .instrument(span)
+        .await;
+
+    let fields = recorded.0.lock().unwrap().clone();
+    assert_eq!(fields, [("ews.operation".to_owned(), "GetItem".to_owned())]);
+}
