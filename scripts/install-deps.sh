@@ -7,6 +7,11 @@ set -euo pipefail
 
 # Packages the test suite needs. Later slices add the KDC, Redis and nginx here.
 packages=(ca-certificates pkg-config "$@")
+# A python3 that can create virtual environments (with pip), for the EWS client tests. Any
+# python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  packages+=(python3 python3-venv)
+fi
 
 missing=()
 for package in "${packages[@]}"; do
@@ -28,4 +33,19 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# The Python EWS clients the tests drive (tests/ews_client_library.rs), pinned in
+# tests/clients/requirements.txt, in a virtual environment at the workspace root. Reinstalled
+# only when the venv is missing or broken or the requirements changed.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.venv-tests"
+requirements="$root/tests/clients/requirements.txt"
+installed="$venv/requirements.installed"
+if ! "$venv/bin/python3" -c 'import exchangelib' >/dev/null 2>&1 || ! cmp -s "$requirements" "$installed"; then
+  echo "install-deps: installing the Python EWS clients into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$installed"
 fi

@@ -184,6 +184,46 @@ async fn pull_subscription_reports_new_mail_whose_item_has_the_delivered_subject
 }
 
 #[tokio::test]
+async fn id_only_shapes_return_the_id_and_exactly_the_additional_properties() {
+    let testbed = TestExchange::start(|_| {}).await.unwrap();
+    let alice = testbed.basic("alice@test.local");
+    let delivered = testbed
+        .server
+        .deliver("alice@test.local", "Shaped")
+        .unwrap();
+    let get_item = |additional: &str| {
+        format!(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>{additional}</m:ItemShape><m:ItemIds><t:ItemId Id="{}"/></m:ItemIds></m:GetItem>"#,
+            delivered.id
+        )
+    };
+
+    let (_, _, bare) = ews_text(&testbed, &alice, &[], &get_item("")).await;
+    let (_, _, shaped) = ews_text(
+        &testbed,
+        &alice,
+        &[],
+        &get_item(r#"<t:AdditionalProperties><t:FieldURI FieldURI="item:Subject"/><t:FieldURI FieldURI="message:IsRead"/></t:AdditionalProperties>"#),
+    )
+    .await;
+    let (_, _, folder) = ews_text(
+        &testbed,
+        &alice,
+        &[],
+        r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="folder:TotalCount"/></t:AdditionalProperties></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#,
+    )
+    .await;
+
+    assert_eq!(xml_attribute(&bare, "ItemId", "Id"), Some(delivered.id));
+    assert_eq!(xml_text(&bare, "Subject"), None, "{bare}");
+    assert_eq!(xml_text(&shaped, "Subject").as_deref(), Some("Shaped"));
+    assert_eq!(xml_text(&shaped, "IsRead").as_deref(), Some("false"));
+    assert!(!shaped.contains("<t:Body"), "{shaped}");
+    assert_eq!(xml_text(&folder, "TotalCount").as_deref(), Some("1"));
+    assert_eq!(xml_text(&folder, "DisplayName"), None, "{folder}");
+}
+
+#[tokio::test]
 async fn get_events_after_acknowledging_everything_returns_a_status_event() {
     let testbed = TestExchange::start(|_| {}).await.unwrap();
     let alice = testbed.basic("alice@test.local");

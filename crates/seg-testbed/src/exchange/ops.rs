@@ -11,7 +11,9 @@ use rand::RngCore as _;
 
 use super::auth::Principal;
 use super::responses::{self, Events};
-use super::soap::{self, FolderRef, Operation, RequestError, SubscribeRequest, SubscriptionKind};
+use super::soap::{
+    self, FolderRef, Operation, RequestError, Shape, SubscribeRequest, SubscriptionKind,
+};
 use super::subscriptions::{Store, Subscription, Waker, mailbox_key};
 use super::xml::Element;
 use super::{AFFINITY_COOKIE, Body, Shared, mailbox, push, respond, streaming};
@@ -34,8 +36,8 @@ pub(crate) async fn handle(
         Err(error) => return fault(shared, &error),
     };
     match request.operation {
-        Operation::GetFolder { folders } => {
-            let messages = get_folder(&shared.store(), principal, &folders);
+        Operation::GetFolder { folders, shape } => {
+            let messages = get_folder(&shared.store(), principal, &folders, &shape);
             document(shared, "GetFolder", &messages)
         }
         Operation::GetItem { items, shape } => {
@@ -146,13 +148,19 @@ fn resolve_folder(
     }
 }
 
-fn get_folder(store: &Store, principal: &Principal, folders: &[FolderRef]) -> Vec<String> {
+fn get_folder(
+    store: &Store,
+    principal: &Principal,
+    folders: &[FolderRef],
+    shape: &Shape,
+) -> Vec<String> {
     folders
         .iter()
         .map(|folder| match resolve_folder(store, principal, folder) {
             Ok((key, index)) => {
                 let mailbox = &store.mailboxes[&key];
-                let folder = responses::folder(&mailbox.folders[index], mailbox.counts(index));
+                let folder =
+                    responses::folder(&mailbox.folders[index], mailbox.counts(index), shape);
                 responses::success("GetFolder", &format!("<m:Folders>{folder}</m:Folders>"))
             }
             Err((code, text)) => responses::error("GetFolder", code, &text),
@@ -160,7 +168,7 @@ fn get_folder(store: &Store, principal: &Principal, folders: &[FolderRef]) -> Ve
         .collect()
 }
 
-fn get_item(store: &Store, principal: &Principal, items: &[String], shape: &str) -> Vec<String> {
+fn get_item(store: &Store, principal: &Principal, items: &[String], shape: &Shape) -> Vec<String> {
     let mailbox = store.mailboxes.get(&mailbox_key(&principal.mailbox));
     items
         .iter()

@@ -10,7 +10,7 @@ use quick_xml::escape::escape;
 
 use super::ServerVersion;
 use super::mailbox::{Folder, Item};
-use super::soap::{MESSAGES, SOAP, TYPES};
+use super::soap::{MESSAGES, SOAP, Shape, TYPES};
 use super::subscriptions::QueuedEvent;
 
 const ERRORS: &str = "http://schemas.microsoft.com/exchange/services/2006/errors";
@@ -91,50 +91,108 @@ fn id_element(name: &str, id: &str, change_key: &str) -> String {
     )
 }
 
-/// A folder with `FolderId`, `DisplayName`, `TotalCount`, `ChildFolderCount` and `UnreadCount`.
-pub(crate) fn folder(folder: &Folder, counts: (usize, usize, usize)) -> String {
+/// A folder: `FolderId`, then those of `DisplayName`, `TotalCount`, `ChildFolderCount` and
+/// (mail folders) `UnreadCount` the shape asks for.
+pub(crate) fn folder(folder: &Folder, counts: (usize, usize, usize), shape: &Shape) -> String {
     let (total, unread, children) = counts;
     let element = folder.class.element();
-    let unread = if element == "Folder" {
-        format!("<t:UnreadCount>{unread}</t:UnreadCount>")
-    } else {
-        String::new()
-    };
-    format!(
-        "<t:{element}>{}<t:DisplayName>{}</t:DisplayName><t:TotalCount>{total}</t:TotalCount><t:ChildFolderCount>{children}</t:ChildFolderCount>{unread}</t:{element}>",
-        id_element("FolderId", &folder.id, &folder.change_key),
-        escape(folder.display_name),
-    )
+    let mut out = format!(
+        "<t:{element}>{}",
+        id_element("FolderId", &folder.id, &folder.change_key)
+    );
+    if shape.includes("folder:DisplayName") {
+        let _ = write!(
+            out,
+            "<t:DisplayName>{}</t:DisplayName>",
+            escape(folder.display_name)
+        );
+    }
+    if shape.includes("folder:TotalCount") {
+        let _ = write!(out, "<t:TotalCount>{total}</t:TotalCount>");
+    }
+    if shape.includes("folder:ChildFolderCount") {
+        let _ = write!(out, "<t:ChildFolderCount>{children}</t:ChildFolderCount>");
+    }
+    if element == "Folder" && shape.includes("folder:UnreadCount") {
+        let _ = write!(out, "<t:UnreadCount>{unread}</t:UnreadCount>");
+    }
+    let _ = write!(out, "</t:{element}>");
+    out
 }
 
-/// A `t:Message`. `IdOnly` gives the id alone; `Default` and `AllProperties` give the
-/// properties a mail client shows, the body included.
-pub(crate) fn message(item: &Item, parent: &Folder, recipient: &str, shape: &str) -> String {
-    let id = id_element("ItemId", &item.id, &item.change_key);
-    if shape == "IdOnly" {
-        return format!("<t:Message>{id}</t:Message>");
-    }
+/// A `t:Message`: its `ItemId`, then the properties the shape asks for among those a mail
+/// client shows (`Default` and `AllProperties` give them all, the body included), in schema
+/// order.
+pub(crate) fn message(item: &Item, parent: &Folder, recipient: &str, shape: &Shape) -> String {
     let received = format_time(item.received);
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<t:Message>{id}{}<t:ItemClass>IPM.Note</t:ItemClass><t:Subject>{}</t:Subject>",
-        id_element("ParentFolderId", &parent.id, &parent.change_key),
-        escape(item.subject.as_str()),
+    let properties = [
+        (
+            "item:ParentFolderId",
+            id_element("ParentFolderId", &parent.id, &parent.change_key),
+        ),
+        (
+            "item:ItemClass",
+            "<t:ItemClass>IPM.Note</t:ItemClass>".into(),
+        ),
+        (
+            "item:Subject",
+            format!("<t:Subject>{}</t:Subject>", escape(item.subject.as_str())),
+        ),
+        (
+            "item:Body",
+            format!(
+                r#"<t:Body BodyType="Text">{}</t:Body>"#,
+                escape(item.body.as_str())
+            ),
+        ),
+        (
+            "item:DateTimeReceived",
+            format!("<t:DateTimeReceived>{received}</t:DateTimeReceived>"),
+        ),
+        (
+            "item:Size",
+            format!(
+                "<t:Size>{}</t:Size>",
+                item.subject.len() + item.body.len() + 512
+            ),
+        ),
+        (
+            "item:DateTimeSent",
+            format!("<t:DateTimeSent>{received}</t:DateTimeSent>"),
+        ),
+        (
+            "item:HasAttachments",
+            "<t:HasAttachments>false</t:HasAttachments>".into(),
+        ),
+        (
+            "message:ToRecipients",
+            format!(
+                "<t:ToRecipients>{}</t:ToRecipients>",
+                mailbox_element("", recipient)
+            ),
+        ),
+        (
+            "message:From",
+            format!(
+                "<t:From>{}</t:From>",
+                mailbox_element(&item.from_name, &item.from_address)
+            ),
+        ),
+        (
+            "message:IsRead",
+            format!("<t:IsRead>{}</t:IsRead>", item.is_read),
+        ),
+    ];
+    let mut out = format!(
+        "<t:Message>{}",
+        id_element("ItemId", &item.id, &item.change_key)
     );
-    let _ = write!(
-        out,
-        r#"<t:Body BodyType="Text">{}</t:Body><t:DateTimeReceived>{received}</t:DateTimeReceived><t:Size>{}</t:Size><t:DateTimeSent>{received}</t:DateTimeSent><t:HasAttachments>false</t:HasAttachments>"#,
-        escape(item.body.as_str()),
-        item.subject.len() + item.body.len() + 512,
-    );
-    let _ = write!(
-        out,
-        "<t:ToRecipients>{}</t:ToRecipients><t:From>{}</t:From><t:IsRead>{}</t:IsRead></t:Message>",
-        mailbox_element("", recipient),
-        mailbox_element(&item.from_name, &item.from_address),
-        item.is_read,
-    );
+    for (field_uri, xml) in properties {
+        if shape.includes(field_uri) {
+            out.push_str(&xml);
+        }
+    }
+    out.push_str("</t:Message>");
     out
 }
 

@@ -93,13 +93,15 @@ pub(crate) enum Operation {
     GetFolder {
         /// The folders asked for.
         folders: Vec<FolderRef>,
+        /// The `FolderShape`.
+        shape: Shape,
     },
     /// `GetItem`.
     GetItem {
         /// The item ids asked for.
         items: Vec<String>,
-        /// The `BaseShape`: `IdOnly`, `Default` or `AllProperties`.
-        shape: String,
+        /// The `ItemShape`.
+        shape: Shape,
     },
     /// `Subscribe`.
     Subscribe(SubscribeRequest),
@@ -122,6 +124,34 @@ pub(crate) enum Operation {
         /// The subscription to end.
         subscription_id: String,
     },
+}
+
+/// A `FolderShape` or `ItemShape`: which properties a response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The `BaseShape`: `IdOnly`, `Default` or `AllProperties`.
+    pub base: String,
+    /// The `FieldURI` values of `AdditionalProperties` (e.g. `item:Subject`). Extended and
+    /// indexed property paths are accepted and ignored: the stand-in holds no such properties.
+    pub additional: Vec<String>,
+}
+
+impl Shape {
+    /// A shape of this base and no additional properties.
+    #[cfg(test)]
+    pub fn base(base: &str) -> Self {
+        Self {
+            base: base.to_string(),
+            additional: Vec::new(),
+        }
+    }
+
+    /// Whether a response carries the property `field_uri` (when the stand-in holds it): the
+    /// id always; under `Default` and `AllProperties` every property it holds; under `IdOnly`
+    /// those named in `AdditionalProperties`, as the `BaseShape` reference says.
+    pub fn includes(&self, field_uri: &str) -> bool {
+        self.base != "IdOnly" || self.additional.iter().any(|f| f == field_uri)
+    }
 }
 
 /// A folder named in a request.
@@ -318,9 +348,32 @@ fn required_text(parent: &Element, ns: &str, local: &str) -> Result<String, Requ
         .ok_or_else(|| schema(format!("{} requires a non-empty {local}", parent.local)))
 }
 
+/// Reads a `FolderShape` or `ItemShape` element.
+fn shape(op: &Element, local: &str) -> Result<Shape, RequestError> {
+    let element = op
+        .child(MESSAGES, local)
+        .ok_or_else(|| schema(format!("{} requires {local}", op.local)))?;
+    let base = required_text(element, TYPES, "BaseShape")?;
+    if !["IdOnly", "Default", "AllProperties"].contains(&base.as_str()) {
+        return Err(schema(format!("'{base}' is not a valid BaseShape")));
+    }
+    let additional = match element.child(TYPES, "AdditionalProperties") {
+        Some(properties) => properties
+            .children_named(TYPES, "FieldURI")
+            .map(|field| {
+                field
+                    .attr("FieldURI")
+                    .map(str::to_string)
+                    .ok_or_else(|| schema("FieldURI requires the FieldURI attribute"))
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Shape { base, additional })
+}
+
 fn get_folder(op: &Element) -> Result<Operation, RequestError> {
-    op.child(MESSAGES, "FolderShape")
-        .ok_or_else(|| schema("GetFolder requires FolderShape"))?;
+    let shape = shape(op, "FolderShape")?;
     let ids = op
         .child(MESSAGES, "FolderIds")
         .ok_or_else(|| schema("GetFolder requires FolderIds"))?;
@@ -328,7 +381,7 @@ fn get_folder(op: &Element) -> Result<Operation, RequestError> {
     if folders.is_empty() {
         return Err(schema("FolderIds is empty"));
     }
-    Ok(Operation::GetFolder { folders })
+    Ok(Operation::GetFolder { folders, shape })
 }
 
 fn folder_refs(ids: &Element) -> Result<Vec<FolderRef>, RequestError> {
@@ -369,13 +422,7 @@ fn folder_refs(ids: &Element) -> Result<Vec<FolderRef>, RequestError> {
 }
 
 fn get_item(op: &Element) -> Result<Operation, RequestError> {
-    let shape = op
-        .child(MESSAGES, "ItemShape")
-        .ok_or_else(|| schema("GetItem requires ItemShape"))?;
-    let shape = required_text(shape, TYPES, "BaseShape")?;
-    if !["IdOnly", "Default", "AllProperties"].contains(&shape.as_str()) {
-        return Err(schema(format!("'{shape}' is not a valid BaseShape")));
-    }
+    let shape = shape(op, "ItemShape")?;
     let ids = op
         .child(MESSAGES, "ItemIds")
         .ok_or_else(|| schema("GetItem requires ItemIds"))?;
@@ -621,6 +668,21 @@ mod tests {
     }
 
     #[test]
+    fn get_item_reads_the_additional_properties_of_its_shape() {
+        let request = parse(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:Subject"/><t:ExtendedFieldURI PropertyTag="0x1000" PropertyType="String"/><t:FieldURI FieldURI="message:IsRead"/></t:AdditionalProperties></m:ItemShape><m:ItemIds><t:ItemId Id="AAMk"/></m:ItemIds></m:GetItem>"#,
+        )
+        .unwrap();
+        let Operation::GetItem { shape, .. } = request.operation else {
+            panic!("not a GetItem");
+        };
+        assert_eq!(shape.additional, ["item:Subject", "message:IsRead"]);
+        assert!(shape.includes("item:Subject"));
+        assert!(!shape.includes("item:Body"));
+        assert!(Shape::base("Default").includes("item:Body"));
+    }
+
+    #[test]
     fn get_folder_reads_distinguished_ids_with_mailboxes() {
         let request = parse(
             r#"<m:GetFolder><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"><t:Mailbox><t:EmailAddress>bob@test.local</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId><t:FolderId Id="AAMk"/></m:FolderIds></m:GetFolder>"#,
@@ -635,7 +697,8 @@ mod tests {
                         mailbox: Some("bob@test.local".into())
                     },
                     FolderRef::Id("AAMk".into())
-                ]
+                ],
+                shape: Shape::base("Default"),
             }
         );
         assert!(matches!(
