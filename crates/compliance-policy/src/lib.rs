@@ -1,9 +1,44 @@
 //! The per-device compliance view and the tower layer that blocks non-compliant devices.
 //!
-//! The gateway keeps a view of every device known to the management console (UEM), decides for each
-//! ENS request whether its device may reach Exchange, and answers a blocked device with `403` and an
-//! EWS SOAP fault. It uses [`ews_proxy_core`] for the request metadata and faults.
+//! The heart of the gateway: ENS watches mailboxes for mobile devices, and when the management
+//! console (UEM) wipes a device or finds it non-compliant, that device's EWS traffic must stop,
+//! with no help from the device. This crate keeps a [`view`] of every device the console knows,
+//! decides by [`policy`] whether each request may pass, and [`enforce`]s the decision as a
+//! tower layer in front of the reverse proxy of [`ews_proxy_core`]. [`state::Compliance`] ties
+//! them: every change goes through it, and it cuts the open streams of a device that becomes
+//! blocked and announces each [`state::Transition`].
 //!
-//! Status: skeleton. The view, the UEM sync and the enforcement layer land with the compliance issue.
+//! ```
+//! use compliance_policy::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
+//! use compliance_policy::policy::PolicySettings;
+//! use compliance_policy::state::{ChangeSource, Compliance};
+//! use compliance_policy::view::Change;
+//!
+//! let compliance = Compliance::new(PolicySettings::default());
+//! let phone = DeviceRecord {
+//!     device_id: DeviceId::new("EASDEV1"),
+//!     user: Some("alice@test.local".into()),
+//!     enrollment: Enrollment::Enrolled,
+//!     compliance: ComplianceStatus::Compliant,
+//!     managed: true,
+//!     ..Default::default()
+//! };
+//! compliance.replace_all(vec![phone.clone()], ChangeSource::FullSync);
+//! assert!(compliance.decide(Some("easdev1"), None).is_allowed());
+//!
+//! // The console wipes it: one change, one transition, and the device is blocked.
+//! let wiped = DeviceRecord { enrollment: Enrollment::EnterpriseWiped, ..phone };
+//! let transitions = compliance.apply(vec![Change::Upsert(wiped)], ChangeSource::ChangeEvent);
+//! assert_eq!(transitions.len(), 1);
+//! assert_eq!(compliance.decide(Some("EASDEV1"), None).reason(), "enterprise-wiped");
+//! ```
+
+pub mod device;
+pub mod enforce;
+pub mod policy;
+pub mod state;
+mod streams;
+pub mod view;
 
 pub use ews_proxy_core;
+pub use streams::StreamGuard;

@@ -19,6 +19,7 @@
 //! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults |
 //! | [`upstream`], [`tls`] | the pooled rustls client and both sides' TLS settings |
 //! | [`fault`], [`body`] | SOAP faults and body types |
+//! | [`identity`] | the user of a request, as authentication tells compliance |
 //!
 //! A complete EWS proxy, as the `seg-proxy` binary composes it:
 //!
@@ -57,6 +58,7 @@ pub mod body_limit;
 pub mod fault;
 pub mod forwarded;
 pub mod hop_by_hop;
+pub mod identity;
 pub mod operation;
 pub mod proxy;
 pub mod routing;

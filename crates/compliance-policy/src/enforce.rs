@@ -1,0 +1,525 @@
+//! The enforcement layer: refuses the requests of blocked devices, and cuts their long-lived
+//! responses the moment they become blocked.
+//!
+//! For each request it finds the device (a configurable header on EWS, default `X-Device-Id`;
+//! the `DeviceId` query parameter on ActiveSync) and the user (the [`ClientIdentity`] an
+//! authentication layer put in the extensions, else ActiveSync's `User` parameter), and asks
+//! [`Compliance::decide`]. A blocked device gets `403` with an EWS SOAP fault
+//! (`ErrorAccessDenied`, the reason in the message) and `X-Compliance-Status: blocked;
+//! reason=<code>`, and nothing reaches Exchange. A request without a device id is an unknown
+//! device (blocked by default): the gate never opens by omission.
+//!
+//! Long-lived responses (`GetStreamingEvents`, ActiveSync `Ping`) are registered before the
+//! decision; if the device becomes blocked while one is open, its body fails at once, which
+//! closes the connection to the client.
+//!
+//! ```
+//! use compliance_policy::enforce::ComplianceLayer;
+//! use compliance_policy::policy::PolicySettings;
+//! use compliance_policy::state::Compliance;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let compliance = Compliance::new(PolicySettings::default());
+//! let service = ServiceBuilder::new()
+//!     .layer(ComplianceLayer::new(compliance.clone()))
+//!     .service_fn(|_request: Request<Full<Bytes>>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::from("from exchange")))
+//!     });
+//! // No device is known yet: an unknown device is blocked.
+//! let request = Request::post("/EWS/Exchange.asmx").header("x-device-id", "EASDEV1").body(Full::default())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::FORBIDDEN);
+//! assert_eq!(response.headers()["x-compliance-status"], "blocked; reason=unknown-device");
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::policy::Decision;
+use crate::state::Compliance;
+use crate::streams::StreamGuard;
+use bytes::Bytes;
+use ews_proxy_core::body::BoxError;
+use ews_proxy_core::fault::{FaultCode, SoapFault};
+use ews_proxy_core::identity::ClientIdentity;
+use ews_proxy_core::operation::EwsOperation;
+use ews_proxy_core::routing::is_activesync_path;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tower::{Layer, Service};
+
+/// The header that tells a compliance block from any other failure.
+pub const COMPLIANCE_STATUS: HeaderName = HeaderName::from_static("x-compliance-status");
+
+/// The default header carrying the EAS device id on EWS requests.
+pub const DEFAULT_DEVICE_ID_HEADER: HeaderName = HeaderName::from_static("x-device-id");
+
+/// Layer that applies [`Enforce`].
+#[derive(Clone, Debug)]
+pub struct ComplianceLayer {
+    compliance: Compliance,
+    device_header: HeaderName,
+}
+
+impl ComplianceLayer {
+    /// Enforces `compliance`, reading the device id from `X-Device-Id`.
+    pub fn new(compliance: Compliance) -> Self {
+        ComplianceLayer {
+            compliance,
+            device_header: DEFAULT_DEVICE_ID_HEADER,
+        }
+    }
+
+    /// Reads the device id of EWS requests from `header` instead.
+    pub fn with_device_header(mut self, header: HeaderName) -> Self {
+        self.device_header = header;
+        self
+    }
+}
+
+impl<S> Layer<S> for ComplianceLayer {
+    type Service = Enforce<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Enforce {
+            inner,
+            compliance: self.compliance.clone(),
+            device_header: self.device_header.clone(),
+        }
+    }
+}
+
+/// Middleware that enforces the compliance view; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Enforce<S> {
+    inner: S,
+    compliance: Compliance,
+    device_header: HeaderName,
+}
+
+/// The device and user a request names, and whether its response is long-lived.
+struct Subject<'a> {
+    device: Option<Cow<'a, str>>,
+    user: Option<Cow<'a, str>>,
+    long_lived: bool,
+}
+
+impl<S> Enforce<S> {
+    fn subject<'a, B>(&self, request: &'a Request<B>) -> Subject<'a> {
+        let identity = request
+            .extensions()
+            .get::<ClientIdentity>()
+            .map(|i| Cow::Borrowed(i.user.as_str()));
+        if is_activesync_path(request.uri().path()) {
+            let mut subject = Subject {
+                device: None,
+                user: identity,
+                long_lived: false,
+            };
+            let query = request.uri().query().unwrap_or("").as_bytes();
+            for (key, value) in form_urlencoded::parse(query) {
+                if key.eq_ignore_ascii_case("DeviceId") {
+                    subject.device = Some(value);
+                } else if key.eq_ignore_ascii_case("User") && subject.user.is_none() {
+                    subject.user = Some(value);
+                } else if key.eq_ignore_ascii_case("Cmd") {
+                    subject.long_lived = value.eq_ignore_ascii_case("Ping");
+                }
+            }
+            return subject;
+        }
+        let device = request
+            .headers()
+            .get(&self.device_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(Cow::Borrowed);
+        let long_lived = matches!(
+            request.extensions().get::<EwsOperation>(),
+            Some(EwsOperation::GetStreamingEvents)
+        );
+        Subject {
+            device,
+            user: identity,
+            long_lived,
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Enforce<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<CutOnBlock<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let subject = self.subject(&request);
+        let span = tracing::Span::current();
+        if let Some(device) = &subject.device {
+            span.record("device", &**device);
+        }
+        if let Some(user) = &subject.user {
+            span.record("user", &**user);
+        }
+        // Registered before deciding: a block that lands in between still cuts the stream.
+        let guard = subject.long_lived.then(|| {
+            self.compliance
+                .register_stream(subject.device.as_deref(), subject.user.as_deref())
+        });
+        match self
+            .compliance
+            .decide(subject.device.as_deref(), subject.user.as_deref())
+        {
+            Decision::Allow(_) => {
+                drop(subject);
+                ResponseFuture {
+                    kind: Kind::Called {
+                        inner: self.inner.call(request),
+                        guard,
+                    },
+                }
+            }
+            Decision::Block(reason) => {
+                tracing::info!(
+                    device = subject.device.as_deref().unwrap_or(""),
+                    user = subject.user.as_deref().unwrap_or(""),
+                    reason = reason.as_str(),
+                    "blocked by compliance"
+                );
+                let fault = SoapFault::new(
+                    StatusCode::FORBIDDEN,
+                    FaultCode::AccessDenied,
+                    format!("access denied by the gateway's compliance policy: {reason}"),
+                )
+                .with_reason("compliance");
+                let mut response: Response<ResBody> = fault.into_response();
+                let status = format!("blocked; reason={reason}");
+                if let Ok(value) = HeaderValue::from_str(&status) {
+                    response.headers_mut().insert(COMPLIANCE_STATUS, value);
+                }
+                ResponseFuture {
+                    kind: Kind::Blocked {
+                        response: Some(response),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Enforce`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Called { #[pin] inner: F, guard: Option<StreamGuard> },
+        Blocked { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CutOnBlock<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { inner, guard } => {
+                let response = ready!(inner.poll(cx))?;
+                let guard = guard.take();
+                Poll::Ready(Ok(response.map(|body| CutOnBlock { inner: body, guard })))
+            }
+            KindProj::Blocked { response } => {
+                let response = response
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(Ok(response.map(|body| CutOnBlock {
+                    inner: body,
+                    guard: None,
+                })))
+            }
+        }
+    }
+}
+
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+#[error("the device became blocked: its stream was cut")]
+pub struct StreamCut;
+
+pin_project! {
+    /// A response body that fails with [`StreamCut`] as soon as its device becomes blocked.
+    pub struct CutOnBlock<B> {
+        #[pin]
+        inner: B,
+        guard: Option<StreamGuard>,
+    }
+}
+
+impl<B> Body for CutOnBlock<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(guard) = this.guard.as_ref()
+            && guard.poll_cut(cx)
+        {
+            *this.guard = None;
+            return Poll::Ready(Some(Err(Box::new(StreamCut))));
+        }
+        this.inner.poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
+    use crate::policy::{Override, PolicySettings};
+    use crate::state::ChangeSource;
+    use http_body_util::{BodyExt, Either, Full, StreamBody};
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use tower::{ServiceExt, service_fn};
+
+    fn compliance() -> Compliance {
+        let compliance = Compliance::new(PolicySettings::default());
+        let phone = DeviceRecord {
+            device_id: DeviceId::new("EASDEV1"),
+            user: Some("alice@test.local".into()),
+            enrollment: Enrollment::Enrolled,
+            compliance: ComplianceStatus::Compliant,
+            managed: true,
+            ..Default::default()
+        };
+        compliance.replace_all(vec![phone], ChangeSource::FullSync);
+        compliance
+    }
+
+    /// An inner service that counts calls and answers 200.
+    fn counting(
+        calls: Arc<Mutex<usize>>,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        service_fn(move |_request: Request<Full<Bytes>>| {
+            let calls = calls.clone();
+            async move {
+                *calls.lock().unwrap() += 1;
+                Ok::<_, Infallible>(Response::new(Full::from("exchange")))
+            }
+        })
+    }
+
+    fn ews(device: Option<&str>) -> Request<Full<Bytes>> {
+        let mut builder = Request::post("/EWS/Exchange.asmx");
+        if let Some(device) = device {
+            builder = builder.header("x-device-id", device);
+        }
+        builder.body(Full::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn compliant_device_passes_and_blocked_one_gets_403_without_reaching_exchange() {
+        let compliance = compliance();
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance.clone()).layer(counting(calls.clone()));
+
+        let ok = service.clone().oneshot(ews(Some("easdev1"))).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(ok.headers().get(COMPLIANCE_STATUS).is_none());
+
+        compliance.set_device_override("EASDEV1", Some(Override::Block));
+        let blocked = service.oneshot(ews(Some("EASDEV1"))).await.unwrap();
+        assert_eq!(blocked.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            blocked.headers()[COMPLIANCE_STATUS],
+            "blocked; reason=device-override"
+        );
+        let body = blocked.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains(">ErrorAccessDenied</e:ResponseCode>"),
+            "{body}"
+        );
+        assert!(body.contains("device-override"), "{body}");
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn request_without_device_id_is_an_unknown_device() {
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance()).layer(counting(calls.clone()));
+        for request in [ews(None), ews(Some("  "))] {
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(
+                response.headers()[COMPLIANCE_STATUS],
+                "blocked; reason=unknown-device"
+            );
+        }
+        assert_eq!(*calls.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn device_header_name_is_configurable() {
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance())
+            .with_device_header(HeaderName::from_static("x-ens-device"))
+            .layer(counting(calls.clone()));
+        let request = Request::post("/EWS/Exchange.asmx")
+            .header("x-ens-device", "EASDEV1")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(
+            service.oneshot(request).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn activesync_device_and_user_come_from_the_query() {
+        let compliance = compliance();
+        compliance.set_user_override("bob@test.local", Some(Override::Block));
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        let allowed = Request::post("/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice%40test.local&DeviceId=easdev1&DeviceType=iPhone")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(
+            service.clone().oneshot(allowed).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let bob = Request::post(
+            "/Microsoft-Server-ActiveSync?Cmd=Sync&User=bob%40test.local&DeviceId=EASDEV1",
+        )
+        .body(Full::default())
+        .unwrap();
+        let response = service.oneshot(bob).await.unwrap();
+        assert_eq!(
+            response.headers()[COMPLIANCE_STATUS],
+            "blocked; reason=user-override"
+        );
+    }
+
+    #[tokio::test]
+    async fn identity_from_authentication_is_the_user() {
+        let compliance = compliance();
+        compliance.set_user_override("carol@test.local", Some(Override::Block));
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        let mut request = ews(Some("EASDEV1"));
+        request.extensions_mut().insert(ClientIdentity {
+            user: "carol@test.local".into(),
+            source: ews_proxy_core::identity::IdentitySource::Basic,
+        });
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(
+            response.headers()[COMPLIANCE_STATUS],
+            "blocked; reason=user-override"
+        );
+    }
+
+    type TestStream = StreamBody<
+        Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>,
+    >;
+
+    /// A streaming body that can also be made from bytes, as the layer's faults need.
+    struct TestBody(Either<Full<Bytes>, TestStream>);
+
+    impl From<Bytes> for TestBody {
+        fn from(bytes: Bytes) -> Self {
+            TestBody(Either::Left(Full::new(bytes)))
+        }
+    }
+
+    impl Body for TestBody {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn open_stream_is_cut_when_its_device_becomes_blocked() {
+        let compliance = compliance();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let receiver = Arc::new(Mutex::new(Some(receiver)));
+        let inner = service_fn(move |_request: Request<Full<Bytes>>| {
+            let receiver = receiver.lock().unwrap().take().unwrap();
+            let stream = futures_util::stream::unfold(receiver, |mut r| async move {
+                r.recv().await.map(|f| (f, r))
+            });
+            let body: TestStream = StreamBody::new(Box::pin(stream));
+            async move { Ok::<_, Infallible>(Response::new(TestBody(Either::Right(body)))) }
+        });
+        let service = ComplianceLayer::new(compliance.clone()).layer(inner);
+        let mut request = ews(Some("EASDEV1"));
+        request
+            .extensions_mut()
+            .insert(EwsOperation::GetStreamingEvents);
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(compliance.open_streams(), 1);
+        let mut body = response.into_body();
+
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"<Envelope/>"))))
+            .await
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "<Envelope/>");
+
+        compliance.set_device_override("EASDEV1", Some(Override::Block));
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.is::<StreamCut>(), "{error}");
+        drop(body);
+        assert_eq!(compliance.open_streams(), 0);
+    }
+}

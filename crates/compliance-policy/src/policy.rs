@@ -1,0 +1,732 @@
+//! Policies, overrides and the decision they make for a device.
+//!
+//! The families a SEG administrator knows from the console's MEM settings:
+//! - general: managed devices only, allowed/blocked mail clients, users and EAS device types;
+//! - managed-device: compromised, encryption, inactivity, platform and model, OS version per
+//!   platform, ActiveSync profile required, compliance status;
+//! - per-device and per-user admin overrides (the console's Whitelist / Blacklist / Default),
+//!   which win over every policy;
+//! - the default for a device the console does not know: block (fail closed), or allow (fail
+//!   open, logged as such at start).
+//!
+//! A wiped or unenrolled device is always blocked unless an administrator allows it explicitly:
+//! that is the mission of the gateway, not a policy to turn off.
+//!
+//! ```
+//! use compliance_policy::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
+//! use compliance_policy::policy::{BlockReason, Decision, Overrides, PolicySettings};
+//!
+//! let policy = PolicySettings::default();
+//! let mut phone = DeviceRecord {
+//!     device_id: DeviceId::new("EASDEV1"),
+//!     enrollment: Enrollment::Enrolled,
+//!     compliance: ComplianceStatus::Compliant,
+//!     managed: true,
+//!     ..Default::default()
+//! };
+//! let overrides = Overrides::default();
+//! assert!(policy.decide(Some(&phone), None, &overrides, 0).is_allowed());
+//! phone.enrollment = Enrollment::EnterpriseWiped;
+//! assert_eq!(
+//!     policy.decide(Some(&phone), None, &overrides, 0),
+//!     Decision::Block(BlockReason::EnterpriseWiped)
+//! );
+//! ```
+
+use crate::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// What the gateway does with a device the console does not know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownDevice {
+    /// Refuse it (fail closed). The default.
+    #[default]
+    Block,
+    /// Let it through (fail open). Logged as such at start.
+    Allow,
+}
+
+/// The policy settings (`[compliance.policy]`). Empty lists mean "no restriction".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Only devices managed by the console may connect.
+    pub managed_devices_only: bool,
+    /// Block devices the console marks non-compliant.
+    pub require_compliant: bool,
+    /// Block jailbroken or rooted devices.
+    pub block_compromised: bool,
+    /// Block devices whose storage is not encrypted (unknown counts as not encrypted).
+    pub require_encryption: bool,
+    /// Block devices without an ActiveSync profile (unknown counts as none).
+    pub require_activesync_profile: bool,
+    /// Block devices not seen by the console for more than this many days; 0 turns it off.
+    pub inactivity_days: u32,
+    /// Mail clients allowed; empty allows any.
+    pub allowed_mail_clients: Vec<String>,
+    /// Mail clients blocked.
+    pub blocked_mail_clients: Vec<String>,
+    /// Users (UPN) allowed; empty allows any.
+    pub allowed_users: Vec<String>,
+    /// Users (UPN) blocked.
+    pub blocked_users: Vec<String>,
+    /// EAS device types allowed; empty allows any.
+    pub allowed_device_types: Vec<String>,
+    /// EAS device types blocked.
+    pub blocked_device_types: Vec<String>,
+    /// Platforms allowed; empty allows any.
+    pub allowed_platforms: Vec<String>,
+    /// Models blocked.
+    pub blocked_models: Vec<String>,
+    /// Minimum OS version per platform, e.g. `{ iOS = "16.0" }`.
+    pub min_os_version: BTreeMap<String, String>,
+    /// What happens to a device the console does not know.
+    pub unknown_device: UnknownDevice,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            managed_devices_only: true,
+            require_compliant: true,
+            block_compromised: true,
+            require_encryption: false,
+            require_activesync_profile: false,
+            inactivity_days: 0,
+            allowed_mail_clients: Vec::new(),
+            blocked_mail_clients: Vec::new(),
+            allowed_users: Vec::new(),
+            blocked_users: Vec::new(),
+            allowed_device_types: Vec::new(),
+            blocked_device_types: Vec::new(),
+            allowed_platforms: Vec::new(),
+            blocked_models: Vec::new(),
+            min_os_version: BTreeMap::new(),
+            unknown_device: UnknownDevice::Block,
+        }
+    }
+}
+
+/// An administrator's explicit decision for a device or a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Override {
+    /// Whitelist: allowed whatever the policies say.
+    Allow,
+    /// Blacklist: blocked whatever the policies say.
+    Block,
+}
+
+/// Every explicit override, by device and by user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Overrides {
+    /// By EAS device id.
+    pub devices: HashMap<DeviceId, Override>,
+    /// By user UPN, lower-cased.
+    pub users: HashMap<String, Override>,
+}
+
+impl Overrides {
+    /// The override for a user, if any (UPNs compare without case).
+    pub fn for_user(&self, user: &str) -> Option<Override> {
+        if self.users.is_empty() {
+            return None;
+        }
+        match self.users.get(user) {
+            Some(found) => Some(*found),
+            None => self.users.get(&user.to_ascii_lowercase()).copied(),
+        }
+    }
+}
+
+/// Why a device is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllowReason {
+    /// Every policy passes.
+    Compliant,
+    /// An administrator allowed this device.
+    DeviceOverride,
+    /// An administrator allowed this user.
+    UserOverride,
+    /// Unknown to the console, and the default is to allow.
+    UnknownDeviceAllowed,
+}
+
+/// Why a device is blocked; stable, machine-readable codes (sent in `X-Compliance-Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockReason {
+    /// An administrator blocked this device.
+    DeviceOverride,
+    /// An administrator blocked this user.
+    UserOverride,
+    /// Enterprise wipe.
+    EnterpriseWiped,
+    /// Device wipe (factory reset).
+    DeviceWiped,
+    /// No longer managed by the console.
+    Unenrolled,
+    /// Unknown to the console (and the default is to block).
+    UnknownDevice,
+    /// Not managed, and only managed devices may connect.
+    Unmanaged,
+    /// The console says non-compliant (or has not decided yet).
+    NonCompliant,
+    /// Jailbroken or rooted.
+    Compromised,
+    /// Storage not encrypted.
+    NotEncrypted,
+    /// No ActiveSync profile.
+    NoActiveSyncProfile,
+    /// Not seen by the console for too long.
+    Inactive,
+    /// Mail client not allowed.
+    MailClient,
+    /// User not allowed.
+    User,
+    /// EAS device type not allowed.
+    DeviceType,
+    /// Platform not allowed.
+    Platform,
+    /// Model blocked.
+    Model,
+    /// OS version below the minimum for its platform.
+    OsVersion,
+}
+
+impl BlockReason {
+    /// The stable code, e.g. `enterprise-wiped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::DeviceOverride => "device-override",
+            BlockReason::UserOverride => "user-override",
+            BlockReason::EnterpriseWiped => "enterprise-wiped",
+            BlockReason::DeviceWiped => "device-wiped",
+            BlockReason::Unenrolled => "unenrolled",
+            BlockReason::UnknownDevice => "unknown-device",
+            BlockReason::Unmanaged => "unmanaged",
+            BlockReason::NonCompliant => "noncompliant",
+            BlockReason::Compromised => "compromised",
+            BlockReason::NotEncrypted => "not-encrypted",
+            BlockReason::NoActiveSyncProfile => "no-activesync-profile",
+            BlockReason::Inactive => "inactive",
+            BlockReason::MailClient => "mail-client",
+            BlockReason::User => "user",
+            BlockReason::DeviceType => "device-type",
+            BlockReason::Platform => "platform",
+            BlockReason::Model => "model",
+            BlockReason::OsVersion => "os-version",
+        }
+    }
+}
+
+impl fmt::Display for BlockReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AllowReason {
+    /// The stable code, e.g. `compliant`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllowReason::Compliant => "compliant",
+            AllowReason::DeviceOverride => "device-override",
+            AllowReason::UserOverride => "user-override",
+            AllowReason::UnknownDeviceAllowed => "unknown-device-allowed",
+        }
+    }
+}
+
+/// The gateway's verdict for one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum Decision {
+    /// Traffic passes.
+    #[serde(rename = "allowed")]
+    Allow(AllowReason),
+    /// Traffic is refused.
+    #[serde(rename = "blocked")]
+    Block(BlockReason),
+}
+
+impl Decision {
+    /// True for [`Decision::Allow`].
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    /// `allowed` or `blocked`.
+    pub fn state(&self) -> &'static str {
+        if self.is_allowed() {
+            "allowed"
+        } else {
+            "blocked"
+        }
+    }
+
+    /// The reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Allow(reason) => reason.as_str(),
+            Decision::Block(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl PolicySettings {
+    /// The decision for a device (`None`: unknown to the console) used by `user` (from the
+    /// request's authentication when known, else the record's), at `now` (Unix seconds).
+    /// The device override is looked up by the record's id.
+    ///
+    /// Order: device override, user override, wipe and unenrollment, unknown device, then the
+    /// policies in the order the struct lists them; the first that blocks gives the reason.
+    pub fn decide(
+        &self,
+        device: Option<&DeviceRecord>,
+        user: Option<&str>,
+        overrides: &Overrides,
+        now: u64,
+    ) -> Decision {
+        self.decide_for(
+            device.map(|d| d.device_id.as_str()),
+            device,
+            user,
+            overrides,
+            now,
+        )
+    }
+
+    /// [`PolicySettings::decide`] for a request naming `device_id` (upper-case), whose record
+    /// may be missing: an override on a device the console does not know still applies.
+    pub fn decide_for(
+        &self,
+        device_id: Option<&str>,
+        device: Option<&DeviceRecord>,
+        user: Option<&str>,
+        overrides: &Overrides,
+        now: u64,
+    ) -> Decision {
+        if let Some(id) = device_id.filter(|_| !overrides.devices.is_empty()) {
+            match overrides.devices.get(id) {
+                Some(Override::Allow) => return Decision::Allow(AllowReason::DeviceOverride),
+                Some(Override::Block) => return Decision::Block(BlockReason::DeviceOverride),
+                None => {}
+            }
+        }
+        let user = user.or_else(|| device.and_then(|d| d.user.as_deref()));
+        if let Some(user) = user {
+            match overrides.for_user(user) {
+                Some(Override::Allow) => return Decision::Allow(AllowReason::UserOverride),
+                Some(Override::Block) => return Decision::Block(BlockReason::UserOverride),
+                None => {}
+            }
+        }
+        let Some(record) = device else {
+            return match self.unknown_device {
+                UnknownDevice::Block => Decision::Block(BlockReason::UnknownDevice),
+                UnknownDevice::Allow => Decision::Allow(AllowReason::UnknownDeviceAllowed),
+            };
+        };
+        match record.enrollment {
+            Enrollment::EnterpriseWiped => return Decision::Block(BlockReason::EnterpriseWiped),
+            Enrollment::DeviceWiped => return Decision::Block(BlockReason::DeviceWiped),
+            Enrollment::Unenrolled => return Decision::Block(BlockReason::Unenrolled),
+            Enrollment::Enrolled | Enrollment::Unknown => {}
+        }
+        match self.check_policies(record, user, now) {
+            Some(reason) => Decision::Block(reason),
+            None => Decision::Allow(AllowReason::Compliant),
+        }
+    }
+
+    fn check_policies(
+        &self,
+        record: &DeviceRecord,
+        user: Option<&str>,
+        now: u64,
+    ) -> Option<BlockReason> {
+        if self.managed_devices_only
+            && (!record.managed || record.enrollment != Enrollment::Enrolled)
+        {
+            return Some(BlockReason::Unmanaged);
+        }
+        if self.require_compliant && record.compliance != ComplianceStatus::Compliant {
+            return Some(BlockReason::NonCompliant);
+        }
+        if self.block_compromised && record.compromised {
+            return Some(BlockReason::Compromised);
+        }
+        if self.require_encryption && record.encrypted != Some(true) {
+            return Some(BlockReason::NotEncrypted);
+        }
+        if self.require_activesync_profile && record.activesync_profile != Some(true) {
+            return Some(BlockReason::NoActiveSyncProfile);
+        }
+        if self.inactivity_days > 0 {
+            let limit = u64::from(self.inactivity_days) * 86_400;
+            match record.last_seen {
+                Some(seen) if now.saturating_sub(seen) <= limit => {}
+                _ => return Some(BlockReason::Inactive),
+            }
+        }
+        if !passes_lists(
+            record.mail_client.as_deref(),
+            &self.allowed_mail_clients,
+            &self.blocked_mail_clients,
+        ) {
+            return Some(BlockReason::MailClient);
+        }
+        if !passes_lists(user, &self.allowed_users, &self.blocked_users) {
+            return Some(BlockReason::User);
+        }
+        if !passes_lists(
+            record.eas_device_type.as_deref(),
+            &self.allowed_device_types,
+            &self.blocked_device_types,
+        ) {
+            return Some(BlockReason::DeviceType);
+        }
+        if !passes_lists(record.platform.as_deref(), &self.allowed_platforms, &[]) {
+            return Some(BlockReason::Platform);
+        }
+        if !passes_lists(record.model.as_deref(), &[], &self.blocked_models) {
+            return Some(BlockReason::Model);
+        }
+        if let Some(platform) = record.platform.as_deref() {
+            let minimum = self
+                .min_os_version
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(platform))
+                .map(|(_, version)| version);
+            if let Some(minimum) = minimum {
+                let ok = record
+                    .os_version
+                    .as_deref()
+                    .is_some_and(|v| version_at_least(v, minimum));
+                if !ok {
+                    return Some(BlockReason::OsVersion);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// An allow list (empty: anything) and a block list, compared without ASCII case. A missing value
+/// passes the block list but not a non-empty allow list.
+fn passes_lists(value: Option<&str>, allowed: &[String], blocked: &[String]) -> bool {
+    match value {
+        Some(value) => {
+            let listed =
+                |list: &[String]| list.iter().any(|entry| entry.eq_ignore_ascii_case(value));
+            (allowed.is_empty() || listed(allowed)) && !listed(blocked)
+        }
+        None => allowed.is_empty(),
+    }
+}
+
+/// Dotted numeric versions, compared part by part (`17.1` ≥ `17.0.3`); a part that is not a
+/// number ends the comparison there, counting as 0.
+fn version_at_least(version: &str, minimum: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> {
+        v.split('.')
+            .map(|p| p.trim().parse::<u64>())
+            .take_while(Result::is_ok)
+            .map(|p| p.unwrap_or(0))
+            .collect()
+    };
+    let (mut have, mut need) = (parts(version), parts(minimum));
+    let len = have.len().max(need.len());
+    have.resize(len, 0);
+    need.resize(len, 0);
+    have >= need
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compliant() -> DeviceRecord {
+        DeviceRecord {
+            device_id: DeviceId::new("EASDEV1"),
+            user: Some("alice@test.local".into()),
+            platform: Some("iOS".into()),
+            os_version: Some("17.1".into()),
+            enrollment: Enrollment::Enrolled,
+            compliance: ComplianceStatus::Compliant,
+            managed: true,
+            managed_email_client: true,
+            ..Default::default()
+        }
+    }
+
+    fn decide(policy: &PolicySettings, record: &DeviceRecord) -> Decision {
+        policy.decide(Some(record), None, &Overrides::default(), 1_000_000)
+    }
+
+    #[test]
+    fn compliant_managed_device_is_allowed() {
+        assert_eq!(
+            decide(&PolicySettings::default(), &compliant()),
+            Decision::Allow(AllowReason::Compliant)
+        );
+    }
+
+    #[test]
+    fn wipe_and_unenrollment_block_with_their_reason() {
+        let policy = PolicySettings::default();
+        for (state, reason) in [
+            (Enrollment::EnterpriseWiped, BlockReason::EnterpriseWiped),
+            (Enrollment::DeviceWiped, BlockReason::DeviceWiped),
+            (Enrollment::Unenrolled, BlockReason::Unenrolled),
+        ] {
+            let record = DeviceRecord {
+                enrollment: state,
+                ..compliant()
+            };
+            assert_eq!(decide(&policy, &record), Decision::Block(reason));
+        }
+    }
+
+    #[test]
+    fn wipe_blocks_even_with_every_policy_off() {
+        let policy = PolicySettings {
+            managed_devices_only: false,
+            require_compliant: false,
+            block_compromised: false,
+            ..Default::default()
+        };
+        let record = DeviceRecord {
+            enrollment: Enrollment::EnterpriseWiped,
+            ..compliant()
+        };
+        assert_eq!(
+            decide(&policy, &record),
+            Decision::Block(BlockReason::EnterpriseWiped)
+        );
+    }
+
+    #[test]
+    fn device_override_wins_over_everything_then_user_override() {
+        let policy = PolicySettings::default();
+        let wiped = DeviceRecord {
+            enrollment: Enrollment::EnterpriseWiped,
+            ..compliant()
+        };
+        let mut overrides = Overrides::default();
+        overrides
+            .devices
+            .insert(DeviceId::new("easdev1"), Override::Allow);
+        overrides
+            .users
+            .insert("alice@test.local".into(), Override::Block);
+        assert_eq!(
+            policy.decide(Some(&wiped), None, &overrides, 0),
+            Decision::Allow(AllowReason::DeviceOverride)
+        );
+        overrides.devices.clear();
+        assert_eq!(
+            policy.decide(Some(&compliant()), None, &overrides, 0),
+            Decision::Block(BlockReason::UserOverride)
+        );
+        assert_eq!(
+            policy.decide(Some(&compliant()), Some("ALICE@test.local"), &overrides, 0),
+            Decision::Block(BlockReason::UserOverride)
+        );
+    }
+
+    #[test]
+    fn override_applies_to_a_device_the_console_does_not_know() {
+        let mut overrides = Overrides::default();
+        overrides
+            .devices
+            .insert(DeviceId::new("LAB1"), Override::Allow);
+        let policy = PolicySettings::default();
+        assert_eq!(
+            policy.decide_for(Some("LAB1"), None, None, &overrides, 0),
+            Decision::Allow(AllowReason::DeviceOverride)
+        );
+        assert_eq!(
+            policy.decide_for(Some("OTHER"), None, None, &overrides, 0),
+            Decision::Block(BlockReason::UnknownDevice)
+        );
+    }
+
+    #[test]
+    fn unknown_device_follows_the_default() {
+        let overrides = Overrides::default();
+        let block = PolicySettings::default();
+        assert_eq!(
+            block.decide(None, None, &overrides, 0),
+            Decision::Block(BlockReason::UnknownDevice)
+        );
+        let allow = PolicySettings {
+            unknown_device: UnknownDevice::Allow,
+            ..Default::default()
+        };
+        assert_eq!(
+            allow.decide(None, None, &overrides, 0),
+            Decision::Allow(AllowReason::UnknownDeviceAllowed)
+        );
+    }
+
+    #[test]
+    fn each_policy_blocks_with_its_own_reason() {
+        let cases: Vec<(PolicySettings, DeviceRecord, BlockReason)> = vec![
+            (
+                PolicySettings::default(),
+                DeviceRecord {
+                    managed: false,
+                    ..compliant()
+                },
+                BlockReason::Unmanaged,
+            ),
+            (
+                PolicySettings::default(),
+                DeviceRecord {
+                    compliance: ComplianceStatus::NonCompliant,
+                    ..compliant()
+                },
+                BlockReason::NonCompliant,
+            ),
+            (
+                PolicySettings::default(),
+                DeviceRecord {
+                    compromised: true,
+                    ..compliant()
+                },
+                BlockReason::Compromised,
+            ),
+            (
+                PolicySettings {
+                    require_encryption: true,
+                    ..Default::default()
+                },
+                compliant(),
+                BlockReason::NotEncrypted,
+            ),
+            (
+                PolicySettings {
+                    require_activesync_profile: true,
+                    ..Default::default()
+                },
+                DeviceRecord {
+                    activesync_profile: Some(false),
+                    ..compliant()
+                },
+                BlockReason::NoActiveSyncProfile,
+            ),
+            (
+                PolicySettings {
+                    inactivity_days: 1,
+                    ..Default::default()
+                },
+                DeviceRecord {
+                    last_seen: Some(1_000_000 - 2 * 86_400),
+                    ..compliant()
+                },
+                BlockReason::Inactive,
+            ),
+            (
+                PolicySettings {
+                    allowed_mail_clients: vec!["Boxer".into()],
+                    ..Default::default()
+                },
+                DeviceRecord {
+                    mail_client: Some("Outlook".into()),
+                    ..compliant()
+                },
+                BlockReason::MailClient,
+            ),
+            (
+                PolicySettings {
+                    blocked_users: vec!["ALICE@test.local".into()],
+                    ..Default::default()
+                },
+                compliant(),
+                BlockReason::User,
+            ),
+            (
+                PolicySettings {
+                    blocked_device_types: vec!["iphone".into()],
+                    ..Default::default()
+                },
+                DeviceRecord {
+                    eas_device_type: Some("iPhone".into()),
+                    ..compliant()
+                },
+                BlockReason::DeviceType,
+            ),
+            (
+                PolicySettings {
+                    allowed_platforms: vec!["Android".into()],
+                    ..Default::default()
+                },
+                compliant(),
+                BlockReason::Platform,
+            ),
+            (
+                PolicySettings {
+                    blocked_models: vec!["iPhone8,1".into()],
+                    ..Default::default()
+                },
+                DeviceRecord {
+                    model: Some("iPhone8,1".into()),
+                    ..compliant()
+                },
+                BlockReason::Model,
+            ),
+            (
+                PolicySettings {
+                    min_os_version: [("ios".into(), "17.2".into())].into(),
+                    ..Default::default()
+                },
+                compliant(),
+                BlockReason::OsVersion,
+            ),
+        ];
+        for (policy, record, reason) in cases {
+            assert_eq!(
+                decide(&policy, &record),
+                Decision::Block(reason),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn policies_that_pass_allow() {
+        let policy = PolicySettings {
+            inactivity_days: 3,
+            allowed_mail_clients: vec!["boxer".into()],
+            min_os_version: [("iOS".into(), "17.0.3".into())].into(),
+            ..Default::default()
+        };
+        let record = DeviceRecord {
+            last_seen: Some(1_000_000 - 86_400),
+            mail_client: Some("Boxer".into()),
+            ..compliant()
+        };
+        assert!(decide(&policy, &record).is_allowed());
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("17.10", "17.9"));
+        assert!(version_at_least("17", "17.0.0"));
+        assert!(!version_at_least("16.7.2", "17"));
+        assert!(!version_at_least("garbage", "1"));
+    }
+
+    #[test]
+    fn decision_serialises_with_state_and_reason() {
+        let json = serde_json::to_string(&Decision::Block(BlockReason::EnterpriseWiped)).unwrap();
+        assert_eq!(json, r#"{"state":"blocked","reason":"enterprise-wiped"}"#);
+    }
+}

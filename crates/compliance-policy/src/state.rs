@@ -1,0 +1,456 @@
+//! The shared compliance state: the current view, the policy, and what follows a change.
+//!
+//! Every change (full sync, delta, change event, override) goes through [`Compliance`], which
+//! swaps in a new [`View`], works out which devices changed decision, cuts the long-lived
+//! streams of devices that became blocked, and publishes each [`Transition`] to subscribers
+//! (the ENS callback, metrics, the audit trail). Reads ([`Compliance::decide`]) take no lock.
+
+use crate::device::{DeviceId, DeviceRecord};
+use crate::policy::{Decision, Override, Overrides, PolicySettings};
+use crate::streams::{StreamGuard, StreamRegistry};
+use crate::view::{Change, View};
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// What caused a change of the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeSource {
+    /// A full sync from the console.
+    FullSync,
+    /// A delta sync from the console.
+    DeltaSync,
+    /// A change event pushed by the console.
+    ChangeEvent,
+    /// An administrator's override.
+    Override,
+    /// A saved snapshot loaded at start.
+    Snapshot,
+}
+
+/// A device whose decision changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its user, when known.
+    pub user: Option<String>,
+    /// The decision before.
+    pub before: Decision,
+    /// The decision now.
+    pub after: Decision,
+    /// What caused it.
+    pub source: ChangeSource,
+}
+
+#[derive(Debug)]
+struct Shared {
+    view: ArcSwap<View>,
+    policy: ArcSwap<PolicySettings>,
+    /// Serialises writers; readers never take it.
+    writer: Mutex<()>,
+    streams: StreamRegistry,
+    transitions: broadcast::Sender<Transition>,
+}
+
+/// The compliance state; cheap to clone, every clone shares it.
+#[derive(Clone, Debug)]
+pub struct Compliance {
+    shared: Arc<Shared>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Compliance {
+    /// An empty, not yet loaded state with `policy`.
+    pub fn new(policy: PolicySettings) -> Self {
+        let (transitions, _) = broadcast::channel(4096);
+        Compliance {
+            shared: Arc::new(Shared {
+                view: ArcSwap::from_pointee(View::default()),
+                policy: ArcSwap::from_pointee(policy),
+                writer: Mutex::new(()),
+                streams: StreamRegistry::default(),
+                transitions,
+            }),
+        }
+    }
+
+    /// The decision for a request from `device_id` (none: unknown) by `user` (when the
+    /// authentication names one). Lock-free; the hot path of every request.
+    #[inline]
+    pub fn decide(&self, device_id: Option<&str>, user: Option<&str>) -> Decision {
+        let view = self.shared.view.load();
+        let policy = self.shared.policy.load();
+        let id = device_id.map(upper_case);
+        let record = id.as_deref().and_then(|id| view.device(id)).map(|r| &**r);
+        let now = if policy.inactivity_days > 0 {
+            now_secs()
+        } else {
+            0
+        };
+        policy.decide_for(id.as_deref(), record, user, view.overrides(), now)
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.shared.view.load_full()
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<PolicySettings> {
+        self.shared.policy.load_full()
+    }
+
+    /// Receives every transition from now on. A receiver that falls behind by more than 4096
+    /// transitions misses some (and is told so by `RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.shared.transitions.subscribe()
+    }
+
+    /// Registers a long-lived response of `device_id` / `user`, cut at once if that device or
+    /// user becomes blocked. Register before deciding, so that no block falls between the two.
+    pub fn register_stream(&self, device_id: Option<&str>, user: Option<&str>) -> StreamGuard {
+        self.shared.streams.register(
+            device_id.map(DeviceId::new),
+            user.map(str::to_ascii_lowercase),
+        )
+    }
+
+    /// Number of long-lived responses registered now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.len()
+    }
+
+    /// Replaces every device (a full sync or a loaded snapshot); overrides are kept.
+    pub fn replace_all(&self, records: Vec<DeviceRecord>, source: ChangeSource) -> Vec<Transition> {
+        self.update(source, Scope::All, |old| {
+            View::from_records(records, old.overrides().clone()).synced(SystemTime::now())
+        })
+    }
+
+    /// Applies changes to some devices (a delta sync or a change event).
+    pub fn apply(&self, changes: Vec<Change>, source: ChangeSource) -> Vec<Transition> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let touched = changes
+            .iter()
+            .map(|change| match change {
+                Change::Upsert(record) => record.device_id.clone(),
+                Change::Remove(id) => id.clone(),
+            })
+            .collect();
+        self.update(source, Scope::Devices(touched), |old| {
+            old.with_changes(&changes)
+        })
+    }
+
+    /// Sets (`Some`) or clears (`None`) the override of a device.
+    pub fn set_device_override(
+        &self,
+        device_id: &str,
+        action: Option<Override>,
+    ) -> Vec<Transition> {
+        let id = DeviceId::new(device_id);
+        self.update(
+            ChangeSource::Override,
+            Scope::Devices(vec![id.clone()]),
+            |old| {
+                let mut overrides = old.overrides().clone();
+                match action {
+                    Some(action) => overrides.devices.insert(id.clone(), action),
+                    None => overrides.devices.remove(&id),
+                };
+                old.with_overrides(overrides)
+            },
+        )
+    }
+
+    /// Sets (`Some`) or clears (`None`) the override of a user (UPN, any case).
+    pub fn set_user_override(&self, user: &str, action: Option<Override>) -> Vec<Transition> {
+        let user = user.to_ascii_lowercase();
+        self.update(ChangeSource::Override, Scope::User(user.clone()), |old| {
+            let mut overrides = old.overrides().clone();
+            match action {
+                Some(action) => overrides.users.insert(user.clone(), action),
+                None => overrides.users.remove(&user),
+            };
+            old.with_overrides(overrides)
+        })
+    }
+
+    /// Replaces all overrides (loading a snapshot).
+    pub fn replace_overrides(&self, overrides: Overrides) -> Vec<Transition> {
+        self.update(ChangeSource::Snapshot, Scope::All, |old| {
+            old.with_overrides(overrides)
+        })
+    }
+
+    /// Swaps in the view `change` makes of the current one, then announces what changed.
+    fn update(
+        &self,
+        source: ChangeSource,
+        scope: Scope,
+        change: impl FnOnce(&View) -> View,
+    ) -> Vec<Transition> {
+        let _writer = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.shared.view.load_full();
+        let new = Arc::new(change(&old));
+        let policy = self.shared.policy.load();
+        let transitions = transitions(&old, &new, &policy, source, &scope);
+        self.shared.view.store(new);
+        drop(_writer);
+        for transition in &transitions {
+            if !transition.after.is_allowed() {
+                let cut = self
+                    .shared
+                    .streams
+                    .cut(&transition.device_id, transition.user.as_deref());
+                if cut > 0 {
+                    tracing::info!(device = %transition.device_id, streams = cut, reason = transition.after.reason(), "cut the streams of a device that became blocked");
+                }
+            }
+            tracing::info!(
+                device = %transition.device_id,
+                user = transition.user.as_deref().unwrap_or(""),
+                from = transition.before.state(),
+                to = transition.after.state(),
+                reason = transition.after.reason(),
+                source = ?transition.source,
+                "device decision changed"
+            );
+            // No subscriber is not an error: nothing listens for transitions in a bare gateway.
+            let _ = self.shared.transitions.send(transition.clone());
+        }
+        transitions
+    }
+}
+
+/// Which devices a change can affect.
+enum Scope {
+    /// Any device (a full sync, new overrides wholesale).
+    All,
+    /// These devices only.
+    Devices(Vec<DeviceId>),
+    /// The devices of this user (lower-case).
+    User(String),
+}
+
+/// Devices whose decision differs between two views, within `scope`: every device of either view, and every
+/// device named by an override of either (an override may name a device the console does not
+/// list).
+fn transitions(
+    old: &View,
+    new: &View,
+    policy: &PolicySettings,
+    source: ChangeSource,
+    scope: &Scope,
+) -> Vec<Transition> {
+    let now = if policy.inactivity_days > 0 {
+        now_secs()
+    } else {
+        0
+    };
+    let mut seen = std::collections::HashSet::new();
+    let ids: Box<dyn Iterator<Item = &DeviceId>> = match scope {
+        Scope::All => Box::new(
+            new.devices()
+                .chain(old.devices())
+                .map(|r| &r.device_id)
+                .chain(new.overrides().devices.keys())
+                .chain(old.overrides().devices.keys()),
+        ),
+        Scope::Devices(ids) => Box::new(ids.iter()),
+        Scope::User(user) => Box::new(
+            new.devices_of_user(user)
+                .chain(old.devices_of_user(user))
+                .map(|r| &r.device_id),
+        ),
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        if !seen.insert(id) {
+            continue;
+        }
+        let before_record = old.device(id.as_str()).map(|r| &**r);
+        let after_record = new.device(id.as_str()).map(|r| &**r);
+        let before =
+            policy.decide_for(Some(id.as_str()), before_record, None, old.overrides(), now);
+        let after = policy.decide_for(Some(id.as_str()), after_record, None, new.overrides(), now);
+        if before != after {
+            let user = after_record.or(before_record).and_then(|r| r.user.clone());
+            out.push(Transition {
+                device_id: id.clone(),
+                user,
+                before,
+                after,
+                source,
+            });
+        }
+    }
+    out
+}
+
+/// The id upper-cased, copying only when it has lower-case letters.
+fn upper_case(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_lowercase()) {
+        std::borrow::Cow::Owned(id.to_ascii_uppercase())
+    } else {
+        std::borrow::Cow::Borrowed(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{ComplianceStatus, Enrollment};
+    use crate::policy::{AllowReason, BlockReason};
+
+    fn phone(id: &str, user: &str) -> DeviceRecord {
+        DeviceRecord {
+            device_id: DeviceId::new(id),
+            user: Some(user.into()),
+            enrollment: Enrollment::Enrolled,
+            compliance: ComplianceStatus::Compliant,
+            managed: true,
+            ..Default::default()
+        }
+    }
+
+    fn loaded() -> Compliance {
+        let compliance = Compliance::new(PolicySettings::default());
+        compliance.replace_all(
+            vec![
+                phone("A1", "alice@test.local"),
+                phone("A2", "alice@test.local"),
+                phone("B1", "bob@test.local"),
+            ],
+            ChangeSource::FullSync,
+        );
+        compliance
+    }
+
+    #[test]
+    fn first_full_sync_reports_every_known_device_as_allowed() {
+        let compliance = Compliance::new(PolicySettings::default());
+        assert!(!compliance.view().is_loaded());
+        let transitions = compliance.replace_all(
+            vec![phone("A1", "alice@test.local")],
+            ChangeSource::FullSync,
+        );
+        assert_eq!(transitions.len(), 1);
+        assert_eq!(
+            transitions[0].before,
+            Decision::Block(BlockReason::UnknownDevice)
+        );
+        assert_eq!(
+            transitions[0].after,
+            Decision::Allow(AllowReason::Compliant)
+        );
+        assert!(compliance.view().is_loaded());
+    }
+
+    #[test]
+    fn a_wipe_event_is_one_transition_and_is_published() {
+        let compliance = loaded();
+        let mut events = compliance.subscribe();
+        let wiped = DeviceRecord {
+            enrollment: Enrollment::EnterpriseWiped,
+            ..phone("A1", "alice@test.local")
+        };
+        let transitions = compliance.apply(vec![Change::Upsert(wiped)], ChangeSource::ChangeEvent);
+        assert_eq!(transitions.len(), 1);
+        let published = events.try_recv().unwrap();
+        assert_eq!(published, transitions[0]);
+        assert_eq!(
+            published.after,
+            Decision::Block(BlockReason::EnterpriseWiped)
+        );
+        assert_eq!(published.user.as_deref(), Some("alice@test.local"));
+        assert!(
+            compliance.decide(Some("A2"), None).is_allowed(),
+            "other devices are untouched"
+        );
+    }
+
+    #[test]
+    fn unchanged_records_make_no_transition() {
+        let compliance = loaded();
+        let again = compliance.apply(
+            vec![Change::Upsert(phone("A1", "alice@test.local"))],
+            ChangeSource::DeltaSync,
+        );
+        assert!(again.is_empty());
+        let full = compliance.replace_all(
+            vec![
+                phone("A1", "alice@test.local"),
+                phone("A2", "alice@test.local"),
+                phone("B1", "bob@test.local"),
+            ],
+            ChangeSource::FullSync,
+        );
+        assert!(full.is_empty());
+    }
+
+    #[test]
+    fn a_user_override_moves_every_device_of_that_user() {
+        let compliance = loaded();
+        let transitions = compliance.set_user_override("Alice@Test.Local", Some(Override::Block));
+        let mut ids: Vec<&str> = transitions.iter().map(|t| t.device_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["A1", "A2"]);
+        assert_eq!(
+            compliance.decide(Some("A1"), None),
+            Decision::Block(BlockReason::UserOverride)
+        );
+        let cleared = compliance.set_user_override("alice@test.local", None);
+        assert_eq!(cleared.len(), 2);
+        assert!(compliance.decide(Some("A1"), None).is_allowed());
+    }
+
+    #[test]
+    fn device_override_on_an_unknown_device_is_a_transition() {
+        let compliance = loaded();
+        let transitions = compliance.set_device_override("lab-phone", Some(Override::Allow));
+        assert_eq!(transitions.len(), 1);
+        assert_eq!(
+            transitions[0].after,
+            Decision::Allow(AllowReason::DeviceOverride)
+        );
+        assert!(compliance.decide(Some("LAB-PHONE"), None).is_allowed());
+    }
+
+    #[test]
+    fn blocking_cuts_the_registered_streams_of_that_device_only() {
+        let compliance = loaded();
+        let a1 = compliance.register_stream(Some("a1"), None);
+        let b1 = compliance.register_stream(Some("B1"), None);
+        assert_eq!(compliance.open_streams(), 2);
+        compliance.set_device_override("A1", Some(Override::Block));
+        assert!(a1.is_cut());
+        assert!(!b1.is_cut());
+        drop(a1);
+        assert_eq!(compliance.open_streams(), 1);
+    }
+
+    #[test]
+    fn blocking_a_user_cuts_streams_registered_under_that_user() {
+        let compliance = loaded();
+        let by_user = compliance.register_stream(None, Some("ALICE@test.local"));
+        compliance.set_user_override("alice@test.local", Some(Override::Block));
+        assert!(by_user.is_cut());
+    }
+}
