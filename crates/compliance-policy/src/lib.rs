@@ -36,8 +36,10 @@
 pub mod device;
 pub mod enforce;
 pub mod policy;
+pub mod snapshot;
 pub mod state;
 mod streams;
+pub mod sync;
 pub mod view;
 
 pub use ews_proxy_core;

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// What caused a change of the view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,8 @@ struct Shared {
     writer: Mutex<()>,
     streams: StreamRegistry,
     transitions: broadcast::Sender<Transition>,
+    /// Bumped after every change of the view, for whoever saves it.
+    version: watch::Sender<u64>,
 }
 
 /// The compliance state; cheap to clone, every clone shares it.
@@ -73,6 +75,7 @@ impl Compliance {
     /// An empty, not yet loaded state with `policy`.
     pub fn new(policy: PolicySettings) -> Self {
         let (transitions, _) = broadcast::channel(4096);
+        let (version, _) = watch::channel(0);
         Compliance {
             shared: Arc::new(Shared {
                 view: ArcSwap::from_pointee(View::default()),
@@ -80,6 +83,7 @@ impl Compliance {
                 writer: Mutex::new(()),
                 streams: StreamRegistry::default(),
                 transitions,
+                version,
             }),
         }
     }
@@ -114,6 +118,26 @@ impl Compliance {
     /// transitions misses some (and is told so by `RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.shared.transitions.subscribe()
+    }
+
+    /// Changes whenever the view changes (a counter), for whoever keeps a copy of it.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
+    }
+
+    /// Loads a saved snapshot into a state that has no view yet (at start, before the first
+    /// full sync); the view counts as loaded, so the gateway serves from it.
+    pub fn load_saved(&self, saved: crate::snapshot::Saved) -> Vec<Transition> {
+        let synced_at = saved
+            .synced_at
+            .map(|secs| UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        self.update(ChangeSource::Snapshot, Scope::All, move |_| {
+            let view = View::from_records(saved.devices, saved.overrides);
+            match synced_at {
+                Some(at) => view.synced(at),
+                None => view,
+            }
+        })
     }
 
     /// Registers a long-lived response of `device_id` / `user`, cut at once if that device or
@@ -212,6 +236,7 @@ impl Compliance {
         let policy = self.shared.policy.load();
         let transitions = transitions(&old, &new, &policy, source, &scope);
         self.shared.view.store(new);
+        self.shared.version.send_modify(|version| *version += 1);
         drop(_writer);
         for transition in &transitions {
             if !transition.after.is_allowed() {

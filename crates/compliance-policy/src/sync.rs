@@ -1,0 +1,297 @@
+//! Keeping the view current: a full sync at start and on an interval, a delta sync on a short
+//! interval, and a full sync on demand; the last good view saved after every change.
+//!
+//! A source that is down, slow or answers garbage never empties the view or opens the gate: the
+//! failed sync changes nothing, is logged and counted, and is retried with backoff. A full sync
+//! that returns no device at all while the view has some is refused as implausible (a console
+//! answering an empty list is far likelier broken than emptied).
+
+use crate::device::DeviceRecord;
+use crate::snapshot::Snapshot;
+use crate::state::{ChangeSource, Compliance};
+use crate::view::Change;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The source could not be reached or did not answer in time.
+    #[error("device source unreachable")]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The source answered with an error status.
+    #[error("device source answered {status}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The answer could not be understood (not JSON, missing fields, truncated paging).
+    #[error("device source answered garbage: {0}")]
+    Garbage(String),
+    /// The answer is well-formed but implausible (an empty device list, …).
+    #[error("device source answer refused: {0}")]
+    Implausible(String),
+}
+
+/// Where devices come from: the management console, or a shared store of the view.
+pub trait DeviceSource: Send + Sync + 'static {
+    /// Every device.
+    fn full(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, SourceError>> + Send;
+    /// The devices changed since `since`.
+    fn changed_since(
+        &self,
+        since: SystemTime,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, SourceError>> + Send;
+}
+
+/// How often to sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Between full syncs.
+    #[serde(with = "humantime_serde")]
+    pub full_sync_interval: Duration,
+    /// Between delta syncs.
+    #[serde(with = "humantime_serde")]
+    pub delta_sync_interval: Duration,
+    /// First wait after a failure; doubles up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// Longest wait between retries.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            full_sync_interval: Duration::from_secs(3600),
+            delta_sync_interval: Duration::from_secs(60),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the last syncs did, for readiness, metrics and the admin API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncStatus {
+    /// When the last full sync succeeded.
+    pub last_full_sync: Option<SystemTime>,
+    /// When the last delta sync succeeded.
+    pub last_delta_sync: Option<SystemTime>,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Successful syncs so far.
+    pub successes: u64,
+    /// Failed syncs so far.
+    pub failures: u64,
+}
+
+/// A handle on a running [`Syncer`]: trigger a full sync, read its status.
+#[derive(Clone, Debug, Default)]
+pub struct SyncHandle {
+    trigger: Arc<Notify>,
+    status: Arc<Mutex<SyncStatus>>,
+}
+
+impl SyncHandle {
+    /// Asks for a full sync as soon as possible.
+    pub fn trigger_full_sync(&self) {
+        self.trigger.notify_one();
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, result: Result<SyncKind, &SourceError>) {
+        let Ok(mut status) = self.status.lock() else {
+            return;
+        };
+        match result {
+            Ok(kind) => {
+                status.successes += 1;
+                status.last_error = None;
+                match kind {
+                    SyncKind::Full => status.last_full_sync = Some(SystemTime::now()),
+                    SyncKind::Delta => status.last_delta_sync = Some(SystemTime::now()),
+                }
+            }
+            Err(error) => {
+                status.failures += 1;
+                status.last_error = Some(error.to_string());
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SyncKind {
+    Full,
+    Delta,
+}
+
+/// The sync loop; see the [module docs](self).
+#[derive(Debug)]
+pub struct Syncer<S> {
+    compliance: Compliance,
+    source: S,
+    settings: SyncSettings,
+    snapshot: Option<Snapshot>,
+    handle: SyncHandle,
+}
+
+impl<S: DeviceSource> Syncer<S> {
+    /// A syncer keeping `compliance` current from `source`.
+    pub fn new(compliance: Compliance, source: S, settings: SyncSettings) -> Self {
+        Syncer {
+            compliance,
+            source,
+            settings,
+            snapshot: None,
+            handle: SyncHandle::default(),
+        }
+    }
+
+    /// Loads the view from `snapshot` at start and saves every change to it.
+    pub fn with_snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.snapshot = Some(snapshot);
+        self
+    }
+
+    /// The handle to trigger syncs and read their status.
+    pub fn handle(&self) -> SyncHandle {
+        self.handle.clone()
+    }
+
+    /// Loads the saved view, if any (call before serving: the gate stays shut on a blocked
+    /// device across restarts even while the console is down).
+    pub fn load_snapshot(&self) {
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        match snapshot.load() {
+            Ok(Some(saved)) => {
+                let devices = saved.devices.len();
+                self.compliance.load_saved(saved);
+                tracing::info!(path = %snapshot.path().display(), devices, "loaded the saved compliance view");
+            }
+            Ok(None) => {
+                tracing::info!(path = %snapshot.path().display(), "no saved compliance view yet")
+            }
+            Err(error) => {
+                tracing::error!(%error, "the saved compliance view is unusable; waiting for a full sync (unknown devices stay blocked)")
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes: full sync, then delta and full syncs on their intervals.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let saver = self
+            .snapshot
+            .clone()
+            .map(|snapshot| tokio::spawn(save_on_change(self.compliance.clone(), snapshot)));
+        let mut backoff = self.settings.min_backoff;
+        let mut next_full = tokio::time::Instant::now();
+        let mut next_delta = next_full + self.settings.delta_sync_interval;
+        let mut delta_since: Option<SystemTime> = None;
+        loop {
+            let full_due = tokio::time::sleep_until(next_full);
+            let delta_due = tokio::time::sleep_until(next_delta);
+            let kind = tokio::select! {
+                () = &mut shutdown => break,
+                () = full_due => SyncKind::Full,
+                () = delta_due, if delta_since.is_some() => SyncKind::Delta,
+                () = self.handle.trigger.notified() => SyncKind::Full,
+            };
+            let started = SystemTime::now();
+            let result = match kind {
+                SyncKind::Full => self.full_sync().await,
+                SyncKind::Delta => self.delta_sync(delta_since.unwrap_or(started)).await,
+            };
+            let now = tokio::time::Instant::now();
+            match &result {
+                Ok(()) => {
+                    backoff = self.settings.min_backoff;
+                    // Deltas start from when this sync started: a change made during it is
+                    // fetched again rather than missed.
+                    delta_since = Some(started - Duration::from_secs(1));
+                    match kind {
+                        SyncKind::Full => next_full = now + self.settings.full_sync_interval,
+                        SyncKind::Delta => {}
+                    }
+                    next_delta = now + self.settings.delta_sync_interval;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?kind, retry_in = ?backoff, "sync failed; keeping the last good view");
+                    match kind {
+                        SyncKind::Full => next_full = now + backoff,
+                        SyncKind::Delta => next_delta = now + backoff,
+                    }
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+            self.handle.record(result.as_ref().map(|()| kind));
+        }
+        if let Some(saver) = saver {
+            saver.abort();
+        }
+    }
+
+    async fn full_sync(&self) -> Result<(), SourceError> {
+        let records = self.source.full().await?;
+        let current = self.compliance.view();
+        if records.is_empty() && !current.is_empty() {
+            return Err(SourceError::Implausible(format!(
+                "an empty device list, while the view holds {} devices",
+                current.len()
+            )));
+        }
+        let count = records.len();
+        let transitions = self.compliance.replace_all(records, ChangeSource::FullSync);
+        tracing::info!(
+            devices = count,
+            transitions = transitions.len(),
+            "full sync done"
+        );
+        Ok(())
+    }
+
+    async fn delta_sync(&self, since: SystemTime) -> Result<(), SourceError> {
+        let records = self.source.changed_since(since).await?;
+        let count = records.len();
+        let changes = records.into_iter().map(Change::Upsert).collect();
+        let transitions = self.compliance.apply(changes, ChangeSource::DeltaSync);
+        tracing::debug!(
+            changed = count,
+            transitions = transitions.len(),
+            "delta sync done"
+        );
+        Ok(())
+    }
+}
+
+/// Saves the view after each change, coalescing bursts: at most one save runs at a time, and a
+/// change made during a save is saved right after it.
+async fn save_on_change(compliance: Compliance, snapshot: Snapshot) {
+    let mut changes = compliance.watch_changes();
+    while changes.changed().await.is_ok() {
+        let view = compliance.view();
+        let snapshot = snapshot.clone();
+        let saved = tokio::task::spawn_blocking(move || snapshot.save(&view)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot save the compliance view; serving from memory")
+            }
+            Err(error) => tracing::error!(%error, "the snapshot writer failed"),
+        }
+    }
+}
