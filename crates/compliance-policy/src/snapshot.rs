@@ -123,10 +123,10 @@ impl Snapshot {
         drop(file);
         std::fs::rename(&temporary, &self.path).map_err(io("rename"))?;
         // The rename is durable only once the directory entry is.
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(dir) = std::fs::File::open(dir)
+        {
+            let _ = dir.sync_all();
         }
         Ok(())
     }
