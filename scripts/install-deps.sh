@@ -6,7 +6,7 @@
 set -euo pipefail
 
 # Packages the test suite needs. Later slices add the KDC, Redis and nginx here.
-packages=(ca-certificates pkg-config "$@")
+packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils "$@")
 # A python3 that can create virtual environments (with pip), for the EWS client tests. Any
 # python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

@@ -4,8 +4,11 @@
 //! seg-testbed demo
 //! seg-testbed exchange --listen 127.0.0.1:8443 --tls-cert server.pem --tls-key server.key \
 //!     --users users.json [--token-public-key token.pub.pem] [--minute-ms 60000]
+//! seg-testbed uem --listen 127.0.0.1:8444 --devices devices.json [--tls-cert server.pem --tls-key server.key] \
+//!     [--webhook URL --webhook-secret S] [--tenant-code T --user U --password P] [--organization-group-id N]
 //! seg-testbed pki --dir ./pki [--name proxy.test.local]
 //! seg-testbed token --key token.key.pem --upn alice@test.local [--public-key-out token.pub.pem]
+//! seg-testbed kdc --dir ./kdc [--port 8888]
 //! ```
 
 mod demo;
@@ -36,6 +39,8 @@ enum Command {
     Demo,
     /// Run the Exchange EWS stand-in until Ctrl-C.
     Exchange(ExchangeArgs),
+    /// Run the Workspace ONE UEM (MEM device API) stand-in until Ctrl-C.
+    Uem(UemArgs),
     /// Generate a test CA and a server certificate (ca.pem, server.pem, server.key).
     Pki {
         /// The directory to write the PEM files into.
@@ -63,6 +68,20 @@ enum Command {
         #[arg(long)]
         public_key_out: Option<PathBuf>,
     },
+    /// Run a real MIT Kerberos KDC on 127.0.0.1 (slapd + krb5kdc, constrained delegation from
+    /// HTTP/seg.test.local to HTTP/exchange.test.local) until Ctrl-C or SIGTERM.
+    Kdc(KdcArgs),
+}
+
+/// Arguments of `seg-testbed kdc`.
+#[derive(Debug, clap::Args)]
+struct KdcArgs {
+    /// The directory for every file of the KDC (krb5.conf, keytabs, database, logs).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The port on 127.0.0.1 the KDC serves on over UDP and TCP; a free one if not given.
+    #[arg(long)]
+    port: Option<u16>,
 }
 
 /// Arguments of `seg-testbed exchange`.
@@ -123,6 +142,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Exchange(args) => run_async(exchange(args)),
+        Command::Uem(args) => run_async(uem(args)),
         Command::Pki { dir, names } => make_pki(&dir, &names),
         Command::Token {
             key,
@@ -131,6 +151,7 @@ fn main() -> ExitCode {
             ttl_secs,
             public_key_out,
         } => token(&key, &upn, &audience, ttl_secs, public_key_out.as_deref()),
+        Command::Kdc(args) => kdc(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,5 +238,115 @@ fn token(
         issuer.write_public_key(path)?;
     }
     println!("{}", issuer.issue(upn, Duration::from_secs(ttl_secs))?);
+    Ok(())
+}
+
+fn kdc(args: KdcArgs) -> Result<(), BoxError> {
+    let mut config = seg_testbed::kdc::KdcConfig::new(args.dir);
+    config.port = args.port;
+    let users: Vec<String> = config
+        .users
+        .iter()
+        .map(|user| format!("{} (password {})", user.name, user.password))
+        .collect();
+    let services: Vec<String> = config
+        .services
+        .iter()
+        .map(|service| service.principal.clone())
+        .collect();
+    let mut kdc = seg_testbed::kdc::Kdc::start(config)?;
+    println!(
+        "KDC for {} on {} (udp and tcp), started in {:.2} s",
+        kdc.realm(),
+        kdc.addr(),
+        kdc.startup_time().as_secs_f64()
+    );
+    println!("  export KRB5_CONFIG={}", kdc.krb5_conf().display());
+    println!("  users: {}", users.join(", "));
+    for service in &services {
+        if let Some(keytab) = kdc.keytab(service) {
+            println!("  {service}: {}", keytab.display());
+        }
+    }
+    println!("  KDC log: {}", kdc.log_path().display());
+    println!("Ctrl-C stops it.");
+    run_async(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut health = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => break result?,
+                _ = terminate.recv() => break,
+                _ = health.tick() => kdc.check_alive()?,
+            }
+        }
+        tracing::info!("stopping the KDC");
+        kdc.stop();
+        Ok(())
+    })
+}
+
+/// Arguments of `seg-testbed uem`.
+#[derive(Debug, clap::Args)]
+struct UemArgs {
+    /// The address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The devices file: a JSON array of {"device_id", "user", "uem_id", "platform", "model",
+    /// "os_version", "enrollment", "compliance", "compromised", "managed_email_client", …}.
+    #[arg(long)]
+    devices: PathBuf,
+    /// The server certificate chain (PEM); serves plain HTTP without it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The URL change events are POSTed to; none are sent without it.
+    #[arg(long, requires = "webhook_secret")]
+    webhook: Option<String>,
+    /// The shared secret of the webhook (sent, and keying the HMAC-SHA256 signature).
+    #[arg(long, requires = "webhook")]
+    webhook_secret: Option<String>,
+    /// The aw-tenant-code every API request must carry.
+    #[arg(long, default_value = seg_testbed::uem::DEFAULT_TENANT_CODE)]
+    tenant_code: String,
+    /// The API user's Basic user name.
+    #[arg(long, default_value = seg_testbed::uem::DEFAULT_API_USER)]
+    user: String,
+    /// The API user's Basic password.
+    #[arg(long, default_value = seg_testbed::uem::DEFAULT_API_PASSWORD)]
+    password: String,
+    /// The API user's organization group, which holds every device.
+    #[arg(long, default_value_t = seg_testbed::uem::DEFAULT_ORGANIZATION_GROUP_ID)]
+    organization_group_id: u64,
+}
+
+async fn uem(args: UemArgs) -> Result<(), BoxError> {
+    use seg_testbed::uem::{Credentials, Device, UemConfig, UemServer, Webhook};
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(pki::server_config_from_files(cert, key)?),
+        _ => None,
+    };
+    let mut config = UemConfig::new(Device::load_list(&args.devices)?);
+    config.credentials = Credentials {
+        user: args.user,
+        password: args.password,
+    };
+    config.tenant_code = args.tenant_code;
+    config.organization_group_id = args.organization_group_id;
+    config.webhook = match (&args.webhook, &args.webhook_secret) {
+        (Some(url), Some(secret)) => Some(Webhook::new(url, secret)),
+        _ => None,
+    };
+    let devices = config.devices.len();
+    let webhook = args.webhook.as_deref().unwrap_or("none");
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let server = UemServer::spawn(listener, tls, config)?;
+    tracing::info!(url = %server.search_url(), devices, webhook, "UEM stand-in listening");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
     Ok(())
 }

@@ -28,6 +28,15 @@ pub enum Error {
     /// The users file is not the expected JSON array of users.
     #[error("the users file is not a JSON array of {{upn, password, mailbox}}")]
     UsersFile(#[source] serde_json::Error),
+    /// The devices file is not the expected JSON array of devices.
+    #[error("the devices file is not a JSON array of devices")]
+    DevicesFile(#[source] serde_json::Error),
+    /// A device is inconsistent: a bad field value, or an id already taken.
+    #[error("invalid device: {0}")]
+    InvalidDevice(String),
+    /// A change named a device the UEM stand-in does not hold.
+    #[error("no device {0} on this server")]
+    UnknownDevice(String),
     /// A token could not be signed.
     #[error("could not sign the token")]
     TokenSigning(#[source] jsonwebtoken::errors::Error),
@@ -59,6 +68,42 @@ pub enum Error {
         what: String,
         /// How long the wait lasted.
         after: std::time::Duration,
+    },
+    /// A program or file the test KDC needs is not installed.
+    #[error(
+        "{program} is missing: install the Debian package {package} (scripts/install-deps.sh does)"
+    )]
+    KdcToolMissing {
+        /// The program or file.
+        program: String,
+        /// The Debian package that installs it.
+        package: &'static str,
+    },
+    /// A program of the test KDC could not be started at all.
+    #[error("could not run {program}")]
+    KdcSpawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step of bringing up the test KDC failed.
+    #[error("could not bring up the test KDC: {step} failed: {detail}")]
+    KdcSetup {
+        /// The step, e.g. `starting slapd` or the `kadmin.local` query.
+        step: String,
+        /// The tool's own error output, or the end of the daemon's log.
+        detail: String,
+    },
+    /// The test KDC's configuration holds a name or password that cannot be used.
+    #[error("invalid test KDC configuration: {0}")]
+    KdcConfig(String),
+    /// Another process serves on the port asked for the test KDC.
+    #[error("port {port} on 127.0.0.1 is already in use by another process")]
+    KdcPortInUse {
+        /// The port.
+        port: u16,
     },
 }
 

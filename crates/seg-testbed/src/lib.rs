@@ -8,6 +8,9 @@
 //! OAuth tokens, [`client`] is a small HTTP client, [`upstream`] holds scripted upstreams for
 //! behaviour no faithful server provokes on demand, and [`harness`] holds the helpers every test
 //! uses.
+//! [`kdc`] brings up a real MIT Kerberos KDC on loopback in which constrained delegation works.
+//! [`uem`] stands in for the Workspace ONE UEM REST API: the MEM device search with delta sync,
+//! devices whose compliance tests change, and change events pushed to a signed webhook.
 //!
 //! ```
 //! use seg_testbed::harness::{TestExchange, TEST_PASSWORD};
@@ -25,8 +28,10 @@ pub mod client;
 mod error;
 pub mod exchange;
 pub mod harness;
+pub mod kdc;
 pub mod pki;
 pub mod token;
+pub mod uem;
 pub mod upstream;
 
 pub use error::{Error, Result};
