@@ -10,6 +10,7 @@
 //! Every error names the key and the source (file, environment) it came from.
 
 use crate::properties::PropertiesFile;
+use compliance_policy::policy::{PolicySettings, UnknownDevice};
 use ews_proxy_core::server::ServerSettings;
 use ews_proxy_core::upstream::PoolSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -37,6 +38,95 @@ pub struct Config {
     pub server: ServerSettings,
     /// Logging.
     pub log: Log,
+    /// Device compliance; without this section the gateway is a plain EWS proxy.
+    pub compliance: Option<ComplianceConfig>,
+    /// The admin listener (health, readiness, metrics, device lookup, overrides, UEM webhook).
+    pub admin: Admin,
+    /// Telling ENS about blocks and unblocks.
+    pub ens: Ens,
+}
+
+/// `[compliance]`: where device compliance comes from and how it is enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// The UEM API base, e.g. `https://as123.awmdm.com`.
+    pub uem_url: String,
+    /// The UEM `aw-tenant-code` API key. Secret.
+    pub uem_tenant_code: String,
+    /// The UEM API user.
+    pub uem_user: String,
+    /// The UEM API user's password. Secret.
+    pub uem_password: String,
+    /// The UEM organization group to search; the API user's own when absent.
+    #[serde(default)]
+    pub uem_organization_group_id: Option<u64>,
+    /// Extra trust anchors (PEM) for the UEM server's certificate.
+    #[serde(default)]
+    pub uem_trust_store: Option<PathBuf>,
+    /// Devices per page of the UEM search.
+    #[serde(default = "default_page_size")]
+    pub uem_page_size: u32,
+    /// How long one UEM page may take.
+    #[serde(default = "default_uem_timeout", with = "humantime_serde")]
+    pub uem_timeout: Duration,
+    /// The header carrying the EAS device id on EWS requests.
+    #[serde(default = "default_device_header")]
+    pub device_id_header: String,
+    /// Where the last good view is kept across restarts; none keeps it in memory only.
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
+    /// Between full syncs.
+    #[serde(default = "default_full_sync", with = "humantime_serde")]
+    pub full_sync_interval: Duration,
+    /// Between delta syncs.
+    #[serde(default = "default_delta_sync", with = "humantime_serde")]
+    pub delta_sync_interval: Duration,
+    /// The shared secret UEM change events must carry (`POST /events/compliance` on the admin
+    /// listener); without it the webhook refuses every event. Secret.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// `block` (default, fail closed) or `allow` (fail open, logged) for unknown devices.
+    #[serde(default)]
+    pub unknown_device: UnknownDevice,
+    /// The MEM policies.
+    #[serde(default)]
+    pub policy: PolicySettings,
+}
+
+fn default_page_size() -> u32 {
+    500
+}
+fn default_uem_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_device_header() -> String {
+    "X-Device-Id".into()
+}
+fn default_full_sync() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_delta_sync() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener (plain HTTP; keep it on a management network).
+    pub listen: Option<SocketAddr>,
+    /// The bearer token every endpoint that reads device data or changes state requires.
+    /// Secret. Without it those endpoints refuse everyone.
+    pub token: Option<String>,
+}
+
+/// `[ens]`: the ENS side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ens {
+    /// Where block and unblock transitions are POSTed.
+    pub callback_url: Option<String>,
 }
 
 /// `[listen]`: the gateway's listeners. At least one is required.
@@ -279,6 +369,42 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(compliance) = &self.compliance {
+            check_url(&compliance.uem_url).map_err(|m| invalid("compliance.uem_url", m))?;
+            if http::HeaderName::from_bytes(compliance.device_id_header.as_bytes()).is_err() {
+                return Err(invalid(
+                    "compliance.device_id_header",
+                    "is not a header name".into(),
+                ));
+            }
+            if compliance.delta_sync_interval.is_zero() || compliance.full_sync_interval.is_zero() {
+                return Err(invalid(
+                    "compliance.delta_sync_interval",
+                    "sync intervals must be more than zero".into(),
+                ));
+            }
+            if compliance.uem_page_size == 0 {
+                return Err(invalid(
+                    "compliance.uem_page_size",
+                    "must be at least 1".into(),
+                ));
+            }
+            if let Some(path) = compliance.uem_trust_store.as_ref().filter(|p| !p.is_file()) {
+                return Err(invalid(
+                    "compliance.uem_trust_store",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        if let Some(url) = &self.ens.callback_url {
+            check_url(url).map_err(|m| invalid("ens.callback_url", m))?;
+        }
+        if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "admin.token",
+                "must be at least 16 characters".into(),
+            ));
+        }
         if self.ews.sniff_limit < 512 {
             return Err(invalid(
                 "ews.sniff_limit",
@@ -288,12 +414,18 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as TOML, with secrets redacted, for `check-config`.
-    ///
-    /// No setting of this slice is secret; credentials added later are replaced by `"<redacted>"`
-    /// here before printing.
+    /// The configuration as TOML, with every secret replaced by `"<redacted>"`, for
+    /// `check-config`.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
+        let mut shown = self.clone();
+        let redact = |secret: &mut String| *secret = "<redacted>".into();
+        if let Some(compliance) = &mut shown.compliance {
+            redact(&mut compliance.uem_tenant_code);
+            redact(&mut compliance.uem_password);
+            compliance.webhook_secret.as_mut().map(redact);
+        }
+        shown.admin.token.as_mut().map(redact);
+        toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
     }
 }
 

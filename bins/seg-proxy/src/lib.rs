@@ -18,9 +18,15 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod config;
 pub mod properties;
 
+use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
+use compliance_policy::notify::EnsNotifier;
+use compliance_policy::state::Compliance;
+use compliance_policy::sync::{SyncHandle, SyncSettings, Syncer};
+use compliance_policy::uem::{UemClient, UemSettings};
 use config::Config;
 use ews_proxy_core::body::ResponseBody;
 use ews_proxy_core::body_limit::RequestBodyLimitLayer;
@@ -32,6 +38,7 @@ use ews_proxy_core::routing::PathRouter;
 use ews_proxy_core::server::Server;
 use ews_proxy_core::tls::{self, TlsError, UpstreamTrust};
 use ews_proxy_core::upstream::UpstreamClient;
+use http::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -55,6 +62,9 @@ pub enum StartError {
     /// A URL that passed validation did not parse (a bug; reported, not panicked on).
     #[error("url {0} does not parse")]
     Url(String),
+    /// The UEM settings cannot be used.
+    #[error("uem settings refused")]
+    Uem(#[source] compliance_policy::uem::UemSettingsError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -71,7 +81,7 @@ pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Gatewa
 
 /// The gateway's response body.
 pub type GatewayBody = tower_http::trace::ResponseBody<
-    ResponseBody,
+    CutOnBlock<ResponseBody>,
     tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
 >;
 
@@ -80,8 +90,11 @@ pub type GatewayBody = tower_http::trace::ResponseBody<
 pub struct Gateway {
     https_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    compliance: Option<(Compliance, SyncHandle)>,
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<std::io::Result<()>>,
+    background: JoinSet<()>,
 }
 
 impl Gateway {
@@ -96,8 +109,13 @@ impl Gateway {
     /// 4. `X-Forwarded-*`;
     /// 5. request body limit (`413`);
     /// 6. (EWS only) the operation sniffer;
-    /// 7. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
-    pub fn build_service(config: &Config) -> Result<GatewayService, StartError> {
+    /// 7. compliance: the device's decision, `403` when blocked, streams cut on a block (a
+    ///    pass-through without `[compliance]`);
+    /// 8. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
+    pub fn build_service(
+        config: &Config,
+        compliance: Option<&Compliance>,
+    ) -> Result<GatewayService, StartError> {
         let trust = UpstreamTrust {
             trust_store: config.exchange.trust_store.clone(),
             ignore_ssl_errors: config.exchange.ignore_ssl_errors,
@@ -111,6 +129,18 @@ impl Gateway {
             None => exchange.clone(),
         };
 
+        let enforce = match compliance {
+            Some(compliance) => {
+                let header = config
+                    .compliance
+                    .as_ref()
+                    .map_or("x-device-id", |c| c.device_id_header.as_str());
+                let header = HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| StartError::Url(header.to_owned()))?;
+                ComplianceLayer::new(compliance.clone()).with_device_header(header)
+            }
+            None => ComplianceLayer::disabled(),
+        };
         let ews = config.ews.enable_proxy.then(|| {
             let sniffer = if config.ews.require_soap {
                 EwsOperationLayer::requiring_soap()
@@ -123,6 +153,7 @@ impl Gateway {
                 .layer(ForwardedHeadersLayer::new())
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(sniffer)
+                .layer(enforce.clone())
                 .service(ReverseProxy::new(client.clone(), ews_upstream))
         });
         let activesync = config.activesync.enable_proxy.then(|| {
@@ -130,6 +161,7 @@ impl Gateway {
                 .layer(StripHopByHopLayer::new())
                 .layer(ForwardedHeadersLayer::new())
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
+                .layer(enforce.clone())
                 .service(ReverseProxy::new(client.clone(), exchange))
         });
         let service = ServiceBuilder::new()
@@ -143,8 +175,18 @@ impl Gateway {
     /// Returns once the listeners are bound: the addresses are known (port 0 is allowed) and
     /// connections are accepted.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let service = Self::build_service(&config)?;
         let (shutdown, _) = watch::channel(false);
+        let mut background = JoinSet::new();
+        let compliance = match &config.compliance {
+            Some(settings) => Some(start_compliance(
+                &config,
+                settings,
+                &shutdown,
+                &mut background,
+            )?),
+            None => None,
+        };
+        let service = Self::build_service(&config, compliance.as_ref().map(|(c, _)| c))?;
         let mut listeners = JoinSet::new();
         let mut https_addr = None;
         let mut http_addr = None;
@@ -167,11 +209,24 @@ impl Gateway {
             );
             listeners.spawn(server.serve(service.clone(), stopped(shutdown.subscribe())));
         }
+        let mut admin_addr = None;
+        if let Some(addr) = config.admin.listen {
+            let router = admin::router(&config, compliance.as_ref());
+            let server = Server::new(bind(addr).await?, config.server.clone());
+            admin_addr = Some(
+                server
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            );
+            listeners.spawn(server.serve(router, stopped(shutdown.subscribe())));
+        }
         tracing::info!(
             https = ?https_addr,
             http = ?http_addr,
+            admin = ?admin_addr,
             ews = config.ews.enable_proxy,
             activesync = config.activesync.enable_proxy,
+            compliance = compliance.is_some(),
             exchange = %config.exchange.url,
             ews_host = config.exchange.ews_url.as_deref().unwrap_or(&config.exchange.url),
             "seg-proxy started"
@@ -179,9 +234,22 @@ impl Gateway {
         Ok(Gateway {
             https_addr,
             http_addr,
+            admin_addr,
+            compliance,
             shutdown,
             listeners,
+            background,
         })
+    }
+
+    /// The bound admin listener address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The compliance state and its sync handle, when `[compliance]` is configured.
+    pub fn compliance(&self) -> Option<&(Compliance, SyncHandle)> {
+        self.compliance.as_ref()
     }
 
     /// The bound TLS listener address.
@@ -211,6 +279,9 @@ impl Gateway {
                 Err(error) => tracing::error!(%error, "listener task failed"),
             }
         }
+        // Sync and callbacks stop with the listeners; a callback still retrying is abandoned
+        // (ENS learns the state at its next request).
+        self.background.shutdown().await;
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
@@ -220,6 +291,63 @@ impl Gateway {
         self.shutdown().await;
         tracing::info!("seg-proxy stopped");
     }
+}
+
+/// Starts the compliance side: the state (from the saved snapshot, if any), the UEM sync loop,
+/// and the ENS callback.
+fn start_compliance(
+    config: &Config,
+    settings: &config::ComplianceConfig,
+    shutdown: &watch::Sender<bool>,
+    background: &mut JoinSet<()>,
+) -> Result<(Compliance, SyncHandle), StartError> {
+    let mut policy = settings.policy.clone();
+    policy.unknown_device = settings.unknown_device;
+    if policy.unknown_device == compliance_policy::policy::UnknownDevice::Allow {
+        tracing::warn!(
+            "compliance.unknown_device = allow: devices UEM does not know are let through (fail open)"
+        );
+    }
+    let compliance = Compliance::new(policy);
+    let uem_trust = UpstreamTrust {
+        trust_store: settings.uem_trust_store.clone(),
+        ignore_ssl_errors: false,
+    };
+    let uem_client = UpstreamClient::new(&uem_trust, &config.exchange.pool)?;
+    let uem = UemClient::new(
+        uem_client,
+        UemSettings {
+            url: settings.uem_url.clone(),
+            tenant_code: settings.uem_tenant_code.clone(),
+            user: settings.uem_user.clone(),
+            password: settings.uem_password.clone(),
+            organization_group_id: settings.uem_organization_group_id,
+            page_size: settings.uem_page_size,
+            timeout: settings.uem_timeout,
+        },
+    )
+    .map_err(StartError::Uem)?;
+    let sync_settings = SyncSettings {
+        full_sync_interval: settings.full_sync_interval,
+        delta_sync_interval: settings.delta_sync_interval,
+        ..SyncSettings::default()
+    };
+    let mut syncer = Syncer::new(compliance.clone(), uem, sync_settings);
+    if let Some(path) = &settings.snapshot {
+        syncer = syncer.with_snapshot(compliance_policy::snapshot::Snapshot::new(path));
+    }
+    // Before serving: a device blocked before the restart stays blocked while UEM is down.
+    syncer.load_snapshot();
+    let handle = syncer.handle();
+    background.spawn(syncer.run(stopped(shutdown.subscribe())));
+    if let Some(url) = &config.ens.callback_url {
+        let url = url.parse().map_err(|_| StartError::Url(url.clone()))?;
+        let callback_client =
+            UpstreamClient::new(&UpstreamTrust::default(), &config.exchange.pool)?;
+        let notifier = EnsNotifier::new(callback_client, url);
+        background.spawn(notifier.run(compliance.clone(), stopped(shutdown.subscribe())));
+    }
+    Ok((compliance, handle))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

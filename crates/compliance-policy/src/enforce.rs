@@ -66,7 +66,7 @@ pub const DEFAULT_DEVICE_ID_HEADER: HeaderName = HeaderName::from_static("x-devi
 /// Layer that applies [`Enforce`].
 #[derive(Clone, Debug)]
 pub struct ComplianceLayer {
-    compliance: Compliance,
+    compliance: Option<Compliance>,
     device_header: HeaderName,
 }
 
@@ -74,7 +74,16 @@ impl ComplianceLayer {
     /// Enforces `compliance`, reading the device id from `X-Device-Id`.
     pub fn new(compliance: Compliance) -> Self {
         ComplianceLayer {
-            compliance,
+            compliance: Some(compliance),
+            device_header: DEFAULT_DEVICE_ID_HEADER,
+        }
+    }
+
+    /// Enforces nothing: every request passes. For a gateway configured without compliance,
+    /// so that its stack keeps one shape (the response body type) either way.
+    pub fn disabled() -> Self {
+        ComplianceLayer {
+            compliance: None,
             device_header: DEFAULT_DEVICE_ID_HEADER,
         }
     }
@@ -102,7 +111,7 @@ impl<S> Layer<S> for ComplianceLayer {
 #[derive(Clone, Debug)]
 pub struct Enforce<S> {
     inner: S,
-    compliance: Compliance,
+    compliance: Option<Compliance>,
     device_header: HeaderName,
 }
 
@@ -171,39 +180,18 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let subject = self.subject(&request);
-        let span = tracing::Span::current();
-        if let Some(device) = &subject.device {
-            span.record("device", &**device);
-        }
-        if let Some(user) = &subject.user {
-            span.record("user", &**user);
-        }
-        // Registered before deciding: a block that lands in between still cuts the stream.
-        let guard = subject.long_lived.then(|| {
-            self.compliance
-                .register_stream(subject.device.as_deref(), subject.user.as_deref())
-        });
-        match self
-            .compliance
-            .decide(subject.device.as_deref(), subject.user.as_deref())
-        {
-            Decision::Allow(_) => {
-                drop(subject);
-                ResponseFuture {
-                    kind: Kind::Called {
-                        inner: self.inner.call(request),
-                        guard,
-                    },
-                }
-            }
-            Decision::Block(reason) => {
-                tracing::info!(
-                    device = subject.device.as_deref().unwrap_or(""),
-                    user = subject.user.as_deref().unwrap_or(""),
-                    reason = reason.as_str(),
-                    "blocked by compliance"
-                );
+        let (decision, guard) = match &self.compliance {
+            Some(compliance) => self.check(compliance, &request),
+            None => (None, None),
+        };
+        match decision {
+            None | Some(Decision::Allow(_)) => ResponseFuture {
+                kind: Kind::Called {
+                    inner: self.inner.call(request),
+                    guard,
+                },
+            },
+            Some(Decision::Block(reason)) => {
                 let fault = SoapFault::new(
                     StatusCode::FORBIDDEN,
                     FaultCode::AccessDenied,
@@ -222,6 +210,38 @@ where
                 }
             }
         }
+    }
+}
+
+impl<S> Enforce<S> {
+    /// The decision for `request`, and the registration of its response if long-lived.
+    fn check<B>(
+        &self,
+        compliance: &Compliance,
+        request: &Request<B>,
+    ) -> (Option<Decision>, Option<StreamGuard>) {
+        let subject = self.subject(request);
+        let span = tracing::Span::current();
+        if let Some(device) = &subject.device {
+            span.record("device", &**device);
+        }
+        if let Some(user) = &subject.user {
+            span.record("user", &**user);
+        }
+        // Registered before deciding: a block that lands in between still cuts the stream.
+        let guard = subject.long_lived.then(|| {
+            compliance.register_stream(subject.device.as_deref(), subject.user.as_deref())
+        });
+        let decision = compliance.decide(subject.device.as_deref(), subject.user.as_deref());
+        if let Decision::Block(reason) = decision {
+            tracing::info!(
+                device = subject.device.as_deref().unwrap_or(""),
+                user = subject.user.as_deref().unwrap_or(""),
+                reason = reason.as_str(),
+                "blocked by compliance"
+            );
+        }
+        (Some(decision), guard)
     }
 }
 
@@ -278,6 +298,15 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<StreamGuard>,
+    }
+}
+
+impl<B: From<Bytes>> From<Bytes> for CutOnBlock<B> {
+    fn from(bytes: Bytes) -> Self {
+        CutOnBlock {
+            inner: B::from(bytes),
+            guard: None,
+        }
     }
 }
 
@@ -387,6 +416,15 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("device-override"), "{body}");
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn disabled_layer_lets_everything_through() {
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::disabled().layer(counting(calls.clone()));
+        let response = service.oneshot(ews(None)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(*calls.lock().unwrap(), 1);
     }
 

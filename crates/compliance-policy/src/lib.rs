@@ -33,13 +33,16 @@
 //! assert_eq!(compliance.decide(Some("EASDEV1"), None).reason(), "enterprise-wiped");
 //! ```
 
+pub mod admin;
 pub mod device;
 pub mod enforce;
+pub mod notify;
 pub mod policy;
 pub mod snapshot;
 pub mod state;
 mod streams;
 pub mod sync;
+pub mod uem;
 pub mod view;
 
 pub use ews_proxy_core;

@@ -83,7 +83,9 @@ pub struct PolicySettings {
     pub blocked_models: Vec<String>,
     /// Minimum OS version per platform, e.g. `{ iOS = "16.0" }`.
     pub min_os_version: BTreeMap<String, String>,
-    /// What happens to a device the console does not know.
+    /// What happens to a device the console does not know. Configured as
+    /// `compliance.unknown_device`, beside the policies rather than among them.
+    #[serde(skip)]
     pub unknown_device: UnknownDevice,
 }
 

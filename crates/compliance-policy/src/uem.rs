@@ -1,0 +1,424 @@
+//! The management console as a [`DeviceSource`]: Workspace ONE UEM's MEM device search, and its
+//! change events.
+//!
+//! `GET {uem_url}/API/mem/memdevices/search?page=P&pagesize=N[&organizationgroupid=G]` with
+//! `aw-tenant-code` and Basic credentials, page by page until `Total` devices are read (a short
+//! page before that is a truncated answer, refused); delta syncs add `modifiedsince=<RFC 3339>`.
+//! Each `MEMDevice` becomes a [`DeviceRecord`]; fields the console leaves out take the values that
+//! keep the gate shut (unknown enrollment and compliance, not managed).
+
+use crate::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
+use crate::sync::{DeviceSource, SourceError};
+use crate::view::Change;
+use bytes::Bytes;
+use ews_proxy_core::upstream::UpstreamClient;
+use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How to reach the console (`[compliance]` `uem_*` keys).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UemSettings {
+    /// The API base, e.g. `https://as123.awmdm.com`.
+    pub url: String,
+    /// The `aw-tenant-code` API key.
+    pub tenant_code: String,
+    /// The API user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// The organization group to search; the API user's own when absent.
+    #[serde(default)]
+    pub organization_group_id: Option<u64>,
+    /// Devices per page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// How long one page may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_page_size() -> u32 {
+    500
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl std::fmt::Debug for UemSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UemSettings")
+            .field("url", &self.url)
+            .field("tenant_code", &"<redacted>")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("organization_group_id", &self.organization_group_id)
+            .field("page_size", &self.page_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Search answers larger than this are refused (a page of 500 devices is about 400 KiB).
+const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// The console client; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct UemClient {
+    client: UpstreamClient,
+    settings: Arc<UemSettings>,
+    authorization: HeaderValue,
+    tenant: HeaderValue,
+}
+
+/// Why the console settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("uem setting {key} is invalid: {problem}")]
+pub struct UemSettingsError {
+    /// The key.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl UemClient {
+    /// A client for the console at `settings.url` through `client`.
+    pub fn new(client: UpstreamClient, settings: UemSettings) -> Result<Self, UemSettingsError> {
+        use base64::Engine as _;
+        let invalid = |key, problem: &str| UemSettingsError {
+            key,
+            problem: problem.to_owned(),
+        };
+        let uri: Uri = settings
+            .url
+            .parse()
+            .map_err(|_| invalid("uem_url", "not a URL"))?;
+        if uri.scheme_str().is_none() || uri.host().is_none() {
+            return Err(invalid(
+                "uem_url",
+                "must be http:// or https:// with a host",
+            ));
+        }
+        let credentials = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", settings.user, settings.password));
+        let mut authorization = HeaderValue::from_str(&format!("Basic {credentials}"))
+            .map_err(|_| invalid("uem_user", "not usable in a header"))?;
+        authorization.set_sensitive(true);
+        let mut tenant = HeaderValue::from_str(&settings.tenant_code)
+            .map_err(|_| invalid("uem_tenant_code", "not usable in a header"))?;
+        tenant.set_sensitive(true);
+        Ok(UemClient {
+            client,
+            settings: Arc::new(settings),
+            authorization,
+            tenant,
+        })
+    }
+
+    async fn search(&self, since: Option<SystemTime>) -> Result<Vec<DeviceRecord>, SourceError> {
+        let mut devices = Vec::new();
+        let mut page = 0u32;
+        loop {
+            let result = self.page(page, since).await?;
+            let received = result.devices.len();
+            devices.extend(
+                result
+                    .devices
+                    .into_iter()
+                    .filter_map(MemDevice::into_record),
+            );
+            let read = u64::from(page) * u64::from(self.settings.page_size) + received as u64;
+            if read >= result.total {
+                return Ok(devices);
+            }
+            if received < self.settings.page_size as usize {
+                return Err(SourceError::Garbage(format!(
+                    "page {page} holds {received} devices, but {read} of {} were read",
+                    result.total
+                )));
+            }
+            page += 1;
+        }
+    }
+
+    async fn page(
+        &self,
+        page: u32,
+        since: Option<SystemTime>,
+    ) -> Result<SearchResult, SourceError> {
+        let base = self.settings.url.trim_end_matches('/');
+        let mut url = format!(
+            "{base}/API/mem/memdevices/search?page={page}&pagesize={}",
+            self.settings.page_size
+        );
+        if let Some(group) = self.settings.organization_group_id {
+            url.push_str(&format!("&organizationgroupid={group}"));
+        }
+        if let Some(since) = since {
+            url.push_str("&modifiedsince=");
+            url.push_str(&humantime::format_rfc3339_seconds(since).to_string());
+        }
+        let request = Request::get(url)
+            .header(header::ACCEPT, "application/json")
+            .header("aw-tenant-code", self.tenant.clone())
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .map_err(|e| SourceError::Garbage(format!("cannot build the request: {e}")))?;
+        let exchange = async {
+            let response = self
+                .client
+                .inner()
+                .request(request)
+                .await
+                .map_err(|e| SourceError::Unreachable(Box::new(e)))?;
+            let status = response.status();
+            // The console answers a search that matches nothing with 204 and no body.
+            if status == StatusCode::NO_CONTENT {
+                return Ok(SearchResult {
+                    devices: Vec::new(),
+                    total: 0,
+                });
+            }
+            if status != StatusCode::OK {
+                return Err(SourceError::Status {
+                    status: status.as_u16(),
+                });
+            }
+            let body = Limited::new(response.into_body(), MAX_PAGE_BYTES)
+                .collect()
+                .await
+                .map_err(SourceError::Unreachable)?
+                .to_bytes();
+            serde_json::from_slice::<SearchResult>(&body)
+                .map_err(|e| SourceError::Garbage(format!("page {page}: {e}")))
+        };
+        match tokio::time::timeout(self.settings.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::Unreachable(
+                format!("no answer within {:?}", self.settings.timeout).into(),
+            )),
+        }
+    }
+}
+
+impl DeviceSource for UemClient {
+    async fn full(&self) -> Result<Vec<DeviceRecord>, SourceError> {
+        self.search(None).await
+    }
+
+    async fn changed_since(&self, since: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {
+        self.search(Some(since)).await
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchResult {
+    #[serde(rename = "MEMDevices", default)]
+    devices: Vec<MemDevice>,
+    #[serde(rename = "Total")]
+    total: u64,
+}
+
+/// A MEMDevice record as the console sends it; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MemDevice {
+    #[serde(rename = "EASDeviceID")]
+    eas_device_id: Option<String>,
+    #[serde(rename = "MEMDeviceID")]
+    mem_device_id: Option<u64>,
+    #[serde(rename = "DeviceId")]
+    device_id: Option<u64>,
+    #[serde(rename = "EmailAddress")]
+    email_address: Option<String>,
+    #[serde(rename = "UserPrincipalName")]
+    user_principal_name: Option<String>,
+    #[serde(rename = "Managed")]
+    managed: Option<serde_json::Value>,
+    #[serde(rename = "EasDeviceType")]
+    eas_device_type: Option<String>,
+    #[serde(rename = "Platform")]
+    platform: Option<String>,
+    #[serde(rename = "Model")]
+    model: Option<String>,
+    #[serde(rename = "OperatingSystem")]
+    operating_system: Option<String>,
+    #[serde(rename = "EnrollmentStatus")]
+    enrollment_status: Option<String>,
+    #[serde(rename = "ComplianceStatus")]
+    compliance_status: Option<String>,
+    #[serde(rename = "CompromisedStatus")]
+    compromised_status: Option<bool>,
+    #[serde(rename = "ManagedEmailClient")]
+    managed_email_client: Option<bool>,
+    #[serde(rename = "IsEncrypted")]
+    is_encrypted: Option<bool>,
+    #[serde(rename = "ActiveSyncProfileInstalled")]
+    activesync_profile_installed: Option<bool>,
+    #[serde(rename = "LastSeen")]
+    last_seen: Option<String>,
+    #[serde(rename = "MailClient")]
+    mail_client: Option<String>,
+}
+
+fn normalized(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+impl MemDevice {
+    /// The record, or `None` for an entry without an EAS device id (not a mail device).
+    fn into_record(self) -> Option<DeviceRecord> {
+        let id = self.eas_device_id.filter(|id| !id.trim().is_empty())?;
+        let enrollment = match self.enrollment_status.as_deref().map(normalized).as_deref() {
+            Some("enrolled") => Enrollment::Enrolled,
+            Some("unenrolled") | Some("unenrolledbyuser") | Some("unenrolledbyadmin") => {
+                Enrollment::Unenrolled
+            }
+            Some("enterprisewiped") | Some("enterprisewipe") => Enrollment::EnterpriseWiped,
+            Some("devicewiped") | Some("devicewipe") => Enrollment::DeviceWiped,
+            _ => Enrollment::Unknown,
+        };
+        let compliance = match self.compliance_status.as_deref().map(normalized).as_deref() {
+            Some("compliant") => ComplianceStatus::Compliant,
+            Some("noncompliant") => ComplianceStatus::NonCompliant,
+            Some("pending") | Some("pendingcompliancecheck") => ComplianceStatus::Pending,
+            _ => ComplianceStatus::Unknown,
+        };
+        let managed = match self.managed {
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        let last_seen = self
+            .last_seen
+            .as_deref()
+            .and_then(|t| {
+                humantime::parse_rfc3339_weak(t.trim_end_matches('Z'))
+                    .ok()
+                    .or_else(|| humantime::parse_rfc3339(t).ok())
+            })
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        Some(DeviceRecord {
+            device_id: DeviceId::new(id.trim()),
+            uem_id: self.device_id.or(self.mem_device_id),
+            user: self
+                .user_principal_name
+                .or_else(|| self.email_address.clone()),
+            email: self.email_address,
+            platform: self.platform,
+            model: self.model,
+            os_version: self.operating_system,
+            eas_device_type: self.eas_device_type,
+            mail_client: self.mail_client,
+            enrollment,
+            compromised: self.compromised_status.unwrap_or(false),
+            compliance,
+            managed,
+            managed_email_client: self.managed_email_client.unwrap_or(false),
+            encrypted: self.is_encrypted,
+            activesync_profile: self.activesync_profile_installed,
+            last_seen,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChangeEvent {
+    event_type: String,
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    device: Option<MemDevice>,
+}
+
+/// Turns a change event from the console's webhook into view changes.
+///
+/// `{"event_type": "device.wiped", "device_id": "…", "device": {MEMDevice}}`; a
+/// `device.deleted` event removes the device.
+pub fn parse_change_event(body: &[u8]) -> Result<Vec<Change>, String> {
+    let event: ChangeEvent =
+        serde_json::from_slice(body).map_err(|e| format!("not a change event: {e}"))?;
+    if event.event_type == "device.deleted" {
+        let id = event
+            .device_id
+            .or_else(|| event.device.and_then(|d| d.eas_device_id))
+            .ok_or("device.deleted without a device_id")?;
+        return Ok(vec![Change::Remove(DeviceId::new(&id))]);
+    }
+    let device = event
+        .device
+        .ok_or_else(|| format!("{} without a device", event.event_type))?;
+    let record = device
+        .into_record()
+        .ok_or("the device has no EASDeviceID")?;
+    Ok(vec![Change::Upsert(record)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WIPED: &str = r#"{"event_id":"e1","event_type":"device.wiped","occurred_at":"2026-01-01T00:00:00Z","device_id":"EASDEV1",
+        "device":{"MEMDeviceID":7,"EASDeviceID":"easdev1","EmailAddress":"alice@test.local","Status":"Blocked","Managed":"TRUE",
+        "EasDeviceType":"iPhone","Platform":"Apple","DeviceId":1,"UserPrincipalName":"alice@test.local","Model":"iPhone",
+        "OperatingSystem":"17.1","EnrollmentStatus":"EnterpriseWiped","ComplianceStatus":"NonCompliant","CompromisedStatus":false,
+        "ManagedEmailClient":true,"IsEncrypted":true,"ActiveSyncProfileInstalled":true,"LastSeen":"2026-01-01T00:00:00Z"}}"#;
+
+    #[test]
+    fn wipe_event_becomes_an_upsert_of_a_wiped_record() {
+        let changes = parse_change_event(WIPED.as_bytes()).unwrap();
+        let [Change::Upsert(record)] = &changes[..] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(record.device_id, DeviceId::new("EASDEV1"));
+        assert_eq!(record.enrollment, Enrollment::EnterpriseWiped);
+        assert_eq!(record.compliance, ComplianceStatus::NonCompliant);
+        assert!(record.managed);
+        assert_eq!(record.uem_id, Some(1));
+        assert_eq!(record.last_seen, Some(1_767_225_600));
+    }
+
+    #[test]
+    fn deleted_event_removes_and_garbage_is_an_error() {
+        let changes =
+            parse_change_event(br#"{"event_type":"device.deleted","device_id":"x9"}"#).unwrap();
+        assert_eq!(changes, [Change::Remove(DeviceId::new("X9"))]);
+        assert!(parse_change_event(b"{not json").is_err());
+        assert!(parse_change_event(br#"{"event_type":"device.wiped"}"#).is_err());
+        assert!(
+            parse_change_event(br#"{"event_type":"device.wiped","device":{"Model":"x"}}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn missing_fields_keep_the_gate_shut() {
+        let record = MemDevice {
+            eas_device_id: Some("D".into()),
+            ..Default::default()
+        }
+        .into_record()
+        .unwrap();
+        assert_eq!(record.enrollment, Enrollment::Unknown);
+        assert_eq!(record.compliance, ComplianceStatus::Unknown);
+        assert!(!record.managed);
+        let decision = crate::policy::PolicySettings::default().decide(
+            Some(&record),
+            None,
+            &Default::default(),
+            0,
+        );
+        assert!(!decision.is_allowed());
+    }
+}
