@@ -178,6 +178,25 @@ pub fn ews_request(
         .map_err(|e| Error::InvalidUrl(format!("{url}: {e}")))
 }
 
+/// A loopback address with a port free right now, for a component that binds its own listener
+/// from configuration but whose address another component must know first (a webhook URL).
+/// The port is released before returning; another process could take it in between, which on
+/// a test machine is rare enough to accept.
+///
+/// # Errors
+///
+/// [`Error::Connect`] if no loopback port can be bound.
+pub fn reserve_port() -> Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Connect {
+        addr: "127.0.0.1:0".into(),
+        source,
+    })?;
+    listener.local_addr().map_err(|source| Error::Connect {
+        addr: "127.0.0.1:0".into(),
+        source,
+    })
+}
+
 /// The text of the first element with this local name, whatever its prefix (`""` for an empty
 /// element); `None` when there is none or the document is not well-formed up to it.
 pub fn xml_text(document: &str, local_name: &str) -> Option<String> {

@@ -1,0 +1,393 @@
+//! The mission end to end, over real sockets: the test UEM console, the test Exchange, and the
+//! gateway with compliance on. A wiped device's stream is cut and its requests refused; ENS is
+//! told; the device comes back when UEM says it is compliant; restarts and a broken UEM never
+//! open the gate.
+
+mod support;
+
+use http::StatusCode;
+use seg_proxy::Gateway;
+use seg_proxy::config::{ComplianceConfig, Config};
+use seg_testbed::harness::{self, TestExchange, reserve_port, wait_until, xml_text};
+use seg_testbed::uem::{
+    self, Change, Device, Mode, UemConfig, UemHandle, UemServer, WebhookReceiver,
+};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::*;
+
+const ALICE: &str = "alice@test.local";
+const DEVICE: &str = "EASDEV1";
+const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const STREAMING_SUBSCRIBE: &str = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="inbox"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+
+/// Exchange, UEM (its webhook aimed at the gateway's admin listener), an ENS callback receiver,
+/// and the gateway.
+struct Stand {
+    exchange: TestExchange,
+    uem: UemHandle,
+    ens: WebhookReceiver,
+    gateway: Gateway,
+    config: Config,
+    dir: tempfile::TempDir,
+}
+
+impl Stand {
+    async fn start() -> Stand {
+        let dir = tempfile::tempdir().unwrap();
+        let exchange = TestExchange::start(|_| {}).await.unwrap();
+        let ens = WebhookReceiver::start().await.unwrap();
+        let admin = reserve_port().unwrap();
+        let mut uem_config = UemConfig::new(vec![
+            Device::new(DEVICE, 1, ALICE),
+            Device::new("EASDEV2", 2, "bob@test.local"),
+        ]);
+        uem_config.webhook = Some(uem::Webhook::new(
+            &format!("http://{admin}/events/compliance"),
+            WEBHOOK_SECRET,
+        ));
+        let uem =
+            UemServer::spawn(harness::local_listener().await.unwrap(), None, uem_config).unwrap();
+        let config = gateway_config(
+            &exchange,
+            &uem,
+            &ens,
+            admin,
+            dir.path().join("view.snapshot"),
+            dir.path(),
+        );
+        let gateway = start(config.clone()).await;
+        let stand = Stand {
+            exchange,
+            uem,
+            ens,
+            gateway,
+            config,
+            dir,
+        };
+        stand.wait_ready().await;
+        stand
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.gateway.admin_addr().unwrap());
+        wait_until(STEP, "the gateway's first view", || {
+            let url = url.clone();
+            async move {
+                let request = http::Request::get(url)
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+                matches!(client.send(request).await, Ok(r) if r.status() == StatusCode::OK)
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    fn ews_url(&self) -> String {
+        format!("{}/EWS/Exchange.asmx", http_base(&self.gateway))
+    }
+
+    /// Sends an operation through the gateway as alice on `device`.
+    async fn ews(&self, device: &str, operation: &str) -> http::Response<hyper::body::Incoming> {
+        let alice = self.exchange.basic(ALICE);
+        let request = harness::ews_request(
+            &self.ews_url(),
+            Some(&alice),
+            &[("X-Device-Id", device)],
+            soap(operation),
+        )
+        .unwrap();
+        self.exchange.client.send(request).await.unwrap()
+    }
+}
+
+fn gateway_config(
+    exchange: &TestExchange,
+    uem: &UemHandle,
+    ens: &WebhookReceiver,
+    admin: std::net::SocketAddr,
+    snapshot: PathBuf,
+    dir: &std::path::Path,
+) -> Config {
+    let ca = dir.join("exchange-ca.pem");
+    std::fs::write(&ca, exchange.pki.ca_pem()).unwrap();
+    let mut config = config_for(&exchange.server.base_url());
+    config.exchange.trust_store = Some(ca);
+    config.admin.listen = Some(admin);
+    config.admin.token = Some(ADMIN_TOKEN.into());
+    config.ens.callback_url = Some(format!("{}/gateway/compliance", ens.url()));
+    config.compliance = Some(ComplianceConfig {
+        uem_url: uem.base_url(),
+        uem_tenant_code: uem.tenant_code().into(),
+        uem_user: uem::DEFAULT_API_USER.into(),
+        uem_password: uem::DEFAULT_API_PASSWORD.into(),
+        uem_organization_group_id: None,
+        uem_trust_store: None,
+        uem_page_size: 500,
+        uem_timeout: Duration::from_secs(5),
+        device_id_header: "X-Device-Id".into(),
+        snapshot: Some(snapshot),
+        full_sync_interval: Duration::from_secs(3600),
+        delta_sync_interval: Duration::from_secs(3600),
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
+        unknown_device: Default::default(),
+        policy: Default::default(),
+    });
+    config
+}
+
+#[tokio::test]
+async fn wiped_device_is_cut_refused_reported_and_readmitted_when_compliant() {
+    let stand = Stand::start().await;
+
+    // A compliant device subscribes and streams.
+    let subscribed = text(stand.ews(DEVICE, STREAMING_SUBSCRIBE).await).await;
+    assert_eq!(
+        xml_text(&subscribed, "ResponseCode").as_deref(),
+        Some("NoError"),
+        "{subscribed}"
+    );
+    let subscription = xml_text(&subscribed, "SubscriptionId").unwrap();
+    let stream = stand
+        .ews(DEVICE, &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{subscription}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>"))
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = stream.into_body();
+    stand
+        .exchange
+        .server
+        .deliver(ALICE, "before the wipe")
+        .unwrap();
+    assert!(
+        next_chunk(&mut stream).await.is_some(),
+        "the stream delivers while compliant"
+    );
+
+    // UEM wipes it; the change event reaches the gateway's webhook.
+    let wiped_at = Instant::now();
+    stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
+
+    // Within a second its stream is cut.
+    let cut = harness::within(Duration::from_secs(1), "the stream to be cut", async {
+        loop {
+            use http_body_util::BodyExt;
+            match stream.frame().await {
+                Some(Ok(_)) => continue, // keep-alives that were already on their way
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        cut.is_ok(),
+        "the stream was not cut within a second of the wipe"
+    );
+    let cut_after = wiped_at.elapsed();
+
+    // Its next Subscribe is refused with 403 and the compliance header; Exchange sees nothing.
+    let before = stand.exchange.server.requests().len();
+    let refused = stand.ews(DEVICE, STREAMING_SUBSCRIBE).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=enterprise-wiped"
+    );
+    assert!(
+        text(refused)
+            .await
+            .contains(">ErrorAccessDenied</e:ResponseCode>")
+    );
+    assert_eq!(
+        stand.exchange.server.requests().len(),
+        before,
+        "nothing of a blocked request reaches Exchange"
+    );
+
+    // ENS was told.
+    wait_until(STEP, "the ENS callback of the block", || {
+        let got = stand
+            .ens
+            .received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(r#""state":"blocked""#));
+        async move { got }
+    })
+    .await
+    .unwrap();
+    let callback = stand
+        .ens
+        .received()
+        .into_iter()
+        .find(|r| String::from_utf8_lossy(&r.body).contains("blocked"))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&callback.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"device_id": DEVICE, "user": ALICE, "state": "blocked", "reason": "enterprise-wiped"})
+    );
+
+    // Another device of the same tenant is untouched.
+    assert_eq!(
+        stand.ews("EASDEV2", STREAMING_SUBSCRIBE).await.status(),
+        StatusCode::OK,
+        "another device of the tenant still passes"
+    );
+
+    // UEM marks it compliant again; its next request passes.
+    stand.uem.update(DEVICE, Change::Compliant).unwrap();
+    wait_until(STEP, "the device to be let through again", || async {
+        stand.ews(DEVICE, STREAMING_SUBSCRIBE).await.status() == StatusCode::OK
+    })
+    .await
+    .unwrap();
+    wait_until(STEP, "the ENS callback of the unblock", || {
+        let got = stand
+            .ens
+            .received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(r#""state":"allowed""#));
+        async move { got }
+    })
+    .await
+    .unwrap();
+    eprintln!("stream cut {cut_after:?} after the wipe");
+}
+
+#[tokio::test]
+async fn restart_while_uem_is_down_keeps_the_wiped_device_blocked() {
+    let stand = Stand::start().await;
+    stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
+    wait_until(STEP, "the wipe to take effect", || async {
+        stand.ews(DEVICE, STREAMING_SUBSCRIBE).await.status() == StatusCode::FORBIDDEN
+    })
+    .await
+    .unwrap();
+    let snapshot = stand.dir.path().join("view.snapshot");
+    wait_until(STEP, "the view to be saved with the wipe", || {
+        let saved = std::fs::read_to_string(&snapshot)
+            .unwrap_or_default()
+            .contains("enterprise_wiped");
+        async move { saved }
+    })
+    .await
+    .unwrap();
+
+    let Stand {
+        exchange,
+        uem,
+        ens,
+        gateway,
+        mut config,
+        dir,
+    } = stand;
+    gateway.shutdown().await;
+    uem.set_mode(Mode::Down);
+    config.admin.listen = Some(reserve_port().unwrap());
+    let restarted = start(config).await;
+    let stand = Stand {
+        exchange,
+        uem,
+        ens,
+        gateway: restarted,
+        config: Config::default(),
+        dir,
+    };
+    stand.wait_ready().await; // ready from the snapshot, with UEM down
+
+    let refused = stand.ews(DEVICE, STREAMING_SUBSCRIBE).await;
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=enterprise-wiped"
+    );
+    assert_eq!(
+        stand.ews("EASDEV2", STREAMING_SUBSCRIBE).await.status(),
+        StatusCode::OK,
+        "another device of the tenant still passes"
+    );
+}
+
+#[tokio::test]
+async fn garbage_from_uem_keeps_the_last_view() {
+    let stand = Stand::start().await;
+    stand.uem.set_mode(Mode::Garbage);
+    let token = format!("Bearer {ADMIN_TOKEN}");
+    let sync = format!("http://{}/sync", stand.gateway.admin_addr().unwrap());
+    let request = http::Request::post(&sync)
+        .header("authorization", &token)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    assert_eq!(
+        client.send(request).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    wait_until(STEP, "the failed sync to be recorded", || {
+        let client = client.clone();
+        let request = http::Request::get(&sync)
+            .header("authorization", &token)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        async move {
+            let Ok(response) = client.send(request).await else {
+                return false;
+            };
+            let status: serde_json::Value = serde_json::from_str(
+                &harness::body_text(response.into_body())
+                    .await
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            status["failures"].as_u64().unwrap_or(0) > 0
+        }
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        stand.ews(DEVICE, STREAMING_SUBSCRIBE).await.status(),
+        StatusCode::OK,
+        "the last good view still allows the device"
+    );
+    let (compliance, _) = stand.gateway.compliance().unwrap();
+    assert_eq!(compliance.view().len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_device_follows_the_default() {
+    let stand = Stand::start().await;
+    let refused = stand.ews("NOT-IN-UEM", STREAMING_SUBSCRIBE).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=unknown-device"
+    );
+
+    let Stand {
+        exchange,
+        uem,
+        ens,
+        gateway,
+        mut config,
+        dir,
+    } = stand;
+    gateway.shutdown().await;
+    config.admin.listen = Some(reserve_port().unwrap());
+    config.compliance.as_mut().unwrap().unknown_device =
+        compliance_policy::policy::UnknownDevice::Allow;
+    let stand = Stand {
+        gateway: start(config).await,
+        exchange,
+        uem,
+        ens,
+        config: Config::default(),
+        dir,
+    };
+    stand.wait_ready().await;
+    assert_eq!(
+        stand.ews("NOT-IN-UEM", STREAMING_SUBSCRIBE).await.status(),
+        StatusCode::OK
+    );
+}
