@@ -135,9 +135,15 @@ fn main() -> ExitCode {
         Command::Demo => run_async(async {
             let outcome = demo::run(|line| println!("{line}")).await?;
             println!(
-                "\nOK: the notification for {:?} reached the subscriber through seg-proxy ({} EWS operations proxied).",
+                "\nOK: {:?} reached the subscriber through seg-proxy ({} EWS operations proxied); \
+                 after the wipe the stream was cut in {:.0?}, the next request got {:?}, ENS got {} \
+                 callbacks, and after UEM's unblock the device got {}.",
                 outcome.subject,
-                outcome.forwarded_operations.len()
+                outcome.forwarded_operations.len(),
+                outcome.cut_after,
+                outcome.refusal,
+                outcome.callbacks.len(),
+                outcome.readmitted,
             );
             Ok(())
         }),

@@ -30,6 +30,7 @@ pub mod exchange;
 pub mod harness;
 pub mod kdc;
 pub mod pki;
+mod serve;
 pub mod token;
 pub mod uem;
 pub mod upstream;

@@ -89,7 +89,6 @@ pub use webhook::{
 };
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -99,14 +98,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
@@ -354,7 +350,16 @@ impl UemServer {
         });
         let is_tls = tls.is_some();
         let acceptor = tls.map(TlsAcceptor::from);
-        let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
+        let task = tokio::spawn({
+            let stopped = shared.clone();
+            let handler_state = shared.clone();
+            crate::serve::accept_loop(
+                listener,
+                acceptor,
+                async move { stopped.until_shutdown().await },
+                move |request| handle(handler_state.clone(), request),
+            )
+        });
         Ok(UemHandle {
             addr,
             tls: is_tls,
@@ -805,60 +810,6 @@ fn api_error(status: StatusCode, message: &str) -> Response<Body> {
 /// A test-control error: `{"error": message}`.
 fn control_error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
-}
-
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shared.until_shutdown() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, tls.clone(), shared.clone()));
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
-}
-
-async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, request).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let result = match tls {
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-            match handshake.await {
-                Ok(Ok(stream)) => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        None => {
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "connection ended with an error");
-    }
 }
 
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
