@@ -11,6 +11,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo nextest run --workspace --all-targets --locked --no-fail-fast
+# Benchmarks are compiled by clippy above and run by bench/, not here.
+cargo nextest run --workspace --locked --no-fail-fast
 echo "== doc examples"
 cargo test --workspace --doc --locked
