@@ -391,3 +391,41 @@ async fn unknown_device_follows_the_default() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn metrics_show_the_wipe_block_on_the_admin_listener() {
+    let stand = Stand::start().await;
+    stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
+    wait_until(STEP, "the wipe to take effect", || async {
+        stand.ews(DEVICE, STREAMING_SUBSCRIBE).await.status() == StatusCode::FORBIDDEN
+    })
+    .await
+    .unwrap();
+
+    // Open: no token.
+    let url = format!("http://{}/metrics", stand.gateway.admin_addr().unwrap());
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let scrape = harness::body_text(response.into_body()).await.unwrap();
+    let value = |series: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing from\n{scrape}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value(r#"seg_compliance_decisions_total{result="blocked",reason="enterprise-wiped"}"#)
+            >= 1.0
+    );
+    assert!(
+        value(r#"seg_compliance_transitions_total{to="blocked",source="change-event"}"#) >= 1.0
+    );
+    assert_eq!(value("seg_compliance_view_devices"), 2.0);
+    assert!(value(r#"seg_proxy_responses_total{route="ews",status_class="4xx"}"#) >= 1.0);
+}

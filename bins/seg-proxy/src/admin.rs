@@ -1,5 +1,6 @@
 //! What the admin listener serves: the compliance admin API when `[compliance]` is configured,
-//! else only health and readiness (a plain EWS proxy is ready as soon as it listens).
+//! else only health, readiness (a plain EWS proxy is ready as soon as it listens) and metrics.
+//! `/metrics` is open either way, and serves the gateway's one registry.
 
 use crate::config::Config;
 use axum::Router;
@@ -8,22 +9,33 @@ use compliance_policy::admin::AdminState;
 use compliance_policy::state::Compliance;
 use compliance_policy::sync::SyncHandle;
 use ews_proxy_core::server::ConnectionInfo;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
-/// The admin router for this configuration.
-pub fn router(config: &Config, compliance: Option<&(Compliance, SyncHandle)>) -> Router {
+/// The admin router for this configuration, serving `registry` on `/metrics`.
+pub fn router(
+    config: &Config,
+    compliance: Option<&(Compliance, SyncHandle)>,
+    registry: Arc<Registry>,
+) -> Router {
     let Some((compliance, sync)) = compliance else {
         return Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route(
                 "/readyz",
                 get(|| async { "ready: plain EWS proxy, no compliance view to wait for" }),
+            )
+            .route(
+                "/metrics",
+                get(move || async move { ews_proxy_core::metrics::exposition(&registry) }),
             );
     };
     let mut state = AdminState::new(
         compliance.clone(),
         compliance_policy::uem::parse_change_event,
     )
-    .with_sync(sync.clone());
+    .with_sync(sync.clone())
+    .with_registry(registry);
     if let Some(token) = &config.admin.token {
         state = state.with_admin_token(token);
     }

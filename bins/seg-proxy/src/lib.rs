@@ -23,6 +23,7 @@ pub mod config;
 pub mod properties;
 
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
+use compliance_policy::metrics::ComplianceMetrics;
 use compliance_policy::notify::EnsNotifier;
 use compliance_policy::state::Compliance;
 use compliance_policy::sync::{SyncHandle, SyncSettings, Syncer};
@@ -32,6 +33,7 @@ use ews_proxy_core::body::ResponseBody;
 use ews_proxy_core::body_limit::RequestBodyLimitLayer;
 use ews_proxy_core::forwarded::ForwardedHeadersLayer;
 use ews_proxy_core::hop_by_hop::StripHopByHopLayer;
+use ews_proxy_core::metrics::{ProxyMetrics, ResponseMetricsLayer};
 use ews_proxy_core::operation::EwsOperationLayer;
 use ews_proxy_core::proxy::{ReverseProxy, Upstream};
 use ews_proxy_core::routing::PathRouter;
@@ -41,8 +43,10 @@ use ews_proxy_core::upstream::UpstreamClient;
 use http::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -103,18 +107,20 @@ impl Gateway {
     /// The stack, outermost first:
     /// 1. a `tracing` span per request (method, path; EWS operation, device and user filled in
     ///    by the layers that learn them);
-    /// 2. routing: `/EWS` when `ews.enable_proxy`, ActiveSync when `activesync.enable_proxy`,
+    /// 2. responses counted in `metrics` by route and status class;
+    /// 3. routing: `/EWS` when `ews.enable_proxy`, ActiveSync when `activesync.enable_proxy`,
     ///    `404` otherwise;
-    /// 3. hop-by-hop header removal, both ways;
-    /// 4. `X-Forwarded-*`;
-    /// 5. request body limit (`413`);
-    /// 6. (EWS only) the operation sniffer;
-    /// 7. compliance: the device's decision, `403` when blocked, streams cut on a block (a
-    ///    pass-through without `[compliance]`);
-    /// 8. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
+    /// 4. hop-by-hop header removal, both ways;
+    /// 5. `X-Forwarded-*`;
+    /// 6. request body limit (`413`);
+    /// 7. (EWS only) the operation sniffer;
+    /// 8. compliance: the device's decision (counted in the state's metrics), `403` when
+    ///    blocked, streams cut on a block (a pass-through without `[compliance]`);
+    /// 9. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
     pub fn build_service(
         config: &Config,
         compliance: Option<&Compliance>,
+        metrics: &ProxyMetrics,
     ) -> Result<GatewayService, StartError> {
         let trust = UpstreamTrust {
             trust_store: config.exchange.trust_store.clone(),
@@ -166,6 +172,7 @@ impl Gateway {
         });
         let service = ServiceBuilder::new()
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(ResponseMetricsLayer::new(metrics.clone()))
             .service(PathRouter::new(ews, activesync));
         Ok(BoxCloneSyncService::new(service))
     }
@@ -174,19 +181,33 @@ impl Gateway {
     ///
     /// Returns once the listeners are bound: the addresses are known (port 0 is allowed) and
     /// connections are accepted.
+    ///
+    /// The gateway's one metrics [`Registry`] is made here (no process-global state): the
+    /// response counters, and the compliance metrics when `[compliance]` is configured, are
+    /// registered in it and served on the admin listener's `/metrics`.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let (shutdown, _) = watch::channel(false);
         let mut background = JoinSet::new();
+        let mut registry = Registry::default();
+        let proxy_metrics = ProxyMetrics::new();
+        proxy_metrics.register(&mut registry);
         let compliance = match &config.compliance {
-            Some(settings) => Some(start_compliance(
-                &config,
-                settings,
-                &shutdown,
-                &mut background,
-            )?),
+            Some(settings) => {
+                let metrics = ComplianceMetrics::new();
+                metrics.register(&mut registry);
+                Some(start_compliance(
+                    &config,
+                    settings,
+                    metrics,
+                    &shutdown,
+                    &mut background,
+                )?)
+            }
             None => None,
         };
-        let service = Self::build_service(&config, compliance.as_ref().map(|(c, _)| c))?;
+        let registry = Arc::new(registry);
+        let service =
+            Self::build_service(&config, compliance.as_ref().map(|(c, _)| c), &proxy_metrics)?;
         let mut listeners = JoinSet::new();
         let mut https_addr = None;
         let mut http_addr = None;
@@ -211,7 +232,7 @@ impl Gateway {
         }
         let mut admin_addr = None;
         if let Some(addr) = config.admin.listen {
-            let router = admin::router(&config, compliance.as_ref());
+            let router = admin::router(&config, compliance.as_ref(), registry.clone());
             let server = Server::new(bind(addr).await?, config.server.clone());
             admin_addr = Some(
                 server
@@ -294,10 +315,11 @@ impl Gateway {
 }
 
 /// Starts the compliance side: the state (from the saved snapshot, if any), the UEM sync loop,
-/// and the ENS callback.
+/// and the ENS callback, all counted in `metrics`.
 fn start_compliance(
     config: &Config,
     settings: &config::ComplianceConfig,
+    metrics: ComplianceMetrics,
     shutdown: &watch::Sender<bool>,
     background: &mut JoinSet<()>,
 ) -> Result<(Compliance, SyncHandle), StartError> {
@@ -308,7 +330,7 @@ fn start_compliance(
             "compliance.unknown_device = allow: devices UEM does not know are let through (fail open)"
         );
     }
-    let compliance = Compliance::new(policy);
+    let compliance = Compliance::with_metrics(policy, metrics);
     let uem_trust = UpstreamTrust {
         trust_store: settings.uem_trust_store.clone(),
         ignore_ssl_errors: false,

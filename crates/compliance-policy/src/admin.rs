@@ -4,14 +4,16 @@
 //! seg-proxy serves it on its own listener (`admin.listen`), never on the EWS one. Every endpoint
 //! that reads device data or changes state requires `Authorization: Bearer <admin.token>`,
 //! compared in constant time; without a configured token those endpoints all answer `401`: the
-//! API is never open by default. The webhook instead requires the shared secret
+//! API is never open by default. `/healthz`, `/readyz` and `/metrics` (counts and the view's
+//! size, no device data) stay open. The webhook instead requires the shared secret
 //! (`compliance.webhook_secret`) in `X-Seg-Webhook-Secret`, checked before the body is read.
-//! Answers are JSON; an error is `{"error": "…"}` with its status.
+//! Answers are JSON (`/metrics`: OpenMetrics text); an error is `{"error": "…"}` with its status.
 //!
 //! | Method   | Path                            | Auth    | Answer |
 //! |----------|---------------------------------|---------|--------|
 //! | `GET`    | `/healthz`                      | open    | `200 ok` |
 //! | `GET`    | `/readyz`                       | open    | `200 {"ready":true}` once a view is loaded, else `503` |
+//! | `GET`    | `/metrics`                      | open    | the [registry](AdminState::with_registry) in the OpenMetrics text format; `404` without one |
 //! | `GET`    | `/policy/device/{eas_device_id}`| token   | the record, decision and overrides; `404` (same body) if unknown and not overridden |
 //! | `GET`    | `/policy/account/{upn_or_email}`| token   | the user's devices with decisions, and the user override; `404` if none |
 //! | `GET`    | `/policy/easdevicetype/{type}`  | token   | a [page](#pages) of devices of that EAS device type |
@@ -29,7 +31,9 @@
 //! for a missing or wrong secret (and when no secret is configured), without reading the body;
 //! `413` past [`MAX_EVENT_BODY`]; `401` when an `X-Seg-Signature: sha256=<hex>` header is present
 //! and is not the HMAC-SHA256 of the raw body keyed with the secret; `400` for an event the
-//! parser refuses. A refused or malformed event never changes the view.
+//! parser refuses. A refused or malformed event never changes the view. Each event is counted
+//! in the state's [metrics](crate::metrics) as applied, refused (`401`, `413`, unreadable) or
+//! malformed (`400`).
 //!
 //! # Pages
 //! The list endpoints take `?limit=&offset=` (default limit [`DEFAULT_PAGE_LIMIT`], at most
@@ -80,6 +84,7 @@
 //! ```
 
 use crate::device::{DeviceId, DeviceRecord};
+use crate::metrics::WebhookOutcome;
 use crate::policy::{Decision, Override, PolicySettings};
 use crate::state::{ChangeSource, Compliance, Transition};
 use crate::sync::SyncHandle;
@@ -97,6 +102,7 @@ use hmac::{Hmac, Mac};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -142,6 +148,7 @@ pub struct AdminState {
     admin_token: Option<[u8; 32]>,
     webhook: Option<Arc<WebhookSecret>>,
     parser: Arc<EventParser>,
+    registry: Option<Arc<Registry>>,
 }
 
 struct WebhookSecret {
@@ -165,7 +172,17 @@ impl AdminState {
             admin_token: None,
             webhook: None,
             parser: Arc::new(parser),
+            registry: None,
         }
+    }
+
+    /// The registry `GET /metrics` serves, open like `/healthz`. Register the compliance
+    /// metrics in it ([`ComplianceMetrics::register`](crate::metrics::ComplianceMetrics::register))
+    /// and count into them with [`Compliance::with_metrics`]; the webhook counts its events in
+    /// the metrics of its state. Without a registry, `/metrics` answers `404`.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// The syncer that `GET /sync` reports on and `POST /sync` triggers.
@@ -212,6 +229,7 @@ impl fmt::Debug for AdminState {
             .field("admin_token", &set(self.admin_token.is_some()))
             .field("webhook_secret", &set(self.webhook.is_some()))
             .field("parser", &"Fn(&[u8]) -> Result<Vec<Change>, String>")
+            .field("registry", &set(self.registry.is_some()))
             .finish()
     }
 }
@@ -276,6 +294,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/events/compliance", post(compliance_event))
         .merge(protected)
         .fallback(not_found)
@@ -1021,12 +1040,30 @@ async fn compliance_event(
     State(state): State<AdminState>,
     request: Request,
 ) -> Result<Json<EventReport>, ApiError> {
+    let received = receive_event(&state, request).await;
+    if let Some(metrics) = state.compliance.metrics() {
+        metrics.webhook_event(match &received {
+            Ok(_) => WebhookOutcome::Applied,
+            Err((outcome, _)) => *outcome,
+        });
+    }
+    received.map_err(|(_, error)| error)
+}
+
+/// The webhook's work; an error says whether the event was refused or malformed.
+async fn receive_event(
+    state: &AdminState,
+    request: Request,
+) -> Result<Json<EventReport>, (WebhookOutcome, ApiError)> {
     let sender = remote(&request);
     let refused = |why: &'static str| {
         tracing::warn!(%sender, why, "compliance change event refused");
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "webhook secret missing or wrong, or bad signature",
+        (
+            WebhookOutcome::Refused,
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "webhook secret missing or wrong, or bad signature",
+            ),
         )
     };
     // 1. The secret, before anything of the body is read.
@@ -1053,8 +1090,9 @@ async fn compliance_event(
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, MAX_EVENT_BODY)
         .await
-        .inspect_err(|error| {
-            tracing::warn!(%sender, error = %error.message, "compliance change event refused")
+        .map_err(|error| {
+            tracing::warn!(%sender, error = %error.message, "compliance change event refused");
+            (WebhookOutcome::Refused, error)
         })?;
     // 3. The signature of the raw body, when the sender signs.
     if let Some(signature) = signature
@@ -1065,7 +1103,10 @@ async fn compliance_event(
     // 4. Only now is the body parsed; a malformed event changes nothing.
     let changes = (state.parser)(&body).map_err(|error| {
         tracing::warn!(%sender, %error, "malformed compliance change event");
-        ApiError::bad_request(format!("malformed change event: {error}"))
+        (
+            WebhookOutcome::Malformed,
+            ApiError::bad_request(format!("malformed change event: {error}")),
+        )
     })?;
     let count = changes.len();
     let transitions = state.compliance.apply(changes, ChangeSource::ChangeEvent);
@@ -1080,6 +1121,20 @@ async fn compliance_event(
         changes: count,
         transitions,
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+/// `GET /metrics`: the registry in the OpenMetrics text format; `404` without one.
+async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    match &state.registry {
+        Some(registry) => Ok(ews_proxy_core::metrics::exposition(registry).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no metrics registry is configured",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! [`Compliance::decide`]. A blocked device gets `403` with an EWS SOAP fault
 //! (`ErrorAccessDenied`, the reason in the message) and `X-Compliance-Status: blocked;
 //! reason=<code>`, and nothing reaches Exchange. A request without a device id is an unknown
-//! device (blocked by default): the gate never opens by omission.
+//! device (blocked by default): the gate never opens by omission. Each decision is counted in
+//! the state's [metrics](crate::metrics), when it has some (one atomic add, no lock).
 //!
 //! Long-lived responses (`GetStreamingEvents`, ActiveSync `Ping`) are registered before the
 //! decision; if the device becomes blocked while one is open, its body fails at once, which
@@ -233,6 +234,9 @@ impl<S> Enforce<S> {
             compliance.register_stream(subject.device.as_deref(), subject.user.as_deref())
         });
         let decision = compliance.decide(subject.device.as_deref(), subject.user.as_deref());
+        if let Some(metrics) = compliance.metrics() {
+            metrics.decision(decision);
+        }
         if let Decision::Block(reason) = decision {
             tracing::info!(
                 device = subject.device.as_deref().unwrap_or(""),

@@ -36,6 +36,7 @@
 pub mod admin;
 pub mod device;
 pub mod enforce;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod snapshot;

@@ -4,7 +4,9 @@
 //! Each [`Transition`] becomes one `POST` to the configured callback URL with the JSON body
 //! `{"device_id": …, "user": …, "state": "blocked"|"allowed", "reason": …}`, retried with backoff
 //! when ENS is down or answers an error. Deliveries go one at a time, in the order of the
-//! transitions, so ENS never sees an unblock overtake the block before it.
+//! transitions, so ENS never sees an unblock overtake the block before it. Each transition is
+//! counted in the state's [metrics](crate::metrics) as delivered or failed (retries exhausted,
+//! or missed because the notifier fell behind).
 
 use crate::state::{Compliance, Transition};
 use bytes::Bytes;
@@ -69,23 +71,42 @@ impl EnsNotifier {
         self
     }
 
-    /// Delivers every transition of `compliance` until `shutdown` completes.
-    pub async fn run(self, compliance: Compliance, shutdown: impl Future<Output = ()>) {
+    /// Delivers every transition of `compliance` from now on, until `shutdown` completes.
+    ///
+    /// Subscribes when called, not when first polled, so no transition made between spawning
+    /// the returned future and its first poll is missed.
+    pub fn run(
+        self,
+        compliance: Compliance,
+        shutdown: impl Future<Output = ()>,
+    ) -> impl Future<Output = ()> {
         let mut transitions = compliance.subscribe();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let transition = tokio::select! {
-                () = &mut shutdown => return,
-                received = transitions.recv() => match received {
-                    Ok(transition) => transition,
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "ens callback fell behind: some transitions were not delivered");
-                        continue;
+        async move {
+            let mut shutdown = std::pin::pin!(shutdown);
+            loop {
+                let transition = tokio::select! {
+                    () = &mut shutdown => return,
+                    received = transitions.recv() => match received {
+                        Ok(transition) => transition,
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::error!(missed, "ens callback fell behind: some transitions were not delivered");
+                            if let Some(metrics) = compliance.metrics() {
+                                metrics.ens_failed(missed);
+                            }
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                };
+                let delivered = self.deliver(&transition).await;
+                if let Some(metrics) = compliance.metrics() {
+                    if delivered {
+                        metrics.ens_delivered();
+                    } else {
+                        metrics.ens_failed(1);
                     }
-                    Err(RecvError::Closed) => return,
-                },
-            };
-            self.deliver(&transition).await;
+                }
+            }
         }
     }
 

@@ -202,6 +202,36 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
+    /// Every reason, each at its [`index`](Self::index). A new reason is added here too (its
+    /// decisions are otherwise not counted in the metrics).
+    pub const ALL: [BlockReason; 18] = [
+        BlockReason::DeviceOverride,
+        BlockReason::UserOverride,
+        BlockReason::EnterpriseWiped,
+        BlockReason::DeviceWiped,
+        BlockReason::Unenrolled,
+        BlockReason::UnknownDevice,
+        BlockReason::Unmanaged,
+        BlockReason::NonCompliant,
+        BlockReason::Compromised,
+        BlockReason::NotEncrypted,
+        BlockReason::NoActiveSyncProfile,
+        BlockReason::Inactive,
+        BlockReason::MailClient,
+        BlockReason::User,
+        BlockReason::DeviceType,
+        BlockReason::Platform,
+        BlockReason::Model,
+        BlockReason::OsVersion,
+    ];
+
+    /// This reason's position in [`ALL`](Self::ALL), for tables indexed by reason (the
+    /// per-reason metrics).
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The stable code, e.g. `enterprise-wiped`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -234,6 +264,22 @@ impl fmt::Display for BlockReason {
 }
 
 impl AllowReason {
+    /// Every reason, each at its [`index`](Self::index). A new reason is added here too (its
+    /// decisions are otherwise not counted in the metrics).
+    pub const ALL: [AllowReason; 4] = [
+        AllowReason::Compliant,
+        AllowReason::DeviceOverride,
+        AllowReason::UserOverride,
+        AllowReason::UnknownDeviceAllowed,
+    ];
+
+    /// This reason's position in [`ALL`](Self::ALL), for tables indexed by reason (the
+    /// per-reason metrics).
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The stable code, e.g. `compliant`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -730,5 +776,15 @@ mod tests {
     fn decision_serialises_with_state_and_reason() {
         let json = serde_json::to_string(&Decision::Block(BlockReason::EnterpriseWiped)).unwrap();
         assert_eq!(json, r#"{"state":"blocked","reason":"enterprise-wiped"}"#);
+    }
+
+    #[test]
+    fn every_reason_is_listed_at_its_index() {
+        for (i, reason) in AllowReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
+        for (i, reason) in BlockReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
     }
 }

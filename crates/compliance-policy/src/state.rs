@@ -2,16 +2,18 @@
 //!
 //! Every change (full sync, delta, change event, override) goes through [`Compliance`], which
 //! swaps in a new [`View`], works out which devices changed decision, cuts the long-lived
-//! streams of devices that became blocked, and publishes each [`Transition`] to subscribers
-//! (the ENS callback, metrics, the audit trail). Reads ([`Compliance::decide`]) take no lock.
+//! streams of devices that became blocked, counts each [`Transition`] in its
+//! [metrics](crate::metrics) and publishes it to subscribers (the ENS callback, the audit
+//! trail). Reads ([`Compliance::decide`]) take no lock.
 
 use crate::device::{DeviceId, DeviceRecord};
+use crate::metrics::ComplianceMetrics;
 use crate::policy::{Decision, Override, Overrides, PolicySettings};
 use crate::streams::{StreamGuard, StreamRegistry};
 use crate::view::{Change, View};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
@@ -56,6 +58,8 @@ struct Shared {
     transitions: broadcast::Sender<Transition>,
     /// Bumped after every change of the view, for whoever saves it.
     version: watch::Sender<u64>,
+    /// Where decisions, syncs, transitions and events are counted, if anywhere.
+    metrics: Option<ComplianceMetrics>,
 }
 
 /// The compliance state; cheap to clone, every clone shares it.
@@ -74,6 +78,30 @@ fn now_secs() -> u64 {
 impl Compliance {
     /// An empty, not yet loaded state with `policy`.
     pub fn new(policy: PolicySettings) -> Self {
+        Self::build(policy, None)
+    }
+
+    /// An empty, not yet loaded state with `policy`, counted in `metrics`: its transitions
+    /// here, and its decisions, syncs, change events and ENS callbacks by whatever works on it
+    /// (see [`crate::metrics`]). The metrics' view gauges read this state.
+    pub fn with_metrics(policy: PolicySettings, metrics: ComplianceMetrics) -> Self {
+        let compliance = Self::build(policy, Some(metrics.clone()));
+        metrics.attach(&compliance);
+        compliance
+    }
+
+    /// The metrics this state is counted in, if any.
+    #[inline]
+    pub fn metrics(&self) -> Option<&ComplianceMetrics> {
+        self.shared.metrics.as_ref()
+    }
+
+    /// A handle that does not keep the state alive (for the metrics the state itself holds).
+    pub(crate) fn downgrade(&self) -> WeakCompliance {
+        WeakCompliance(Arc::downgrade(&self.shared))
+    }
+
+    fn build(policy: PolicySettings, metrics: Option<ComplianceMetrics>) -> Self {
         let (transitions, _) = broadcast::channel(4096);
         let (version, _) = watch::channel(0);
         Compliance {
@@ -84,6 +112,7 @@ impl Compliance {
                 streams: StreamRegistry::default(),
                 transitions,
                 version,
+                metrics,
             }),
         }
     }
@@ -234,7 +263,13 @@ impl Compliance {
         let old = self.shared.view.load_full();
         let new = Arc::new(change(&old));
         let policy = self.shared.policy.load();
-        let transitions = transitions(&old, &new, &policy, source, &scope);
+        // The first view is not a change of any device: before it, every device was unknown
+        // only because nothing was loaded yet. Announcing it would tell ENS about every device.
+        let transitions = if old.is_loaded() {
+            transitions(&old, &new, &policy, source, &scope)
+        } else {
+            Vec::new()
+        };
         self.shared.view.store(new);
         self.shared.version.send_modify(|version| *version += 1);
         drop(_writer);
@@ -257,10 +292,25 @@ impl Compliance {
                 source = ?transition.source,
                 "device decision changed"
             );
+            // Counted here rather than by a subscriber, which could lag and miss some.
+            if let Some(metrics) = &self.shared.metrics {
+                metrics.transition(&transition.after, transition.source);
+            }
             // No subscriber is not an error: nothing listens for transitions in a bare gateway.
             let _ = self.shared.transitions.send(transition.clone());
         }
         transitions
+    }
+}
+
+/// A [`Compliance`] that does not keep its state alive.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakCompliance(Weak<Shared>);
+
+impl WeakCompliance {
+    /// The state, unless every [`Compliance`] handle on it is gone.
+    pub(crate) fn upgrade(&self) -> Option<Compliance> {
+        self.0.upgrade().map(|shared| Compliance { shared })
     }
 }
 
@@ -369,23 +419,18 @@ mod tests {
     }
 
     #[test]
-    fn first_full_sync_reports_every_known_device_as_allowed() {
+    fn the_first_view_is_not_a_transition() {
         let compliance = Compliance::new(PolicySettings::default());
+        let mut events = compliance.subscribe();
         assert!(!compliance.view().is_loaded());
         let transitions = compliance.replace_all(
             vec![phone("A1", "alice@test.local")],
             ChangeSource::FullSync,
         );
-        assert_eq!(transitions.len(), 1);
-        assert_eq!(
-            transitions[0].before,
-            Decision::Block(BlockReason::UnknownDevice)
-        );
-        assert_eq!(
-            transitions[0].after,
-            Decision::Allow(AllowReason::Compliant)
-        );
+        assert!(transitions.is_empty());
+        assert!(events.try_recv().is_err(), "nothing announced");
         assert!(compliance.view().is_loaded());
+        assert!(compliance.decide(Some("A1"), None).is_allowed());
     }
 
     #[test]

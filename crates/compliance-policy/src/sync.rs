@@ -5,6 +5,9 @@
 //! failed sync changes nothing, is logged and counted, and is retried with backoff. A full sync
 //! that returns no device at all while the view has some is refused as implausible (a console
 //! answering an empty list is far likelier broken than emptied).
+//!
+//! Each sync is counted, by kind and outcome, in the [metrics](crate::metrics) of the state it
+//! keeps current (when that state has some).
 
 use crate::device::DeviceRecord;
 use crate::snapshot::Snapshot;
@@ -131,9 +134,12 @@ impl SyncHandle {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum SyncKind {
+/// Which sync ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// Every device.
     Full,
+    /// The devices changed since the last sync.
     Delta,
 }
 
@@ -237,6 +243,9 @@ impl<S: DeviceSource> Syncer<S> {
                     }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
+            }
+            if let Some(metrics) = self.compliance.metrics() {
+                metrics.sync(kind, result.is_ok());
             }
             self.handle.record(result.as_ref().map(|()| kind));
         }

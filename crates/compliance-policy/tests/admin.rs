@@ -690,3 +690,52 @@ async fn unknown_paths_and_methods_answer_json_errors() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(wrong_method.json()["error"].is_string());
 }
+
+#[tokio::test]
+async fn metrics_are_open_and_count_a_blocked_request() {
+    use compliance_policy::enforce::ComplianceLayer;
+    use compliance_policy::metrics::ComplianceMetrics;
+    use prometheus_client::registry::Registry;
+    use tower::Layer;
+
+    let metrics = ComplianceMetrics::new();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let compliance = Compliance::with_metrics(PolicySettings::default(), metrics);
+    compliance.replace_all(devices(), ChangeSource::FullSync);
+    let app = router(
+        AdminState::new(compliance.clone(), |_: &[u8]| Ok(vec![]))
+            .with_admin_token(TOKEN)
+            .with_registry(Arc::new(registry)),
+    );
+    // W1 is enterprise-wiped: its request is refused by the enforcement layer.
+    let exchange = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+    });
+    let wiped = Request::post("/EWS/Exchange.asmx")
+        .header("x-device-id", "W1")
+        .body(Body::empty())
+        .unwrap();
+    let refused = ComplianceLayer::new(compliance)
+        .layer(exchange)
+        .oneshot(wiped)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    let answer = send(&app, request(Method::GET, "/metrics", None, "")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(answer.body).unwrap();
+    for line in [
+        r#"seg_compliance_decisions_total{result="blocked",reason="enterprise-wiped"} 1"#,
+        r#"seg_compliance_decisions_total{result="allowed",reason="compliant"} 0"#,
+        "seg_compliance_view_devices 4",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}

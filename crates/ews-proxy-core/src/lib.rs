@@ -20,6 +20,7 @@
 //! | [`upstream`], [`tls`] | the pooled rustls client and both sides' TLS settings |
 //! | [`fault`], [`body`] | SOAP faults and body types |
 //! | [`identity`] | the user of a request, as authentication tells compliance |
+//! | [`metrics`] | responses counted by route and status class; the Prometheus exposition |
 //!
 //! A complete EWS proxy, as the `seg-proxy` binary composes it:
 //!
@@ -59,6 +60,7 @@ pub mod fault;
 pub mod forwarded;
 pub mod hop_by_hop;
 pub mod identity;
+pub mod metrics;
 pub mod operation;
 pub mod proxy;
 pub mod routing;
