@@ -429,3 +429,28 @@ async fn metrics_show_the_wipe_block_on_the_admin_listener() {
     assert_eq!(value("seg_compliance_view_devices"), 2.0);
     assert!(value(r#"seg_proxy_responses_total{route="ews",status_class="4xx"}"#) >= 1.0);
 }
+
+#[tokio::test]
+async fn user_override_applies_to_the_user_of_the_credentials() {
+    let stand = Stand::start().await;
+    let admin = format!(
+        "http://{}/overrides/user/alice@test.local",
+        stand.gateway.admin_addr().unwrap()
+    );
+    let request = http::Request::put(admin)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"action":"block"}"#,
+        )))
+        .unwrap();
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    assert_eq!(client.send(request).await.unwrap().status(), StatusCode::OK);
+
+    // Bob's device, but alice's credentials: the user of the request is alice, who is blocked.
+    let refused = stand.ews("EASDEV2", STREAMING_SUBSCRIBE).await;
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=user-override"
+    );
+}

@@ -547,3 +547,27 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     let status = tokio::time::timeout(STEP, second).await.unwrap().unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn ntlm_is_refused_with_401_and_never_forwarded() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(config_for(&exchange.url())).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    for authorization in [
+        "NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAGAbEdAAAADw==",
+        "Negotiate TlRMTVNTUAABAAAAB4IIog==",
+    ] {
+        let mut request = soap_request(&url, GET_ITEM);
+        request
+            .headers_mut()
+            .insert("authorization", authorization.parse().unwrap());
+        let response = client().send(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{authorization}"
+        );
+        assert_eq!(response.headers()["x-seg-fault"], "ntlm-not-supported");
+    }
+    assert!(exchange.requests().is_empty());
+}

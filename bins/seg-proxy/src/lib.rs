@@ -22,6 +22,8 @@ pub mod admin;
 pub mod config;
 pub mod properties;
 
+use auth_negotiation::identity::IdentifyLayer;
+use auth_negotiation::ntlm::RefuseNtlmLayer;
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
 use compliance_policy::metrics::ComplianceMetrics;
 use compliance_policy::notify::EnsNotifier;
@@ -114,9 +116,11 @@ impl Gateway {
     /// 5. `X-Forwarded-*`;
     /// 6. request body limit (`413`);
     /// 7. (EWS only) the operation sniffer;
-    /// 8. compliance: the device's decision (counted in the state's metrics), `403` when
-    ///    blocked, streams cut on a block (a pass-through without `[compliance]`);
-    /// 9. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
+    /// 8. NTLM refused with `401`, never forwarded;
+    /// 9. the user learnt from Basic or Bearer credentials, for the compliance layer;
+    /// 10. compliance: the device's decision (counted in the state's metrics), `403` when
+    ///     blocked, streams cut on a block (a pass-through without `[compliance]`);
+    /// 11. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
     pub fn build_service(
         config: &Config,
         compliance: Option<&Compliance>,
@@ -159,6 +163,8 @@ impl Gateway {
                 .layer(ForwardedHeadersLayer::new())
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(sniffer)
+                .layer(RefuseNtlmLayer::new())
+                .layer(IdentifyLayer::new())
                 .layer(enforce.clone())
                 .service(ReverseProxy::new(client.clone(), ews_upstream))
         });
@@ -167,6 +173,8 @@ impl Gateway {
                 .layer(StripHopByHopLayer::new())
                 .layer(ForwardedHeadersLayer::new())
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
+                .layer(RefuseNtlmLayer::new())
+                .layer(IdentifyLayer::new())
                 .layer(enforce.clone())
                 .service(ReverseProxy::new(client.clone(), exchange))
         });

@@ -1,0 +1,182 @@
+//! Refuses NTLM: the gateway does not support it, and must never forward it.
+//!
+//! A request with `Authorization: NTLM …`, or `Authorization: Negotiate …` whose token is an
+//! NTLMSSP message (SPNEGO falling back to NTLM, which starts `TlRMTVNTUA` in base64), gets `401`
+//! with an EWS SOAP fault saying so and `X-Seg-Fault: ntlm-not-supported`; nothing reaches
+//! Exchange. Kerberos `Negotiate` tokens, Basic and Bearer pass.
+//!
+//! ```
+//! use auth_negotiation::ntlm::RefuseNtlmLayer;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let service = ServiceBuilder::new().layer(RefuseNtlmLayer::new()).service_fn(
+//!     |_request: Request<Full<Bytes>>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+//!     },
+//! );
+//! let request = Request::post("/EWS/Exchange.asmx")
+//!     .header("authorization", "NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAGAbEdAAAADw==")
+//!     .body(Full::default())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # Ok(())
+//! # }
+//! ```
+
+use bytes::Bytes;
+use ews_proxy_core::fault::{FaultCode, SoapFault};
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// Whether the request's `Authorization` is NTLM, directly or inside `Negotiate`.
+pub fn is_ntlm(headers: &HeaderMap) -> bool {
+    headers.get_all(header::AUTHORIZATION).iter().any(|value| {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        let mut parts = value.trim().splitn(2, ' ');
+        let scheme = parts.next().unwrap_or("");
+        let token = parts.next().unwrap_or("").trim();
+        scheme.eq_ignore_ascii_case("NTLM")
+            // "NTLMSSP\0" in base64: an NTLM message offered through SPNEGO's Negotiate.
+            || (scheme.eq_ignore_ascii_case("Negotiate") && token.starts_with("TlRMTVNTUA"))
+    })
+}
+
+/// Layer that applies [`RefuseNtlm`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefuseNtlmLayer {
+    _priv: (),
+}
+
+impl RefuseNtlmLayer {
+    /// Refuses NTLM credentials with `401`.
+    pub fn new() -> Self {
+        RefuseNtlmLayer { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for RefuseNtlmLayer {
+    type Service = RefuseNtlm<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RefuseNtlm { inner }
+    }
+}
+
+/// Middleware that refuses NTLM; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct RefuseNtlm<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RefuseNtlm<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if is_ntlm(request.headers()) {
+            tracing::info!("refused an NTLM authentication: not supported by the gateway");
+            let fault = SoapFault::new(
+                StatusCode::UNAUTHORIZED,
+                FaultCode::AccessDenied,
+                "NTLM authentication is not supported by the gateway; use Basic, OAuth or a client certificate",
+            )
+            .with_reason("ntlm-not-supported");
+            return ResponseFuture {
+                kind: Kind::Refused {
+                    response: Some(fault.into_response()),
+                },
+            };
+        }
+        ResponseFuture {
+            kind: Kind::Called {
+                inner: self.inner.call(request),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RefuseNtlm`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Called { #[pin] inner: F },
+        Refused { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { inner } => inner.poll(cx),
+            KindProj::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with(authorization: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(authorization).unwrap(),
+        );
+        map
+    }
+
+    #[test]
+    fn ntlm_direct_or_inside_negotiate_is_recognised() {
+        assert!(is_ntlm(&with("NTLM TlRMTVNTUAABAAAA")));
+        assert!(is_ntlm(&with("ntlm TlRMTVNTUAABAAAA")));
+        assert!(is_ntlm(&with("Negotiate TlRMTVNTUAADAAAA")));
+    }
+
+    #[test]
+    fn kerberos_basic_and_bearer_pass() {
+        // A SPNEGO NegTokenInit with a Kerberos mechanism starts with the GSS-API tag 0x60: "YI".
+        assert!(!is_ntlm(&with(
+            "Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnagMDAuBgkqhkiC9xIBAgI="
+        )));
+        assert!(!is_ntlm(&with("Basic YWxpY2U6cHc=")));
+        assert!(!is_ntlm(&with("Bearer eyJ0eXAiOiJKV1QifQ.e30.sig")));
+        assert!(!is_ntlm(&HeaderMap::new()));
+    }
+}
