@@ -582,6 +582,7 @@ async fn policy_account(
     let mut devices: Vec<DeviceEntry> = reading
         .view
         .devices_of_user(&user)
+        .into_iter()
         .map(|record| reading.entry(record))
         .collect();
     devices.sort_unstable_by(|a, b| a.device.device_id.cmp(&b.device.device_id));
@@ -964,6 +965,7 @@ fn set_user_override(
     let mut devices: Vec<DeviceDecision> = reading
         .view
         .devices_of_user(&user)
+        .into_iter()
         .map(|record| DeviceDecision {
             device_id: record.device_id.clone(),
             decision: reading.decide(record.device_id.as_str(), Some(record)),

@@ -351,6 +351,7 @@ fn transitions(
         Scope::Devices(ids) => Box::new(ids.iter()),
         Scope::User(user) => Box::new(
             new.devices_of_user(user)
+                .into_iter()
                 .chain(old.devices_of_user(user))
                 .map(|r| &r.device_id),
         ),

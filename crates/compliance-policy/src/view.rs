@@ -26,6 +26,8 @@ pub enum Change {
 #[derive(Clone, Debug, Default)]
 pub struct View {
     base: Arc<HashMap<DeviceId, Arc<DeviceRecord>>>,
+    /// The base's devices by user (UPN), for O(1) access by account.
+    users: Arc<UserIndex>,
     overlay: Arc<HashMap<DeviceId, Option<Arc<DeviceRecord>>>>,
     overrides: Arc<Overrides>,
     loaded: bool,
@@ -48,6 +50,7 @@ impl View {
             .collect();
         let len = base.len();
         View {
+            users: Arc::new(UserIndex::of(&base)),
             base: Arc::new(base),
             overlay: Arc::default(),
             overrides: Arc::new(overrides),
@@ -114,20 +117,42 @@ impl View {
     }
 
     /// Devices of a user (UPN or e-mail address, without case).
-    pub fn devices_of_user<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<DeviceRecord>> + 'a {
-        self.devices().filter(move |record| {
-            record
-                .user
+    ///
+    /// By UPN through an index (O(1) plus the overlay of recent changes); an e-mail address
+    /// that is not also a UPN falls back to a scan.
+    pub fn devices_of_user(&self, user: &str) -> Vec<&Arc<DeviceRecord>> {
+        let matches = |record: &DeviceRecord, by_email: bool| {
+            let field = if by_email {
+                &record.email
+            } else {
+                &record.user
+            };
+            field
                 .as_deref()
                 .is_some_and(|u| u.eq_ignore_ascii_case(user))
-                || record
-                    .email
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(user))
-        })
+        };
+        let overlay = &self.overlay;
+        let mut found: Vec<&Arc<DeviceRecord>> = self
+            .users
+            .get(user)
+            .iter()
+            .filter(|id| !overlay.contains_key(*id))
+            .filter_map(|id| self.base.get(id))
+            .filter(|record| matches(record, false))
+            .collect();
+        found.extend(
+            overlay
+                .values()
+                .flatten()
+                .filter(|record| matches(record, false)),
+        );
+        if found.is_empty() {
+            found = self
+                .devices()
+                .filter(|record| matches(record, true))
+                .collect();
+        }
+        found
     }
 
     /// This view with `changes` applied.
@@ -187,6 +212,7 @@ impl View {
         }
         View {
             len: base.len(),
+            users: Arc::new(UserIndex::of(&base)),
             base: Arc::new(base),
             overlay: Arc::default(),
             ..self.clone()
@@ -206,6 +232,44 @@ impl View {
         self.synced_at = Some(at);
         self
     }
+}
+
+/// Device ids by user, keyed by a hash of the lower-cased UPN so the index holds no copy of
+/// the names (a million devices: tens of MB, not hundreds). A hash collision only adds a device
+/// that [`View::devices_of_user`] then filters out by comparing the name itself.
+#[derive(Debug, Default)]
+struct UserIndex(HashMap<u64, Vec<DeviceId>>);
+
+impl UserIndex {
+    fn of(base: &HashMap<DeviceId, Arc<DeviceRecord>>) -> Self {
+        let mut index: HashMap<u64, Vec<DeviceId>> = HashMap::with_capacity(base.len());
+        for record in base.values() {
+            if let Some(user) = record.user.as_deref() {
+                index
+                    .entry(user_key(user))
+                    .or_default()
+                    .push(record.device_id.clone());
+            }
+        }
+        for ids in index.values_mut() {
+            ids.shrink_to_fit();
+        }
+        UserIndex(index)
+    }
+
+    fn get(&self, user: &str) -> &[DeviceId] {
+        self.0.get(&user_key(user)).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A stable hash of `user` lower-cased, computed without allocating.
+fn user_key(user: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for byte in user.bytes() {
+        hasher.write_u8(byte.to_ascii_lowercase());
+    }
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -265,7 +329,26 @@ mod tests {
             [phone, record("P2", "bob@test.local")],
             Overrides::default(),
         );
-        assert_eq!(view.devices_of_user("ALICE@test.local").count(), 1);
-        assert_eq!(view.devices_of_user("alice.smith@corp.example").count(), 1);
+        assert_eq!(view.devices_of_user("ALICE@test.local").len(), 1);
+        assert_eq!(view.devices_of_user("alice.smith@corp.example").len(), 1);
+        let moved = view.with_changes(&[
+            Change::Upsert(record("P2", "alice@test.local")),
+            Change::Upsert(record("P3", "Alice@Test.Local")),
+        ]);
+        let mut ids: Vec<&str> = moved
+            .devices_of_user("alice@test.local")
+            .iter()
+            .map(|r| r.device_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            ["P1", "P2", "P3"],
+            "the overlay's changes count, the index's stale entry does not"
+        );
+        assert!(
+            moved.devices_of_user("bob@test.local").is_empty(),
+            "P2 moved to alice"
+        );
     }
 }
