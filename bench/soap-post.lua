@@ -3,7 +3,8 @@
 -- or not an EWS success, so that the run can be failed when any request did not succeed.
 --
 -- The Authorization value comes from the environment variable BENCH_AUTHORIZATION
--- (e.g. "Basic YWxpY2VAdGVzdC5sb2NhbDpzZWNyZXQ="). done() prints one machine-readable line:
+-- (e.g. "Basic YWxpY2VAdGVzdC5sb2NhbDpzZWNyZXQ="); BENCH_DEVICE_ID, when set, is sent as the
+-- X-Device-Id header (the device the compliance layer decides on). done() prints one machine-readable line:
 --   RESULT requests=N duration_us=N rps=F p50_us=F p99_us=F non2xx=N not_success=N
 --          err_connect=N err_read=N err_write=N err_status=N err_timeout=N
 
@@ -18,6 +19,10 @@ wrk.path = "/EWS/Exchange.asmx"
 wrk.headers["Content-Type"] = "text/xml; charset=utf-8"
 wrk.headers["Authorization"] = authorization
 wrk.headers["Connection"] = "keep-alive"
+local device_id = os.getenv("BENCH_DEVICE_ID")
+if device_id ~= nil and device_id ~= "" then
+  wrk.headers["X-Device-Id"] = device_id
+end
 wrk.body = '<?xml version="1.0" encoding="utf-8"?>'
   .. '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
   .. ' xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"'

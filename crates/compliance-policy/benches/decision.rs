@@ -85,7 +85,7 @@ fn record(i: usize, now: u64) -> DeviceRecord {
         eas_device_type: Some(eas_type.into()),
         mail_client: Some(CLIENTS[i % CLIENTS.len()].into()),
         enrollment,
-        compromised: i % 97 == 0,
+        compromised: i.is_multiple_of(97),
         compliance,
         managed: enrollment == Enrollment::Enrolled,
         managed_email_client: true,
@@ -189,6 +189,13 @@ fn build_fixture(n: usize) -> Fixture {
         .collect();
     let mut allowed: Vec<String> = allowed.iter().map(|&i| id(i)).collect();
     rng.shuffle(&mut allowed);
+    // Copied in their shuffled order, so that the id strings lie in memory in the order they
+    // are read: a request's device id is in the cache (it was just parsed); only the view's
+    // memory should be cold.
+    let packed =
+        |ids: Vec<String>| -> Vec<String> { ids.iter().map(|id| id.as_str().to_owned()).collect() };
+    let (hits, lower, misses, allowed) =
+        (packed(hits), packed(lower), packed(misses), packed(allowed));
 
     let mut states = Vec::new();
     for (policy_name, policy) in [
