@@ -235,30 +235,48 @@ impl View {
 }
 
 /// Device ids by user, keyed by a hash of the lower-cased UPN so the index holds no copy of
-/// the names (a million devices: tens of MB, not hundreds). A hash collision only adds a device
-/// that [`View::devices_of_user`] then filters out by comparing the name itself.
+/// the names. Most users have one device, kept inline (no allocation per entry: about 30 bytes
+/// a device). A hash collision only adds a device that [`View::devices_of_user`] then filters out
+/// by comparing the name itself.
 #[derive(Debug, Default)]
-struct UserIndex(HashMap<u64, Vec<DeviceId>>);
+struct UserIndex(HashMap<u64, UserDevices>);
+
+#[derive(Debug)]
+enum UserDevices {
+    One(DeviceId),
+    Many(Box<[DeviceId]>),
+}
 
 impl UserIndex {
     fn of(base: &HashMap<DeviceId, Arc<DeviceRecord>>) -> Self {
-        let mut index: HashMap<u64, Vec<DeviceId>> = HashMap::with_capacity(base.len());
+        let mut index: HashMap<u64, UserDevices> = HashMap::with_capacity(base.len());
         for record in base.values() {
-            if let Some(user) = record.user.as_deref() {
-                index
-                    .entry(user_key(user))
-                    .or_default()
-                    .push(record.device_id.clone());
+            let Some(user) = record.user.as_deref() else {
+                continue;
+            };
+            let id = record.device_id.clone();
+            match index.entry(user_key(user)) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(UserDevices::One(id));
+                }
+                std::collections::hash_map::Entry::Occupied(mut slot) => {
+                    let ids = match slot.get() {
+                        UserDevices::One(first) => vec![first.clone(), id],
+                        UserDevices::Many(ids) => ids.iter().cloned().chain([id]).collect(),
+                    };
+                    slot.insert(UserDevices::Many(ids.into_boxed_slice()));
+                }
             }
-        }
-        for ids in index.values_mut() {
-            ids.shrink_to_fit();
         }
         UserIndex(index)
     }
 
     fn get(&self, user: &str) -> &[DeviceId] {
-        self.0.get(&user_key(user)).map_or(&[], Vec::as_slice)
+        match self.0.get(&user_key(user)) {
+            Some(UserDevices::One(id)) => std::slice::from_ref(id),
+            Some(UserDevices::Many(ids)) => ids,
+            None => &[],
+        }
     }
 }
 
