@@ -89,3 +89,16 @@ where
         tracing::debug!(%error, "connection ended with an error");
     }
 }
+
+/// `http(s)://host:port` of a listener at `addr`, with an unspecified address replaced by the
+/// loopback one a client can reach.
+pub(crate) fn base_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+    };
+    format!("{scheme}://{ip}:{}", addr.port())
+}

@@ -388,14 +388,7 @@ impl UemHandle {
 
     /// The scheme, host and port, e.g. `https://127.0.0.1:8444`.
     pub fn base_url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        let ip = match self.addr.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
-            ip if ip.is_unspecified() => "[::1]".to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-        };
-        format!("{scheme}://{ip}:{}", self.addr.port())
+        crate::serve::base_url(self.addr, self.tls)
     }
 
     /// The search endpoint's URL, without a query.
