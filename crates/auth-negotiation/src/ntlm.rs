@@ -30,10 +30,8 @@
 
 use bytes::Bytes;
 use ews_proxy_core::fault::{FaultCode, SoapFault};
+use ews_proxy_core::future::ShortCircuit;
 use http::{HeaderMap, Request, Response, StatusCode, header};
-use pin_project_lite::pin_project;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -102,51 +100,14 @@ where
                 "NTLM authentication is not supported by the gateway; use Basic, OAuth or a client certificate",
             )
             .with_reason("ntlm-not-supported");
-            return ResponseFuture {
-                kind: Kind::Refused {
-                    response: Some(fault.into_response()),
-                },
-            };
+            return ShortCircuit::answered(fault.into_response());
         }
-        ResponseFuture {
-            kind: Kind::Called {
-                inner: self.inner.call(request),
-            },
-        }
+        ShortCircuit::called(self.inner.call(request))
     }
 }
 
-pin_project! {
-    /// Response future of [`RefuseNtlm`].
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Called { #[pin] inner: F },
-        Refused { response: Option<Response<B>> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { inner } => inner.poll(cx),
-            KindProj::Refused { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
-    }
-}
+/// Response future of [`RefuseNtlm`].
+pub type ResponseFuture<F, B> = ShortCircuit<F, B>;
 
 #[cfg(test)]
 mod tests {

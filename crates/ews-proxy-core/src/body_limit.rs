@@ -24,13 +24,11 @@
 //! ```
 
 use crate::fault::{FaultCode, SoapFault};
+use crate::future::ShortCircuit;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Limited;
-use pin_project_lite::pin_project;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -103,49 +101,12 @@ where
                 ),
             )
             .with_reason("body-too-large");
-            return ResponseFuture {
-                kind: Kind::Refused {
-                    response: Some(fault.into_response()),
-                },
-            };
+            return ShortCircuit::answered(fault.into_response());
         }
         let request = request.map(|body| Limited::new(body, self.limit));
-        ResponseFuture {
-            kind: Kind::Called {
-                inner: self.inner.call(request),
-            },
-        }
+        ShortCircuit::called(self.inner.call(request))
     }
 }
 
-pin_project! {
-    /// Response future of [`RequestBodyLimit`].
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Called { #[pin] inner: F },
-        Refused { response: Option<Response<B>> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { inner } => inner.poll(cx),
-            KindProj::Refused { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
-    }
-}
+/// Response future of [`RequestBodyLimit`].
+pub type ResponseFuture<F, B> = ShortCircuit<F, B>;

@@ -18,7 +18,7 @@
 //! | [`operation`] | learns the EWS operation from the start of the SOAP body |
 //! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults |
 //! | [`upstream`], [`tls`] | the pooled rustls client and both sides' TLS settings |
-//! | [`fault`], [`body`] | SOAP faults and body types |
+//! | [`fault`], [`body`], [`future`] | SOAP faults, body types, the short-circuit response future |
 //! | [`identity`] | the user of a request, as authentication tells compliance |
 //! | [`metrics`] | responses counted by route and status class; the Prometheus exposition |
 //!
@@ -58,6 +58,7 @@ pub mod body;
 pub mod body_limit;
 pub mod fault;
 pub mod forwarded;
+pub mod future;
 pub mod hop_by_hop;
 pub mod identity;
 pub mod metrics;
