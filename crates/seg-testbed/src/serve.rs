@@ -15,6 +15,74 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+/// A stand-in's server task: where it listens, and how to stop it. Dropping it stops it too.
+#[derive(Debug)]
+pub(crate) struct Running {
+    addr: std::net::SocketAddr,
+    tls: bool,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Serves `handler` on `listener` (TLS with `tls`) until `shutdown` is set.
+    pub(crate) fn spawn<H, F, B>(
+        listener: TcpListener,
+        addr: std::net::SocketAddr,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        shutdown: tokio::sync::watch::Sender<bool>,
+        handler: H,
+    ) -> Running
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let is_tls = tls.is_some();
+        let mut stopped = shutdown.subscribe();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            tls.map(TlsAcceptor::from),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+            handler,
+        ));
+        Running {
+            addr,
+            tls: is_tls,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// The address the server listens on.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http(s)://host:port` of the server.
+    pub(crate) fn base_url(&self) -> String {
+        base_url(self.addr, self.tls)
+    }
+
+    /// Stops accepting, closes every connection, and waits for the server task.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then closes every connection.
 pub(crate) async fn accept_loop<H, F, B>(
     listener: TcpListener,

@@ -52,11 +52,10 @@ use rustls::{RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::client::HttpClient;
 use crate::error::{Error, Result};
+use crate::serve::Running;
 use crate::token::TokenVerifier;
 use subscriptions::{Store, mailbox_key};
 
@@ -297,47 +296,30 @@ impl ExchangeServer {
             push_client,
             next_token: AtomicU64::new(1),
         });
-        let is_tls = tls.is_some();
-        let acceptor = tls.map(TlsAcceptor::from);
-        let task = tokio::spawn({
-            let stopped = shared.clone();
-            let handler_state = shared.clone();
-            crate::serve::accept_loop(
-                listener,
-                acceptor,
-                async move { stopped.until_shutdown().await },
-                move |request| handle(handler_state.clone(), request),
-            )
+        let handler_state = shared.clone();
+        let running = Running::spawn(listener, addr, tls, shutdown_tx, move |request| {
+            handle(handler_state.clone(), request)
         });
-        Ok(ExchangeHandle {
-            addr,
-            tls: is_tls,
-            shared,
-            shutdown: shutdown_tx,
-            task: Some(task),
-        })
+        Ok(ExchangeHandle { running, shared })
     }
 }
 
 /// A running Exchange stand-in. Dropping it stops the server.
 #[derive(Debug)]
 pub struct ExchangeHandle {
-    addr: SocketAddr,
-    tls: bool,
+    running: Running,
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
 }
 
 impl ExchangeHandle {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr()
     }
 
     /// The scheme, host and port, e.g. `https://127.0.0.1:8443`.
     pub fn base_url(&self) -> String {
-        crate::serve::base_url(self.addr, self.tls)
+        self.running.base_url()
     }
 
     /// The EWS endpoint URL, e.g. `https://127.0.0.1:8443/EWS/Exchange.asmx`.
@@ -387,17 +369,8 @@ impl ExchangeHandle {
 
     /// Stops accepting, closes every connection (open streams included) and stops push
     /// deliveries; returns once the accept loop has ended.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for ExchangeHandle {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+    pub async fn shutdown(self) {
+        self.running.stop().await;
     }
 }
 

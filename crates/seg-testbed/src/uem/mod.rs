@@ -102,10 +102,9 @@ use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
+use crate::serve::Running;
 use device::MemDevice;
 use webhook::Outbox;
 
@@ -348,47 +347,30 @@ impl UemServer {
             outbox,
             shutdown: shutdown_rx,
         });
-        let is_tls = tls.is_some();
-        let acceptor = tls.map(TlsAcceptor::from);
-        let task = tokio::spawn({
-            let stopped = shared.clone();
-            let handler_state = shared.clone();
-            crate::serve::accept_loop(
-                listener,
-                acceptor,
-                async move { stopped.until_shutdown().await },
-                move |request| handle(handler_state.clone(), request),
-            )
+        let handler_state = shared.clone();
+        let running = Running::spawn(listener, addr, tls, shutdown_tx, move |request| {
+            handle(handler_state.clone(), request)
         });
-        Ok(UemHandle {
-            addr,
-            tls: is_tls,
-            shared,
-            shutdown: shutdown_tx,
-            task: Some(task),
-        })
+        Ok(UemHandle { running, shared })
     }
 }
 
 /// A running UEM stand-in. Dropping it stops the server.
 #[derive(Debug)]
 pub struct UemHandle {
-    addr: SocketAddr,
-    tls: bool,
+    running: Running,
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
 }
 
 impl UemHandle {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr()
     }
 
     /// The scheme, host and port, e.g. `https://127.0.0.1:8444`.
     pub fn base_url(&self) -> String {
-        crate::serve::base_url(self.addr, self.tls)
+        self.running.base_url()
     }
 
     /// The search endpoint's URL, without a query.
@@ -495,17 +477,8 @@ impl UemHandle {
 
     /// Stops accepting, closes every connection and stops event deliveries; returns once the
     /// accept loop has ended.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for UemHandle {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+    pub async fn shutdown(self) {
+        self.running.stop().await;
     }
 }
 
