@@ -482,18 +482,26 @@ fn passes_lists(value: Option<&str>, allowed: &[String], blocked: &[String]) -> 
 /// Dotted numeric versions, compared part by part (`17.1` ≥ `17.0.3`); a part that is not a
 /// number ends the comparison there, counting as 0.
 fn version_at_least(version: &str, minimum: &str) -> bool {
-    let parts = |v: &str| -> Vec<u64> {
-        v.split('.')
-            .map(|p| p.trim().parse::<u64>())
-            .take_while(Result::is_ok)
-            .map(|p| p.unwrap_or(0))
-            .collect()
-    };
-    let (mut have, mut need) = (parts(version), parts(minimum));
-    let len = have.len().max(need.len());
-    have.resize(len, 0);
-    need.resize(len, 0);
-    have >= need
+    // Part by part, a missing part counting as 0, without collecting: this runs per request.
+    let (mut have, mut need) = (numeric_parts(version), numeric_parts(minimum));
+    loop {
+        match (have.next(), need.next()) {
+            (None, None) => return true,
+            (have, need) => {
+                let (have, need) = (have.unwrap_or(0), need.unwrap_or(0));
+                if have != need {
+                    return have > need;
+                }
+            }
+        }
+    }
+}
+
+/// The leading numeric parts of a dotted version.
+fn numeric_parts(version: &str) -> impl Iterator<Item = u64> + '_ {
+    version
+        .split('.')
+        .map_while(|part| part.trim().parse::<u64>().ok())
 }
 
 #[cfg(test)]

@@ -339,28 +339,8 @@ fn transitions(
     } else {
         0
     };
-    let mut seen = std::collections::HashSet::new();
-    let ids: Box<dyn Iterator<Item = &DeviceId>> = match scope {
-        Scope::All => Box::new(
-            new.devices()
-                .chain(old.devices())
-                .map(|r| &r.device_id)
-                .chain(new.overrides().devices.keys())
-                .chain(old.overrides().devices.keys()),
-        ),
-        Scope::Devices(ids) => Box::new(ids.iter()),
-        Scope::User(user) => Box::new(
-            new.devices_of_user(user)
-                .into_iter()
-                .chain(old.devices_of_user(user))
-                .map(|r| &r.device_id),
-        ),
-    };
     let mut out = Vec::new();
-    for id in ids {
-        if !seen.insert(id) {
-            continue;
-        }
+    let mut check = |id: &DeviceId| {
         let before_record = old.device(id.as_str()).map(|r| &**r);
         let after_record = new.device(id.as_str()).map(|r| &**r);
         let before =
@@ -375,6 +355,50 @@ fn transitions(
                 after,
                 source,
             });
+        }
+    };
+    match scope {
+        // Each id is visited once by construction: no set of a million ids to dedup them.
+        Scope::All => {
+            for record in new.devices() {
+                check(&record.device_id);
+            }
+            for record in old.devices() {
+                if new.device(record.device_id.as_str()).is_none() {
+                    check(&record.device_id);
+                }
+            }
+            let listed = |id: &DeviceId| {
+                new.device(id.as_str()).is_some() || old.device(id.as_str()).is_some()
+            };
+            let (new_overrides, old_overrides) =
+                (&new.overrides().devices, &old.overrides().devices);
+            for id in new_overrides.keys() {
+                if !listed(id) {
+                    check(id);
+                }
+            }
+            for id in old_overrides.keys() {
+                if !listed(id) && !new_overrides.contains_key(id) {
+                    check(id);
+                }
+            }
+        }
+        Scope::Devices(ids) => {
+            let mut seen = std::collections::HashSet::with_capacity(ids.len());
+            for id in ids.iter().filter(|id| seen.insert(*id)) {
+                check(id);
+            }
+        }
+        Scope::User(user) => {
+            let mut seen = std::collections::HashSet::new();
+            let records = new
+                .devices_of_user(user)
+                .into_iter()
+                .chain(old.devices_of_user(user));
+            for record in records.filter(|r| seen.insert(r.device_id.clone())) {
+                check(&record.device_id);
+            }
         }
     }
     out
@@ -454,6 +478,30 @@ mod tests {
         assert!(
             compliance.decide(Some("A2"), None).is_allowed(),
             "other devices are untouched"
+        );
+    }
+
+    #[test]
+    fn full_sync_reports_devices_that_changed_or_disappeared_once_each() {
+        let compliance = loaded();
+        compliance.set_device_override("LAB1", Some(Override::Allow));
+        let wiped = DeviceRecord {
+            enrollment: Enrollment::EnterpriseWiped,
+            ..phone("A1", "alice@test.local")
+        };
+        // A1 wiped, A2 gone from UEM, B1 unchanged, LAB1 known only by its override.
+        let transitions = compliance.replace_all(
+            vec![wiped, phone("B1", "bob@test.local")],
+            ChangeSource::FullSync,
+        );
+        let mut moved: Vec<(&str, &str)> = transitions
+            .iter()
+            .map(|t| (t.device_id.as_str(), t.after.reason()))
+            .collect();
+        moved.sort_unstable();
+        assert_eq!(
+            moved,
+            [("A1", "enterprise-wiped"), ("A2", "unknown-device")]
         );
     }
 
