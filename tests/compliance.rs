@@ -70,6 +70,48 @@ impl Stand {
         stand
     }
 
+    /// Stops the gateway and starts it again with `change` made to its configuration, on the
+    /// same admin address (so UEM's webhook still reaches it) and the same snapshot file.
+    async fn restart(self, change: impl FnOnce(&mut Config)) -> Stand {
+        let Stand {
+            exchange,
+            uem,
+            ens,
+            gateway,
+            mut config,
+            dir,
+        } = self;
+        gateway.shutdown().await;
+        change(&mut config);
+        let gateway = start(config.clone()).await;
+        Stand {
+            exchange,
+            uem,
+            ens,
+            gateway,
+            config,
+            dir,
+        }
+    }
+
+    /// Waits for the ENS callback announcing `state` (`blocked` or `allowed`); returns its body.
+    async fn callback(&self, state: &str) -> serde_json::Value {
+        let wanted = format!(r#""state":"{state}""#);
+        let find = || {
+            self.ens
+                .received()
+                .into_iter()
+                .find(|r| String::from_utf8_lossy(&r.body).contains(&wanted))
+        };
+        wait_until(STEP, "the ENS callback", || {
+            let found = find().is_some();
+            async move { found }
+        })
+        .await
+        .unwrap();
+        serde_json::from_slice(&find().unwrap().body).unwrap()
+    }
+
     async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.gateway.admin_addr().unwrap());
         wait_until(STEP, "the gateway's first view", || {
@@ -207,25 +249,8 @@ async fn wiped_device_is_cut_refused_reported_and_readmitted_when_compliant() {
     );
 
     // ENS was told.
-    wait_until(STEP, "the ENS callback of the block", || {
-        let got = stand
-            .ens
-            .received()
-            .iter()
-            .any(|r| String::from_utf8_lossy(&r.body).contains(r#""state":"blocked""#));
-        async move { got }
-    })
-    .await
-    .unwrap();
-    let callback = stand
-        .ens
-        .received()
-        .into_iter()
-        .find(|r| String::from_utf8_lossy(&r.body).contains("blocked"))
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&callback.body).unwrap();
     assert_eq!(
-        body,
+        stand.callback("blocked").await,
         serde_json::json!({"device_id": DEVICE, "user": ALICE, "state": "blocked", "reason": "enterprise-wiped"})
     );
 
@@ -243,16 +268,7 @@ async fn wiped_device_is_cut_refused_reported_and_readmitted_when_compliant() {
     })
     .await
     .unwrap();
-    wait_until(STEP, "the ENS callback of the unblock", || {
-        let got = stand
-            .ens
-            .received()
-            .iter()
-            .any(|r| String::from_utf8_lossy(&r.body).contains(r#""state":"allowed""#));
-        async move { got }
-    })
-    .await
-    .unwrap();
+    assert_eq!(stand.callback("allowed").await["reason"], "compliant");
     eprintln!("stream cut {cut_after:?} after the wipe");
 }
 
@@ -275,26 +291,8 @@ async fn restart_while_uem_is_down_keeps_the_wiped_device_blocked() {
     .await
     .unwrap();
 
-    let Stand {
-        exchange,
-        uem,
-        ens,
-        gateway,
-        mut config,
-        dir,
-    } = stand;
-    gateway.shutdown().await;
-    uem.set_mode(Mode::Down);
-    config.admin.listen = Some(reserve_port().unwrap());
-    let restarted = start(config).await;
-    let stand = Stand {
-        exchange,
-        uem,
-        ens,
-        gateway: restarted,
-        config: Config::default(),
-        dir,
-    };
+    stand.uem.set_mode(Mode::Down);
+    let stand = stand.restart(|_| {}).await;
     stand.wait_ready().await; // ready from the snapshot, with UEM down
 
     let refused = stand.ews(DEVICE, STREAMING_SUBSCRIBE).await;
@@ -365,26 +363,12 @@ async fn unknown_device_follows_the_default() {
         "blocked; reason=unknown-device"
     );
 
-    let Stand {
-        exchange,
-        uem,
-        ens,
-        gateway,
-        mut config,
-        dir,
-    } = stand;
-    gateway.shutdown().await;
-    config.admin.listen = Some(reserve_port().unwrap());
-    config.compliance.as_mut().unwrap().unknown_device =
-        compliance_policy::policy::UnknownDevice::Allow;
-    let stand = Stand {
-        gateway: start(config).await,
-        exchange,
-        uem,
-        ens,
-        config: Config::default(),
-        dir,
-    };
+    let stand = stand
+        .restart(|config| {
+            config.compliance.as_mut().unwrap().unknown_device =
+                compliance_policy::policy::UnknownDevice::Allow;
+        })
+        .await;
     stand.wait_ready().await;
     assert_eq!(
         stand.ews("NOT-IN-UEM", STREAMING_SUBSCRIBE).await.status(),
