@@ -9,7 +9,6 @@ use seg_proxy::Gateway;
 use seg_proxy::config::TlsFiles;
 use seg_testbed::exchange::AFFINITY_COOKIE;
 use seg_testbed::harness::{self, TestExchange, xml_attribute, xml_text};
-use std::sync::Arc;
 use support::*;
 
 const GET_INBOX: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
@@ -241,30 +240,12 @@ async fn wsdl_is_served_through_the_gateway() {
 #[tokio::test]
 async fn http2_clients_are_served_over_the_tls_listener() {
     let stand = Stand::start().await;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(stand.exchange.pki.root_store())
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(stand.gateway.https_addr().unwrap())
+    let mut sender = stand
+        .exchange
+        .client
+        .connect_h2(stand.gateway.https_addr().unwrap(), "localhost")
         .await
         .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
     let request =
         harness::ews_request(&stand.ews_url, Some(&stand.alice()), &[], soap(GET_INBOX)).unwrap();
 

@@ -115,6 +115,52 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Opens one HTTP/2 connection over TLS to `addr`, offering only `h2` by ALPN and naming the
+    /// server `server_name`; requests sent on it are multiplexed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the TCP or TLS connection fails or the server does not agree to
+    /// `h2`; [`Error::Http`] when the HTTP/2 handshake fails.
+    pub async fn connect_h2(
+        &self,
+        addr: std::net::SocketAddr,
+        server_name: &str,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+        let connect_error = |source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let mut config = (*self.tls).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| Error::InvalidUrl(server_name.to_string()))?;
+        let tcp = TcpStream::connect(addr).await.map_err(connect_error)?;
+        let stream = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(connect_error)?;
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(connect_error(std::io::Error::other(
+                "the server did not agree to h2",
+            )));
+        }
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .map_err(Error::Http)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "h2 client connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
 async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> Result<Response<Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -2,7 +2,6 @@
 //! kinds of subscription, affinity and faults, as an EWS client sees them.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -626,30 +625,11 @@ async fn the_deliver_endpoint_raises_events_like_the_handle_does() {
 #[tokio::test]
 async fn the_server_speaks_h2_when_the_client_offers_it() {
     let testbed = TestExchange::start(|_| {}).await.unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(testbed.pki.root_store())
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(testbed.server.addr())
+    let mut sender = testbed
+        .client
+        .connect_h2(testbed.server.addr(), "localhost")
         .await
         .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
     let request = harness::ews_request(
         &testbed.server.url(),
         Some(&testbed.basic("alice@test.local")),
