@@ -2,6 +2,57 @@
 //!
 //! For certificate-based authentication the gateway turns a user's UPN into a service ticket for
 //! `HTTP/<exchange host>` on the user's behalf. This crate knows Kerberos and nothing of HTTP or
-//! EWS: it takes a UPN and a target SPN and returns an SPNEGO token.
+//! EWS: it takes a user and a target SPN and returns an SPNEGO token for
+//! `Authorization: Negotiate`.
 //!
-//! Status: skeleton. The client lands with the kcd-client issue.
+//! [`KcdClient`] logs the gateway in with its keytab or password (AS exchange with
+//! PA-ENC-TIMESTAMP), asks for a ticket to itself on the user's behalf (S4U2Self, PA-FOR-USER),
+//! exchanges it for a ticket to the target (S4U2Proxy) and wraps an AP-REQ with a fresh
+//! authenticator in SPNEGO, optionally bound to the TLS connection (RFC 5929
+//! `tls-server-end-point`, for Exchange's Extended Protection). Tickets are cached per
+//! (user, target) until shortly before they expire, and concurrent requests for one key share
+//! one KDC exchange. It is also a [`tower::Service`] of [`KcdRequest`].
+//!
+//! ```no_run
+//! use kcd_client::{Credentials, KcdClient, KcdConfig, RealmConfig, UserName};
+//!
+//! # async fn run() -> Result<(), kcd_client::KcdError> {
+//! let config = KcdConfig::new(
+//!     vec![RealmConfig::new("corp.example", ["dc1.corp.example", "dc2.corp.example:88"])],
+//!     "HTTP/seg.corp.example",
+//!     Credentials::KeytabFile("/etc/seg/seg.keytab".into()),
+//! );
+//! let client = KcdClient::new(config)?;
+//! let alice = UserName::enterprise("alice@corp.example")?;
+//! let token = client.negotiate_token(&alice, "HTTP/exchange.corp.example", None).await?;
+//! assert!(token.to_header_value().starts_with("Negotiate "));
+//! # Ok(()) }
+//! ```
+
+pub mod crypto;
+pub mod keytab;
+
+mod ap_req;
+mod asn1;
+mod cache;
+mod client;
+mod clock;
+mod config;
+mod error;
+mod gss;
+mod kdc;
+mod login;
+mod name;
+mod s4u;
+pub mod sfu;
+pub mod spnego;
+mod transport;
+
+pub use client::{KcdClient, KcdRequest, KdcExchanges, NegotiateToken, ServiceTicket};
+pub use config::{Credentials, KcdConfig, RealmConfig};
+pub use error::KcdError;
+pub use gss::{
+    CONTEXT_FLAGS, ChannelBindings, GSS_CHECKSUM_TYPE, gss_checksum, tls_server_end_point_hash,
+};
+pub use name::UserName;
+pub use transport::TransportMode;

@@ -1,0 +1,482 @@
+//! kcd-client against the real MIT KDC of `seg-testbed`: logins with keytab and password,
+//! S4U2Self and S4U2Proxy to Exchange, the errors an operator must tell apart, failover, and
+//! the caches. The proof that a ticket is alice's is independent of the client's own view: the
+//! ticket is decrypted with Exchange's keytab, written by MIT's kadmin.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use kcd_client::crypto::EncType;
+use kcd_client::keytab::{Keytab, KeytabEntry, Principal};
+use kcd_client::spnego::{self, NegotiationToken};
+use kcd_client::{
+    ChannelBindings, Credentials, KcdClient, KcdConfig, KcdError, KcdRequest, RealmConfig,
+    TransportMode, UserName,
+};
+use rasn_kerberos::{ApReq, Authenticator, EncTicketPart, Ticket};
+use seg_testbed::kdc::{
+    DEFAULT_REALM, EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig, KdcService, OTHER_SERVICE,
+    RunningKdc,
+};
+use tower::ServiceExt as _;
+
+/// A service that logs in with a password, as an administrator enters a service account.
+const PASSWORD_SERVICE: &str = "HTTP/pwseg.test.local";
+const PASSWORD: &str = "Seg-service-pw-1";
+
+/// The default realm plus [`PASSWORD_SERVICE`].
+fn kdc_config() -> KdcConfig {
+    let mut config = KdcConfig::temporary();
+    config.services.push(
+        KdcService::new(PASSWORD_SERVICE, "pwseg.keytab")
+            .with_password(PASSWORD)
+            .delegating_to([EXCHANGE_SERVICE]),
+    );
+    config
+}
+
+/// The KDC the tests of this binary share while any of them runs; it stops when the last one
+/// using it finishes (a static would never be dropped and leave the daemons running).
+async fn shared_kdc() -> Arc<RunningKdc> {
+    static SHARED: Mutex<Weak<RunningKdc>> = Mutex::new(Weak::new());
+    tokio::task::spawn_blocking(|| {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kdc) = shared.upgrade() {
+            return kdc;
+        }
+        let kdc = Arc::new(Kdc::start(kdc_config()).expect("the test KDC starts"));
+        *shared = Arc::downgrade(&kdc);
+        kdc
+    })
+    .await
+    .unwrap()
+}
+
+/// A KDC of its own, for a test that stops and restarts it.
+async fn own_kdc() -> RunningKdc {
+    tokio::task::spawn_blocking(|| Kdc::start(kdc_config()).expect("the test KDC starts"))
+        .await
+        .unwrap()
+}
+
+fn config(kdc: &RunningKdc, service: &str, credentials: Credentials) -> KcdConfig {
+    let mut config = KcdConfig::new(
+        vec![RealmConfig::new("test.local", [kdc.addr().to_string()])],
+        service,
+        credentials,
+    );
+    config.attempt_timeout = Duration::from_secs(2);
+    config
+}
+
+fn gateway(kdc: &RunningKdc) -> KcdClient {
+    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf();
+    KcdClient::new(config(
+        kdc,
+        GATEWAY_SERVICE,
+        Credentials::KeytabFile(keytab),
+    ))
+    .unwrap()
+}
+
+fn alice() -> UserName {
+    UserName::principal("alice", DEFAULT_REALM).unwrap()
+}
+
+/// Decrypts `ticket` with the key of `service` from its keytab, as the service would.
+fn open_ticket(kdc: &RunningKdc, service: &str, ticket: &Ticket) -> EncTicketPart {
+    let keytab = Keytab::read(kdc.keytab(service).unwrap()).unwrap();
+    let principal = Principal::parse(service, Some(DEFAULT_REALM)).unwrap();
+    let etype = EncType::from_i32(ticket.enc_part.etype).unwrap();
+    let entry = keytab.key_for(&principal, etype).unwrap();
+    let plain = entry
+        .key
+        .decrypt(2, &ticket.enc_part.cipher)
+        .expect("the ticket decrypts with the service's key");
+    rasn::der::decode_with_remainder::<EncTicketPart>(&plain)
+        .unwrap()
+        .0
+}
+
+fn names(parts: &rasn_kerberos::PrincipalName) -> Vec<String> {
+    parts
+        .string
+        .iter()
+        .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn keytab_login_then_s4u_gives_exchange_a_ticket_that_names_alice() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+
+    let ticket = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    assert_eq!(ticket.service(), "HTTP/exchange.test.local@TEST.LOCAL");
+    assert_eq!(ticket.client(), "alice@TEST.LOCAL");
+    let der = ticket.ticket_der();
+    let ticket: Ticket = rasn::der::decode(&der).unwrap();
+    assert_eq!(names(&ticket.sname), ["HTTP", "exchange.test.local"]);
+    let opened = open_ticket(&kdc, EXCHANGE_SERVICE, &ticket);
+    assert_eq!(names(&opened.cname), ["alice"]);
+    assert_eq!(opened.crealm.as_bytes(), b"TEST.LOCAL");
+    // The KDC's own account of it, once its log has caught up.
+    let logged = |line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = kdc.log();
+            if log.contains(line) || Instant::now() > deadline {
+                return log.contains(line);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(
+        logged("PROTOCOL-TRANSITION s4u-client=alice@TEST.LOCAL"),
+        "{}",
+        kdc.log()
+    );
+    assert!(
+        logged("CONSTRAINED-DELEGATION s4u-client=alice@TEST.LOCAL"),
+        "{}",
+        kdc.log()
+    );
+}
+
+#[tokio::test]
+async fn the_negotiate_token_carries_an_ap_req_exchange_accepts_with_bound_channel() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+    let cert_hash = [0x5au8; 32];
+
+    let token = client
+        .negotiate_token(&alice(), EXCHANGE_SERVICE, Some(&cert_hash))
+        .await
+        .unwrap();
+
+    assert!(token.to_header_value().starts_with("Negotiate YII"));
+    let NegotiationToken::Init(init) = spnego::parse_negotiation_token(token.as_bytes()).unwrap()
+    else {
+        panic!("not a NegTokenInit");
+    };
+    let (oid, inner) = spnego::parse_initial_token(init.mech_token.as_deref().unwrap()).unwrap();
+    assert_eq!(&*oid, spnego::KRB5_OID);
+    assert_eq!(&inner[..2], &[1, 0], "TOK_ID of an AP-REQ");
+    let ap_req: ApReq = rasn::der::decode(&inner[2..]).unwrap();
+    // Accept it as Exchange would: open the ticket, then the authenticator with its key.
+    let opened = open_ticket(&kdc, EXCHANGE_SERVICE, &ap_req.ticket);
+    assert_eq!(names(&opened.cname), ["alice"]);
+    let session_key = kcd_client::crypto::Key::new(
+        EncType::from_i32(opened.key.r#type).unwrap(),
+        &opened.key.value,
+    )
+    .unwrap();
+    let plain = session_key
+        .decrypt(11, &ap_req.authenticator.cipher)
+        .unwrap();
+    let authenticator: Authenticator = rasn::der::decode_with_remainder(&plain).unwrap().0;
+    assert_eq!(names(&authenticator.cname), ["alice"]);
+    let cksum = authenticator.cksum.unwrap();
+    assert_eq!(cksum.r#type, 0x8003);
+    assert_eq!(&cksum.checksum[..4], &[16, 0, 0, 0]);
+    assert_eq!(
+        &cksum.checksum[4..20],
+        &ChannelBindings::tls_server_end_point(&cert_hash).md5()
+    );
+    assert_eq!(&cksum.checksum[20..24], &[0x38, 0, 0, 0]);
+}
+
+#[tokio::test]
+async fn password_login_works_for_a_service_account() {
+    let kdc = shared_kdc().await;
+    let client = KcdClient::new(config(
+        &kdc,
+        PASSWORD_SERVICE,
+        Credentials::Password(PASSWORD.into()),
+    ))
+    .unwrap();
+
+    let ticket = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    assert_eq!(ticket.client(), "alice@TEST.LOCAL");
+    assert_eq!(client.exchanges().logins, 1);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_bad_credentials() {
+    let kdc = shared_kdc().await;
+    let client = KcdClient::new(config(
+        &kdc,
+        PASSWORD_SERVICE,
+        Credentials::Password("not-the-password".into()),
+    ))
+    .unwrap();
+
+    let error = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, KcdError::BadCredentials { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn another_services_keys_under_the_gateways_name_are_bad_credentials() {
+    let kdc = shared_kdc().await;
+    // other.keytab's keys, labelled as the gateway's: the KDC refuses the pre-authentication.
+    let other = Keytab::read(kdc.keytab(OTHER_SERVICE).unwrap()).unwrap();
+    let gateway = Principal::parse(GATEWAY_SERVICE, Some(DEFAULT_REALM)).unwrap();
+    let mut forged = Keytab::new();
+    for entry in other.entries() {
+        forged.push(KeytabEntry {
+            principal: gateway.clone(),
+            ..entry.clone()
+        });
+    }
+    let client = KcdClient::new(config(
+        &kdc,
+        GATEWAY_SERVICE,
+        Credentials::KeytabBytes(forged.to_bytes()),
+    ))
+    .unwrap();
+
+    let error = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, KcdError::BadCredentials { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_keytab_without_the_gateways_keys_is_bad_credentials() {
+    let kdc = shared_kdc().await;
+    let other = kdc.keytab(OTHER_SERVICE).unwrap().to_path_buf();
+    let client = KcdClient::new(config(
+        &kdc,
+        GATEWAY_SERVICE,
+        Credentials::KeytabFile(other),
+    ))
+    .unwrap();
+
+    let error = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, KcdError::BadCredentials { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        client.exchanges().requests,
+        0,
+        "no KDC is asked without a key"
+    );
+}
+
+#[tokio::test]
+async fn delegating_to_a_service_not_in_the_list_is_refused() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+
+    let error = client
+        .service_ticket(&alice(), OTHER_SERVICE)
+        .await
+        .unwrap_err();
+
+    match error {
+        KcdError::DelegationNotAllowed { target, .. } => {
+            assert_eq!(target, "HTTP/other.test.local@TEST.LOCAL");
+        }
+        other => panic!("expected DelegationNotAllowed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_user_is_reported_as_such() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+    let mallory = UserName::principal("mallory", DEFAULT_REALM).unwrap();
+
+    let error = client
+        .service_ticket(&mallory, EXCHANGE_SERVICE)
+        .await
+        .unwrap_err();
+
+    match error {
+        KcdError::UnknownUser { user } => assert_eq!(user, "mallory@TEST.LOCAL"),
+        other => panic!("expected UnknownUser, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_requests_for_one_user_make_one_exchange_of_each_kind() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+
+    let calls = (0..100).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .negotiate_token(&alice(), EXCHANGE_SERVICE, None)
+                .await
+        })
+    });
+    let tokens: Vec<_> = futures_join(calls).await;
+
+    assert!(tokens.iter().all(Result::is_ok));
+    let exchanges = client.exchanges();
+    assert_eq!(
+        (exchanges.logins, exchanges.s4u2self, exchanges.s4u2proxy),
+        (1, 1, 1)
+    );
+    // Fresh authenticators: no two tokens alike.
+    let mut distinct: Vec<_> = tokens
+        .iter()
+        .map(|t| t.as_ref().unwrap().as_bytes().to_vec())
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 100);
+}
+
+async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn invalidate_makes_the_next_request_ask_the_kdc_again() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+    client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    client.invalidate(&alice(), EXCHANGE_SERVICE);
+    client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    let exchanges = client.exchanges();
+    assert_eq!(
+        (exchanges.logins, exchanges.s4u2self, exchanges.s4u2proxy),
+        (1, 2, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_clock_an_hour_off_is_corrected_from_the_kdcs_time() {
+    let kdc = shared_kdc().await;
+    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf();
+    let mut config = config(&kdc, GATEWAY_SERVICE, Credentials::KeytabFile(keytab));
+    config.clock_offset_secs = 3600;
+    let client = KcdClient::new(config).unwrap();
+
+    let ticket = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    assert_eq!(ticket.client(), "alice@TEST.LOCAL");
+}
+
+#[tokio::test]
+async fn tcp_only_and_failover_past_a_dead_kdc_work() {
+    let kdc = shared_kdc().await;
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf();
+    let mut config = config(&kdc, GATEWAY_SERVICE, Credentials::KeytabFile(keytab));
+    config.realms[0].kdcs.insert(0, dead_addr);
+    config.attempt_timeout = Duration::from_millis(500);
+    for mode in [TransportMode::UdpThenTcp, TransportMode::TcpOnly] {
+        config.transport = mode;
+        let client = KcdClient::new(config.clone()).unwrap();
+
+        let ticket = client.service_ticket(&alice(), EXCHANGE_SERVICE).await;
+
+        assert_eq!(ticket.unwrap().client(), "alice@TEST.LOCAL", "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_tower_service_answers_with_a_negotiate_header_value() {
+    let kdc = shared_kdc().await;
+    let client = gateway(&kdc);
+
+    let token = client
+        .oneshot(KcdRequest::new(alice(), EXCHANGE_SERVICE).with_channel_binding([1u8; 32]))
+        .await
+        .unwrap();
+
+    assert!(token.to_header_value().starts_with("Negotiate "));
+}
+
+#[tokio::test]
+async fn a_stopped_kdc_is_unreachable_and_a_restarted_one_serves_again() {
+    let mut kdc = own_kdc().await;
+    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf();
+    let mut config = config(&kdc, GATEWAY_SERVICE, Credentials::KeytabFile(keytab));
+    config.attempt_timeout = Duration::from_millis(300);
+    let client = KcdClient::new(config).unwrap();
+    kdc.stop_kdc();
+
+    let error = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap_err();
+    match error {
+        KcdError::KdcUnreachable {
+            realm, attempts, ..
+        } => {
+            assert_eq!(realm, "TEST.LOCAL");
+            assert_eq!(attempts, 2, "UDP then TCP to the one KDC");
+        }
+        other => panic!("expected KdcUnreachable, got {other:?}"),
+    }
+
+    let mut kdc = tokio::task::spawn_blocking(move || {
+        kdc.restart_kdc().unwrap();
+        kdc
+    })
+    .await
+    .unwrap();
+    // The KDC serves once restart_kdc returns; allow a few tries within a deadline anyway.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ticket = loop {
+        match client.service_ticket(&alice(), EXCHANGE_SERVICE).await {
+            Ok(ticket) => break ticket,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("not yet: {error}");
+                tokio::task::yield_now().await;
+            }
+            Err(error) => panic!("the restarted KDC does not serve: {error}"),
+        }
+    };
+    assert_eq!(ticket.client(), "alice@TEST.LOCAL");
+    assert!(kdc.is_serving());
+    tokio::task::spawn_blocking(move || drop(kdc))
+        .await
+        .unwrap();
+}
