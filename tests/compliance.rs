@@ -7,19 +7,16 @@ mod support;
 
 use http::StatusCode;
 use seg_proxy::Gateway;
-use seg_proxy::config::{ComplianceConfig, Config};
+use seg_proxy::config::Config;
 use seg_testbed::harness::{self, TestExchange, reserve_port, wait_until, xml_text};
 use seg_testbed::uem::{
     self, Change, Device, Mode, UemConfig, UemHandle, UemServer, WebhookReceiver,
 };
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::*;
 
 const ALICE: &str = "alice@test.local";
 const DEVICE: &str = "EASDEV1";
-const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 const STREAMING_SUBSCRIBE: &str = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="inbox"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
 
 /// Exchange, UEM (its webhook aimed at the gateway's admin listener), an ENS callback receiver,
@@ -52,7 +49,7 @@ impl Stand {
         let config = gateway_config(
             &exchange,
             &uem,
-            &ens,
+            &format!("{}/gateway/compliance", ens.url()),
             admin,
             dir.path().join("view.snapshot"),
             dir.path(),
@@ -144,41 +141,6 @@ impl Stand {
         .unwrap();
         self.exchange.client.send(request).await.unwrap()
     }
-}
-
-fn gateway_config(
-    exchange: &TestExchange,
-    uem: &UemHandle,
-    ens: &WebhookReceiver,
-    admin: std::net::SocketAddr,
-    snapshot: PathBuf,
-    dir: &std::path::Path,
-) -> Config {
-    let ca = dir.join("exchange-ca.pem");
-    std::fs::write(&ca, exchange.pki.ca_pem()).unwrap();
-    let mut config = config_for(&exchange.server.base_url());
-    config.exchange.trust_store = Some(ca);
-    config.admin.listen = Some(admin);
-    config.admin.token = Some(ADMIN_TOKEN.into());
-    config.ens.callback_url = Some(format!("{}/gateway/compliance", ens.url()));
-    config.compliance = Some(ComplianceConfig {
-        uem_url: uem.base_url(),
-        uem_tenant_code: uem.tenant_code().into(),
-        uem_user: uem::DEFAULT_API_USER.into(),
-        uem_password: uem::DEFAULT_API_PASSWORD.into(),
-        uem_organization_group_id: None,
-        uem_trust_store: None,
-        uem_page_size: 500,
-        uem_timeout: Duration::from_secs(5),
-        device_id_header: "X-Device-Id".into(),
-        snapshot: Some(snapshot),
-        full_sync_interval: Duration::from_secs(3600),
-        delta_sync_interval: Duration::from_secs(3600),
-        webhook_secret: Some(WEBHOOK_SECRET.into()),
-        unknown_device: Default::default(),
-        policy: Default::default(),
-    });
-    config
 }
 
 #[tokio::test]

@@ -9,8 +9,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use seg_proxy::Gateway;
-use seg_proxy::config::Config;
-use seg_testbed::harness;
+use seg_proxy::config::{ComplianceConfig, Config};
+use seg_testbed::harness::{self, TestExchange};
+use seg_testbed::uem::{self, UemHandle};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use seg_testbed::harness::soap_envelope as soap;
@@ -61,4 +63,47 @@ pub async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
     harness::next_chunk(body, STEP, "the next chunk")
         .await
         .expect("a chunk within the step deadline")
+}
+
+/// The webhook secret UEM's change events carry in [`gateway_config`].
+pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
+/// The admin token of [`gateway_config`].
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// A gateway in front of `exchange` (trusting its CA, written into `dir`) with compliance from
+/// `uem`, its admin listener on `admin`, the view snapshot at `snapshot`, and ENS's
+/// block/unblock callback at `ens_callback_url`.
+pub fn gateway_config(
+    exchange: &TestExchange,
+    uem: &UemHandle,
+    ens_callback_url: &str,
+    admin: std::net::SocketAddr,
+    snapshot: PathBuf,
+    dir: &std::path::Path,
+) -> Config {
+    let ca = dir.join("exchange-ca.pem");
+    std::fs::write(&ca, exchange.pki.ca_pem()).unwrap();
+    let mut config = config_for(&exchange.server.base_url());
+    config.exchange.trust_store = Some(ca);
+    config.admin.listen = Some(admin);
+    config.admin.token = Some(ADMIN_TOKEN.into());
+    config.ens.callback_url = Some(ens_callback_url.to_owned());
+    config.compliance = Some(ComplianceConfig {
+        uem_url: uem.base_url(),
+        uem_tenant_code: uem.tenant_code().into(),
+        uem_user: uem::DEFAULT_API_USER.into(),
+        uem_password: uem::DEFAULT_API_PASSWORD.into(),
+        uem_organization_group_id: None,
+        uem_trust_store: None,
+        uem_page_size: 500,
+        uem_timeout: Duration::from_secs(5),
+        device_id_header: "X-Device-Id".into(),
+        snapshot: Some(snapshot),
+        full_sync_interval: Duration::from_secs(3600),
+        delta_sync_interval: Duration::from_secs(3600),
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
+        unknown_device: Default::default(),
+        policy: Default::default(),
+    });
+    config
 }

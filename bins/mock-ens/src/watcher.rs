@@ -1,0 +1,337 @@
+//! One device's watch: its subscription lifecycle (from `ens-subscription`) plus what ENS does
+//! with what it hears: each new mail's subject fetched with `GetItem` through the gateway and
+//! recorded as the notification ENS would have sent, and each change of state written to the
+//! store.
+
+use crate::auth::DeviceAuth;
+use crate::config::Config;
+use crate::store::{DeviceState, Mode, Notification, Store, StoredDevice};
+use axum::response::{IntoResponse, Response};
+use ens_subscription::EwsError;
+use ens_subscription::client::EwsClient;
+use ens_subscription::lifecycle::{
+    self, DeviceEvent, DeviceState as LifecycleState, LifecycleConfig, Mode as LifecycleMode,
+    SubscriptionHandle,
+};
+use ens_subscription::push::{PushAnswer, PushReceiver};
+use ens_subscription::soap::{GetItem, ItemId};
+use http::Uri;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tower::ServiceExt as _;
+use tower::timeout::Timeout;
+
+/// The HTTP service every device's EWS client shares: one pooled client, with a deadline on
+/// each response's headers (never on a streaming body).
+type GatewayService = Timeout<Client<HttpConnector, Full<bytes::Bytes>>>;
+
+/// What every watch shares: the configuration, the store and the gateway client.
+#[derive(Debug)]
+pub struct WatchContext {
+    config: Config,
+    store: Store,
+    gateway: EwsClient<GatewayService>,
+}
+
+impl WatchContext {
+    /// The shared context; errs when the gateway URL cannot be used.
+    pub fn new(config: Config, store: Store) -> Result<Self, String> {
+        let url: Uri = config
+            .gateway_url
+            .parse()
+            .map_err(|e| format!("gateway_url: {e}"))?;
+        if url.scheme_str() != Some("http") {
+            return Err(
+                "gateway_url: only http:// is supported by mock-ens so far (TLS to the gateway \
+                 comes with client-certificate devices)"
+                    .into(),
+            );
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let service = Timeout::new(client, config.subscriptions.request_timeout);
+        Ok(WatchContext {
+            gateway: EwsClient::new(service, url),
+            config,
+            store,
+        })
+    }
+
+    /// The device's EWS client: its id header and credentials on every request.
+    fn client_for(
+        &self,
+        device: &StoredDevice,
+        auth: &DeviceAuth,
+    ) -> Result<EwsClient<GatewayService>, EwsError> {
+        let mut client = self
+            .gateway
+            .with_headers(http::HeaderMap::new())
+            .header(&self.config.device_id_header, &device.device_id)?;
+        if let Some(authorization) = auth.authorization() {
+            client
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization);
+        }
+        Ok(client)
+    }
+
+    fn lifecycle_config(&self, device: &StoredDevice) -> LifecycleConfig {
+        let timing = &self.config.subscriptions;
+        let mode = match device.mode {
+            Mode::Streaming => LifecycleMode::Streaming {
+                connection_timeout_minutes: timing.streaming_connection_minutes,
+            },
+            Mode::Pull => LifecycleMode::Pull {
+                timeout_minutes: timing.status_frequency_minutes.max(1) * 2,
+                poll_interval: timing.pull_interval,
+            },
+            Mode::Push => LifecycleMode::Push {
+                url: format!("{}/push/{}", self.config.public_base(), device.push_token),
+                status_frequency_minutes: timing.status_frequency_minutes,
+            },
+        };
+        let mut config = LifecycleConfig::new(mode);
+        config.minute = timing.minute;
+        config.min_backoff = timing.first_backoff;
+        config.max_backoff = timing.max_backoff;
+        config.probe_min = timing.first_backoff;
+        config.probe_max = timing.max_backoff;
+        config.anchor_mailbox = Some(device.mailbox.clone());
+        config
+    }
+}
+
+/// A running watch; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    handle: Arc<Mutex<Option<SubscriptionHandle>>>,
+}
+
+impl Watch {
+    /// Starts watching `device` with `auth`. A device stored as blocked starts blocked and
+    /// probes, so a restart never reopens a gate the gateway closed.
+    pub fn spawn(context: Arc<WatchContext>, device: StoredDevice, auth: DeviceAuth) -> Watch {
+        let device_id: Arc<str> = Arc::from(device.device_id.as_str());
+        let handle = Arc::new(Mutex::new(None));
+        let watch = Watch {
+            handle: handle.clone(),
+        };
+        let client = match context.client_for(&device, &auth) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(device.id = %device_id, %error, "device's credentials cannot be sent");
+                let store = context.store.clone();
+                let message = error.to_string();
+                tokio::spawn(async move {
+                    let _ = store
+                        .update(&device_id, move |d| {
+                            d.state = DeviceState::Error;
+                            d.reason = Some(message);
+                        })
+                        .await;
+                });
+                return watch;
+            }
+        };
+        let (events, received) = mpsc::unbounded_channel();
+        let mut config = context.lifecycle_config(&device);
+        if device.state == DeviceState::Blocked {
+            config.initially_blocked =
+                Some(device.reason.clone().unwrap_or_else(|| "blocked".into()));
+        }
+        let subscription = lifecycle::spawn(client.clone(), config, events);
+        *lock(&handle) = Some(subscription);
+        tokio::spawn(record(context, client, device_id, received, watch.clone()));
+        watch
+    }
+
+    /// The gateway blocked the device.
+    pub fn blocked(&self, reason: &str) {
+        if let Some(handle) = lock(&self.handle).as_ref() {
+            handle.block(reason);
+        }
+    }
+
+    /// The gateway allows the device again.
+    pub fn allowed(&self) {
+        if let Some(handle) = lock(&self.handle).as_ref() {
+            handle.unblock();
+        }
+    }
+
+    /// Stops the watch; with `unsubscribe`, ends the subscription at Exchange too (where the
+    /// gateway lets the request through).
+    pub async fn stop(self, unsubscribe: bool) {
+        let handle = lock(&self.handle).take();
+        if let Some(handle) = handle {
+            if unsubscribe {
+                handle.stop().await;
+            } else {
+                drop(handle);
+            }
+        }
+    }
+
+    fn answer(&self, notification: ens_subscription::soap::Notification) -> PushAnswer {
+        match lock(&self.handle).as_ref() {
+            Some(handle) => handle.on_push(notification),
+            None => PushAnswer::Unsubscribe,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Turns the lifecycle's reports into store writes: states, and a notification per new mail
+/// whose subject `GetItem` fetched through the gateway.
+async fn record(
+    context: Arc<WatchContext>,
+    client: EwsClient<GatewayService>,
+    device_id: Arc<str>,
+    mut received: mpsc::UnboundedReceiver<DeviceEvent>,
+    watch: Watch,
+) {
+    while let Some(event) = received.recv().await {
+        match event {
+            DeviceEvent::State(state) => {
+                let (state, reason) = match state {
+                    LifecycleState::Active => (DeviceState::Active, None),
+                    LifecycleState::Blocked { reason } => (DeviceState::Blocked, Some(reason)),
+                    LifecycleState::Error { message } => (DeviceState::Error, Some(message)),
+                    LifecycleState::Starting | LifecycleState::Stopped => continue,
+                };
+                tracing::info!(device.id = %device_id, ?state, ?reason, "device state");
+                if let Err(error) = context
+                    .store
+                    .update(&device_id, move |d| {
+                        d.state = state;
+                        d.reason = reason;
+                    })
+                    .await
+                {
+                    tracing::error!(device.id = %device_id, %error, "cannot record the device's state");
+                }
+            }
+            DeviceEvent::Notification(notification) => {
+                let items: Vec<ItemId> = notification.new_mail().cloned().collect();
+                for item_id in items {
+                    preview(&context, &client, &device_id, item_id, &watch).await;
+                }
+            }
+        }
+    }
+}
+
+/// Fetches a new message's subject and sender through the gateway and records it. A block
+/// here (the gateway refusing the `GetItem`) blocks the device like any other refused request.
+async fn preview(
+    context: &WatchContext,
+    client: &EwsClient<GatewayService>,
+    device_id: &str,
+    item_id: ItemId,
+    watch: &Watch,
+) {
+    let id = item_id.id.clone();
+    let result = client.clone().oneshot(GetItem::new(item_id)).await;
+    match result {
+        Ok(items) => {
+            let Some(item) = items.into_iter().next() else {
+                tracing::warn!(device.id = %device_id, "GetItem returned no item");
+                return;
+            };
+            let notification = Notification {
+                subject: item.subject.unwrap_or_default(),
+                from: item.from.and_then(|from| from.address.or(from.name)),
+                at: now_rfc3339(),
+                item_id: id,
+            };
+            if let Err(error) = context.store.record(device_id, notification).await {
+                tracing::error!(device.id = %device_id, %error, "cannot record a notification");
+            }
+        }
+        Err(error) if error.is_blocked() => {
+            let reason = match &error {
+                EwsError::Blocked { reason } => reason.clone(),
+                _ => "blocked".into(),
+            };
+            tracing::info!(device.id = %device_id, %reason, "GetItem refused: device blocked");
+            watch.blocked(&reason);
+        }
+        Err(error) => {
+            tracing::warn!(device.id = %device_id, %error, "GetItem for a new mail failed");
+        }
+    }
+}
+
+/// Answers Exchange's `SendNotification` for the device behind a push token: the lifecycle
+/// decides `OK` or `Unsubscribe` (a blocked, stopped or unknown device is unsubscribed).
+pub async fn answer_push(
+    device_id: Option<String>,
+    watch: Option<Watch>,
+    request: axum::extract::Request,
+) -> Response {
+    if device_id.is_none() {
+        tracing::info!("push for an unknown token: answering Unsubscribe");
+    }
+    let receiver = PushReceiver::new(move |_uri: &Uri, notification| match &watch {
+        Some(watch) => watch.answer(notification),
+        None => PushAnswer::Unsubscribe,
+    });
+    match receiver.oneshot(request).await {
+        Ok(response) => response.into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "push callback failed");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = seconds / 86_400;
+    let rest = seconds % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

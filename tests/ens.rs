@@ -1,0 +1,407 @@
+//! ENS2's half of the mission, end to end over real sockets: the test Exchange, the test UEM
+//! console, the gateway with compliance on, and mock-ens registering devices through its API.
+//! A wiped device's notifications stop within a second, whether it streams through the gateway
+//! or Exchange pushes to ENS directly; they resume when UEM says it is compliant again; a
+//! restart of mock-ens loses nothing.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use mock_ens::MockEns;
+use mock_ens::api::DeviceView;
+use mock_ens::config::{Config as EnsConfig, SubscriptionTiming};
+use mock_ens::store::DeviceState;
+use seg_proxy::Gateway;
+use seg_testbed::client::HttpClient;
+use seg_testbed::harness::{self, TEST_PASSWORD, TestExchange, reserve_port, wait_until};
+use seg_testbed::uem::{self, Change, Device, UemConfig, UemHandle, UemServer};
+use std::time::{Duration, Instant};
+use support::*;
+
+const ALICE: &str = "alice@test.local";
+const BOB: &str = "bob@test.local";
+/// Alice's phone: a streaming subscription through the gateway.
+const STREAMING_DEVICE: &str = "EASDEV1";
+/// Bob's phone: a push subscription; Exchange calls mock-ens directly.
+const PUSH_DEVICE: &str = "EASDEV2";
+const API_TOKEN: &str = "ens-api-token-for-tests-0123456789";
+
+struct Stand {
+    exchange: TestExchange,
+    uem: UemHandle,
+    _gateway: Gateway,
+    ens: Option<MockEns>,
+    ens_config: EnsConfig,
+    http: HttpClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Stand {
+    async fn start() -> Stand {
+        let dir = tempfile::tempdir().unwrap();
+        let exchange = TestExchange::start(|config| {
+            // One EWS "minute" lasts a second, so heartbeats and stream timeouts are quick.
+            config.minute = Duration::from_secs(1);
+            config.keepalive_interval = Duration::from_secs(2);
+        })
+        .await
+        .unwrap();
+        let admin = reserve_port().unwrap();
+        let ens_addr = reserve_port().unwrap();
+        let mut uem_config = UemConfig::new(vec![
+            Device::new(STREAMING_DEVICE, 1, ALICE),
+            Device::new(PUSH_DEVICE, 2, BOB),
+        ]);
+        uem_config.webhook = Some(uem::Webhook::new(
+            &format!("http://{admin}/events/compliance"),
+            WEBHOOK_SECRET,
+        ));
+        let uem =
+            UemServer::spawn(harness::local_listener().await.unwrap(), None, uem_config).unwrap();
+        let config = gateway_config(
+            &exchange,
+            &uem,
+            &format!("http://{ens_addr}/gateway/compliance"),
+            admin,
+            dir.path().join("view.snapshot"),
+            dir.path(),
+        );
+        let gateway = start(config).await;
+        let ens_config = EnsConfig {
+            listen: ens_addr,
+            gateway_url: format!("{}/EWS/Exchange.asmx", http_base(&gateway)),
+            public_url: None,
+            store: dir.path().join("ens.redb"),
+            key_file: None,
+            api_token: API_TOKEN.into(),
+            device_id_header: "X-Device-Id".into(),
+            subscriptions: SubscriptionTiming {
+                status_frequency_minutes: 1,
+                minute: Duration::from_secs(1),
+                streaming_connection_minutes: 30,
+                pull_interval: Duration::from_millis(200),
+                first_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(5),
+            },
+        };
+        let ens = MockEns::start(ens_config.clone()).await.unwrap();
+        Stand {
+            exchange,
+            uem,
+            _gateway: gateway,
+            ens: Some(ens),
+            ens_config,
+            http: HttpClient::accepting_any_certificate(),
+            _dir: dir,
+        }
+    }
+
+    fn ens_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ens_config.listen)
+    }
+
+    async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.ens_url(path))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("ApiToken", token);
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let response = self
+            .http
+            .send(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, text(response).await)
+    }
+
+    async fn register(&self, device_id: &str, user: &str, mode: &str) {
+        let (status, body) = self
+            .api(
+                Method::POST,
+                "/devices",
+                Some(API_TOKEN),
+                Some(serde_json::json!({
+                    "device_id": device_id,
+                    "user": user,
+                    "mailbox": user,
+                    "mode": mode,
+                    "auth": {"basic": {"user": user, "password": TEST_PASSWORD}},
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    async fn device(&self, device_id: &str) -> DeviceView {
+        let (status, body) = self
+            .api(
+                Method::GET,
+                &format!("/devices/{device_id}"),
+                Some(API_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn wait_for_state(&self, device_id: &str, state: DeviceState, deadline: Duration) {
+        wait_until(
+            deadline,
+            &format!("{device_id} to be {state:?}"),
+            || async move { self.device(device_id).await.state == state },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits until the device's notifications include `subject`.
+    async fn wait_for_notification(&self, device_id: &str, subject: &str) {
+        wait_until(
+            STEP,
+            &format!("{device_id} to be notified of {subject:?}"),
+            || async move {
+                self.device(device_id)
+                    .await
+                    .notifications
+                    .iter()
+                    .any(|n| n.subject == subject)
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits until Exchange has a subscription for each device that watches a mailbox.
+    async fn wait_for_subscriptions(&self, count: usize) {
+        let server = &self.exchange.server;
+        wait_until(STEP, "the devices' subscriptions", || async move {
+            server.subscription_count() >= count
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn restart_ens(&mut self) {
+        if let Some(ens) = self.ens.take() {
+            ens.shutdown().await;
+        }
+        self.ens = Some(MockEns::start(self.ens_config.clone()).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn wiped_devices_stop_being_notified_and_resume_when_compliant() {
+    let mut stand = Stand::start().await;
+    stand.register(STREAMING_DEVICE, ALICE, "streaming").await;
+    stand.register(PUSH_DEVICE, BOB, "push").await;
+    stand.wait_for_subscriptions(2).await;
+
+    // Both are notified of new mail.
+    stand.exchange.server.deliver(ALICE, "for alice 1").unwrap();
+    stand.exchange.server.deliver(BOB, "for bob 1").unwrap();
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "for alice 1")
+        .await;
+    stand.wait_for_notification(PUSH_DEVICE, "for bob 1").await;
+
+    // UEM wipes the push device: Exchange calls ENS directly, so only ENS can stop it.
+    let wiped_at = Instant::now();
+    stand
+        .uem
+        .update(PUSH_DEVICE, Change::EnterpriseWipe)
+        .unwrap();
+    stand
+        .wait_for_state(PUSH_DEVICE, DeviceState::Blocked, Duration::from_secs(1))
+        .await;
+    let blocked_after = wiped_at.elapsed();
+    let view = stand.device(PUSH_DEVICE).await;
+    assert_eq!(view.reason.as_deref(), Some("enterprise-wiped"));
+
+    // Mail for bob is no longer turned into a notification; alice, untouched, still gets hers.
+    stand.exchange.server.deliver(BOB, "for bob 2").unwrap();
+    stand.exchange.server.deliver(ALICE, "for alice 2").unwrap();
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "for alice 2")
+        .await;
+    // Exchange's next push for bob is answered Unsubscribe, which ends his subscription there.
+    stand.wait_for_subscriptions(1).await;
+    let server = &stand.exchange.server;
+    wait_until(STEP, "bob's push subscription to end", || async move {
+        server.subscription_count() == 1
+    })
+    .await
+    .unwrap();
+    assert!(
+        !stand
+            .device(PUSH_DEVICE)
+            .await
+            .notifications
+            .iter()
+            .any(|n| n.subject == "for bob 2"),
+        "a blocked device is not notified"
+    );
+
+    // UEM wipes the streaming device: its stream through the gateway is cut.
+    let wiped_at = Instant::now();
+    stand
+        .uem
+        .update(STREAMING_DEVICE, Change::EnterpriseWipe)
+        .unwrap();
+    stand
+        .wait_for_state(
+            STREAMING_DEVICE,
+            DeviceState::Blocked,
+            Duration::from_secs(1),
+        )
+        .await;
+    let streaming_blocked_after = wiped_at.elapsed();
+
+    // Both compliant again: notifications resume without registering again.
+    stand.uem.update(PUSH_DEVICE, Change::Compliant).unwrap();
+    stand
+        .uem
+        .update(STREAMING_DEVICE, Change::Compliant)
+        .unwrap();
+    stand
+        .wait_for_state(PUSH_DEVICE, DeviceState::Active, STEP)
+        .await;
+    stand
+        .wait_for_state(STREAMING_DEVICE, DeviceState::Active, STEP)
+        .await;
+    stand.wait_for_subscriptions(2).await;
+    stand.exchange.server.deliver(BOB, "for bob 3").unwrap();
+    stand.exchange.server.deliver(ALICE, "for alice 3").unwrap();
+    stand.wait_for_notification(PUSH_DEVICE, "for bob 3").await;
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "for alice 3")
+        .await;
+
+    // A restart of mock-ens keeps registrations, states and notifications, and resubscribes.
+    stand.restart_ens().await;
+    let view = stand.device(PUSH_DEVICE).await;
+    assert_eq!(view.state, DeviceState::Active);
+    assert!(view.notifications.iter().any(|n| n.subject == "for bob 3"));
+    stand
+        .exchange
+        .server
+        .deliver(ALICE, "after restart")
+        .unwrap();
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "after restart")
+        .await;
+    eprintln!(
+        "blocked in mock-ens after the wipe: push {blocked_after:?}, streaming {streaming_blocked_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn registration_api_requires_the_token_and_valid_bodies() {
+    let stand = Stand::start().await;
+    let (status, _) = stand.api(Method::GET, "/devices", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = stand
+        .api(
+            Method::GET,
+            "/devices",
+            Some("wrong-token-0123456789"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = stand.api(Method::GET, "/alive", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = stand
+        .api(
+            Method::POST,
+            "/devices",
+            Some(API_TOKEN),
+            Some(
+                serde_json::json!({"device_id": "X", "user": ALICE, "mode": "fax",
+                "auth": {"basic": {"user": ALICE, "password": "pw"}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("mode"), "{body}");
+    let (status, _) = stand
+        .api(Method::GET, "/devices/NOPE", Some(API_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = stand
+        .api(Method::DELETE, "/devices/NOPE", Some(API_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn credentials_are_not_stored_in_the_clear_and_push_urls_carry_no_credentials() {
+    let stand = Stand::start().await;
+    stand.register(PUSH_DEVICE, BOB, "push").await;
+    stand.wait_for_subscriptions(1).await;
+    let store = std::fs::read(&stand.ens_config.store).unwrap();
+    let needle = TEST_PASSWORD.as_bytes();
+    assert!(
+        !store.windows(needle.len()).any(|w| w == needle),
+        "the password is in the store in the clear"
+    );
+    let subscribe = stand
+        .exchange
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.operation.as_deref() == Some("Subscribe"))
+        .expect("a Subscribe reached Exchange");
+    let body = String::from_utf8_lossy(&subscribe.body).into_owned();
+    let url = harness::xml_text(&body, "URL").expect("a push URL");
+    assert!(url.starts_with(&format!("http://{}/push/", stand.ens_config.listen)));
+    assert!(!url.contains(BOB) && !url.contains(TEST_PASSWORD), "{url}");
+}
+
+#[tokio::test]
+async fn a_blocked_device_stays_blocked_across_a_restart_until_allowed() {
+    let mut stand = Stand::start().await;
+    stand.register(STREAMING_DEVICE, ALICE, "streaming").await;
+    stand.wait_for_subscriptions(1).await;
+    stand
+        .uem
+        .update(STREAMING_DEVICE, Change::DeviceWipe)
+        .unwrap();
+    stand
+        .wait_for_state(STREAMING_DEVICE, DeviceState::Blocked, STEP)
+        .await;
+
+    stand.restart_ens().await;
+    let view = stand.device(STREAMING_DEVICE).await;
+    assert_eq!(view.state, DeviceState::Blocked);
+    assert_eq!(view.reason.as_deref(), Some("device-wiped"));
+
+    stand
+        .uem
+        .update(STREAMING_DEVICE, Change::Compliant)
+        .unwrap();
+    stand
+        .wait_for_state(STREAMING_DEVICE, DeviceState::Active, STEP)
+        .await;
+    stand
+        .exchange
+        .server
+        .deliver(ALICE, "welcome back")
+        .unwrap();
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "welcome back")
+        .await;
+}
