@@ -27,6 +27,30 @@ enum Command {
     Run(Sources),
     /// Print the effective configuration and exit; non-zero on any error.
     CheckConfig(Sources),
+    /// Check a Kerberos constrained delegation set-up: print the base64 SPNEGO token the
+    /// gateway would send to Exchange for the user (exit 0), or the error and its cause.
+    KcdToken(KcdToken),
+}
+
+#[derive(Args)]
+struct KcdToken {
+    /// The krb5.conf naming the realms and their KDCs (`[realms] REALM = { kdc = host:port }`).
+    #[arg(long)]
+    krb5_conf: PathBuf,
+    /// The keytab holding the gateway's keys.
+    #[arg(long)]
+    keytab: PathBuf,
+    /// The principal the keytab holds: an SPN (`HTTP/seg.corp.example`) or a service account
+    /// (`svc-seg@CORP.EXAMPLE`); without `@REALM`, krb5.conf's default realm.
+    #[arg(long)]
+    service: String,
+    /// The user, as the UPN from the client certificate (`alice@corp.example`, sent as an
+    /// enterprise name) or `alice@REALM`.
+    #[arg(long)]
+    user: String,
+    /// Exchange's SPN, e.g. `HTTP/mail.corp.example`.
+    #[arg(long)]
+    target: String,
 }
 
 #[derive(Args)]
@@ -41,7 +65,10 @@ struct Sources {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Run(sources) | Command::CheckConfig(sources)) = &cli.command;
+    let sources = match &cli.command {
+        Command::Run(sources) | Command::CheckConfig(sources) => sources,
+        Command::KcdToken(args) => return kcd_token(args),
+    };
     let loaded = match Config::load(sources.config.as_deref(), sources.properties.as_deref()) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -59,6 +86,7 @@ fn main() -> ExitCode {
             print!("{}", loaded.config.to_redacted_toml());
             ExitCode::SUCCESS
         }
+        Command::KcdToken(_) => unreachable!("handled before the configuration is loaded"),
         Command::Run(_) => {
             init_logging(&loaded.config);
             for warning in &loaded.warnings {
@@ -87,6 +115,45 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+    }
+}
+
+/// `seg-proxy kcd-token`: one S4U2Self + S4U2Proxy exchange, as the gateway would make it.
+fn kcd_token(args: &KcdToken) -> ExitCode {
+    use kcd_client::krb5_conf::Krb5Conf;
+    use kcd_client::{Credentials, KcdClient, KcdConfig};
+    let result = (|| -> Result<String, kcd_client::KcdError> {
+        let conf = Krb5Conf::read(&args.krb5_conf)?;
+        let mut realms = conf.realms;
+        // The default realm first: a service principal without @REALM belongs to it.
+        if let Some(default) = &conf.default_realm
+            && let Some(index) = realms.iter().position(|r| &r.realm == default)
+        {
+            let realm = realms.remove(index);
+            realms.insert(0, realm);
+        }
+        let client = KcdClient::new(KcdConfig::new(
+            realms,
+            args.service.clone(),
+            Credentials::KeytabFile(args.keytab.clone()),
+        ))?;
+        let user = client.user_name(&args.user)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| kcd_client::KcdError::Config(format!("cannot start the runtime: {e}")))?;
+        let token = runtime.block_on(client.negotiate_token(&user, &args.target, None))?;
+        Ok(token.to_base64())
+    })();
+    match result {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("seg-proxy kcd-token: {}", error_chain(&error));
+            ExitCode::FAILURE
         }
     }
 }

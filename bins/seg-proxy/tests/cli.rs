@@ -122,3 +122,51 @@ fn run_serves_until_sigterm_then_exits_cleanly() {
             .any(|line| line.contains("seg-proxy stopped"))
     );
 }
+
+/// `kcd-token` against the real MIT KDC: a token for a delegation the KDC allows, and a clear
+/// error for one it refuses.
+#[test]
+fn kcd_token_prints_a_spnego_token_or_the_kdc_refusal() {
+    use base64::Engine as _;
+    use seg_testbed::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig, OTHER_SERVICE};
+    let kdc = Kdc::start(KdcConfig::temporary()).unwrap();
+    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_owned();
+    let run = |target: &str| {
+        Command::new(BINARY)
+            .arg("kcd-token")
+            .arg("--krb5-conf")
+            .arg(kdc.krb5_conf())
+            .arg("--keytab")
+            .arg(&keytab)
+            .args([
+                "--service",
+                GATEWAY_SERVICE,
+                "--user",
+                "alice",
+                "--target",
+                target,
+            ])
+            .output()
+            .unwrap()
+    };
+
+    let allowed = run(EXCHANGE_SERVICE);
+    let stderr = String::from_utf8_lossy(&allowed.stderr);
+    assert!(allowed.status.success(), "{stderr}");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&allowed.stdout).trim())
+        .unwrap();
+    // An SPNEGO NegTokenInit: [APPLICATION 0] then the SPNEGO OID 1.3.6.1.5.5.2.
+    assert_eq!(token[0], 0x60);
+    assert!(
+        token
+            .windows(8)
+            .any(|w| w == [0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02])
+    );
+
+    let refused = run(OTHER_SERVICE);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(stderr.contains("delegat"), "{stderr}");
+}

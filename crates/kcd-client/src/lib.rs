@@ -31,6 +31,7 @@
 
 pub mod crypto;
 pub mod keytab;
+pub mod krb5_conf;
 
 mod ap_req;
 mod asn1;
