@@ -3,17 +3,23 @@
 //! A test Exchange server, a test UEM console and the seg-proxy gateway start, over TLS where
 //! the real ones would use it. A compliant device's mailbox is read, a streaming subscription
 //! opened and a mail delivered, all through the gateway; the notification arrives through it.
-//! Then UEM wipes the device: its stream is cut, its next request refused with a reason ENS can
-//! read, and ENS's callback told; UEM marks it compliant again and it passes. The mock ENS2
-//! joins the story with its own issue.
+//! Then mock-ens, the ENS2 stand-in, registers two more devices through its API, a push one and
+//! a streaming one, and records the notifications it would send them. UEM wipes the hand-held
+//! device (its stream is cut, its next request refused with a reason ENS can read) and then the
+//! push device, which Exchange calls directly: the gateway's callback makes mock-ens stop it at
+//! once while the other device carries on. UEM marks both compliant again and they resume
+//! without registering again; mock-ens restarts and keeps every registration and state.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
+use mock_ens::MockEns;
+use mock_ens::config::{Config as EnsConfig, SubscriptionTiming};
 use seg_proxy::Gateway;
 use seg_proxy::config::{ComplianceConfig, Config, TlsFiles};
+use seg_testbed::client::HttpClient;
 use seg_testbed::harness::{self, TEST_PASSWORD, TestExchange};
-use seg_testbed::uem::{self, Change, Device, UemConfig, UemServer, WebhookReceiver};
+use seg_testbed::uem::{self, Change, Device, UemConfig, UemServer};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -24,7 +30,13 @@ const STEP: Duration = Duration::from_secs(15);
 
 const USER: &str = "alice@test.local";
 const DEVICE: &str = "EASDEV1";
+const BOB: &str = "bob@test.local";
+/// Bob's phone, registered with mock-ens for push: Exchange calls ENS directly.
+const PUSH_DEVICE: &str = "EASDEV2";
+/// Alice's tablet, registered with mock-ens for streaming through the gateway.
+const STREAMING_DEVICE: &str = "EASDEV3";
 const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+const ENS_API_TOKEN: &str = "demo-ens-api-token-0123456789";
 
 /// What the demo saw, for its test.
 #[derive(Debug)]
@@ -37,10 +49,18 @@ pub struct Outcome {
     pub cut_after: Duration,
     /// The `X-Compliance-Status` of the refused request.
     pub refusal: String,
-    /// The bodies ENS's callback received, in order.
-    pub callbacks: Vec<String>,
     /// The status of the first request after UEM marked the device compliant again.
     pub readmitted: StatusCode,
+    /// The subjects mock-ens recorded for the push device, in order.
+    pub push_notifications: Vec<String>,
+    /// The subjects mock-ens recorded for the streaming device, in order.
+    pub streaming_notifications: Vec<String>,
+    /// How long after the push device's wipe mock-ens showed it blocked.
+    pub push_blocked_after: Duration,
+    /// The push device's state and reason in mock-ens right after its wipe.
+    pub push_blocked: (String, Option<String>),
+    /// The push device's state after mock-ens restarted.
+    pub state_after_restart: String,
 }
 
 /// Runs the demo, narrating to `say`.
@@ -61,10 +81,16 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         exchange.server.base_url()
     ));
 
-    say("2. Starting the test UEM console: device EASDEV1 (alice's iPhone) enrolled and compliant");
-    let ens = WebhookReceiver::start().await?;
+    say(
+        "2. Starting the test UEM console: EASDEV1 (alice's iPhone), EASDEV2 (bob's phone) and EASDEV3 (alice's tablet), all enrolled and compliant",
+    );
     let admin = harness::reserve_port()?;
-    let mut uem_config = UemConfig::new(vec![Device::new(DEVICE, 1, USER)]);
+    let ens_addr = harness::reserve_port()?;
+    let mut uem_config = UemConfig::new(vec![
+        Device::new(DEVICE, 1, USER),
+        Device::new(PUSH_DEVICE, 2, BOB),
+        Device::new(STREAMING_DEVICE, 3, USER),
+    ]);
     uem_config.webhook = Some(uem::Webhook::new(
         &format!("http://{admin}/events/compliance"),
         WEBHOOK_SECRET,
@@ -75,9 +101,12 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         uem.base_url()
     ));
 
-    say("3. Starting seg-proxy over TLS: EWS proxying and compliance on, ENS callback configured");
+    say(
+        "3. Starting seg-proxy over TLS (and plain HTTP on loopback for mock-ens): EWS proxying and compliance on, ENS callback configured",
+    );
     let mut config = Config::default();
     config.listen.https = Some("127.0.0.1:0".parse()?);
+    config.listen.http = Some("127.0.0.1:0".parse()?);
     config.tls = Some(TlsFiles {
         cert: pki.server_cert.clone(),
         key: pki.server_key.clone(),
@@ -86,7 +115,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     config.exchange.trust_store = Some(pki.ca.clone());
     config.ews.enable_proxy = true;
     config.admin.listen = Some(admin);
-    config.ens.callback_url = Some(format!("{}/gateway/compliance", ens.url()));
+    config.ens.callback_url = Some(format!("http://{ens_addr}/gateway/compliance"));
     config.compliance = Some(ComplianceConfig {
         uem_url: uem.base_url(),
         uem_tenant_code: uem.tenant_code().into(),
@@ -120,6 +149,36 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         https.port(),
         compliance.view().len()
     ));
+    say(
+        "   mock-ens, the ENS2 stand-in, starts: its registration API, push callback and gateway callback",
+    );
+    let http_gateway = gateway
+        .http_addr()
+        .ok_or("the gateway has no http listener")?;
+    let ens_config = EnsConfig {
+        listen: ens_addr,
+        gateway_url: format!("http://{http_gateway}/EWS/Exchange.asmx"),
+        public_url: None,
+        store: dir.path().join("ens.redb"),
+        key_file: None,
+        api_token: ENS_API_TOKEN.into(),
+        device_id_header: "X-Device-Id".into(),
+        subscriptions: SubscriptionTiming {
+            status_frequency_minutes: 1,
+            minute: Duration::from_secs(1),
+            streaming_connection_minutes: 30,
+            pull_interval: Duration::from_millis(500),
+            first_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+        },
+    };
+    let mut ens = MockEns::start(ens_config.clone()).await?;
+    let api = EnsApi::new(ens_addr);
+    say(&format!(
+        "   mock-ens listens on {ens_addr}; it reaches Exchange only through the gateway, and Exchange pushes to it directly"
+    ));
+
     let basic = harness::basic_auth(USER, TEST_PASSWORD);
     let through_gateway = |operation: &str| {
         harness::ews_request(
@@ -234,42 +293,107 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         "   requests of the blocked device that reached Exchange: {reached}"
     ));
 
-    say("12. ENS's callback was told, so it stops the device's push subscription at once");
-    harness::wait_until(STEP, "the block callback", || {
-        let told = !ens.received().is_empty();
-        async move { told }
-    })
-    .await?;
-    let mut callbacks: Vec<String> = ens
-        .received()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
-    say(&format!("   POST /gateway/compliance {}", callbacks[0]));
-
-    say("13. UEM marks the device compliant again; ENS's next Subscribe passes");
+    say("12. UEM marks EASDEV1 compliant again; its next Subscribe passes");
     uem.update(DEVICE, Change::Compliant)?;
-    harness::wait_until(STEP, "the unblock callback", || {
-        let told = ens.received().len() >= 2;
-        async move { told }
+    let readmitted = wait_for_status(&exchange.client, || through_gateway(subscribe)).await?;
+    say(&format!("   Subscribe: {readmitted}"));
+
+    say("13. Registering bob's phone (push) and alice's tablet (streaming) with mock-ens");
+    let before = exchange.server.subscription_count();
+    for (device, user, mode) in [
+        (PUSH_DEVICE, BOB, "push"),
+        (STREAMING_DEVICE, USER, "streaming"),
+    ] {
+        let answer = api.register(device, user, mode).await?;
+        say(&format!("   POST /devices {device} ({mode}): {answer}"));
+    }
+    harness::wait_until(STEP, "both subscriptions at Exchange", || {
+        let count = exchange.server.subscription_count();
+        async move { count >= before + 2 }
     })
     .await?;
-    callbacks = ens
-        .received()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
-    say(&format!("   POST /gateway/compliance {}", callbacks[1]));
-    let response = exchange.client.send(through_gateway(subscribe)?).await?;
-    let readmitted = response.status();
-    expect_ok(response, "Subscribe after the unblock").await?;
-    say(&format!("   Subscribe: {readmitted}"));
+
+    say(
+        "14. Mail for bob and for alice: mock-ens fetches each preview with GetItem through the gateway",
+    );
+    exchange.server.deliver(BOB, "Team lunch")?;
+    exchange.server.deliver(USER, "Board minutes")?;
+    api.wait_for_notification(PUSH_DEVICE, "Team lunch").await?;
+    api.wait_for_notification(STREAMING_DEVICE, "Board minutes")
+        .await?;
+    say(
+        "   EASDEV2 notified: \"Team lunch\" (push); EASDEV3 notified: \"Board minutes\" (streaming)",
+    );
+
+    say("15. UEM enterprise-wipes bob's phone; Exchange would keep pushing to ENS directly");
+    let wiped_at = Instant::now();
+    uem.update(PUSH_DEVICE, Change::EnterpriseWipe)?;
+    api.wait_for_state(PUSH_DEVICE, "blocked").await?;
+    let push_blocked_after = wiped_at.elapsed();
+    let view = api.device(PUSH_DEVICE).await?;
+    let push_blocked = (
+        view["state"].as_str().unwrap_or_default().to_owned(),
+        view["reason"].as_str().map(str::to_owned),
+    );
+    say(&format!(
+        "   the gateway told mock-ens; EASDEV2 is {} ({}) {push_blocked_after:.0?} after the wipe",
+        push_blocked.0,
+        push_blocked.1.as_deref().unwrap_or("no reason")
+    ));
+    exchange.server.deliver(BOB, "Salary review")?;
+    exchange.server.deliver(USER, "Roadmap")?;
+    api.wait_for_notification(STREAMING_DEVICE, "Roadmap")
+        .await?;
+    harness::wait_until(STEP, "bob's push subscription to end", || {
+        let count = exchange.server.subscription_count();
+        async move { count <= before + 1 }
+    })
+    .await?;
+    say(
+        "   Exchange pushed bob's new mail; mock-ens answered Unsubscribe and fetched nothing; alice's tablet was notified of \"Roadmap\"",
+    );
+
+    say(
+        "16. UEM marks bob's phone compliant again: mock-ens resubscribes without a new registration",
+    );
+    uem.update(PUSH_DEVICE, Change::Compliant)?;
+    api.wait_for_state(PUSH_DEVICE, "active").await?;
+    harness::wait_until(STEP, "bob's new push subscription", || {
+        let count = exchange.server.subscription_count();
+        async move { count >= before + 2 }
+    })
+    .await?;
+    exchange.server.deliver(BOB, "Welcome back")?;
+    api.wait_for_notification(PUSH_DEVICE, "Welcome back")
+        .await?;
+    say("   EASDEV2 is active again and notified: \"Welcome back\"");
+
+    say("17. mock-ens restarts: registrations, states and notifications come back from its store");
+    ens.shutdown().await;
+    ens = MockEns::start(ens_config).await?;
+    let view = api.device(PUSH_DEVICE).await?;
+    let state_after_restart = view["state"].as_str().unwrap_or_default().to_owned();
+    exchange.server.deliver(USER, "After the restart")?;
+    api.wait_for_notification(STREAMING_DEVICE, "After the restart")
+        .await?;
+    say(&format!(
+        "   EASDEV2 is {state_after_restart} with {} notification(s) kept; EASDEV3 notified: \"After the restart\"",
+        view["notifications"].as_array().map_or(0, Vec::len)
+    ));
+    let push_notifications = api.subjects(PUSH_DEVICE).await?;
+    let streaming_notifications = api.subjects(STREAMING_DEVICE).await?;
 
     let forwarded_operations: Vec<String> = exchange
         .server
         .requests()
         .into_iter()
         .filter(|request| request.headers.contains_key("x-forwarded-for"))
+        .filter(|request| {
+            request
+                .headers
+                .get("x-device-id")
+                .is_some_and(|d| d == DEVICE)
+        })
         .filter_map(|request| request.operation)
         .collect();
     let mut seen = String::new();
@@ -277,21 +401,136 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         let _ = write!(seen, " {operation}");
     }
     say(&format!(
-        "14. Exchange saw, each with the gateway's X-Forwarded-For:{seen}"
+        "18. Exchange saw from EASDEV1, each with the gateway's X-Forwarded-For:{seen}"
     ));
 
+    ens.shutdown().await;
     gateway.shutdown().await;
     exchange.server.shutdown().await;
     uem.shutdown().await;
-    say("Stopped seg-proxy (drained), the test UEM and the test Exchange server.");
+    say("Stopped mock-ens, seg-proxy (drained), the test UEM and the test Exchange server.");
     Ok(Outcome {
         subject,
         forwarded_operations,
         cut_after,
         refusal,
-        callbacks,
         readmitted,
+        push_notifications,
+        streaming_notifications,
+        push_blocked_after,
+        push_blocked,
+        state_after_restart,
     })
+}
+
+/// Sends the request `build` makes until it is answered 200 (the gateway applies UEM's change a
+/// moment after UEM makes it); the last status otherwise.
+async fn wait_for_status(
+    client: &HttpClient,
+    build: impl Fn() -> seg_testbed::Result<http::Request<http_body_util::Full<Bytes>>>,
+) -> Result<StatusCode, BoxError> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let response = client.send(build()?).await?;
+        let status = response.status();
+        if status == StatusCode::OK || Instant::now() >= deadline {
+            expect_ok(response, "Subscribe after the unblock").await?;
+            return Ok(status);
+        }
+        drop(response);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// mock-ens's registration API, as an ENS operator's tooling would call it.
+struct EnsApi {
+    base: String,
+    client: HttpClient,
+}
+
+impl EnsApi {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        EnsApi {
+            base: format!("http://{addr}"),
+            client: HttpClient::accepting_any_certificate(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, String), BoxError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("ApiToken", ENS_API_TOKEN)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))?;
+        let response = self.client.send(request).await?;
+        let status = response.status();
+        let text = harness::within(STEP, path, harness::body_text(response.into_body())).await??;
+        Ok((status, text))
+    }
+
+    async fn register(&self, device: &str, user: &str, mode: &str) -> Result<String, BoxError> {
+        let body = serde_json::json!({
+            "device_id": device, "user": user, "mailbox": user, "mode": mode,
+            "auth": {"basic": {"user": user, "password": TEST_PASSWORD}},
+        });
+        let (status, text) = self
+            .call(http::Method::POST, "/devices", Some(body))
+            .await?;
+        if status != StatusCode::CREATED {
+            return Err(format!("registering {device}: {status} {text}").into());
+        }
+        Ok(format!("{status} {text}"))
+    }
+
+    async fn device(&self, device: &str) -> Result<serde_json::Value, BoxError> {
+        let (status, text) = self
+            .call(http::Method::GET, &format!("/devices/{device}"), None)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("GET /devices/{device}: {status} {text}").into());
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    async fn subjects(&self, device: &str) -> Result<Vec<String>, BoxError> {
+        let view = self.device(device).await?;
+        Ok(view["notifications"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|n| n["subject"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn wait_for_state(&self, device: &str, state: &str) -> Result<(), BoxError> {
+        harness::wait_until(STEP, &format!("{device} to be {state}"), || async move {
+            matches!(self.device(device).await, Ok(view) if view["state"] == state)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn wait_for_notification(&self, device: &str, subject: &str) -> Result<(), BoxError> {
+        harness::wait_until(
+            STEP,
+            &format!("{device} to be notified of {subject:?}"),
+            || async move {
+                matches!(self.subjects(device).await, Ok(subjects) if subjects.iter().any(|s| s == subject))
+            },
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 async fn expect_ok(response: Response<Incoming>, operation: &str) -> Result<String, BoxError> {
@@ -335,18 +574,22 @@ mod tests {
             outcome.cut_after
         );
         assert_eq!(outcome.refusal, "blocked; reason=enterprise-wiped");
-        assert_eq!(outcome.callbacks.len(), 2);
-        assert!(
-            outcome.callbacks[0].contains(r#""state":"blocked""#),
-            "{:?}",
-            outcome.callbacks
-        );
-        assert!(
-            outcome.callbacks[1].contains(r#""state":"allowed""#),
-            "{:?}",
-            outcome.callbacks
-        );
         assert_eq!(outcome.readmitted, StatusCode::OK);
+        assert_eq!(
+            outcome.push_blocked,
+            ("blocked".to_owned(), Some("enterprise-wiped".to_owned()))
+        );
+        assert!(
+            outcome.push_blocked_after < Duration::from_secs(1),
+            "{:?}",
+            outcome.push_blocked_after
+        );
+        assert_eq!(outcome.push_notifications, ["Team lunch", "Welcome back"]);
+        assert_eq!(
+            outcome.streaming_notifications,
+            ["Board minutes", "Roadmap", "After the restart"]
+        );
+        assert_eq!(outcome.state_after_restart, "active");
         assert!(
             narration
                 .iter()

@@ -136,14 +136,21 @@ fn main() -> ExitCode {
             let outcome = demo::run(|line| println!("{line}")).await?;
             println!(
                 "\nOK: {:?} reached the subscriber through seg-proxy ({} EWS operations proxied); \
-                 after the wipe the stream was cut in {:.0?}, the next request got {:?}, ENS got {} \
-                 callbacks, and after UEM's unblock the device got {}.",
+                 after the wipe the stream was cut in {:.0?}, the next request got {:?}, and after \
+                 UEM's unblock the device got {}. mock-ens showed the push device {} ({}) {:.0?} \
+                 after its wipe, notified it {:?} and the streaming device {:?}, and kept it {} across a \
+                 restart.",
                 outcome.subject,
                 outcome.forwarded_operations.len(),
                 outcome.cut_after,
                 outcome.refusal,
-                outcome.callbacks.len(),
                 outcome.readmitted,
+                outcome.push_blocked.0,
+                outcome.push_blocked.1.as_deref().unwrap_or("no reason"),
+                outcome.push_blocked_after,
+                outcome.push_notifications,
+                outcome.streaming_notifications,
+                outcome.state_after_restart,
             );
             Ok(())
         }),
