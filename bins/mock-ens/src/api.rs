@@ -45,6 +45,9 @@ pub struct DeviceView {
     pub state: DeviceState,
     /// Why, when blocked or in error.
     pub reason: Option<String>,
+    /// Since when it is in this state (RFC 3339, UTC, milliseconds).
+    #[serde(default)]
+    pub state_since: Option<String>,
     /// What ENS would have sent to the device, oldest first.
     pub notifications: Vec<Notification>,
 }
@@ -205,6 +208,7 @@ async fn show(State(runtime): State<Runtime>, Path(device_id): Path<String>) -> 
             mode: device.mode,
             state: device.state,
             reason: device.reason,
+            state_since: device.state_since,
             notifications,
         })
         .into_response(),

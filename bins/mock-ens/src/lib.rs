@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod runtime;
 pub mod seal;

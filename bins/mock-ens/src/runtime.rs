@@ -81,6 +81,10 @@ impl Runtime {
                 .map(|d| d.state)
                 .unwrap_or(DeviceState::Active),
             reason: existing.as_ref().and_then(|d| d.reason.clone()),
+            state_since: existing
+                .as_ref()
+                .and_then(|d| d.state_since.clone())
+                .or_else(|| Some(crate::clock::now_rfc3339())),
             subscription_id: None,
             watermark: None,
             next_sequence: existing.as_ref().map(|d| d.next_sequence).unwrap_or(0),
@@ -115,6 +119,9 @@ impl Runtime {
             .inner
             .store
             .update(device_id, move |d| {
+                if d.state != DeviceState::Blocked {
+                    d.state_since = Some(crate::clock::now_rfc3339());
+                }
                 d.state = DeviceState::Blocked;
                 d.reason = Some(stored_reason);
             })

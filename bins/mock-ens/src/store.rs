@@ -62,6 +62,9 @@ pub struct StoredDevice {
     /// Why, when blocked or in error.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Since when it is in this state (RFC 3339, UTC, milliseconds).
+    #[serde(default)]
+    pub state_since: Option<String>,
     /// The current subscription id, when subscribed.
     #[serde(default)]
     pub subscription_id: Option<String>,
@@ -81,7 +84,7 @@ pub struct Notification {
     /// The sender, when Exchange gave one.
     #[serde(default)]
     pub from: Option<String>,
-    /// When it was recorded (RFC 3339, UTC).
+    /// When it was recorded (RFC 3339, UTC, milliseconds).
     pub at: String,
     /// The EWS item id.
     pub item_id: String,
@@ -327,6 +330,7 @@ mod tests {
             push_token: "token".into(),
             state: DeviceState::Active,
             reason: None,
+            state_since: None,
             subscription_id: None,
             watermark: None,
             next_sequence: 0,

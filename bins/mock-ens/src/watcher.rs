@@ -21,7 +21,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tower::ServiceExt as _;
 use tower::timeout::Timeout;
@@ -133,6 +132,7 @@ impl Watch {
                         .update(&device_id, move |d| {
                             d.state = DeviceState::Error;
                             d.reason = Some(message);
+                            d.state_since = Some(crate::clock::now_rfc3339());
                         })
                         .await;
                 });
@@ -212,6 +212,9 @@ async fn record(
                 if let Err(error) = context
                     .store
                     .update(&device_id, move |d| {
+                        if d.state != state {
+                            d.state_since = Some(crate::clock::now_rfc3339());
+                        }
                         d.state = state;
                         d.reason = reason;
                     })
@@ -250,7 +253,7 @@ async fn preview(
             let notification = Notification {
                 subject: item.subject.unwrap_or_default(),
                 from: item.from.and_then(|from| from.address.or(from.name)),
-                at: now_rfc3339(),
+                at: crate::clock::now_rfc3339(),
                 item_id: id,
             };
             if let Err(error) = context.store.record(device_id, notification).await {
@@ -291,47 +294,5 @@ pub async fn answer_push(
             tracing::warn!(%error, "push callback failed");
             http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
-    }
-}
-
-fn now_rfc3339() -> String {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = seconds / 86_400;
-    let rest = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

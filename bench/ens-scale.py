@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""The driver of bench/ens-scale.sh: registers devices with mock-ens, waits for their streams,
+then measures delivery and wipe latencies from outside every process.
+
+usage:
+  ens-scale.py register ENS_URL API_TOKEN N PASSWORD            # N streaming devices, 32 at a time
+  ens-scale.py wait-streams METRICS_URL N DEADLINE_S           # until the gateway holds N streams
+  ens-scale.py deliver EXCHANGE_URL ENS_URL API_TOKEN N SAMPLES RATE
+  ens-scale.py wipe UEM_URL ENS_URL API_TOKEN N SAMPLES RATE
+
+Devices are EASDEV000001… for user000001@test.local…, as bench/ens-scale.sh writes them.
+`deliver` and `wipe` print one JSON line: {"samples": n, "p50_ms": …, "p99_ms": …, "max_ms": …,
+"missing": k}. Latency is the mock-ens timestamp (a notification's `at`, a state's `state_since`)
+minus the wall-clock time just before the delivery or wipe request was sent.
+"""
+import concurrent.futures
+import datetime
+import http.client
+import json
+import random
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+
+local = threading.local()
+
+
+def connection(base):
+    """A keep-alive connection per thread and base URL."""
+    pool = getattr(local, "pool", None)
+    if pool is None:
+        pool = local.pool = {}
+    conn = pool.get(base)
+    if conn is None:
+        url = urllib.parse.urlsplit(base)
+        if url.scheme == "https":
+            # The test Exchange's certificate is from the run's own test CA.
+            conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=60,
+                                               context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        pool[base] = conn
+    return conn
+
+
+def call(base, method, path, body=None, headers=None):
+    for attempt in range(3):
+        conn = connection(base)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"content-type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (http.client.HTTPException, OSError):
+            conn.close()
+            local.pool.pop(base, None)
+            if attempt == 2:
+                raise
+
+
+def device_id(i):
+    return f"EASDEV{i:06d}"
+
+
+def user(i):
+    return f"user{i:06d}@test.local"
+
+
+def register(ens, token, n, password):
+    def one(i):
+        status, body = call(ens, "POST", "/devices", {
+            "device_id": device_id(i), "user": user(i), "mailbox": user(i), "mode": "streaming",
+            "auth": {"basic": {"user": user(i), "password": password}},
+        }, {"ApiToken": token})
+        if status not in (200, 201):
+            raise SystemExit(f"registering {device_id(i)}: {status} {body[:200]!r}")
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, range(1, n + 1)))
+    print(json.dumps({"registered": n, "seconds": round(time.time() - started, 1)}))
+
+
+def metric(url, name):
+    url = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", url.path)
+    text = conn.getresponse().read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def wait_streams(metrics_url, n, deadline):
+    started = time.time()
+    while time.time() - started < deadline:
+        open_streams = metric(metrics_url, "seg_compliance_open_streams")
+        if open_streams >= n:
+            print(json.dumps({"open_streams": open_streams,
+                              "seconds": round(time.time() - started, 1)}))
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"only {metric(metrics_url, 'seg_compliance_open_streams')} of {n} streams "
+                     f"open after {deadline} s")
+
+
+def parse_time(text):
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def device_view(ens, token, i):
+    status, body = call(ens, "GET", f"/devices/{device_id(i)}", headers={"ApiToken": token})
+    if status != 200:
+        raise SystemExit(f"GET /devices/{device_id(i)}: {status}")
+    return json.loads(body)
+
+
+def summarize(latencies, missing):
+    latencies.sort()
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
+    print(json.dumps({"samples": len(latencies), "p50_ms": pick(0.50), "p99_ms": pick(0.99),
+                      "max_ms": round(latencies[-1] * 1000, 1), "missing": missing}))
+
+
+def paced(n, samples, rate, act):
+    """Calls act(i) for `samples` distinct random devices at `rate` per second; returns
+    {i: wall time just before its request}."""
+    chosen = random.Random(7).sample(range(1, n + 1), samples)
+    sent, start = {}, time.time()
+    for k, i in enumerate(chosen):
+        due = start + k / rate
+        if time.time() < due:
+            time.sleep(due - time.time())
+        sent[i] = time.time()
+        act(i)
+    return sent
+
+
+def collect(sent, found, deadline):
+    latencies, pending = [], dict(sent)
+    end = time.time() + deadline
+    while pending and time.time() < end:
+        for i in list(pending):
+            at = found(i)
+            if at is not None:
+                latencies.append(max(0.0, at - pending.pop(i)))
+        if pending:
+            time.sleep(0.2)
+    summarize(latencies, len(pending))
+
+
+def deliver(exchange, ens, token, n, samples, rate):
+    subject = lambda i: f"bench mail {i}"
+
+    def act(i):
+        status, body = call(exchange, "POST", "/testbed/deliver",
+                            {"mailbox": user(i), "subject": subject(i)})
+        if status != 200:
+            raise SystemExit(f"deliver to {user(i)}: {status} {body[:200]!r}")
+
+    def found(i):
+        for note in device_view(ens, token, i)["notifications"]:
+            if note["subject"] == subject(i):
+                return parse_time(note["at"])
+        return None
+    collect(paced(n, samples, rate, act), found, 60)
+
+
+def wipe(uem, ens, token, n, samples, rate):
+    def act(i):
+        status, body = call(uem, "POST", f"/testbed/devices/{device_id(i)}/wipe")
+        if status != 200:
+            raise SystemExit(f"wipe {device_id(i)}: {status} {body[:200]!r}")
+
+    def found(i):
+        view = device_view(ens, token, i)
+        return parse_time(view["state_since"]) if view["state"] == "blocked" else None
+    collect(paced(n, samples, rate, act), found, 60)
+
+
+def main():
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "register":
+        register(args[0], args[1], int(args[2]), args[3])
+    elif command == "wait-streams":
+        wait_streams(args[0], int(args[1]), float(args[2]))
+    elif command == "deliver":
+        deliver(args[0], args[1], args[2], int(args[3]), int(args[4]), float(args[5]))
+    elif command == "wipe":
+        wipe(args[0], args[1], args[2], int(args[3]), int(args[4]), float(args[5]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
