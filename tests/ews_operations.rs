@@ -258,3 +258,47 @@ async fn http2_clients_are_served_over_the_tls_listener() {
         Some("Inbox")
     );
 }
+
+/// More open streams than one HTTP/2 connection to Exchange can carry (the stand-in, like any
+/// hyper server, allows 200 concurrent streams per connection; IIS 100) must not stall the
+/// gateway: streams go over their own HTTP/1.1 connections, and other requests still pass.
+#[tokio::test]
+async fn open_streams_beyond_one_http2_connection_do_not_stall_other_requests() {
+    const STREAMS: usize = 210;
+    let stand = Stand::start().await;
+    let alice = stand.alice();
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let (status, _, subscribed) = stand.ews(Some(&alice), &[], STREAMING_SUBSCRIBE).await;
+        assert_eq!(status, StatusCode::OK, "{subscribed}");
+        let subscription = xml_text(&subscribed, "SubscriptionId").unwrap();
+        let request = harness::ews_request(
+            &stand.ews_url,
+            Some(&alice),
+            &[],
+            soap(&format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{subscription}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>5</m:ConnectionTimeout></m:GetStreamingEvents>")),
+        )
+        .unwrap();
+        let response = harness::within(
+            STEP,
+            "a stream's headers",
+            stand.exchange.client.send(request),
+        )
+        .await
+        .expect("every stream opens")
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+
+    let answered = harness::within(
+        STEP,
+        "GetFolder beside the open streams",
+        stand.ews(Some(&alice), &[], GET_INBOX),
+    )
+    .await;
+    let (status, _, body) = answered.expect("GetFolder is answered while the streams stay open");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response_code(&body), "NoError");
+    assert_eq!(streams.len(), STREAMS);
+}

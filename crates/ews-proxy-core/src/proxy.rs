@@ -29,6 +29,7 @@
 
 use crate::body::{BoxError, ResponseBody};
 use crate::fault::{FaultCode, SoapFault};
+use crate::operation::EwsOperation;
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -157,6 +158,7 @@ where
                 return ResponseFuture::ready(fault.into_response());
             }
         };
+        let long_lived = is_long_lived(&parts);
         // The client negotiates HTTP/1.1 or h2 with Exchange by ALPN, whatever the client used.
         parts.version = Version::HTTP_11;
         parts
@@ -166,7 +168,7 @@ where
         let request = Request::from_parts(parts, body);
         ResponseFuture {
             state: State::Waiting {
-                response: self.client.inner().request(request),
+                response: self.client.for_request(long_lived).request(request),
                 deadline: tokio::time::sleep(self.upstream.timeout),
             },
             timeout: self.upstream.timeout,
@@ -246,6 +248,22 @@ fn internal_fault(message: &'static str) -> Response<ResponseBody> {
     )
     .with_reason("internal")
     .into_response()
+}
+
+/// Whether the response will stay open for minutes: an EWS `GetStreamingEvents` (known from the
+/// operation sniffer, when it ran) or an ActiveSync `Ping` long poll.
+fn is_long_lived(parts: &http::request::Parts) -> bool {
+    if matches!(
+        parts.extensions.get::<EwsOperation>(),
+        Some(EwsOperation::GetStreamingEvents)
+    ) {
+        return true;
+    }
+    parts.uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair.eq_ignore_ascii_case("cmd=ping"))
+    })
 }
 
 /// What a failed exchange with the upstream means for the client.

@@ -55,9 +55,16 @@ impl Default for PoolSettings {
 }
 
 /// A cheap-to-clone, pooled HTTP/1.1 and HTTP/2 client over rustls.
+///
+/// With HTTP/2 on, long-lived responses (`GetStreamingEvents`, ActiveSync `Ping`) still go over
+/// a separate HTTP/1.1 pool, one connection each: an HTTP/2 connection carries a bounded number
+/// of concurrent streams (hyper's server allows 200, IIS 100 by default), the client opens no
+/// second connection when they are all taken, and streams that stay open for 30 minutes would
+/// hold every slot and stall all other requests behind them.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    long_lived: Option<Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
 }
 
 impl UpstreamClient {
@@ -72,6 +79,16 @@ impl UpstreamClient {
             );
         }
         let tls = tls::upstream_client_config(trust)?;
+        let client = Self::pool(tls.clone(), pool, pool.http2);
+        let long_lived = pool.http2.then(|| Self::pool(tls, pool, false));
+        Ok(UpstreamClient { client, long_lived })
+    }
+
+    fn pool(
+        tls: rustls::ClientConfig,
+        pool: &PoolSettings,
+        http2: bool,
+    ) -> Client<HttpsConnector<HttpConnector>, UpstreamBody> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -80,22 +97,33 @@ impl UpstreamClient {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1();
-        let connector = if pool.http2 {
+        let connector = if http2 {
             builder.enable_http2().wrap_connector(http)
         } else {
             builder.wrap_connector(http)
         };
-        let client = Client::builder(TokioExecutor::new())
+        Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(pool.idle_timeout)
             .pool_max_idle_per_host(pool.max_idle_per_host)
-            .build(connector);
-        Ok(UpstreamClient { client })
+            .build(connector)
     }
 
-    /// The underlying hyper-util client.
+    /// The underlying hyper-util client for ordinary requests.
     pub fn inner(&self) -> &Client<HttpsConnector<HttpConnector>, UpstreamBody> {
         &self.client
+    }
+
+    /// The client for a request: the HTTP/1.1-only pool when the response will stay open (see
+    /// the type's docs), the shared one otherwise.
+    pub fn for_request(
+        &self,
+        long_lived: bool,
+    ) -> &Client<HttpsConnector<HttpConnector>, UpstreamBody> {
+        match (&self.long_lived, long_lived) {
+            (Some(client), true) => client,
+            _ => &self.client,
+        }
     }
 }
