@@ -118,6 +118,8 @@ def device_view(ens, token, i):
 
 
 def summarize(latencies, missing):
+    if not latencies:
+        raise SystemExit(f"no sample arrived ({missing} missing)")
     latencies.sort()
     pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
     print(json.dumps({"samples": len(latencies), "p50_ms": pick(0.50), "p99_ms": pick(0.99),

@@ -132,7 +132,7 @@ store = "$work/ens.redb"
 api_token = "$api_token"
 EOF
 log "starting mock-ens on 127.0.0.1:$ens_port"
-RUST_LOG=warn "$mock_ens" run --config "$work/ens.toml" >"$work/mock-ens.log" 2>&1 &
+RUST_LOG=${BENCH_ENS_LOG:-warn} "$mock_ens" run --config "$work/ens.toml" >"$work/mock-ens.log" 2>&1 &
 ens_pid=$!
 pids+=("$ens_pid")
 wait_for_200 "$ens_pid" "http://127.0.0.1:$ens_port/alive" mock-ens
@@ -162,7 +162,7 @@ done
 log "delivering $samples mails at $rate/s"
 delivery=$(python3 bench/ens-scale.py deliver "https://127.0.0.1:$exchange_port" \
   "http://127.0.0.1:$ens_port" "$api_token" "$devices" "$samples" "$rate" 2>&1) ||
-  die "delivery measurement failed: $delivery"
+  die "delivery measurement failed: $delivery$(printf '\n')mock-ens:$(printf '\n')$(tail -n 20 "$work/mock-ens.log")$(printf '\n')seg-proxy:$(printf '\n')$(tail -n 20 "$work/seg-proxy.log")"
 log "delivery → notification: $delivery"
 log "wiping $samples devices at $rate/s"
 wipes=$(python3 bench/ens-scale.py wipe "http://127.0.0.1:$uem_port" \

@@ -168,6 +168,15 @@ impl Stand {
         .unwrap();
     }
 
+    /// Waits until mock-ens holds a subscription for the device.
+    async fn wait_for_subscription(&self, device_id: &str) {
+        wait_until(STEP, &format!("{device_id} to subscribe"), || async move {
+            self.device(device_id).await.subscription_id.is_some()
+        })
+        .await
+        .unwrap();
+    }
+
     /// Waits until the device's notifications include `subject`.
     async fn wait_for_notification(&self, device_id: &str, subject: &str) {
         wait_until(
@@ -295,6 +304,8 @@ async fn wiped_devices_stop_being_notified_and_resume_when_compliant() {
     let view = stand.device(PUSH_DEVICE).await;
     assert_eq!(view.state, DeviceState::Active);
     assert!(view.notifications.iter().any(|n| n.subject == "for bob 3"));
+    // Streaming subscriptions have no watermark: mail is watched again once resubscribed.
+    stand.wait_for_subscription(STREAMING_DEVICE).await;
     stand
         .exchange
         .server

@@ -48,6 +48,9 @@ pub struct DeviceView {
     /// Since when it is in this state (RFC 3339, UTC, milliseconds).
     #[serde(default)]
     pub state_since: Option<String>,
+    /// The EWS subscription watching the mailbox now, once subscribed since the last start.
+    #[serde(default)]
+    pub subscription_id: Option<String>,
     /// What ENS would have sent to the device, oldest first.
     pub notifications: Vec<Notification>,
 }
@@ -209,6 +212,7 @@ async fn show(State(runtime): State<Runtime>, Path(device_id): Path<String>) -> 
             state: device.state,
             reason: device.reason,
             state_since: device.state_since,
+            subscription_id: runtime.subscription_id(&device_id),
             notifications,
         })
         .into_response(),

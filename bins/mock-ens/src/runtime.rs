@@ -85,7 +85,6 @@ impl Runtime {
                 .as_ref()
                 .and_then(|d| d.state_since.clone())
                 .or_else(|| Some(crate::clock::now_rfc3339())),
-            subscription_id: None,
             watermark: None,
             next_sequence: existing.as_ref().map(|d| d.next_sequence).unwrap_or(0),
             device_id,
@@ -150,6 +149,11 @@ impl Runtime {
             None => self.restart_from_store(&device),
         }
         Ok(true)
+    }
+
+    /// The device's current subscription id, while its watch holds one.
+    pub fn subscription_id(&self, device_id: &str) -> Option<String> {
+        self.watch(device_id)?.subscription_id()
     }
 
     /// Answers a push callback from Exchange.

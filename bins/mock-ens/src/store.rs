@@ -65,9 +65,6 @@ pub struct StoredDevice {
     /// Since when it is in this state (RFC 3339, UTC, milliseconds).
     #[serde(default)]
     pub state_since: Option<String>,
-    /// The current subscription id, when subscribed.
-    #[serde(default)]
-    pub subscription_id: Option<String>,
     /// The last watermark seen, to resume from.
     #[serde(default)]
     pub watermark: Option<String>,
@@ -331,7 +328,6 @@ mod tests {
             state: DeviceState::Active,
             reason: None,
             state_since: None,
-            subscription_id: None,
             watermark: None,
             next_sequence: 0,
         }

@@ -178,6 +178,12 @@ impl Watch {
         }
     }
 
+    /// The current subscription's id, once subscribed (in memory only: after a restart the
+    /// device subscribes anew).
+    pub fn subscription_id(&self) -> Option<String> {
+        lock(&self.handle).as_ref()?.subscription_id()
+    }
+
     fn answer(&self, notification: ens_subscription::soap::Notification) -> PushAnswer {
         match lock(&self.handle).as_ref() {
             Some(handle) => handle.on_push(notification),

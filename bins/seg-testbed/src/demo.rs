@@ -373,6 +373,9 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     ens = MockEns::start(ens_config).await?;
     let view = api.device(PUSH_DEVICE).await?;
     let state_after_restart = view["state"].as_str().unwrap_or_default().to_owned();
+    // Streaming subscriptions have no watermark: mail is watched again once the new
+    // subscription exists.
+    api.wait_for_subscription(STREAMING_DEVICE).await?;
     exchange.server.deliver(USER, "After the restart")?;
     api.wait_for_notification(STREAMING_DEVICE, "After the restart")
         .await?;
@@ -515,6 +518,14 @@ impl EnsApi {
     async fn wait_for_state(&self, device: &str, state: &str) -> Result<(), BoxError> {
         harness::wait_until(STEP, &format!("{device} to be {state}"), || async move {
             matches!(self.device(device).await, Ok(view) if view["state"] == state)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn wait_for_subscription(&self, device: &str) -> Result<(), BoxError> {
+        harness::wait_until(STEP, &format!("{device} to subscribe"), || async move {
+            matches!(self.device(device).await, Ok(view) if view["subscription_id"].is_string())
         })
         .await?;
         Ok(())
