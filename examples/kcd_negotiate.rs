@@ -21,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         std::process::exit(2);
     };
     let service = args.next().unwrap_or_else(|| "HTTP/seg.test.local".into());
-    let target = args.next().unwrap_or_else(|| "HTTP/exchange.test.local".into());
+    let target = args
+        .next()
+        .unwrap_or_else(|| "HTTP/exchange.test.local".into());
 
     let conf = Krb5Conf::read(krb5_conf.as_ref())?;
     let client = KcdClient::new(KcdConfig::new(

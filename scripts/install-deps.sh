@@ -6,7 +6,10 @@
 set -euo pipefail
 
 # Packages the test suite needs. Later slices add the KDC, Redis and nginx here.
-packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils "$@")
+# libkrb5-dev, libclang-dev and clang: the test Exchange's Negotiate acceptor links the system
+# GSSAPI through the libgssapi crate, whose bindings bindgen generates at build time.
+packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils
+  libkrb5-dev libclang-dev clang "$@")
 # A python3 that can create virtual environments (with pip), for the EWS client tests. Any
 # python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

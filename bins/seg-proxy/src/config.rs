@@ -10,8 +10,10 @@
 //! Every error names the key and the source (file, environment) it came from.
 
 use crate::properties::PropertiesFile;
+use auth_negotiation::client_cert::UpnFallback;
 use compliance_policy::policy::{PolicySettings, UnknownDevice};
 use ews_proxy_core::server::ServerSettings;
+use ews_proxy_core::tls::{ClientAuth, ClientCertMode};
 use ews_proxy_core::upstream::PoolSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::{Figment, Metadata};
@@ -44,6 +46,26 @@ pub struct Config {
     pub admin: Admin,
     /// Telling ENS about blocks and unblocks.
     pub ens: Ens,
+    /// How clients authenticate.
+    pub auth: Auth,
+}
+
+/// `[auth]`: how clients authenticate to the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// `off` (default), `optional` or `required`: whether `listen.https` asks clients for a
+    /// certificate. In `optional` mode a client without a valid certificate still connects,
+    /// without a certificate identity; in `required` mode its handshake fails.
+    pub client_cert: ClientCertMode,
+    /// The CA bundle (PEM) client certificates must chain to; needed unless `client_cert` is
+    /// `off`.
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER files); a certificate listed in one is not valid.
+    pub crl: Vec<PathBuf>,
+    /// `none` (default), `rfc822` or `cn`: where the user comes from when a client certificate
+    /// has no UPN `otherName`. A certificate that names no user is not valid.
+    pub upn_fallback: UpnFallback,
 }
 
 /// `[compliance]`: where device compliance comes from and how it is enforced.
@@ -311,6 +333,12 @@ impl Config {
         figment = figment.merge(env);
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate(&figment)?;
+        if config.auth.client_cert == ClientCertMode::Off && config.auth.client_ca.is_some() {
+            warnings.push(
+                "auth.client_ca is set but auth.client_cert is off: no client certificate is asked for"
+                    .into(),
+            );
+        }
         if config.exchange.ignore_ssl_errors {
             warnings.push(
                 "exchange.ignore_ssl_errors is on: Exchange's certificate is not verified".into(),
@@ -360,6 +388,7 @@ impl Config {
                 format!("{} is not a readable file", path.display()),
             ));
         }
+        self.validate_auth(&invalid)?;
         if self.exchange.timeout.is_zero() {
             return Err(invalid("exchange.timeout", "must be more than zero".into()));
         }
@@ -414,6 +443,37 @@ impl Config {
         Ok(())
     }
 
+    /// `[auth]`: the client CA and CRL files must load, and a client certificate mode other
+    /// than `off` needs a CA and a TLS listener.
+    fn validate_auth(
+        &self,
+        invalid: &impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.client_cert == ClientCertMode::Off {
+            return Ok(());
+        }
+        if self.listen.https.is_none() {
+            return Err(invalid(
+                "auth.client_cert",
+                "asks for client certificates, which needs listen.https".into(),
+            ));
+        }
+        let Some(ca) = &auth.client_ca else {
+            return Err(invalid(
+                "auth.client_ca",
+                "is required when auth.client_cert is optional or required".into(),
+            ));
+        };
+        ClientAuth::load(auth.client_cert, ca, &[])
+            .map_err(|error| invalid("auth.client_ca", error_chain(&error)))?;
+        for crl in &auth.crl {
+            ClientAuth::load(auth.client_cert, ca, std::slice::from_ref(crl))
+                .map_err(|error| invalid("auth.crl", error_chain(&error)))?;
+        }
+        Ok(())
+    }
+
     /// The configuration as TOML, with every secret replaced by `"<redacted>"`, for
     /// `check-config`.
     pub fn to_redacted_toml(&self) -> String {
@@ -449,6 +509,18 @@ fn describe(error: &figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// An error and its causes, `: `-separated: the file and what is wrong with it.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -525,6 +597,121 @@ mod tests {
         assert_eq!(config.exchange.timeout, Duration::from_secs(90));
         assert!(config.ews.enable_proxy && config.ews.remove_unsupported_auth);
         assert!(loaded.warnings.is_empty());
+    }
+
+    /// A TOML file with TLS on `listen.https` and `auth_section` as `[auth]`, next to a
+    /// generated test PKI (`ca.pem`, `server.pem`, `server.key`) in `dir`.
+    fn with_auth(dir: &tempfile::TempDir, auth_section: &str) -> PathBuf {
+        let pki = seg_testbed::pki::TestPki::generate(dir.path()).unwrap();
+        let files = pki.files().unwrap();
+        write(
+            dir,
+            "seg.toml",
+            &format!(
+                "[listen]\nhttps = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+                 [exchange]\nurl = \"https://mail.corp.example\"\n[auth]\n{auth_section}\n",
+                files.server_cert.display(),
+                files.server_key.display()
+            ),
+        )
+    }
+
+    #[test]
+    fn client_certificate_keys_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = seg_testbed::pki::TestPki::in_memory(&[]).unwrap();
+        let crl = dir.path().join("revoked.crl");
+        std::fs::write(&crl, pki.crl_der(&[7]).unwrap()).unwrap();
+        let toml = with_auth(
+            &dir,
+            &format!(
+                "client_cert = \"required\"\nclient_ca = \"{}\"\ncrl = [\"{}\"]\n\
+                 upn_fallback = \"rfc822\"",
+                dir.path().join("ca.pem").display(),
+                crl.display()
+            ),
+        );
+        let auth = Config::load_from(Some(&toml), None, no_env())
+            .unwrap()
+            .config
+            .auth;
+        assert_eq!(auth.client_cert, ClientCertMode::Required);
+        assert_eq!(auth.client_ca, Some(dir.path().join("ca.pem")));
+        assert_eq!(auth.crl, vec![crl]);
+        assert_eq!(auth.upn_fallback, UpnFallback::Rfc822);
+    }
+
+    #[test]
+    fn client_certificates_are_off_by_default() {
+        let auth = Config::default().auth;
+        assert_eq!(auth.client_cert, ClientCertMode::Off);
+        assert_eq!(auth.upn_fallback, UpnFallback::None);
+    }
+
+    #[test]
+    fn client_certificates_without_a_ca_name_the_missing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = with_auth(&dir, "client_cert = \"optional\"");
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("auth.client_ca "), "{error}");
+    }
+
+    #[test]
+    fn unusable_client_ca_or_crl_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = write(&dir, "garbage.pem", "not a certificate\n");
+        let cases = [
+            (
+                format!("client_ca = \"{}\"", garbage.display()),
+                "auth.client_ca",
+            ),
+            (
+                format!(
+                    "client_ca = \"{}\"",
+                    dir.path().join("missing.pem").display()
+                ),
+                "auth.client_ca",
+            ),
+            (
+                format!(
+                    "client_ca = \"{}\"\ncrl = [\"{}\"]",
+                    dir.path().join("ca.pem").display(),
+                    garbage.display()
+                ),
+                "auth.crl",
+            ),
+        ];
+        for (keys, key) in cases {
+            let toml = with_auth(&dir, &format!("client_cert = \"optional\"\n{keys}"));
+            let error = Config::load_from(Some(&toml), None, no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(key), "{keys}: {error}");
+            assert!(error.contains("seg.toml"), "{keys}: {error}");
+            let file = if keys.contains("missing") {
+                "missing.pem"
+            } else {
+                "garbage.pem"
+            };
+            assert!(error.contains(file), "{keys}: {error}");
+        }
+    }
+
+    #[test]
+    fn client_certificates_need_the_tls_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            &dir,
+            "seg.toml",
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+             [auth]\nclient_cert = \"optional\"\nclient_ca = \"/nonexistent/ca.pem\"\n",
+        );
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("auth.client_cert "), "{error}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod config;
 pub mod properties;
 
+use auth_negotiation::client_cert::{ClientCertLayer, UpnRule};
 use auth_negotiation::identity::IdentifyLayer;
 use auth_negotiation::ntlm::RefuseNtlmLayer;
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
@@ -40,7 +41,7 @@ use ews_proxy_core::operation::EwsOperationLayer;
 use ews_proxy_core::proxy::{ReverseProxy, Upstream};
 use ews_proxy_core::routing::PathRouter;
 use ews_proxy_core::server::Server;
-use ews_proxy_core::tls::{self, TlsError, UpstreamTrust};
+use ews_proxy_core::tls::{self, ClientAuth, ClientCertMode, TlsError, UpstreamTrust};
 use ews_proxy_core::upstream::UpstreamClient;
 use http::HeaderName;
 use http::{Request, Response};
@@ -62,6 +63,9 @@ pub enum StartError {
     /// A certificate, key or trust store could not be used.
     #[error("tls setup failed")]
     Tls(#[from] TlsError),
+    /// `auth.client_cert` asks for client certificates but `auth.client_ca` is not set.
+    #[error("auth.client_cert is {0:?} but auth.client_ca is not set")]
+    NoClientCa(ClientCertMode),
     /// An upstream URL could not be used.
     #[error("exchange url refused")]
     Upstream(#[from] ews_proxy_core::proxy::UpstreamError),
@@ -117,11 +121,13 @@ impl Gateway {
     /// 6. request body limit (`413`);
     /// 7. (EWS only) the operation sniffer;
     /// 8. NTLM refused with `401`, never forwarded;
-    /// 9. the user learnt from Basic or Bearer credentials, for the compliance layer (only
-    ///    with `[compliance]`);
-    /// 10. compliance: the device's decision (counted in the state's metrics), `403` when
+    /// 9. the user learnt from the connection's valid client certificate (its UPN) when the
+    ///    request has no `Authorization` header (only with `auth.client_cert` not `off`);
+    /// 10. the user learnt from Basic or Bearer credentials, for the compliance layer (only
+    ///     with `[compliance]`);
+    /// 11. compliance: the device's decision (counted in the state's metrics), `403` when
     ///     blocked, streams cut on a block (a pass-through without `[compliance]`);
-    /// 11. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
+    /// 12. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
     pub fn build_service(
         config: &Config,
         compliance: Option<&Compliance>,
@@ -143,6 +149,10 @@ impl Gateway {
         // Only compliance reads the user; without it, decoding credentials on every request
         // (about 1.4 µs for Basic, measured) buys nothing.
         let identify = compliance.map(|_| IdentifyLayer::new());
+        // The KCD layer needs the certificate's user as much as compliance does, so this one
+        // does not depend on `[compliance]`.
+        let client_cert = (config.auth.client_cert != ClientCertMode::Off)
+            .then(|| ClientCertLayer::new().with_fallback(config.auth.upn_fallback));
         let enforce = match compliance {
             Some(compliance) => {
                 let header = config
@@ -168,6 +178,7 @@ impl Gateway {
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(sniffer)
                 .layer(RefuseNtlmLayer::new())
+                .option_layer(client_cert)
                 .option_layer(identify)
                 .layer(enforce.clone())
                 .service(ReverseProxy::new(client.clone(), ews_upstream))
@@ -178,6 +189,7 @@ impl Gateway {
                 .layer(ForwardedHeadersLayer::new())
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(RefuseNtlmLayer::new())
+                .option_layer(client_cert)
                 .option_layer(identify)
                 .layer(enforce.clone())
                 .service(ReverseProxy::new(client.clone(), exchange))
@@ -224,8 +236,15 @@ impl Gateway {
         let mut https_addr = None;
         let mut http_addr = None;
         if let (Some(addr), Some(files)) = (config.listen.https, &config.tls) {
-            let tls_config = tls::server_config(&files.cert, &files.key)?;
-            let server = Server::new(bind(addr).await?, config.server.clone()).with_tls(tls_config);
+            let mut server = Server::new(bind(addr).await?, config.server.clone());
+            match client_auth(&config)? {
+                Some(client_auth) => {
+                    let tls_config =
+                        tls::server_config_with_client_auth(&files.cert, &files.key, &client_auth)?;
+                    server = server.with_tls(tls_config).with_client_auth(client_auth);
+                }
+                None => server = server.with_tls(tls::server_config(&files.cert, &files.key)?),
+            }
             https_addr = Some(
                 server
                     .local_addr()
@@ -382,6 +401,23 @@ fn start_compliance(
         background.spawn(notifier.run(compliance.clone(), stopped(shutdown.subscribe())));
     }
     Ok((compliance, handle))
+}
+
+/// The TLS listener's client certificate settings (`[auth]`): the CA bundle, the CRLs, and the
+/// rule that a valid certificate names a user; `None` when `auth.client_cert` is `off`.
+fn client_auth(config: &Config) -> Result<Option<ClientAuth>, StartError> {
+    let auth = &config.auth;
+    if auth.client_cert == ClientCertMode::Off {
+        return Ok(None);
+    }
+    // Validation refuses this too; a configuration built in code may not have been validated.
+    let ca = auth
+        .client_ca
+        .as_ref()
+        .ok_or(StartError::NoClientCa(auth.client_cert))?;
+    let client_auth = ClientAuth::load(auth.client_cert, ca, &auth.crl)?;
+    Ok(client_auth
+        .map(|client_auth| client_auth.with_rule(Arc::new(UpnRule::new(auth.upn_fallback)))))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

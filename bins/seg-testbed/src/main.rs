@@ -3,7 +3,8 @@
 //! ```text
 //! seg-testbed demo
 //! seg-testbed exchange --listen 127.0.0.1:8443 --tls-cert server.pem --tls-key server.key \
-//!     --users users.json [--token-public-key token.pub.pem] [--minute-ms 60000]
+//!     --users users.json [--token-public-key token.pub.pem] [--minute-ms 60000] \
+//!     [--keytab exchange.keytab [--require-channel-binding]]
 //! seg-testbed uem --listen 127.0.0.1:8444 --devices devices.json [--tls-cert server.pem --tls-key server.key] \
 //!     [--webhook URL --webhook-secret S] [--tenant-code T --user U --password P] [--organization-group-id N]
 //! seg-testbed pki --dir ./pki [--name proxy.test.local]
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use seg_testbed::exchange::{ExchangeConfig, ExchangeServer, User};
+use seg_testbed::exchange::{ExchangeConfig, ExchangeServer, NegotiateConfig, User};
 use seg_testbed::pki::{self, TestPki};
 use seg_testbed::token::{DEFAULT_AUDIENCE, TokenIssuer, TokenVerifier};
 
@@ -114,6 +115,15 @@ struct ExchangeArgs {
     /// The back-end server name used in the affinity cookie.
     #[arg(long, default_value = "EXCH01")]
     server_name: String,
+    /// Accept `Authorization: Negotiate` (Kerberos in SPNEGO) with the system GSSAPI and the
+    /// service keys in this keytab (e.g. the test KDC's exchange.keytab), for any principal in
+    /// it; the KDC's krb5.conf can be given in KRB5_CONFIG. Negotiate is refused without it.
+    #[arg(long)]
+    keytab: Option<PathBuf>,
+    /// Extended Protection set to Require: accept only Negotiate tokens bound to the server's
+    /// TLS certificate (RFC 5929 tls-server-end-point channel bindings).
+    #[arg(long, requires = "keytab", requires = "tls_cert")]
+    require_channel_binding: bool,
 }
 
 fn main() -> ExitCode {
@@ -212,6 +222,10 @@ async fn exchange(args: ExchangeArgs) -> Result<(), BoxError> {
     config.minute = Duration::from_millis(args.minute_ms.max(1));
     config.keepalive_interval = Duration::from_millis(args.keepalive_ms.max(1));
     config.server_name = args.server_name;
+    config.negotiate = args.keytab.map(|keytab| NegotiateConfig {
+        keytab,
+        require_channel_binding: args.require_channel_binding,
+    });
     let users = config.users.len();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let server = ExchangeServer::spawn(listener, tls, config)?;

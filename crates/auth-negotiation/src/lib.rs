@@ -5,10 +5,14 @@
 //!
 //! - [`ntlm`]: refuses NTLM (directly or inside `Negotiate`) with `401`, never forwarding it;
 //! - [`identity`]: learns the user from Basic or Bearer credentials and passes it on as an
-//!   [`ews_proxy_core::identity::ClientIdentity`], the contract with the compliance layer.
-//!
-//! Still to come with the auth issue: certificate-based authentication answered with a
-//! Kerberos ticket from [`kcd_client`], and `remove.unsupported.auth.for.ews`.
+//!   [`ews_proxy_core::identity::ClientIdentity`], the contract with the compliance layer;
+//! - [`client_cert`]: learns the user from the UPN of the connection's valid client certificate
+//!   when the request carries no credentials (certificate-based authentication);
+//! - [`kcd`]: answers a certificate user's request with `Authorization: Negotiate` from a
+//!   constrained-delegation ticket ([`kcd_client`]), retrying once after a `401`, `503` when the
+//!   KDC fails;
+//! - [`challenges`]: `remove.unsupported.auth.for.ews`, takes NTLM (and, without a certificate,
+//!   Negotiate) out of Exchange's `WWW-Authenticate` challenges.
 //!
 //! ```
 //! use auth_negotiation::{identity::IdentifyLayer, ntlm::RefuseNtlmLayer};
@@ -26,7 +30,10 @@
 //! # let _ = stack;
 //! ```
 
+pub mod challenges;
+pub mod client_cert;
 pub mod identity;
+pub mod kcd;
 pub mod ntlm;
 
 pub use ews_proxy_core;

@@ -13,7 +13,27 @@ pub enum IdentitySource {
     /// A claim (`upn`, `preferred_username`, `email`) of an OAuth bearer token.
     Bearer,
     /// The UPN of a verified client certificate.
-    Certificate,
+    Certificate {
+        /// Which certificate: the SHA-256 of its DER encoding.
+        fingerprint: CertificateFingerprint,
+    },
+}
+
+/// The SHA-256 digest of a certificate's DER encoding, as administrators compare certificates.
+/// `Display` and `Debug` show it as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertificateFingerprint(pub [u8; 32]);
+
+impl std::fmt::Display for CertificateFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl std::fmt::Debug for CertificateFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertificateFingerprint({self})")
+    }
 }
 
 /// The user a request acts for.

@@ -8,7 +8,9 @@
 //! - A header timeout (also bounding the TLS handshake) and an idle timeout: a connection that
 //!   moves no byte either way for that long is closed. A streaming response that sends a
 //!   keep-alive every few seconds is never idle.
-//! - Each request carries a [`ConnectionInfo`] in its extensions (client address, TLS or not).
+//! - Each request carries a [`ConnectionInfo`] in its extensions (client address, TLS or not),
+//!   and a [`PeerCertificate`] when the client presented a certificate (see
+//!   [`Server::with_client_auth`]).
 //! - Shutdown: stop accepting, let in-flight requests finish for up to the grace period, then cut
 //!   what is left.
 //!
@@ -32,6 +34,7 @@
 
 use crate::body::BoxError;
 use crate::proxy::DisplayChain;
+use crate::tls::{CertificateRejection, ClientAuth};
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -40,6 +43,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,6 +63,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 /// What the listener knows of the connection a request came on.
+///
+/// The client certificate, when one was presented, is a separate extension,
+/// [`PeerCertificate`], so that this type stays `Copy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {
     remote_addr: SocketAddr,
@@ -79,6 +86,52 @@ impl ConnectionInfo {
     /// Whether the connection is TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+}
+
+/// The certificate a client presented on a TLS connection, and whether it is valid: in the
+/// extensions of every request on that connection.
+///
+/// Only present when the listener asked for client certificates
+/// ([`Server::with_client_auth`]) and the client sent one. In optional mode an invalid
+/// certificate is still recorded, with the reason it is not valid; in required mode an invalid
+/// one never completes the handshake. Cheap to clone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerCertificate {
+    chain: Arc<[CertificateDer<'static>]>,
+    valid: Result<(), CertificateRejection>,
+}
+
+impl PeerCertificate {
+    /// A presented `chain` (end entity first) and its validation outcome.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        valid: Result<(), CertificateRejection>,
+    ) -> Self {
+        PeerCertificate {
+            chain: chain.into(),
+            valid,
+        }
+    }
+
+    /// The chain as the client sent it, end entity first; never empty unless built so.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The client's own certificate (DER).
+    pub fn end_entity(&self) -> Option<&CertificateDer<'static>> {
+        self.chain.first()
+    }
+
+    /// `Ok` when the certificate is valid (see [`crate::tls::client_auth`]), else why not.
+    pub fn valid(&self) -> Result<(), &CertificateRejection> {
+        self.valid.as_ref().map(|_| ())
+    }
+
+    /// The client's certificate when it is valid: the one a user may be learnt from.
+    pub fn valid_end_entity(&self) -> Option<&CertificateDer<'static>> {
+        self.valid.is_ok().then(|| self.end_entity()).flatten()
     }
 }
 
@@ -114,6 +167,7 @@ impl Default for ServerSettings {
 pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    client_auth: Option<ClientAuth>,
     settings: ServerSettings,
 }
 
@@ -122,6 +176,10 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("listener", &self.listener)
             .field("tls", &self.tls.is_some())
+            .field(
+                "client_auth",
+                &self.client_auth.as_ref().map(ClientAuth::mode),
+            )
             .field("settings", &self.settings)
             .finish()
     }
@@ -133,6 +191,7 @@ impl Server {
         Server {
             listener,
             tls: None,
+            client_auth: None,
             settings,
         }
     }
@@ -140,6 +199,17 @@ impl Server {
     /// Serves TLS instead, with `config`.
     pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(TlsAcceptor::from(config));
+        self
+    }
+
+    /// Validates the certificate each TLS client presents with `client_auth` after the
+    /// handshake, and records the outcome in a [`PeerCertificate`] on each of its requests.
+    ///
+    /// The TLS configuration must ask for certificates with the same settings:
+    /// [`crate::tls::server_config_with_client_auth`]. A certificate that is not valid is logged,
+    /// once per connection, with the reason.
+    pub fn with_client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.client_auth = Some(client_auth);
         self
     }
 
@@ -166,6 +236,7 @@ impl Server {
         let Server {
             listener,
             tls,
+            client_auth,
             settings,
         } = self;
         let settings = Arc::new(settings);
@@ -211,7 +282,7 @@ impl Server {
             let service = service.clone();
             let watcher = graceful.watcher();
             let builder = builder.clone();
-            let tls = tls.clone();
+            let tls = tls.clone().map(|acceptor| (acceptor, client_auth.clone()));
             let settings = settings.clone();
             connections.spawn(async move {
                 let _permit = permit;
@@ -234,7 +305,7 @@ impl Server {
 async fn serve_connection<S, B>(
     stream: TcpStream,
     info: ConnectionInfo,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Option<ClientAuth>)>,
     service: S,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -250,15 +321,20 @@ async fn serve_connection<S, B>(
     B::Error: Into<BoxError>,
 {
     let activity = Activity::new();
-    let service = TowerToHyperService::new(tower::util::MapRequest::new(
-        service,
-        move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(info);
-            request
-        },
-    ));
+    let with_info = |peer: Option<PeerCertificate>| {
+        TowerToHyperService::new(tower::util::MapRequest::new(
+            service,
+            move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(info);
+                if let Some(peer) = &peer {
+                    request.extensions_mut().insert(peer.clone());
+                }
+                request
+            },
+        ))
+    };
     let result = match tls {
-        Some(acceptor) => {
+        Some((acceptor, client_auth)) => {
             let handshake = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
@@ -271,10 +347,12 @@ async fn serve_connection<S, B>(
                     return;
                 }
             };
+            let peer = peer_certificate(stream.get_ref().1, client_auth.as_ref(), info);
             let io = TokioIo::new(ActivityIo {
                 io: stream,
                 activity: activity.clone(),
             });
+            let service = with_info(peer);
             let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
             drive(connection, &activity, settings.idle_timeout).await
         }
@@ -283,6 +361,7 @@ async fn serve_connection<S, B>(
                 io: stream,
                 activity: activity.clone(),
             });
+            let service = with_info(None);
             let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
             drive(connection, &activity, settings.idle_timeout).await
         }
@@ -295,6 +374,23 @@ async fn serve_connection<S, B>(
         Some(Ok(())) => {}
         None => tracing::debug!(remote = %info.remote_addr(), "idle connection closed"),
     }
+}
+
+/// The client's certificate, validated once per connection (a connection's requests share it).
+fn peer_certificate(
+    connection: &rustls::ServerConnection,
+    client_auth: Option<&ClientAuth>,
+    info: ConnectionInfo,
+) -> Option<PeerCertificate> {
+    let chain = connection.peer_certificates().filter(|c| !c.is_empty())?;
+    let valid = match client_auth {
+        Some(client_auth) => client_auth.validate(chain),
+        None => Err(CertificateRejection::NotChecked),
+    };
+    if let Err(reason) = &valid {
+        tracing::info!(remote = %info.remote_addr(), %reason, "client certificate not valid: no certificate identity");
+    }
+    Some(PeerCertificate::new(chain.to_vec(), valid))
 }
 
 /// Runs a connection until it ends (`Some`) or stays idle for `idle` (`None`, and it is dropped).

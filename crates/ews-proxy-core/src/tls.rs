@@ -1,6 +1,8 @@
 //! TLS settings of both sides of the gateway, with rustls: the listener ENS connects to, and the
 //! client that connects to Exchange.
 //!
+//! The listener may ask clients for a certificate ([`ClientAuth`], see [`client_auth`]).
+//!
 //! Only TLS 1.2 and 1.3 are offered. The crypto provider is passed explicitly (ring), never taken
 //! from a process-wide default, so that an application embedding these crates can install its own.
 //!
@@ -27,6 +29,10 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub mod client_auth;
+
+pub use client_auth::{CertificateRejection, CertificateRule, ClientAuth, ClientCertMode};
 
 /// What went wrong while loading certificates, keys or trust stores.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,33 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    /// A certificate revocation list file could not be read.
+    #[error("cannot read certificate revocation list {path}")]
+    CrlFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file given as a certificate revocation list holds none.
+    #[error("no certificate revocation list in {path}")]
+    NoCrl {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate revocation list does not parse.
+    #[error("certificate revocation list {path} is not usable")]
+    BadCrl {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<rustls::server::VerifierBuilderError>,
+    },
+    /// rustls refused the client CA bundle and CRLs together (e.g. no usable CA).
+    #[error("client certificate verifier refused its settings")]
+    ClientVerifier(#[source] Box<rustls::server::VerifierBuilderError>),
     /// rustls refused the protocol versions (only possible with a custom provider).
     #[error("tls protocol versions not supported by the crypto provider")]
     Versions(#[source] rustls::Error),
@@ -120,12 +153,37 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 /// The listener's TLS configuration: certificate chain and key from PEM files, TLS 1.2 and 1.3,
 /// ALPN `h2` and `http/1.1`.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    listener_config(cert, key, None)
+}
+
+/// [`server_config`], asking clients for a certificate as `client_auth` says.
+///
+/// Give the same `client_auth` to
+/// [`Server::with_client_auth`](crate::server::Server::with_client_auth): in optional mode the
+/// chain is only validated there, after the handshake.
+pub fn server_config_with_client_auth(
+    cert: &Path,
+    key: &Path,
+    client_auth: &ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    listener_config(cert, key, Some(client_auth))
+}
+
+fn listener_config(
+    cert: &Path,
+    key: &Path,
+    client_auth: Option<&ClientAuth>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_certificates(cert)?;
     let private_key = load_private_key(key)?;
-    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+    let builder = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(TlsError::Versions)?
-        .with_no_client_auth()
+        .map_err(TlsError::Versions)?;
+    let builder = match client_auth {
+        Some(client_auth) => builder.with_client_cert_verifier(client_auth.verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, private_key)
         .map_err(|source| TlsError::BadIdentity {
             cert: cert.into(),

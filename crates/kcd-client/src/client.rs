@@ -120,6 +120,14 @@ pub struct NegotiateToken {
 }
 
 impl NegotiateToken {
+    /// A token from its bytes, as received or made elsewhere: for stand-ins of [`KcdClient`]
+    /// in tests of the layers that use it. The bytes are not checked.
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Self {
+            bytes: bytes.into(),
+        }
+    }
+
     /// The token's bytes (DER).
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes

@@ -3,81 +3,22 @@
 //! the caches. The proof that a ticket is alice's is independent of the client's own view: the
 //! ticket is decrypted with Exchange's keytab, written by MIT's kadmin.
 
-use std::sync::{Arc, Mutex, Weak};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kcd_client::crypto::EncType;
 use kcd_client::keytab::{Keytab, KeytabEntry, Principal};
 use kcd_client::spnego::{self, NegotiationToken};
 use kcd_client::{
-    ChannelBindings, Credentials, KcdClient, KcdConfig, KcdError, KcdRequest, RealmConfig,
-    TransportMode, UserName,
+    ChannelBindings, Credentials, KcdClient, KcdError, KcdRequest, TransportMode, UserName,
 };
 use rasn_kerberos::{ApReq, Authenticator, EncTicketPart, Ticket};
 use seg_testbed::kdc::{
-    DEFAULT_REALM, EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig, KdcService, OTHER_SERVICE,
-    RunningKdc,
+    DEFAULT_REALM, EXCHANGE_SERVICE, GATEWAY_SERVICE, OTHER_SERVICE, RunningKdc,
 };
+use support::{PASSWORD, PASSWORD_SERVICE, config, gateway, own_kdc, shared_kdc};
 use tower::ServiceExt as _;
-
-/// A service that logs in with a password, as an administrator enters a service account.
-const PASSWORD_SERVICE: &str = "HTTP/pwseg.test.local";
-const PASSWORD: &str = "Seg-service-pw-1";
-
-/// The default realm plus [`PASSWORD_SERVICE`].
-fn kdc_config() -> KdcConfig {
-    let mut config = KdcConfig::temporary();
-    config.services.push(
-        KdcService::new(PASSWORD_SERVICE, "pwseg.keytab")
-            .with_password(PASSWORD)
-            .delegating_to([EXCHANGE_SERVICE]),
-    );
-    config
-}
-
-/// The KDC the tests of this binary share while any of them runs; it stops when the last one
-/// using it finishes (a static would never be dropped and leave the daemons running).
-async fn shared_kdc() -> Arc<RunningKdc> {
-    static SHARED: Mutex<Weak<RunningKdc>> = Mutex::new(Weak::new());
-    tokio::task::spawn_blocking(|| {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kdc) = shared.upgrade() {
-            return kdc;
-        }
-        let kdc = Arc::new(Kdc::start(kdc_config()).expect("the test KDC starts"));
-        *shared = Arc::downgrade(&kdc);
-        kdc
-    })
-    .await
-    .unwrap()
-}
-
-/// A KDC of its own, for a test that stops and restarts it.
-async fn own_kdc() -> RunningKdc {
-    tokio::task::spawn_blocking(|| Kdc::start(kdc_config()).expect("the test KDC starts"))
-        .await
-        .unwrap()
-}
-
-fn config(kdc: &RunningKdc, service: &str, credentials: Credentials) -> KcdConfig {
-    let mut config = KcdConfig::new(
-        vec![RealmConfig::new("test.local", [kdc.addr().to_string()])],
-        service,
-        credentials,
-    );
-    config.attempt_timeout = Duration::from_secs(2);
-    config
-}
-
-fn gateway(kdc: &RunningKdc) -> KcdClient {
-    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf();
-    KcdClient::new(config(
-        kdc,
-        GATEWAY_SERVICE,
-        Credentials::KeytabFile(keytab),
-    ))
-    .unwrap()
-}
 
 fn alice() -> UserName {
     UserName::principal("alice", DEFAULT_REALM).unwrap()

@@ -1,4 +1,6 @@
-//! Test certificates: a private CA and a server certificate it signs, written as PEM files.
+//! Test certificates: a private CA and a server certificate it signs, written as PEM files;
+//! client certificates for certificate-based authentication, good and bad
+//! ([`TestPki::issue_client_cert`]), and revocation lists ([`TestPki::crl_pem`]).
 //!
 //! ```
 //! let dir = std::env::temp_dir().join(format!("pki-doc-{}", uuid::Uuid::new_v4()));
@@ -14,12 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, OtherNameValue, RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::client::provider;
 use crate::error::{Error, Result};
@@ -192,6 +195,244 @@ impl TestPki {
         }
         roots
     }
+}
+
+/// The OID of Microsoft's user principal name `otherName`, as rcgen spells it.
+const UPN_OID: [u64; 10] = [1, 3, 6, 1, 4, 1, 311, 20, 2, 3];
+
+/// When a test client certificate is valid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Validity {
+    /// From 1975 to 4096.
+    #[default]
+    Current,
+    /// During 2000 only.
+    Expired,
+    /// From 2090.
+    NotYetValid,
+}
+
+/// What a test client certificate may be used for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientUsage {
+    /// Key usage `digitalSignature`, extended key usage `clientAuth`: a proper client
+    /// certificate.
+    #[default]
+    ClientAuth,
+    /// Extended key usage `serverAuth` only.
+    ServerAuthOnly,
+    /// Key usage `keyEncipherment` only (no `digitalSignature`), extended key usage
+    /// `clientAuth`.
+    NoDigitalSignature,
+}
+
+/// How to make a test client certificate; [`ClientCertSpec::upn`] for a good one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCertSpec {
+    /// The subject's common name.
+    pub common_name: String,
+    /// A UPN `otherName` in the subject alternative names.
+    pub upn: Option<String>,
+    /// An `rfc822Name` in the subject alternative names.
+    pub email: Option<String>,
+    /// Instead of `upn` and `email`: a subject alternative names extension whose one name is a
+    /// UPN `otherName` with these bytes after its OID, verbatim (for hostile certificates).
+    pub raw_upn_value: Option<Vec<u8>>,
+    /// When it is valid.
+    pub validity: Validity,
+    /// What it may be used for.
+    pub usage: ClientUsage,
+}
+
+impl ClientCertSpec {
+    /// A proper client certificate naming `upn` in a UPN `otherName` (and as common name).
+    pub fn upn(upn: &str) -> Self {
+        ClientCertSpec {
+            common_name: upn.to_owned(),
+            upn: Some(upn.to_owned()),
+            ..ClientCertSpec::default()
+        }
+    }
+}
+
+/// A client certificate issued by a [`TestPki`].
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The certificate as PEM.
+    pub cert_pem: String,
+    /// The private key as PKCS#8 PEM.
+    pub key_pem: String,
+    /// The certificate's serial number, for [`TestPki::crl_pem`].
+    pub serial: u64,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCert {
+    /// A rustls client configuration presenting this certificate and trusting `roots`, for
+    /// [`crate::client::HttpClient::with_config`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPem`] or [`Error::Tls`] if rustls refuses the certificate or key.
+    pub fn client_config(&self, roots: RootCertStore) -> Result<Arc<ClientConfig>> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::InvalidPem(format!("unreadable certificate PEM: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| Error::InvalidPem(format!("no private key in the PEM: {e}")))?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(Error::Tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(Error::Tls)?;
+        Ok(Arc::new(config))
+    }
+}
+
+impl TestPki {
+    /// Issues a client certificate as `spec` says, signed by this CA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if rcgen refuses the names.
+    pub fn issue_client_cert(&self, spec: &ClientCertSpec) -> Result<ClientCert> {
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let key = KeyPair::generate().map_err(Error::Certificate)?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(Error::Certificate)?;
+        params.distinguished_name = name(&spec.common_name);
+        // Positive, below 2^63, so that it encodes the same way in the certificate and the CRL.
+        let serial = rand::random::<u64>() >> 1;
+        params.serial_number = Some(SerialNumber::from(serial));
+        if let Some(upn) = &spec.upn {
+            params.subject_alt_names.push(SanType::OtherName((
+                UPN_OID.to_vec(),
+                OtherNameValue::Utf8String(upn.clone()),
+            )));
+        }
+        if let Some(email) = &spec.email {
+            let email = email.as_str().try_into().map_err(Error::Certificate)?;
+            params.subject_alt_names.push(SanType::Rfc822Name(email));
+        }
+        if let Some(value) = &spec.raw_upn_value {
+            params.subject_alt_names.clear();
+            params.custom_extensions.push(raw_upn_san(value));
+        }
+        match spec.validity {
+            Validity::Current => {}
+            Validity::Expired => {
+                params.not_before = date_time_ymd(2000, 1, 1);
+                params.not_after = date_time_ymd(2001, 1, 1);
+            }
+            Validity::NotYetValid => {
+                params.not_before = date_time_ymd(2090, 1, 1);
+                params.not_after = date_time_ymd(2100, 1, 1);
+            }
+        }
+        let (key_usages, extended) = match spec.usage {
+            ClientUsage::ClientAuth => (
+                vec![KeyUsagePurpose::DigitalSignature],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            ClientUsage::ServerAuthOnly => (
+                vec![KeyUsagePurpose::DigitalSignature],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            ClientUsage::NoDigitalSignature => (
+                vec![KeyUsagePurpose::KeyEncipherment],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        };
+        params.key_usages = key_usages;
+        params.extended_key_usages = vec![extended];
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(Error::Certificate)?;
+        Ok(ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+
+    /// A CRL signed by this CA revoking the certificates with `serials`, as PEM; valid from a
+    /// day ago for a year.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if rcgen cannot sign it.
+    pub fn crl_pem(&self, serials: &[u64]) -> Result<String> {
+        self.crl(serials)?.pem().map_err(Error::Certificate)
+    }
+
+    /// [`TestPki::crl_pem`] as DER.
+    ///
+    /// # Errors
+    ///
+    /// As [`TestPki::crl_pem`].
+    pub fn crl_der(&self, serials: &[u64]) -> Result<Vec<u8>> {
+        Ok(self.crl(serials)?.der().to_vec())
+    }
+
+    fn crl(&self, serials: &[u64]) -> Result<rcgen::CertificateRevocationList> {
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86_400);
+        let this_update = (now - day).into();
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update: (now + 365 * day).into(),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: this_update,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&issuer).map_err(Error::Certificate)
+    }
+}
+
+/// A subject alternative names extension holding one UPN `otherName` with `value` (what follows
+/// the OID: normally `[0] EXPLICIT UTF8String`) verbatim.
+fn raw_upn_san(value: &[u8]) -> CustomExtension {
+    // DER of OID 1.3.6.1.4.1.311.20.2.3.
+    const OID: [u8; 12] = [
+        0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x14, 0x02, 0x03,
+    ];
+    let other_name = der_tlv(0xa0, &[&OID[..], value].concat());
+    CustomExtension::from_oid_content(&[2, 5, 29, 17], der_tlv(0x30, &other_name))
+}
+
+/// A DER tag-length-value with a definite length.
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// A self-signed certificate not issued by any [`TestPki`], to play an untrusted upstream.

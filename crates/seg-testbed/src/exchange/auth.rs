@@ -1,13 +1,25 @@
 //! Authentication as IIS does it in front of EWS: Basic against the users file, Bearer JWTs
-//! verified with the configured key, and, for now, a refusal of Negotiate and NTLM. Failures
-//! get 401 with the `Negotiate`, `NTLM` and `Basic realm` challenges as three headers.
+//! verified with the configured key, Negotiate (Kerberos in SPNEGO) accepted by the system
+//! GSSAPI when a keytab is configured (see [`super::negotiate`]), and a refusal of NTLM, also
+//! inside Negotiate. Failures get 401 with the `Negotiate`, `NTLM` and `Basic realm` challenges
+//! as three headers.
+//!
+//! Which user a Kerberos client is: Active Directory gives every account the implicit UPN
+//! `<sAMAccountName>@<DNS domain>`, and its realm is that domain in capitals, so the principal
+//! `alice@TEST.LOCAL` is the user whose UPN is `alice@test.local`. The rule here is exactly that:
+//! the principal, compared case-insensitively with the users' UPNs. Principals with an instance
+//! (`HTTP/host@REALM`), which are services and not users, match nobody.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderValue, header};
 
 use super::User;
+use super::negotiate::Acceptor;
 use crate::token::TokenVerifier;
+
+/// The first bytes of an NTLM message, which some clients wrap in `Negotiate`.
+const NTLMSSP: &[u8] = b"NTLMSSP\0";
 
 /// How a request authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +28,8 @@ pub(crate) enum Method {
     Basic,
     /// `Authorization: Bearer`.
     Bearer,
+    /// `Authorization: Negotiate`, Kerberos in SPNEGO.
+    Negotiate,
 }
 
 /// The authenticated user, acting on its own mailbox.
@@ -27,6 +41,9 @@ pub(crate) struct Principal {
     pub mailbox: String,
     /// How it authenticated.
     pub method: Method,
+    /// The GSSAPI token to return in `WWW-Authenticate: Negotiate` with the response, when the
+    /// client asked for mutual authentication.
+    pub negotiate_reply: Option<Vec<u8>>,
 }
 
 /// Why a request was refused.
@@ -38,15 +55,21 @@ pub(crate) enum Refusal {
     BadPassword,
     /// A bearer token that failed verification or names no known user.
     BadToken(String),
-    /// Negotiate or NTLM, which this stand-in does not accept yet.
+    /// A scheme this server does not accept: NTLM (also inside Negotiate), or Negotiate
+    /// without a keytab.
     Unsupported(&'static str),
+    /// A Negotiate token that is not base64, is empty, was refused by GSSAPI (bad, replayed,
+    /// unbound when Extended Protection requires bindings), or names no known user.
+    BadNegotiate(String),
 }
 
-/// Checks the request's `Authorization` header against the users and the token verifier.
-pub(crate) fn authenticate(
+/// Checks the request's `Authorization` header against the users, the token verifier and the
+/// Negotiate acceptor.
+pub(crate) async fn authenticate(
     headers: &HeaderMap,
     users: &[User],
     verifier: Option<&TokenVerifier>,
+    acceptor: Option<&Acceptor>,
 ) -> Result<Principal, Refusal> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -75,12 +98,49 @@ pub(crate) fn authenticate(
             .ok_or_else(|| Refusal::BadToken(format!("no mailbox for {upn}")))?;
         Ok(principal(user, Method::Bearer))
     } else if scheme.eq_ignore_ascii_case("Negotiate") {
-        Err(Refusal::Unsupported("Negotiate"))
+        // Decoded before anything else: garbage never reaches the GSSAPI.
+        let token = negotiate_token(credentials)?;
+        let acceptor = acceptor.ok_or(Refusal::Unsupported("Negotiate"))?;
+        let accepted = acceptor
+            .accept(token)
+            .await
+            .map_err(Refusal::BadNegotiate)?;
+        let user = find_kerberos_user(users, &accepted.client)
+            .ok_or_else(|| Refusal::BadNegotiate(format!("no mailbox for {}", accepted.client)))?;
+        Ok(Principal {
+            negotiate_reply: accepted.reply,
+            ..principal(user, Method::Negotiate)
+        })
     } else if scheme.eq_ignore_ascii_case("NTLM") {
         Err(Refusal::Unsupported("NTLM"))
     } else {
         Err(Refusal::NoCredentials)
     }
+}
+
+/// The binary token of `Authorization: Negotiate <base64>`, refused when it is not base64, is
+/// empty, or is NTLM.
+fn negotiate_token(credentials: &str) -> Result<Vec<u8>, Refusal> {
+    let token = STANDARD
+        .decode(credentials)
+        .map_err(|_| Refusal::BadNegotiate("the token is not base64".into()))?;
+    if token.is_empty() {
+        return Err(Refusal::BadNegotiate("the token is empty".into()));
+    }
+    if token.starts_with(NTLMSSP) {
+        return Err(Refusal::Unsupported("NTLM"));
+    }
+    Ok(token)
+}
+
+/// The user a Kerberos principal (`alice@TEST.LOCAL`) is: the one whose UPN is the principal,
+/// case-insensitively (see the module documentation).
+fn find_kerberos_user<'a>(users: &'a [User], client: &str) -> Option<&'a User> {
+    let (name, _realm) = client.rsplit_once('@')?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    users.iter().find(|u| u.upn.eq_ignore_ascii_case(client))
 }
 
 /// Finds a user by UPN, case-insensitively; `DOMAIN\user` is matched on the part before `@`.
@@ -103,6 +163,7 @@ fn principal(user: &User, method: Method) -> Principal {
         upn: user.upn.clone(),
         mailbox: user.mailbox.clone(),
         method,
+        negotiate_reply: None,
     }
 }
 
@@ -146,6 +207,14 @@ mod tests {
         }]
     }
 
+    /// Authenticates against [`users`], without a Negotiate acceptor.
+    fn check(headers: &HeaderMap, verifier: Option<&TokenVerifier>) -> Result<Principal, Refusal> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(authenticate(headers, &users(), verifier, None))
+    }
+
     fn with_auth(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
@@ -161,28 +230,25 @@ mod tests {
 
     #[test]
     fn basic_with_the_right_password_authenticates_case_insensitively() {
-        let principal = authenticate(&basic("ALICE@test.local", "s3cret"), &users(), None).unwrap();
+        let principal = check(&basic("ALICE@test.local", "s3cret"), None).unwrap();
         assert_eq!(principal.mailbox, "alice@test.local");
         assert_eq!(principal.method, Method::Basic);
-        assert!(authenticate(&basic("TEST\\alice", "s3cret"), &users(), None).is_ok());
+        assert!(check(&basic("TEST\\alice", "s3cret"), None).is_ok());
     }
 
     #[test]
     fn wrong_password_missing_header_and_garbage_are_refused() {
         assert_eq!(
-            authenticate(&basic("alice@test.local", "nope"), &users(), None),
+            check(&basic("alice@test.local", "nope"), None),
+            Err(Refusal::BadPassword)
+        );
+        assert_eq!(check(&HeaderMap::new(), None), Err(Refusal::NoCredentials));
+        assert_eq!(
+            check(&with_auth("Basic !!!"), None),
             Err(Refusal::BadPassword)
         );
         assert_eq!(
-            authenticate(&HeaderMap::new(), &users(), None),
-            Err(Refusal::NoCredentials)
-        );
-        assert_eq!(
-            authenticate(&with_auth("Basic !!!"), &users(), None),
-            Err(Refusal::BadPassword)
-        );
-        assert_eq!(
-            authenticate(&with_auth("NTLM TlRMTVNTUAABAAAA"), &users(), None),
+            check(&with_auth("NTLM TlRMTVNTUAABAAAA"), None),
             Err(Refusal::Unsupported("NTLM"))
         );
     }
@@ -194,28 +260,56 @@ mod tests {
         let token = issuer
             .issue("alice@test.local", std::time::Duration::from_secs(60))
             .unwrap();
-        let principal = authenticate(
-            &with_auth(&format!("Bearer {token}")),
-            &users(),
-            Some(&verifier),
-        )
-        .unwrap();
+        let principal = check(&with_auth(&format!("Bearer {token}")), Some(&verifier)).unwrap();
         assert_eq!(principal.method, Method::Bearer);
         let stranger = issuer
             .issue("mallory@test.local", std::time::Duration::from_secs(60))
             .unwrap();
         assert!(matches!(
-            authenticate(
-                &with_auth(&format!("Bearer {stranger}")),
-                &users(),
-                Some(&verifier)
-            ),
+            check(&with_auth(&format!("Bearer {stranger}")), Some(&verifier)),
             Err(Refusal::BadToken(_))
         ));
         assert!(matches!(
-            authenticate(&with_auth(&format!("Bearer {token}")), &users(), None),
+            check(&with_auth(&format!("Bearer {token}")), None),
             Err(Refusal::BadToken(_))
         ));
+    }
+
+    #[test]
+    fn garbage_negotiate_is_refused_before_any_gssapi_call() {
+        // No acceptor is configured: a refusal other than `Unsupported("Negotiate")` shows the
+        // header was judged without reaching for one.
+        let not_base64 = Refusal::BadNegotiate("the token is not base64".into());
+        assert_eq!(
+            check(&with_auth("Negotiate !!!not base64"), None),
+            Err(not_base64)
+        );
+        assert_eq!(
+            check(&with_auth("Negotiate"), None),
+            Err(Refusal::BadNegotiate("the token is empty".into()))
+        );
+        let ntlm = STANDARD.encode(b"NTLMSSP\0\x01\0\0\0\x07\x82\x08\xa2");
+        assert_eq!(
+            check(&with_auth(&format!("Negotiate {ntlm}")), None),
+            Err(Refusal::Unsupported("NTLM"))
+        );
+        // A well-formed token reaches the acceptor, which this server does not have.
+        assert_eq!(
+            check(&with_auth("Negotiate YIIBAA=="), None),
+            Err(Refusal::Unsupported("Negotiate"))
+        );
+    }
+
+    #[test]
+    fn kerberos_principals_map_to_the_user_with_that_upn() {
+        let users = users();
+        assert_eq!(
+            find_kerberos_user(&users, "alice@TEST.LOCAL").map(|u| u.upn.as_str()),
+            Some("alice@test.local")
+        );
+        assert!(find_kerberos_user(&users, "HTTP/alice@TEST.LOCAL").is_none());
+        assert!(find_kerberos_user(&users, "alice@OTHER.REALM").is_none());
+        assert!(find_kerberos_user(&users, "alice").is_none());
     }
 
     #[test]

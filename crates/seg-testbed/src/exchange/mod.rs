@@ -8,7 +8,10 @@
 //! `CreatedEvent`, and `GET /testbed/requests` lists the EWS requests received.
 //!
 //! Authentication is IIS's: Basic against the users, Bearer JWTs against the configured
-//! verifier, and 401 with `Negotiate`, `NTLM` and `Basic realm="<host>"` challenges otherwise.
+//! verifier, Negotiate (Kerberos in SPNEGO) accepted by the system GSSAPI with a keytab when
+//! [`ExchangeConfig::negotiate`] is set, optionally requiring channel bindings (Extended
+//! Protection), and 401 with `Negotiate`, `NTLM` and `Basic realm="<host>"` challenges
+//! otherwise. [`RecordedRequest::authenticated_user`] tells who a request was served as.
 //!
 //! ```
 //! use seg_testbed::exchange::{ExchangeConfig, ExchangeServer, User};
@@ -26,7 +29,9 @@
 //! ```
 
 mod auth;
+mod gss_cred;
 mod mailbox;
+mod negotiate;
 mod ops;
 mod push;
 mod responses;
@@ -58,6 +63,8 @@ use crate::error::{Error, Result};
 use crate::serve::Running;
 use crate::token::TokenVerifier;
 use subscriptions::{Store, mailbox_key};
+
+pub use negotiate::NegotiateConfig;
 
 /// The EWS endpoint path, compared case-insensitively.
 pub const EWS_PATH: &str = "/EWS/Exchange.asmx";
@@ -152,6 +159,9 @@ pub struct ExchangeConfig {
     pub users: Vec<User>,
     /// Verifies `Authorization: Bearer` tokens; `None` refuses them.
     pub token_verifier: Option<TokenVerifier>,
+    /// Accepts `Authorization: Negotiate` with the system GSSAPI and this keytab; `None` refuses
+    /// it (the `Negotiate` challenge is offered either way, as Exchange does).
+    pub negotiate: Option<NegotiateConfig>,
     /// The length of one EWS "minute" (`StatusFrequency`, `ConnectionTimeout`, pull `Timeout`),
     /// 60 s by default; tests shrink it.
     pub minute: Duration,
@@ -184,6 +194,7 @@ impl Default for ExchangeConfig {
         Self {
             users: Vec::new(),
             token_verifier: None,
+            negotiate: None,
             minute: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(30),
             server_name: "EXCH01".into(),
@@ -251,6 +262,9 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// The EWS operation (the local name of the SOAP body's first element), if any.
     pub operation: Option<String>,
+    /// The UPN of the user the request authenticated as (by any scheme), `None` when it was
+    /// refused or needs no authentication.
+    pub authenticated_user: Option<String>,
     /// The body.
     pub body: Bytes,
 }
@@ -265,7 +279,9 @@ impl ExchangeServer {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] if the listener's address cannot be read.
+    /// [`Error::Connect`] if the listener's address cannot be read; [`Error::File`] if
+    /// Negotiate is configured and GSSAPI cannot acquire credentials from its keytab (missing,
+    /// unreadable or empty).
     pub fn spawn(
         listener: TcpListener,
         tls: Option<Arc<ServerConfig>>,
@@ -275,6 +291,26 @@ impl ExchangeServer {
             addr: "the listener".into(),
             source,
         })?;
+        let (tls, acceptor) = match &config.negotiate {
+            None => (tls, None),
+            Some(negotiate) => {
+                // The acceptor learns the certificate the TLS presents (for channel bindings)
+                // from the configuration's resolver, wrapped to record what it serves.
+                let (tls, certificate) = match tls {
+                    None => (None, None),
+                    Some(tls) => {
+                        let certificate = Arc::new(negotiate::ServedCertificate::wrapping(
+                            tls.cert_resolver.clone(),
+                        ));
+                        let mut recording = (*tls).clone();
+                        recording.cert_resolver = certificate.clone();
+                        (Some(Arc::new(recording)), Some(certificate))
+                    }
+                };
+                let acceptor = negotiate::Acceptor::new(negotiate, certificate)?;
+                (tls, Some(acceptor))
+            }
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let push_client = match &config.push_roots {
             Some(roots) => HttpClient::trusting(roots.clone()),
@@ -289,6 +325,7 @@ impl ExchangeServer {
         }
         let shared = Arc::new(Shared {
             affinity_salt: rand::random(),
+            acceptor,
             config,
             store: Mutex::new(store),
             requests: Mutex::new(Vec::new()),
@@ -378,6 +415,7 @@ impl ExchangeHandle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: ExchangeConfig,
+    acceptor: Option<negotiate::Acceptor>,
     store: Mutex<Store>,
     requests: Mutex<Vec<RecordedRequest>>,
     shutdown: watch::Receiver<bool>,
@@ -460,6 +498,20 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         .as_ref()
         .and_then(|e| e.as_ref().ok())
         .and_then(soap::operation_name);
+    let is_service = path.starts_with("/ews/");
+    let authenticated = if is_service {
+        Some(
+            auth::authenticate(
+                &parts.headers,
+                &shared.config.users,
+                shared.config.token_verifier.as_ref(),
+                shared.acceptor.as_ref(),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     lock(&shared.requests).push(RecordedRequest {
         method: parts.method.clone(),
         uri: parts
@@ -469,23 +521,51 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             .unwrap_or_else(|| "/".into()),
         headers: parts.headers.clone(),
         operation,
+        authenticated_user: match &authenticated {
+            Some(Ok(principal)) => Some(principal.upn.clone()),
+            _ => None,
+        },
         body,
     });
-    if !path.starts_with("/ews/") {
-        return respond(StatusCode::NOT_FOUND, "text/plain", "not found");
-    }
-    let principal = match auth::authenticate(
-        &parts.headers,
-        &shared.config.users,
-        shared.config.token_verifier.as_ref(),
-    ) {
-        Ok(principal) => principal,
-        Err(refusal) => return unauthorized(&parts, &refusal),
+    let principal = match authenticated {
+        None => return respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
+        Some(Ok(principal)) => principal,
+        Some(Err(refusal)) => {
+            if let auth::Refusal::BadNegotiate(why) = &refusal {
+                tracing::warn!(reason = %why, "Negotiate authentication refused");
+            }
+            return unauthorized(&parts, &refusal);
+        }
     };
+    let mut response = serve(&shared, &parts, &path, envelope, &principal).await;
+    if let Some(reply) = &principal.negotiate_reply {
+        // The mutual-authentication token goes back with the response, as IIS sends it.
+        let value = format!(
+            "Negotiate {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, reply)
+        );
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+    }
+    response
+}
+
+/// Serves an authenticated request under `/EWS/`.
+async fn serve(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+    path: &str,
+    envelope: Option<std::result::Result<xml::Element, String>>,
+    principal: &auth::Principal,
+) -> Response<Body> {
+    let is_ews = path == EWS_PATH.to_ascii_lowercase();
     let is_wsdl = path == WSDL_PATH.to_ascii_lowercase();
     match (&parts.method, envelope) {
         (&Method::POST, Some(envelope)) => {
-            ops::handle(&shared, &principal, &parts.headers, envelope).await
+            ops::handle(shared, principal, &parts.headers, envelope).await
         }
         (&Method::GET, _) if is_ews => respond(
             StatusCode::OK,
@@ -567,6 +647,7 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &Bytes) -> Respon
                         "method": r.method.as_str(),
                         "uri": r.uri,
                         "operation": r.operation,
+                        "authenticated_user": r.authenticated_user,
                         "headers": r.headers.iter()
                             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                             .collect::<Vec<_>>(),
