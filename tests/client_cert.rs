@@ -6,7 +6,6 @@ mod support;
 
 use http::StatusCode;
 use seg_proxy::Gateway;
-use seg_proxy::config::Config;
 use seg_testbed::client::HttpClient;
 use seg_testbed::harness::{self, TestExchange, reserve_port, wait_until};
 use seg_testbed::pki::{ClientCert, ClientCertSpec, Validity};
@@ -113,30 +112,6 @@ impl Stand {
         let config = cert.client_config(self.exchange.pki.root_store()).unwrap();
         HttpClient::with_config(config).send(request).await.unwrap()
     }
-}
-
-/// `listen.https` with a certificate from Exchange's test CA, and `[auth]` asking for client
-/// certificates from the same CA.
-fn with_client_certificates(config: &mut Config, exchange: &TestExchange, dir: &std::path::Path) {
-    let (cert, key) = exchange
-        .pki
-        .issue_server_cert(&["localhost", "127.0.0.1"])
-        .unwrap();
-    let (cert_path, key_path, ca_path) = (
-        dir.join("gateway.pem"),
-        dir.join("gateway.key"),
-        dir.join("client-ca.pem"),
-    );
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    std::fs::write(&ca_path, exchange.pki.ca_pem()).unwrap();
-    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
-    config.tls = Some(seg_proxy::config::TlsFiles {
-        cert: cert_path,
-        key: key_path,
-    });
-    config.auth.client_cert = ews_proxy_core::tls::ClientCertMode::Optional;
-    config.auth.client_ca = Some(ca_path);
 }
 
 /// The gateway's compliance verdict header; absent on a request it lets through.

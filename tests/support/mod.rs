@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use seg_proxy::Gateway;
-use seg_proxy::config::{ComplianceConfig, Config};
+use seg_proxy::config::{ComplianceConfig, Config, TlsFiles};
 use seg_testbed::harness::{self, TestExchange};
 use seg_testbed::uem::{self, UemHandle};
 use std::path::PathBuf;
@@ -106,4 +106,51 @@ pub fn gateway_config(
         policy: Default::default(),
     });
     config
+}
+
+/// `listen.https` with a certificate from Exchange's test CA (for `localhost` and `127.0.0.1`,
+/// written into `dir`), and `[auth]` asking for optional client certificates from the same CA.
+pub fn with_client_certificates(
+    config: &mut Config,
+    exchange: &TestExchange,
+    dir: &std::path::Path,
+) {
+    let (cert, key) = exchange
+        .pki
+        .issue_server_cert(&["localhost", "127.0.0.1"])
+        .unwrap();
+    let (cert_path, key_path, ca_path) = (
+        dir.join("gateway.pem"),
+        dir.join("gateway.key"),
+        dir.join("client-ca.pem"),
+    );
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    std::fs::write(&ca_path, exchange.pki.ca_pem()).unwrap();
+    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(TlsFiles {
+        cert: cert_path,
+        key: key_path,
+    });
+    config.auth.client_cert = ews_proxy_core::tls::ClientCertMode::Optional;
+    config.auth.client_ca = Some(ca_path);
+}
+
+/// `https://localhost:PORT/EWS/Exchange.asmx` of a gateway's TLS listener.
+pub fn https_ews_url(gateway: &Gateway) -> String {
+    format!(
+        "https://localhost:{}/EWS/Exchange.asmx",
+        gateway.https_addr().expect("a TLS listener").port()
+    )
+}
+
+/// Sends `request` with `client`; fails the test after [`STEP`] or on a connection error.
+pub async fn send(
+    client: &seg_testbed::client::HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Response<Incoming> {
+    harness::within(STEP, "the response", client.send(request))
+        .await
+        .expect("a response within the step deadline")
+        .expect("the request is answered")
 }

@@ -51,9 +51,13 @@ pub struct Config {
 }
 
 /// `[auth]`: how clients authenticate to the gateway.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Auth {
+    /// The ways clients authenticate: `basic`, `oauth`, `cba-kcd`; default `["basic", "oauth"]`.
+    /// Basic and Bearer credentials pass through to Exchange; `cba-kcd` answers a request that
+    /// has a valid client certificate and no credentials with Kerberos from `[auth.kcd]`.
+    pub modes: Vec<AuthMode>,
     /// `off` (default), `optional` or `required`: whether `listen.https` asks clients for a
     /// certificate. In `optional` mode a client without a valid certificate still connects,
     /// without a certificate identity; in `required` mode its handshake fails.
@@ -66,6 +70,89 @@ pub struct Auth {
     /// `none` (default), `rfc822` or `cn`: where the user comes from when a client certificate
     /// has no UPN `otherName`. A certificate that names no user is not valid.
     pub upn_fallback: UpnFallback,
+    /// `[auth.kcd]`: the Kerberos constrained delegation of `cba-kcd`.
+    pub kcd: Option<Kcd>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            modes: vec![AuthMode::Basic, AuthMode::Oauth],
+            client_cert: ClientCertMode::Off,
+            client_ca: None,
+            crl: Vec::new(),
+            upn_fallback: UpnFallback::None,
+            kcd: None,
+        }
+    }
+}
+
+impl Auth {
+    /// Whether `auth.modes` contains `cba-kcd`.
+    pub fn cba_kcd(&self) -> bool {
+        self.modes.contains(&AuthMode::CbaKcd)
+    }
+}
+
+/// One way clients authenticate, in `auth.modes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// `Authorization: Basic`, passed through untouched.
+    Basic,
+    /// `Authorization: Bearer`, passed through untouched.
+    Oauth,
+    /// A client certificate, answered with Kerberos constrained delegation (`[auth.kcd]`).
+    CbaKcd,
+}
+
+/// `[auth.kcd]`: how the gateway gets Kerberos tickets to Exchange for certificate users.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kcd {
+    /// The `krb5.conf` naming the realms and their KDCs; its default realm comes first.
+    pub krb5_conf: PathBuf,
+    /// The keytab holding the gateway's keys.
+    pub keytab: PathBuf,
+    /// The gateway's principal in the keytab, e.g. `HTTP/seg.corp.example` (without `@REALM`,
+    /// krb5.conf's default realm).
+    pub service_principal: String,
+    /// Exchange's SPN; `HTTP/<host of exchange.ews_url, else exchange.url>` when absent.
+    #[serde(default)]
+    pub target_spn: Option<String>,
+    /// Extended Protection: bind tokens to the `tls-server-end-point` of Exchange's certificate,
+    /// read once at start (a new certificate at Exchange needs a restart of the gateway).
+    #[serde(default)]
+    pub channel_binding: bool,
+    /// How long getting one token from the KDC may take; `503` (`kcd-timeout`) beyond.
+    #[serde(default = "default_kcd_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_kcd_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// The EWS host's URL: `exchange.ews_url`, else `exchange.url`.
+    pub fn ews_url(&self) -> &str {
+        self.exchange
+            .ews_url
+            .as_deref()
+            .unwrap_or(&self.exchange.url)
+    }
+
+    /// Exchange's SPN for `cba-kcd`: `auth.kcd.target_spn`, else `HTTP/<EWS host>`; `None`
+    /// without `[auth.kcd]` or when the EWS URL has no host.
+    pub fn kcd_target_spn(&self) -> Option<String> {
+        let kcd = self.auth.kcd.as_ref()?;
+        if let Some(spn) = &kcd.target_spn {
+            return Some(spn.clone());
+        }
+        let uri: http::Uri = self.ews_url().parse().ok()?;
+        uri.host()
+            .map(|host| format!("HTTP/{}", host.trim_matches(['[', ']'])))
+    }
 }
 
 /// `[compliance]`: where device compliance comes from and how it is enforced.
@@ -450,6 +537,9 @@ impl Config {
         invalid: &impl Fn(&'static str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         let auth = &self.auth;
+        if auth.cba_kcd() {
+            self.validate_kcd(invalid)?;
+        }
         if auth.client_cert == ClientCertMode::Off {
             return Ok(());
         }
@@ -470,6 +560,66 @@ impl Config {
         for crl in &auth.crl {
             ClientAuth::load(auth.client_cert, ca, std::slice::from_ref(crl))
                 .map_err(|error| invalid("auth.crl", error_chain(&error)))?;
+        }
+        Ok(())
+    }
+
+    /// `cba-kcd`: client certificates asked for, and `[auth.kcd]` with a readable krb5.conf
+    /// naming a realm and a keytab the gateway can log in with (the CA is checked with the
+    /// other client certificate settings).
+    fn validate_kcd(
+        &self,
+        invalid: &impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.auth.client_cert == ClientCertMode::Off {
+            return Err(invalid(
+                "auth.modes",
+                "cba-kcd needs auth.client_cert optional or required".into(),
+            ));
+        }
+        let Some(kcd) = &self.auth.kcd else {
+            return Err(invalid(
+                "auth.kcd",
+                "is required when auth.modes contains cba-kcd".into(),
+            ));
+        };
+        let conf = kcd_client::krb5_conf::Krb5Conf::read(&kcd.krb5_conf)
+            .map_err(|error| invalid("auth.kcd.krb5_conf", error_chain(&error)))?;
+        if conf.realms.is_empty() {
+            return Err(invalid(
+                "auth.kcd.krb5_conf",
+                format!(
+                    "{}: no realm in [realms] names a kdc",
+                    kcd.krb5_conf.display()
+                ),
+            ));
+        }
+        kcd_client::keytab::Keytab::read(&kcd.keytab).map_err(|error| {
+            invalid(
+                "auth.kcd.keytab",
+                format!("{}: {}", kcd.keytab.display(), error_chain(&error)),
+            )
+        })?;
+        crate::kcd_client(kcd).map_err(|error| {
+            invalid(
+                "auth.kcd.service_principal",
+                format!(
+                    "{} with {} and {}: {}",
+                    kcd.service_principal,
+                    kcd.krb5_conf.display(),
+                    kcd.keytab.display(),
+                    error_chain(&error)
+                ),
+            )
+        })?;
+        if self.kcd_target_spn().is_none_or(|spn| spn.is_empty()) {
+            return Err(invalid(
+                "auth.kcd.target_spn",
+                "is empty and the EWS URL names no host".into(),
+            ));
+        }
+        if kcd.timeout.is_zero() {
+            return Err(invalid("auth.kcd.timeout", "must be more than zero".into()));
         }
         Ok(())
     }
@@ -712,6 +862,97 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("auth.client_cert "), "{error}");
+    }
+
+    #[test]
+    fn auth_modes_are_basic_and_oauth_by_default() {
+        let auth = Config::default().auth;
+        assert_eq!(auth.modes, vec![AuthMode::Basic, AuthMode::Oauth]);
+        assert!(!auth.cba_kcd() && auth.kcd.is_none());
+    }
+
+    #[test]
+    fn cba_kcd_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let krb5_conf = write(
+            &dir,
+            "krb5.conf",
+            "[libdefaults]\n default_realm = TEST.LOCAL\n[realms]\n TEST.LOCAL = {\n  kdc = 127.0.0.1:88\n }\n",
+        );
+        let no_realm = write(&dir, "empty-krb5.conf", "[libdefaults]\n");
+        let garbage = write(&dir, "garbage.keytab", "not a keytab");
+        let client_cert = format!(
+            "client_cert = \"optional\"\nclient_ca = \"{}\"\n",
+            dir.path().join("ca.pem").display()
+        );
+        let kcd = |conf: &Path, keytab: &Path| {
+            format!(
+                "[auth.kcd]\nkrb5_conf = \"{}\"\nkeytab = \"{}\"\nservice_principal = \"HTTP/seg.test.local\"\n",
+                conf.display(),
+                keytab.display()
+            )
+        };
+        let modes = "modes = [\"basic\", \"cba-kcd\"]\n";
+        let cases = [
+            (
+                format!("{modes}{}", kcd(&krb5_conf, &garbage)),
+                "auth.modes",
+                "cba-kcd",
+            ),
+            (format!("{modes}{client_cert}"), "auth.kcd", "cba-kcd"),
+            (
+                format!(
+                    "{modes}{client_cert}{}",
+                    kcd(&dir.path().join("missing.conf"), &garbage)
+                ),
+                "auth.kcd.krb5_conf",
+                "missing.conf",
+            ),
+            (
+                format!("{modes}{client_cert}{}", kcd(&no_realm, &garbage)),
+                "auth.kcd.krb5_conf",
+                "empty-krb5.conf",
+            ),
+            (
+                format!("{modes}{client_cert}{}", kcd(&krb5_conf, &garbage)),
+                "auth.kcd.keytab",
+                "garbage.keytab",
+            ),
+        ];
+        for (section, key, names) in cases {
+            let toml = with_auth(&dir, &section);
+            let error = Config::load_from(Some(&toml), None, no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(&format!("{key} ")), "{section}: {error}");
+            // A missing table has no file of its own; the others name the file that set them.
+            if key != "auth.kcd" {
+                assert!(error.contains("seg.toml"), "{section}: {error}");
+            }
+            assert!(error.contains(names), "{section}: {error}");
+        }
+    }
+
+    #[test]
+    fn kcd_target_spn_defaults_to_the_ews_host() {
+        let mut config = Config::default();
+        config.exchange.url = "https://mail.corp.example".into();
+        config.exchange.ews_url = Some("https://ews.corp.example:8443".into());
+        config.auth.kcd = Some(Kcd {
+            krb5_conf: "/etc/krb5.conf".into(),
+            keytab: "/etc/seg.keytab".into(),
+            service_principal: "HTTP/seg.corp.example".into(),
+            target_spn: None,
+            channel_binding: false,
+            timeout: default_kcd_timeout(),
+        });
+        assert_eq!(
+            config.kcd_target_spn().as_deref(),
+            Some("HTTP/ews.corp.example")
+        );
+        let printed = config.to_redacted_toml();
+        assert!(printed.contains("[auth.kcd]"), "{printed}");
+        assert!(printed.contains("timeout = \"10s\""), "{printed}");
     }
 
     #[test]

@@ -22,8 +22,10 @@ pub mod admin;
 pub mod config;
 pub mod properties;
 
+use auth_negotiation::challenges::StripChallengesLayer;
 use auth_negotiation::client_cert::{ClientCertLayer, UpnRule};
 use auth_negotiation::identity::IdentifyLayer;
+use auth_negotiation::kcd::{KcdAuthLayer, StaticChannelBinding};
 use auth_negotiation::ntlm::RefuseNtlmLayer;
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
 use compliance_policy::metrics::ComplianceMetrics;
@@ -46,14 +48,19 @@ use ews_proxy_core::upstream::UpstreamClient;
 use http::HeaderName;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use kcd_client::krb5_conf::Krb5Conf;
+use kcd_client::{Credentials, KcdClient, KcdConfig, KcdError};
 use prometheus_client::registry::Registry;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
+use tower::timeout::Timeout;
 use tower::util::BoxCloneSyncService;
 use tower_http::trace::TraceLayer;
 
@@ -75,6 +82,22 @@ pub enum StartError {
     /// The UEM settings cannot be used.
     #[error("uem settings refused")]
     Uem(#[source] compliance_policy::uem::UemSettingsError),
+    /// `auth.modes` contains `cba-kcd` but the Kerberos client cannot be made from
+    /// `[auth.kcd]`.
+    #[error("auth.kcd cannot be used")]
+    Kcd(#[source] KcdError),
+    /// `auth.modes` contains `cba-kcd` without `[auth.kcd]`, or without a target SPN.
+    #[error("{0} is required when auth.modes contains cba-kcd")]
+    KcdMissing(&'static str),
+    /// `auth.kcd.channel_binding` is on but Exchange's certificate could not be read at start.
+    #[error("auth.kcd.channel_binding: cannot read the certificate of exchange at {url}")]
+    ChannelBinding {
+        /// The EWS URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -123,14 +146,21 @@ impl Gateway {
     /// 8. NTLM refused with `401`, never forwarded;
     /// 9. the user learnt from the connection's valid client certificate (its UPN) when the
     ///    request has no `Authorization` header (only with `auth.client_cert` not `off`);
-    /// 10. the user learnt from Basic or Bearer credentials, for the compliance layer (only
+    /// 10. (EWS only, with `ews.remove_unsupported_auth`) Exchange's `NTLM` challenges removed
+    ///     from responses, and its `Negotiate` challenge when the client has no valid
+    ///     certificate;
+    /// 11. the user learnt from Basic or Bearer credentials, for the compliance layer (only
     ///     with `[compliance]`);
-    /// 11. compliance: the device's decision (counted in the state's metrics), `403` when
+    /// 12. compliance: the device's decision (counted in the state's metrics), `403` when
     ///     blocked, streams cut on a block (a pass-through without `[compliance]`);
-    /// 12. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
+    /// 13. (EWS only, with `cba-kcd` in `auth.modes`) a request with a valid certificate and no
+    ///     `Authorization` gets `Negotiate` from Kerberos constrained delegation (`kcd`); a KDC
+    ///     failure is a `503`;
+    /// 14. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
     pub fn build_service(
         config: &Config,
         compliance: Option<&Compliance>,
+        kcd: Option<&KcdSetup>,
         metrics: &ProxyMetrics,
     ) -> Result<GatewayService, StartError> {
         let trust = UpstreamTrust {
@@ -153,6 +183,11 @@ impl Gateway {
         // does not depend on `[compliance]`.
         let client_cert = (config.auth.client_cert != ClientCertMode::Off)
             .then(|| ClientCertLayer::new().with_fallback(config.auth.upn_fallback));
+        let strip_challenges = config
+            .ews
+            .remove_unsupported_auth
+            .then(StripChallengesLayer::new);
+        let kcd_auth = kcd.map(KcdSetup::layer);
         let enforce = match compliance {
             Some(compliance) => {
                 let header = config
@@ -179,8 +214,10 @@ impl Gateway {
                 .layer(sniffer)
                 .layer(RefuseNtlmLayer::new())
                 .option_layer(client_cert)
+                .option_layer(strip_challenges)
                 .option_layer(identify)
                 .layer(enforce.clone())
+                .option_layer(kcd_auth)
                 .service(ReverseProxy::new(client.clone(), ews_upstream))
         });
         let activesync = config.activesync.enable_proxy.then(|| {
@@ -230,8 +267,13 @@ impl Gateway {
             None => None,
         };
         let registry = Arc::new(registry);
-        let service =
-            Self::build_service(&config, compliance.as_ref().map(|(c, _)| c), &proxy_metrics)?;
+        let kcd = KcdSetup::prepare(&config).await?;
+        let service = Self::build_service(
+            &config,
+            compliance.as_ref().map(|(c, _)| c),
+            kcd.as_ref(),
+            &proxy_metrics,
+        )?;
         let mut listeners = JoinSet::new();
         let mut https_addr = None;
         let mut http_addr = None;
@@ -343,6 +385,151 @@ impl Gateway {
         self.shutdown().await;
         tracing::info!("seg-proxy stopped");
     }
+}
+
+/// What `cba-kcd` makes once at start: the Kerberos client (its ticket cache shared by every
+/// request), Exchange's SPN, and the channel binding of Exchange's certificate when
+/// `auth.kcd.channel_binding` is on.
+#[derive(Clone, Debug)]
+pub struct KcdSetup {
+    client: KcdClient,
+    target_spn: String,
+    realm: String,
+    timeout: Duration,
+    channel_binding: Option<StaticChannelBinding>,
+}
+
+impl KcdSetup {
+    /// The set-up `config` asks for: `None` unless `auth.modes` contains `cba-kcd`.
+    ///
+    /// With `auth.kcd.channel_binding` this connects once to the EWS host, trusting what the
+    /// upstream client trusts, and hashes the certificate it presents: Exchange must be
+    /// reachable at start, and a new certificate at Exchange needs a restart.
+    pub async fn prepare(config: &Config) -> Result<Option<KcdSetup>, StartError> {
+        if !config.auth.cba_kcd() {
+            return Ok(None);
+        }
+        let kcd = config
+            .auth
+            .kcd
+            .as_ref()
+            .ok_or(StartError::KcdMissing("auth.kcd"))?;
+        let target_spn = config
+            .kcd_target_spn()
+            .ok_or(StartError::KcdMissing("auth.kcd.target_spn"))?;
+        let client = kcd_client(kcd).map_err(StartError::Kcd)?;
+        // The client qualified the principal with its realm (krb5.conf's default one).
+        let realm = client
+            .service_principal()
+            .rsplit_once('@')
+            .map(|(_, realm)| realm.to_owned())
+            .unwrap_or_default();
+        let channel_binding = if kcd.channel_binding {
+            Some(exchange_channel_binding(config, kcd.timeout).await?)
+        } else {
+            None
+        };
+        Ok(Some(KcdSetup {
+            client,
+            target_spn,
+            realm,
+            timeout: kcd.timeout,
+            channel_binding,
+        }))
+    }
+
+    /// The client, e.g. for its counters.
+    pub fn client(&self) -> &KcdClient {
+        &self.client
+    }
+
+    /// The layer: the client behind a timeout, UPNs read in the service principal's realm.
+    fn layer(&self) -> KcdAuthLayer<Timeout<KcdClient>> {
+        let tokens = Timeout::new(self.client.clone(), self.timeout);
+        let layer = KcdAuthLayer::new(tokens, self.client.clone(), self.target_spn.clone())
+            .with_default_realm(self.realm.clone());
+        match &self.channel_binding {
+            Some(binding) => layer.with_channel_binding(binding.clone()),
+            None => layer,
+        }
+    }
+}
+
+/// The Kerberos client of `[auth.kcd]`, logged in with nothing yet (the first request does).
+pub fn kcd_client(kcd: &config::Kcd) -> Result<KcdClient, KcdError> {
+    kcd_client_from(&kcd.krb5_conf, &kcd.keytab, &kcd.service_principal)
+}
+
+/// A Kerberos client for `service` with the realms of `krb5_conf` (its default realm first:
+/// a principal without `@REALM` belongs to it) and the keys of `keytab`.
+pub fn kcd_client_from(
+    krb5_conf: &Path,
+    keytab: &Path,
+    service: &str,
+) -> Result<KcdClient, KcdError> {
+    let conf = Krb5Conf::read(krb5_conf)?;
+    let mut realms = conf.realms;
+    if let Some(default) = &conf.default_realm
+        && let Some(index) = realms.iter().position(|r| &r.realm == default)
+    {
+        let realm = realms.remove(index);
+        realms.insert(0, realm);
+    }
+    KcdClient::new(KcdConfig::new(
+        realms,
+        service.to_owned(),
+        Credentials::KeytabFile(keytab.to_owned()),
+    ))
+}
+
+/// The RFC 5929 `tls-server-end-point` hash of the certificate the EWS host presents, read over
+/// one TLS connection made with the upstream client's trust.
+async fn exchange_channel_binding(
+    config: &Config,
+    timeout: Duration,
+) -> Result<StaticChannelBinding, StartError> {
+    let url = config.ews_url().to_owned();
+    let fail = |source: std::io::Error| StartError::ChannelBinding {
+        url: url.clone(),
+        source,
+    };
+    let other = |message: String| fail(std::io::Error::other(message));
+    let uri: http::Uri = url.parse().map_err(|_| StartError::Url(url.clone()))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(other("channel bindings need an https:// URL".into()));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| StartError::Url(url.clone()))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let trust = UpstreamTrust {
+        trust_store: config.exchange.trust_store.clone(),
+        ignore_ssl_errors: config.exchange.ignore_ssl_errors,
+    };
+    let tls_config = tls::upstream_client_config(&trust)?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| other(format!("{host} is not a server name: {e}")))?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+            .connect(name, tcp)
+            .await
+    };
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| other(format!("no TLS handshake within {timeout:?}")))?
+        .map_err(fail)?;
+    let der = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| other("exchange presented no certificate".into()))?;
+    let hash = kcd_client::tls_server_end_point_hash(der)
+        .map_err(|e| other(format!("cannot hash exchange's certificate: {e}")))?;
+    Ok(StaticChannelBinding(hash))
 }
 
 /// Starts the compliance side: the state (from the saved snapshot, if any), the UEM sync loop,

@@ -83,6 +83,12 @@ fn main() -> ExitCode {
             }
             println!("# effective configuration (defaults, file, properties, environment)");
             println!("# compliance: not configured: plain EWS proxy, no device is blocked");
+            if loaded.config.auth.cba_kcd() {
+                println!(
+                    "# auth: cba-kcd: certificate users get Kerberos for {}",
+                    loaded.config.kcd_target_spn().unwrap_or_default()
+                );
+            }
             print!("{}", loaded.config.to_redacted_toml());
             ExitCode::SUCCESS
         }
@@ -121,23 +127,8 @@ fn main() -> ExitCode {
 
 /// `seg-proxy kcd-token`: one S4U2Self + S4U2Proxy exchange, as the gateway would make it.
 fn kcd_token(args: &KcdToken) -> ExitCode {
-    use kcd_client::krb5_conf::Krb5Conf;
-    use kcd_client::{Credentials, KcdClient, KcdConfig};
     let result = (|| -> Result<String, kcd_client::KcdError> {
-        let conf = Krb5Conf::read(&args.krb5_conf)?;
-        let mut realms = conf.realms;
-        // The default realm first: a service principal without @REALM belongs to it.
-        if let Some(default) = &conf.default_realm
-            && let Some(index) = realms.iter().position(|r| &r.realm == default)
-        {
-            let realm = realms.remove(index);
-            realms.insert(0, realm);
-        }
-        let client = KcdClient::new(KcdConfig::new(
-            realms,
-            args.service.clone(),
-            Credentials::KeytabFile(args.keytab.clone()),
-        ))?;
+        let client = seg_proxy::kcd_client_from(&args.krb5_conf, &args.keytab, &args.service)?;
         let user = client.user_name(&args.user)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,0 +1,187 @@
+//! Certificate-based authentication answered with Kerberos, end to end: a client presents a
+//! certificate naming `alice@TEST.LOCAL` and no credentials; the gateway gets a ticket to
+//! Exchange on her behalf from the real MIT KDC (S4U2Self + S4U2Proxy) and the test Exchange
+//! accepts it with the system GSSAPI.
+
+mod support;
+
+use http::StatusCode;
+use http::header::WWW_AUTHENTICATE;
+use seg_proxy::Gateway;
+use seg_proxy::config::{AuthMode, Kcd};
+use seg_testbed::client::HttpClient;
+use seg_testbed::exchange::NegotiateConfig;
+use seg_testbed::harness::TestExchange;
+use seg_testbed::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig, RunningKdc};
+use seg_testbed::pki::ClientCertSpec;
+use std::time::Duration;
+use support::*;
+
+const GET_FOLDER: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+
+/// Whether Exchange requires Extended Protection, and the gateway binds its tokens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Binding {
+    Off,
+    Required,
+}
+
+/// A KDC, Exchange accepting Negotiate with its keytab, and a gateway with `cba-kcd` and
+/// `ews.remove_unsupported_auth` whose TLS listener asks for client certificates.
+struct Stand {
+    kdc: RunningKdc,
+    exchange: TestExchange,
+    gateway: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+impl Stand {
+    async fn start(binding: Binding) -> Stand {
+        let dir = tempfile::tempdir().unwrap();
+        let kdc = tokio::task::spawn_blocking(|| Kdc::start(KdcConfig::temporary()))
+            .await
+            .unwrap()
+            .expect("the test KDC starts");
+        let exchange_keytab = kdc.keytab(EXCHANGE_SERVICE).unwrap().to_path_buf();
+        let exchange = TestExchange::start(|config| {
+            let negotiate = NegotiateConfig::new(exchange_keytab);
+            config.negotiate = Some(match binding {
+                Binding::Off => negotiate,
+                Binding::Required => negotiate.requiring_channel_binding(),
+            });
+        })
+        .await
+        .unwrap();
+        let mut config = config_for(&exchange.server.base_url());
+        let ca = dir.path().join("exchange-ca.pem");
+        std::fs::write(&ca, exchange.pki.ca_pem()).unwrap();
+        config.exchange.trust_store = Some(ca);
+        config.ews.remove_unsupported_auth = true;
+        with_client_certificates(&mut config, &exchange, dir.path());
+        config.auth.modes = vec![AuthMode::Basic, AuthMode::Oauth, AuthMode::CbaKcd];
+        config.auth.kcd = Some(Kcd {
+            krb5_conf: kdc.krb5_conf(),
+            keytab: kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf(),
+            service_principal: GATEWAY_SERVICE.into(),
+            target_spn: Some(EXCHANGE_SERVICE.into()),
+            channel_binding: binding == Binding::Required,
+            timeout: Duration::from_secs(10),
+        });
+        let gateway = start(config).await;
+        Stand {
+            kdc,
+            exchange,
+            gateway,
+            _dir: dir,
+        }
+    }
+
+    /// A GetFolder without credentials over the TLS listener, presenting a certificate naming
+    /// `alice@TEST.LOCAL` when `with_certificate`.
+    async fn get_folder(&self, with_certificate: bool) -> http::Response<hyper::body::Incoming> {
+        let request = soap_request(&https_ews_url(&self.gateway), GET_FOLDER);
+        let client = if with_certificate {
+            let cert = self
+                .exchange
+                .pki
+                .issue_client_cert(&ClientCertSpec::upn("alice@TEST.LOCAL"))
+                .unwrap();
+            HttpClient::with_config(cert.client_config(self.exchange.pki.root_store()).unwrap())
+        } else {
+            HttpClient::trusting(self.exchange.pki.root_store())
+        };
+        send(&client, request).await
+    }
+
+    /// The users Exchange saw authenticate, one per request that reached it.
+    fn exchange_users(&self) -> Vec<Option<String>> {
+        self.exchange
+            .server
+            .requests()
+            .into_iter()
+            .map(|request| request.authenticated_user)
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.gateway.shutdown().await;
+        let kdc = self.kdc;
+        tokio::task::spawn_blocking(move || drop(kdc))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_without_credentials_reaches_exchange_as_its_user_by_kerberos() {
+    let stand = Stand::start(Binding::Off).await;
+
+    let response = stand.get_folder(true).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        stand.exchange_users(),
+        vec![Some("alice@test.local".to_owned())]
+    );
+    stand.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kerberos_token_is_bound_to_exchange_s_certificate_when_extended_protection_requires_it() {
+    let stand = Stand::start(Binding::Required).await;
+
+    let response = stand.get_folder(true).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        stand.exchange_users(),
+        vec![Some("alice@test.local".to_owned())]
+    );
+    stand.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_certificate_and_no_credentials_leaves_only_the_basic_challenge() {
+    let stand = Stand::start(Binding::Off).await;
+
+    let response = stand.get_folder(false).await;
+
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenges: Vec<String> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !challenges.is_empty()
+            && challenges
+                .iter()
+                .all(|c| c.trim_start().to_ascii_lowercase().starts_with("basic")),
+        "{challenges:?}"
+    );
+    stand.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kdc_down_is_a_503_and_nothing_reaches_exchange() {
+    let mut stand = Stand::start(Binding::Off).await;
+    let mut kdc = stand.kdc;
+    stand.kdc = tokio::task::spawn_blocking(move || {
+        kdc.stop_kdc();
+        kdc
+    })
+    .await
+    .unwrap();
+
+    let response = stand.get_folder(true).await;
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.headers().get("x-seg-fault").unwrap(),
+        "kcd-unavailable"
+    );
+    assert!(text(response).await.contains("Fault"));
+    assert!(stand.exchange_users().is_empty());
+    stand.stop().await;
+}
