@@ -44,8 +44,9 @@ mock_ens=$target_dir/release/mock-ens
 for binary in "$seg_proxy" "$seg_testbed" "$mock_ens"; do
   [ -x "$binary" ] || die "missing $binary"
 done
-# One socket per stream in mock-ens and in the gateway, plus pools and files.
-needed=$((devices + 2000))
+# Sockets per stream: one in mock-ens; two in the gateway (the client's, and its own HTTP/1.1
+# connection to Exchange: see UpstreamClient's docs); plus pools and files.
+needed=$((2 * devices + 1000))
 [ "$(ulimit -Hn)" -ge "$needed" ] || die "the hard open-files limit $(ulimit -Hn) is below $needed"
 ulimit -n "$needed"
 
