@@ -82,7 +82,15 @@ fn main() -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             println!("# effective configuration (defaults, file, properties, environment)");
-            println!("# compliance: not configured: plain EWS proxy, no device is blocked");
+            match &loaded.config.compliance {
+                Some(compliance) => println!(
+                    "# compliance: devices from {}, unknown devices: {:?}",
+                    compliance.uem_url, compliance.unknown_device
+                ),
+                None => {
+                    println!("# compliance: not configured: plain EWS proxy, no device is blocked")
+                }
+            }
             if loaded.config.auth.cba_kcd() {
                 println!(
                     "# auth: cba-kcd: certificate users get Kerberos for {}",

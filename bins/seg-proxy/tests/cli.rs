@@ -170,3 +170,34 @@ fn kcd_token_prints_a_spnego_token_or_the_kdc_refusal() {
     assert!(refused.stdout.is_empty());
     assert!(stderr.contains("delegat"), "{stderr}");
 }
+
+#[test]
+fn check_config_says_where_compliance_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "seg.toml",
+        "[listen]\nhttp = \"127.0.0.1:8080\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+         [compliance]\nuem_url = \"https://uem.corp.example\"\nuem_tenant_code = \"code\"\n\
+         uem_user = \"api\"\nuem_password = \"secret-password\"\n",
+    );
+    let output = Command::new(BINARY)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "# compliance: devices from https://uem.corp.example, unknown devices: Block"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not configured"), "{stdout}");
+    assert!(!stdout.contains("secret-password"), "{stdout}");
+}
