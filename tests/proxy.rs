@@ -571,3 +571,30 @@ async fn ntlm_is_refused_with_401_and_never_forwarded() {
     }
     assert!(exchange.requests().is_empty());
 }
+
+#[tokio::test]
+async fn credentials_of_a_mode_not_enabled_are_refused_and_not_forwarded() {
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.auth.modes = vec![seg_proxy::config::AuthMode::Oauth];
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let with = |authorization: &str| {
+        seg_testbed::harness::ews_request(&url, Some(authorization), &[], soap(GET_ITEM)).unwrap()
+    };
+
+    let basic = client().send(with("Basic YWxpY2U6cHc=")).await.unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(basic.headers()["x-seg-fault"], "basic-not-enabled");
+    assert!(
+        exchange.requests().is_empty(),
+        "a refused password never reaches Exchange"
+    );
+
+    let bearer = client()
+        .send(with("Bearer eyJ0eXAiOiJKV1QifQ.e30.sig"))
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+    assert_eq!(exchange.requests().len(), 1);
+}

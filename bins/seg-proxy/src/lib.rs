@@ -27,6 +27,7 @@ use auth_negotiation::client_cert::{ClientCertLayer, UpnRule};
 use auth_negotiation::identity::IdentifyLayer;
 use auth_negotiation::kcd::{KcdAuthLayer, StaticChannelBinding};
 use auth_negotiation::ntlm::RefuseNtlmLayer;
+use auth_negotiation::schemes::RefuseSchemesLayer;
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
 use compliance_policy::metrics::ComplianceMetrics;
 use compliance_policy::notify::EnsNotifier;
@@ -143,7 +144,8 @@ impl Gateway {
     /// 5. `X-Forwarded-*`;
     /// 6. request body limit (`413`);
     /// 7. (EWS only) the operation sniffer;
-    /// 8. NTLM refused with `401`, never forwarded;
+    /// 8. NTLM refused with `401`, never forwarded; so are Basic or Bearer credentials when
+    ///    `basic` or `oauth` is not in `auth.modes`;
     /// 9. the user learnt from the connection's valid client certificate (its UPN) when the
     ///    request has no `Authorization` header (only with `auth.client_cert` not `off`);
     /// 10. (EWS only, with `ews.remove_unsupported_auth`) Exchange's `NTLM` challenges removed
@@ -187,6 +189,15 @@ impl Gateway {
             .ews
             .remove_unsupported_auth
             .then(StripChallengesLayer::new);
+        // Credentials of a mode left out of `auth.modes` are refused, never passed on.
+        let mut refuse_schemes = RefuseSchemesLayer::new();
+        if !config.auth.modes.contains(&config::AuthMode::Basic) {
+            refuse_schemes = refuse_schemes.refusing_basic();
+        }
+        if !config.auth.modes.contains(&config::AuthMode::Oauth) {
+            refuse_schemes = refuse_schemes.refusing_bearer();
+        }
+        let refuse_schemes = refuse_schemes.refuses_any().then_some(refuse_schemes);
         let kcd_auth = kcd.map(KcdSetup::layer);
         let enforce = match compliance {
             Some(compliance) => {
@@ -213,6 +224,7 @@ impl Gateway {
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(sniffer)
                 .layer(RefuseNtlmLayer::new())
+                .option_layer(refuse_schemes)
                 .option_layer(client_cert)
                 .option_layer(strip_challenges)
                 .option_layer(identify)
@@ -226,6 +238,7 @@ impl Gateway {
                 .layer(ForwardedHeadersLayer::new())
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(RefuseNtlmLayer::new())
+                .option_layer(refuse_schemes)
                 .option_layer(client_cert)
                 .option_layer(identify)
                 .layer(enforce.clone())

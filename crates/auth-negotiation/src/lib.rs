@@ -4,6 +4,7 @@
 //! the compliance layer and the reverse proxy:
 //!
 //! - [`ntlm`]: refuses NTLM (directly or inside `Negotiate`) with `401`, never forwarding it;
+//! - [`schemes`]: refuses Basic or Bearer credentials when that mode is not enabled;
 //! - [`identity`]: learns the user from Basic or Bearer credentials and passes it on as an
 //!   [`ews_proxy_core::identity::ClientIdentity`], the contract with the compliance layer;
 //! - [`client_cert`]: learns the user from the UPN of the connection's valid client certificate
@@ -35,6 +36,7 @@ pub mod client_cert;
 pub mod identity;
 pub mod kcd;
 pub mod ntlm;
+pub mod schemes;
 
 pub use ews_proxy_core;
 pub use kcd_client;
