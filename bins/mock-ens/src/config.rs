@@ -1,8 +1,9 @@
 //! mock-ens configuration: plain data loaded by figment (defaults < TOML file < `ENS_*`
 //! environment) and validated once at start, with errors naming the key and its source.
 
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::{Figment, Metadata};
+use seg_config::{check_http_url as check_url, describe, origin};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -196,49 +197,6 @@ impl Config {
                 PathBuf::from(name)
             }
         }
-    }
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url} is not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("https" | "http"), Some(_)) => Ok(()),
-        _ => Err(format!(
-            "{url} must be an http:// or https:// URL with a host"
-        )),
-    }
-}
-
-/// Every error figment collected, each as `key (from source): problem`.
-fn describe(error: &figment::Error) -> String {
-    error
-        .clone()
-        .into_iter()
-        .map(|error| {
-            let key = if error.path.is_empty() {
-                "configuration".to_owned()
-            } else {
-                error.path.join(".")
-            };
-            format!(
-                "{key} (from {}): {}",
-                origin(error.metadata.as_ref()),
-                error.kind
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn origin(metadata: Option<&Metadata>) -> String {
-    match metadata {
-        Some(metadata) => match &metadata.source {
-            Some(source) => format!("{} {source}", metadata.name),
-            None => metadata.name.to_string(),
-        },
-        None => "defaults".into(),
     }
 }
 

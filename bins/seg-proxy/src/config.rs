@@ -15,8 +15,9 @@ use compliance_policy::policy::{PolicySettings, UnknownDevice};
 use ews_proxy_core::server::ServerSettings;
 use ews_proxy_core::tls::{ClientAuth, ClientCertMode};
 use ews_proxy_core::upstream::PoolSettings;
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::{Figment, Metadata};
+use seg_config::{check_http_url as check_url, describe, error_chain, origin};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -297,8 +298,8 @@ impl Default for Exchange {
 pub struct Ews {
     /// `enable.boxer.ens.ews.proxy`: serve `/EWS` (any case). Off by default: `/EWS` gets 404.
     pub enable_proxy: bool,
-    /// `remove.unsupported.auth.for.ews`: strip challenges the gateway cannot support
-    /// (takes effect with the authentication layer).
+    /// `remove.unsupported.auth.for.ews`: remove `NTLM` challenges from EWS responses, and
+    /// `Negotiate` when the client presented no valid certificate.
     pub remove_unsupported_auth: bool,
     /// Largest request body accepted, in bytes; larger gets 413.
     pub max_body_size: usize,
@@ -636,62 +637,6 @@ impl Config {
         }
         shown.admin.token.as_mut().map(redact);
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
-    }
-}
-
-/// Every error figment collected, each as `key (from source): problem`, without figment's
-/// profile prefix (this configuration has no profiles).
-fn describe(error: &figment::Error) -> String {
-    error
-        .clone()
-        .into_iter()
-        .map(|error| {
-            let key = if error.path.is_empty() {
-                "configuration".to_owned()
-            } else {
-                error.path.join(".")
-            };
-            format!(
-                "{key} (from {}): {}",
-                origin(error.metadata.as_ref()),
-                error.kind
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// An error and its causes, `: `-separated: the file and what is wrong with it.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url} is not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("https" | "http"), Some(_)) => Ok(()),
-        _ => Err(format!(
-            "{url} must be an http:// or https:// URL with a host"
-        )),
-    }
-}
-
-fn origin(metadata: Option<&Metadata>) -> String {
-    match metadata {
-        Some(metadata) => match &metadata.source {
-            Some(source) => format!("{} {source}", metadata.name),
-            None => metadata.name.to_string(),
-        },
-        None => "defaults".into(),
     }
 }
 

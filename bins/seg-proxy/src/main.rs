@@ -5,6 +5,7 @@
 //! any error.
 
 use clap::{Args, Parser, Subcommand};
+use seg_config::error_chain;
 use seg_proxy::Gateway;
 use seg_proxy::config::{Config, LogFormat};
 use std::path::PathBuf;
@@ -188,15 +189,4 @@ fn termination() -> impl std::future::Future<Output = ()> {
             }
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
