@@ -158,14 +158,7 @@ impl Runtime {
 
     /// Answers a push callback from Exchange.
     pub async fn push(&self, token: &str, request: axum::extract::Request) -> Response {
-        let device_id = self
-            .inner
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            .cloned();
-        watcher::answer_push(device_id, self.watch_for(token), request).await
+        watcher::answer_push(self.watch_for(token), request).await
     }
 
     /// Starts the watch of every registered device (at start-up).

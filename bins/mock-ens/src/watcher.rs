@@ -282,13 +282,9 @@ async fn preview(
 
 /// Answers Exchange's `SendNotification` for the device behind a push token: the lifecycle
 /// decides `OK` or `Unsubscribe` (a blocked, stopped or unknown device is unsubscribed).
-pub async fn answer_push(
-    device_id: Option<String>,
-    watch: Option<Watch>,
-    request: axum::extract::Request,
-) -> Response {
-    if device_id.is_none() {
-        tracing::info!("push for an unknown token: answering Unsubscribe");
+pub async fn answer_push(watch: Option<Watch>, request: axum::extract::Request) -> Response {
+    if watch.is_none() {
+        tracing::info!("push for an unknown or stopped device: answering Unsubscribe");
     }
     let receiver = PushReceiver::new(move |_uri: &Uri, notification| match &watch {
         Some(watch) => watch.answer(notification),

@@ -427,22 +427,34 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
 }
 
 /// Sends the request `build` makes until it is answered 200 (the gateway applies UEM's change a
-/// moment after UEM makes it); the last status otherwise.
+/// moment after UEM makes it), within [`STEP`]; refused attempts never reach Exchange.
 async fn wait_for_status(
     client: &HttpClient,
     build: impl Fn() -> seg_testbed::Result<http::Request<http_body_util::Full<Bytes>>>,
 ) -> Result<StatusCode, BoxError> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let response = client.send(build()?).await?;
-        let status = response.status();
-        if status == StatusCode::OK || Instant::now() >= deadline {
-            expect_ok(response, "Subscribe after the unblock").await?;
-            return Ok(status);
+    let answered = std::sync::Mutex::new(None);
+    harness::wait_until(STEP, "a 200 after the unblock", || {
+        let request = build();
+        let answered = &answered;
+        async move {
+            let Ok(request) = request else { return false };
+            match client.send(request).await {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    *answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(response);
+                    true
+                }
+                _ => false,
+            }
         }
-        drop(response);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await?;
+    let response = answered
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or("no answer was kept")?;
+    let status = response.status();
+    expect_ok(response, "Subscribe after the unblock").await?;
+    Ok(status)
 }
 
 /// mock-ens's registration API, as an ENS operator's tooling would call it.
