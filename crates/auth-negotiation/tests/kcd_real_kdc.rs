@@ -3,8 +3,8 @@
 //! user is a `503` that never reaches Exchange.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use auth_negotiation::kcd::{KcdAuthLayer, KcdBody};
@@ -22,18 +22,9 @@ use tower::{Layer as _, ServiceExt as _};
 /// The KDC the tests of this binary share while any of them runs; it stops when the last one
 /// using it finishes.
 async fn shared_kdc() -> Arc<RunningKdc> {
-    static SHARED: Mutex<Weak<RunningKdc>> = Mutex::new(Weak::new());
-    tokio::task::spawn_blocking(|| {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kdc) = shared.upgrade() {
-            return kdc;
-        }
-        let kdc = Arc::new(Kdc::start(KdcConfig::temporary()).expect("the test KDC starts"));
-        *shared = Arc::downgrade(&kdc);
-        kdc
-    })
-    .await
-    .unwrap()
+    Kdc::shared(KdcConfig::temporary)
+        .await
+        .expect("the test KDC starts")
 }
 
 /// The gateway's client, logged in with its keytab; a new one per test, so that its counters

@@ -4,7 +4,7 @@
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kcd_client::{Credentials, KcdClient, KcdConfig, RealmConfig};
@@ -29,18 +29,7 @@ pub fn kdc_config() -> KdcConfig {
 /// The KDC the tests of this binary share while any of them runs; it stops when the last one
 /// using it finishes (a static would never be dropped and leave the daemons running).
 pub async fn shared_kdc() -> Arc<RunningKdc> {
-    static SHARED: Mutex<Weak<RunningKdc>> = Mutex::new(Weak::new());
-    tokio::task::spawn_blocking(|| {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kdc) = shared.upgrade() {
-            return kdc;
-        }
-        let kdc = Arc::new(Kdc::start(kdc_config()).expect("the test KDC starts"));
-        *shared = Arc::downgrade(&kdc);
-        kdc
-    })
-    .await
-    .unwrap()
+    Kdc::shared(kdc_config).await.expect("the test KDC starts")
 }
 
 /// A KDC of its own, for a test that stops and restarts it.

@@ -51,6 +51,7 @@ mod process;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -270,6 +271,33 @@ impl KdcConfig {
 pub struct Kdc;
 
 impl Kdc {
+    /// The KDC the tests of one test binary share while any of them holds it: started by the
+    /// first caller with `config()`, stopped when the last holder drops it (a plain static would
+    /// never be dropped and would leave slapd and krb5kdc running after the tests). The first
+    /// caller's configuration wins for the whole process. Runs the blocking start-up on tokio's
+    /// blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Kdc::start`].
+    pub async fn shared(config: fn() -> KdcConfig) -> Result<Arc<RunningKdc>> {
+        static SHARED: Mutex<Weak<RunningKdc>> = Mutex::new(Weak::new());
+        tokio::task::spawn_blocking(move || {
+            let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(kdc) = shared.upgrade() {
+                return Ok(kdc);
+            }
+            let kdc = Arc::new(Kdc::start(config())?);
+            *shared = Arc::downgrade(&kdc);
+            Ok(kdc)
+        })
+        .await
+        .map_err(|error| Error::KdcSetup {
+            step: "the start-up task".into(),
+            detail: error.to_string(),
+        })?
+    }
+
     /// Brings up slapd and krb5kdc for `config` and waits until the KDC serves on its port.
     /// Blocks for the duration (typically well under a second).
     ///
