@@ -72,6 +72,24 @@ enum Command {
     /// Run a real MIT Kerberos KDC on 127.0.0.1 (slapd + krb5kdc, constrained delegation from
     /// HTTP/seg.test.local to HTTP/exchange.test.local) until Ctrl-C or SIGTERM.
     Kdc(KdcArgs),
+    /// Run a minimal static SOAP responder (HTTP/1.1): the fast upstream of `bench/compare.sh`.
+    /// Answers a `GetItem` with a 1 MiB `GetItemResponse` and anything else with a small
+    /// `GetFolderResponse`, until Ctrl-C.
+    StaticSoap(StaticSoapArgs),
+}
+
+/// Arguments of `seg-testbed static-soap`.
+#[derive(Debug, clap::Args)]
+struct StaticSoapArgs {
+    /// The address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The server certificate chain (PEM); serves plain HTTP without it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Arguments of `seg-testbed kdc`.
@@ -175,6 +193,7 @@ fn main() -> ExitCode {
             public_key_out,
         } => token(&key, &upn, &audience, ttl_secs, public_key_out.as_deref()),
         Command::Kdc(args) => kdc(args),
+        Command::StaticSoap(args) => run_async(static_soap(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,6 +252,25 @@ async fn exchange(args: ExchangeArgs) -> Result<(), BoxError> {
     tokio::signal::ctrl_c().await?;
     tracing::info!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+async fn static_soap(args: StaticSoapArgs) -> Result<(), BoxError> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            // HTTP/1.1 only: the protocol nginx and HAProxy speak to an upstream, so that every
+            // contender of the comparison talks to this server the same way.
+            let mut config = (*pki::server_config_from_files(cert, key)?).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(std::sync::Arc::new(config))
+        }
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "static SOAP responder listening");
+    let server = tokio::spawn(seg_testbed::static_soap::StaticSoap::new().serve(listener, tls));
+    tokio::signal::ctrl_c().await?;
+    server.abort();
     Ok(())
 }
 

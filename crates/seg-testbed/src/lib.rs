@@ -31,6 +31,7 @@ pub mod harness;
 pub mod kdc;
 pub mod pki;
 mod serve;
+pub mod static_soap;
 pub mod token;
 pub mod uem;
 pub mod upstream;

@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# seg-proxy against nginx and HAProxy, side by side (issue 7), in one go on loopback.
+#
+# The same fast upstream for every contender (`seg-testbed static-soap` over TLS: a canned small
+# GetFolderResponse, or 1 MiB for a GetItem), and in front of it, one at a time:
+#   nginx        TLS reverse proxy, keep-alive to the upstream, worker_processes = BENCH_WORKERS,
+#                access log off, proxy_buffering off (what EWS streaming needs)
+#   haproxy      TLS front end, nbthread = BENCH_WORKERS, http-reuse always
+#   seg-proxy    proxying only (TOKIO_WORKER_THREADS = BENCH_WORKERS)
+#   seg-full     seg-proxy with every layer on: compliance (a view synced from seg-testbed uem,
+#                the device sent in X-Device-Id), auth modes (Basic/Bearer rules, challenges
+#                stripped, NTLM refused), client certificates asked for (optional), SOAP checks
+# For each contender, HTTP/1.1 keep-alive over TLS, checked to be all 200 EWS successes:
+#   - requests/s at saturation (wrk, small SOAP), and the contender's CPU per 100k requests
+#   - requests/s and MiB/s with 1 MiB GetItem responses (wrk)
+#   - p50/p99/p99.9 at a fixed moderate rate (oha -q with latency correction: no coordinated
+#     omission)
+#   - memory per idle keep-alive connection (BENCH_IDLE connections, one request each, held)
+#   - peak RSS (VmHWM, summed over the contender's processes)
+# Prints a table with ratios to the faster of nginx and HAProxy and appends it, with the machine
+# and the command, to docs/benchmarks.md.
+#
+# usage: bench/compare.sh
+#
+# Environment (all optional):
+#   BENCH_CONTENDERS="nginx haproxy seg-proxy seg-full"
+#   BENCH_WORKERS=1         worker processes/threads of every contender
+#   BENCH_PIN=split         split: load generators and the upstream on CPU 0, the contender alone
+#                           on CPU 1 (needs 2 CPUs); none: no pinning
+#   BENCH_DURATION=15s      each measured wrk/oha run; BENCH_WARMUP=3s before each contender
+#   BENCH_CONNECTIONS=32    connections of the small-request runs; BENCH_LARGE_CONNECTIONS=8
+#   BENCH_RATE=4000         requests/s of the fixed-rate latency run
+#   BENCH_IDLE=10000        idle keep-alive connections ("0" to skip)
+#   BENCH_DOC=docs/benchmarks.md   where the results are appended ("" for nowhere)
+#   BENCH_NO_BUILD=1        use the release binaries already in the target dir
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
+command_line="bench/compare.sh"
+for name in BENCH_CONTENDERS BENCH_WORKERS BENCH_PIN BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS \
+  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE; do
+  [ -z "${!name:-}" ] || command_line="$name=\"${!name}\" $command_line"
+done
+contenders=(${BENCH_CONTENDERS:-nginx haproxy seg-proxy seg-full})
+workers=${BENCH_WORKERS:-1}
+pin=${BENCH_PIN:-split}
+duration=${BENCH_DURATION:-15s}
+warmup=${BENCH_WARMUP:-3s}
+connections=${BENCH_CONNECTIONS:-32}
+large_connections=${BENCH_LARGE_CONNECTIONS:-8}
+rate=${BENCH_RATE:-4000}
+idle=${BENCH_IDLE:-10000}
+doc=${BENCH_DOC-docs/benchmarks.md}
+device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
+
+# --- 1. what it needs --------------------------------------------------------------------------
+scripts/install-deps.sh wrk nginx haproxy python3 curl >&2
+oha_version=1.16.0
+oha=$root/target/bench-tools/bin/oha
+if ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
+  log "installing oha $oha_version (constant-rate load generator) into target/bench-tools"
+  cargo install --locked oha --version "$oha_version" --root "$root/target/bench-tools" >&2
+fi
+build_release_binaries
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+[ -x "$nginx_bin" ] && [ -x "$haproxy_bin" ] || die "nginx or haproxy is missing"
+
+cpus=$(nproc)
+if [ "$pin" = split ] && [ "$cpus" -ge 2 ]; then
+  client_cpus=(taskset -c 0)
+  server_cpus=(taskset -c 1)
+  layout="wrk/oha and the upstream pinned to CPU 0; the contender alone on CPU 1"
+else
+  client_cpus=()
+  server_cpus=()
+  layout="no pinning: load generators, upstream and contender share all $cpus CPUs"
+fi
+
+# --- 2. PKI, credentials, devices, upstream ------------------------------------------------------
+"$seg_testbed" pki --dir "$work/pki" >/dev/null
+cat "$work/pki/server.pem" "$work/pki/server.key" >"$work/pki/haproxy.pem"
+password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+export BENCH_AUTHORIZATION="Basic $(printf '%s:%s' alice@test.local "$password" | base64 -w0)"
+export BENCH_DEVICE_ID=$device_id
+python3 bench/uem-devices.py 10000 "$work/devices.json"
+python3 -c '
+import re, sys
+lua = open(sys.argv[1]).read()
+body = lua[lua.index("local get_folder"):lua.index("local get_item")]
+print("<?xml version=\"1.0\" encoding=\"utf-8\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\" xmlns:t=\"http://schemas.microsoft.com/exchange/services/2006/types\"><s:Body>" + "".join(re.findall(r"\x27([^\x27]*)\x27", body)) + "</s:Body></s:Envelope>", end="")
+' bench/soap-post.lua >"$work/soap.xml"
+
+read -r upstream_port proxy_port admin_port uem_port < <(free_ports 4)
+log "starting the static SOAP upstream on 127.0.0.1:$upstream_port"
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 "${client_cpus[@]}" "$seg_testbed" static-soap \
+  --listen "127.0.0.1:$upstream_port" --tls-cert "$work/pki/server.pem" \
+  --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
+upstream_pid=$!
+pids+=("$upstream_pid")
+wait_for_port "$upstream_pid" "$upstream_port" upstream
+
+# --- 3. the contenders' configurations -----------------------------------------------------------
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes $workers;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream ews { server 127.0.0.1:$upstream_port; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$proxy_port ssl;
+    ssl_certificate $work/pki/server.pem;
+    ssl_certificate_key $work/pki/server.key;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_max_body_size 10m;
+    location / {
+      proxy_pass https://ews;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host localhost;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/pki/ca.pem;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread $workers
+  maxconn 20000
+  ssl-server-verify required
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option forwardfor
+  http-reuse always
+frontend ews_in
+  bind 127.0.0.1:$proxy_port ssl crt $work/pki/haproxy.pem alpn http/1.1
+  http-request set-header X-Forwarded-Proto https
+  default_backend ews
+backend ews
+  http-request set-header Host localhost
+  server exchange 127.0.0.1:$upstream_port ssl verify required ca-file $work/pki/ca.pem sni str(localhost) verifyhost localhost alpn http/1.1
+EOF
+seg_config() { # seg_config FULL
+  cat <<EOF
+[listen]
+https = "127.0.0.1:$proxy_port"
+
+[tls]
+cert = "$work/pki/server.pem"
+key = "$work/pki/server.key"
+
+[exchange]
+url = "https://localhost:$upstream_port"
+trust_store = "$work/pki/ca.pem"
+
+[server]
+max_connections = 20000
+
+[ews]
+enable_proxy = true
+
+[log]
+filter = "warn"
+EOF
+  [ "$1" = full ] || return 0
+  cat <<EOF
+
+[auth]
+modes = ["basic", "oauth"]
+client_cert = "optional"
+client_ca = "$work/pki/ca.pem"
+
+[compliance]
+uem_url = "https://localhost:$uem_port"
+uem_tenant_code = "testbed-tenant-code"
+uem_user = "uemapi"
+uem_password = "P@ssw0rd!"
+uem_trust_store = "$work/pki/ca.pem"
+full_sync_interval = "24h"
+delta_sync_interval = "24h"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+EOF
+}
+seg_config plain >"$work/seg-proxy.toml"
+seg_config full >"$work/seg-full.toml"
+# remove_unsupported_auth and require_soap belong to [ews]: on for the full contender.
+sed -i 's/^enable_proxy = true$/enable_proxy = true\nremove_unsupported_auth = true\nrequire_soap = true/' "$work/seg-full.toml"
+for name in seg-proxy seg-full; do
+  "$seg_proxy" check-config --config "$work/$name.toml" >"$work/check-$name.txt" 2>&1 ||
+    die "seg-proxy check-config ($name) failed:$(printf '\n')$(cat "$work/check-$name.txt")"
+done
+"$nginx_bin" -t -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx-check.txt" 2>&1 ||
+  die "nginx -t failed:$(printf '\n')$(cat "$work/nginx-check.txt")"
+"$haproxy_bin" -c -f "$work/haproxy.cfg" >"$work/haproxy-check.txt" 2>&1 ||
+  die "haproxy -c failed:$(printf '\n')$(cat "$work/haproxy-check.txt")"
+
+uem_pid=
+if [[ " ${contenders[*]} " == *" seg-full "* ]]; then
+  RUST_LOG=warn "$seg_testbed" uem --listen "127.0.0.1:$uem_port" --devices "$work/devices.json" \
+    --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
+  uem_pid=$!
+  pids+=("$uem_pid")
+  wait_for_port "$uem_pid" "$uem_port" uem 120
+fi
+
+# --- 4. measuring one contender ------------------------------------------------------------------
+# The pids of a contender: its main process and its children (nginx's workers).
+family() {
+  echo "$1"
+  pgrep -P "$1" || true
+}
+sum_status() { # sum_status FIELD PID… → KiB
+  local total=0 pid value
+  for pid in "$@"; do
+    value=$(awk -v f="$1:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + ${value:-0}))
+  done
+  echo "$total"
+}
+sum_cpu() {
+  local total=0 pid
+  for pid in "$@"; do total=$((total + $(cpu_ticks "$pid"))); done
+  echo "$total"
+}
+
+wrk_run() { # wrk_run NAME CONNECTIONS DURATION [env…] → $work/NAME.txt, RESULT fields in got[]
+  local name=$1 conns=$2 length=$3
+  shift 3
+  env "$@" "${client_cpus[@]}" wrk -t1 -c"$conns" -d"$length" --latency -s bench/soap-post.lua \
+    "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.txt" 2>&1 ||
+    die "wrk ($name) failed:$(printf '\n')$(cat "$work/$name.txt")"
+  local result field key
+  result=$(grep '^RESULT ' "$work/$name.txt") || die "no RESULT line from wrk ($name)"
+  got=()
+  for field in ${result#RESULT }; do got[${field%%=*}]=${field#*=}; done
+  [ "${got[requests]}" -gt 0 ] || die "$name: no request completed"
+  for key in non2xx not_success err_connect err_read err_write err_status err_timeout; do
+    [ "${got[$key]}" = 0 ] || die "$name: $key=${got[$key]} (every response must be a 200 EWS success)"
+  done
+}
+
+declare -A rps cpu100k large_rps p50 p99 p999 idle_kib peak_mib
+declare -A got
+measure() { # measure CONTENDER PID
+  local name=$1 pid=$2 procs before after status_file idle_pid before_rss after_rss deadline
+  # Every response right, through this contender, before measuring anything.
+  local code
+  code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' -H "Authorization: $BENCH_AUTHORIZATION" \
+    -H "X-Device-Id: $device_id" -H 'Content-Type: text/xml; charset=utf-8' \
+    --data-binary @"$work/soap.xml" "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx") || code=000
+  [ "$code" = 200 ] && grep -q 'ResponseClass="Success"' "$work/$name.probe" ||
+    die "$name: a probe request got $code, not a 200 EWS success"
+
+  [ "$warmup" = 0 ] || wrk_run "$name.warmup" "$connections" "$warmup"
+  mapfile -t procs < <(family "$pid")
+  log "$name: saturation, small SOAP (wrk -c$connections -d$duration)"
+  before=$(sum_cpu "${procs[@]}")
+  wrk_run "$name.small" "$connections" "$duration"
+  after=$(sum_cpu "${procs[@]}")
+  rps[$name]=${got[rps]}
+  cpu100k[$name]=$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="${got[requests]}" \
+    'BEGIN { printf "%.2f", t / hz * 100000 / n }')
+
+  log "$name: saturation, 1 MiB GetItem responses (wrk -c$large_connections -d$duration)"
+  wrk_run "$name.large" "$large_connections" "$duration" BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0
+  large_rps[$name]=${got[rps]}
+
+  log "$name: latency at a fixed $rate requests/s (oha -q $rate -c$connections -z $duration)"
+  "${client_cpus[@]}" "$oha" --no-tui --output-format json -z "$duration" -q "$rate" \
+    -c "$connections" --latency-correction --insecure -m POST \
+    -H "Authorization: $BENCH_AUTHORIZATION" -H "X-Device-Id: $device_id" \
+    -H 'Content-Type: text/xml; charset=utf-8' -D "$work/soap.xml" \
+    "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.oha.json" 2>"$work/$name.oha.err" ||
+    die "oha ($name) failed:$(printf '\n')$(cat "$work/$name.oha.err")"
+  local percentiles
+  percentiles=$(python3 bench/oha-percentiles.py "$work/$name.oha.json") ||
+    die "$name: the fixed-rate run had failures: $percentiles"
+  read -r p50[$name] p99[$name] p999[$name] <<<"$percentiles"
+
+  idle_kib[$name]=-
+  if [ "$idle" != 0 ]; then
+    log "$name: $idle idle keep-alive connections"
+    mapfile -t procs < <(family "$pid")
+    before_rss=$(sum_status VmRSS "${procs[@]}")
+    status_file=$work/$name.idle
+    python3 bench/idle-connections.py 127.0.0.1 "$proxy_port" "$idle" "$status_file" \
+      >"$work/$name.idle.log" 2>&1 &
+    idle_pid=$!
+    deadline=$((SECONDS + 300))
+    until [ -s "$status_file" ]; do
+      kill -0 "$idle_pid" 2>/dev/null || die "$name: idle-connections.py died:$(printf '\n')$(tail "$work/$name.idle.log")"
+      [ "$SECONDS" -lt "$deadline" ] || die "$name: $idle connections not open after 300 s"
+      sleep 0.5
+    done
+    grep -q '^ready' "$status_file" || die "$name: idle connections: $(cat "$status_file")"
+    mapfile -t procs < <(family "$pid")
+    after_rss=$(sum_status VmRSS "${procs[@]}")
+    idle_kib[$name]=$(awk -v a="$after_rss" -v b="$before_rss" -v n="$idle" 'BEGIN { printf "%.1f", (a - b) / n }')
+    kill -TERM "$idle_pid" 2>/dev/null || true
+    wait "$idle_pid" 2>/dev/null || true
+  fi
+  mapfile -t procs < <(family "$pid")
+  peak_mib[$name]=$(awk -v k="$(sum_status VmHWM "${procs[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')
+}
+
+stop() { # stop PID: SIGTERM (nginx and HAProxy stop fast on it), then wait
+  local pid=$1 deadline=$((SECONDS + 15))
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+for name in "${contenders[@]}"; do
+  assert_port_free "$proxy_port"
+  case $name in
+    nginx) "${server_cpus[@]}" "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/$name.log" 2>&1 & ;;
+    haproxy) "${server_cpus[@]}" "$haproxy_bin" -db -f "$work/haproxy.cfg" >"$work/$name.log" 2>&1 & ;;
+    seg-proxy | seg-full)
+      TOKIO_WORKER_THREADS=$workers "${server_cpus[@]}" "$seg_proxy" run --config "$work/$name.toml" \
+        >"$work/$name.log" 2>&1 &
+      ;;
+    *) die "unknown contender '$name' (nginx, haproxy, seg-proxy, seg-full)" ;;
+  esac
+  pid=$!
+  pids+=("$pid")
+  log "starting $name on 127.0.0.1:$proxy_port"
+  if [ "$name" = seg-full ]; then
+    wait_for_200 "$pid" "http://127.0.0.1:$admin_port/readyz" "$name" 120
+  fi
+  wait_for_port "$pid" "$proxy_port" "$name"
+  measure "$name" "$pid"
+  assert_alive "$pid" "$name"
+  stop "$pid"
+done
+
+# --- 5. report -----------------------------------------------------------------------------------
+# The reference: the faster of nginx and HAProxy at saturation (small requests).
+best=
+for name in nginx haproxy; do
+  [ -n "${rps[$name]:-}" ] || continue
+  if [ -z "$best" ] || awk -v a="${rps[$name]}" -v b="${rps[$best]}" 'BEGIN { exit !(a > b) }'; then
+    best=$name
+  fi
+done
+ratio() { # ratio VALUE REFERENCE
+  [ -n "$best" ] && [ -n "${2:-}" ] || { echo "–"; return; }
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
+rows=""
+for name in "${contenders[@]}"; do
+  rows+="| $name | ${rps[$name]} | $(ratio "${rps[$name]}" "${rps[$best]:-}") | ${large_rps[$name]} | $(ratio "${large_rps[$name]}" "${large_rps[$best]:-}") | $(ms "${p50[$name]}") | $(ms "${p99[$name]}") | $(ms "${p999[$name]}") | ${cpu100k[$name]} | ${peak_mib[$name]} | ${idle_kib[$name]} |"$'\n'
+done
+report=$(
+  cat <<EOF
+
+#### Comparison run of $(date -u '+%Y-%m-%d %H:%M UTC')
+
+- machine: $(machine_line); commit $(commit_line)
+- versions: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'), HAProxy $("$haproxy_bin" -v | head -n1 | awk '{ print $3 }'), seg-proxy $("$seg_proxy" --version | awk '{ print $2 }'); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), oha $oha_version
+- every contender: $workers worker(s); TLS 1.3 and HTTP/1.1 keep-alive from the client, TLS and keep-alive to the upstream (\`seg-testbed static-soap\`); $layout
+- saturation: \`wrk -t1 -c$connections -d$duration\` (small GetFolder, every body checked), \`wrk -t1 -c$large_connections -d$duration\` (GetItem answered with 1 MiB); latency: \`oha -q $rate -c$connections -z $duration --latency-correction\`; idle: $idle keep-alive connections after one request each
+- reference for the ratios: $best
+- reproduce: \`$command_line\`
+
+| contender | small req/s | ratio | 1 MiB req/s | ratio | p50 ms @${rate}/s | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | KiB / idle conn |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+${rows%$'\n'}
+EOF
+)
+printf '%s\n' "$report"
+if [ -n "$doc" ]; then
+  printf '%s\n' "$report" >>"$doc"
+  log "appended to $doc"
+fi
