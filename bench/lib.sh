@@ -66,11 +66,15 @@ print(*(s.getsockname()[1] for s in socks))
 ' "$1"
 }
 
-# Dies if 127.0.0.1:$1 is taken (a port already taken would make a readiness check talk to
-# someone else's server).
+# Dies if a server listens on 127.0.0.1:$1 (a port already taken would make a readiness check
+# talk to someone else's server). Connections of a server stopped just before, in TIME_WAIT, do
+# not count: every server here binds with SO_REUSEADDR, as this check does.
 assert_port_free() {
-  python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" \
-    2>/dev/null || die "port $1 on 127.0.0.1 is already in use"
+  python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null || die "port $1 on 127.0.0.1 is already in use"
 }
 
 # Waits until 127.0.0.1:$2 accepts connections while process $1 lives; $3 names it.
