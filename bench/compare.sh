@@ -394,7 +394,16 @@ ${rows%$'\n'}
 EOF
 )
 printf '%s\n' "$report"
+# Into the comparison's section of the doc (before its end marker), else at the end.
 if [ -n "$doc" ]; then
-  printf '%s\n' "$report" >>"$doc"
-  log "appended to $doc"
+  printf '%s\n' "$report" >"$work/report.md"
+  python3 - "$doc" "$work/report.md" <<'PY'
+import sys
+doc, report = sys.argv[1], open(sys.argv[2]).read()
+marker = "<!-- bench/compare.sh adds its runs above this line -->"
+text = open(doc).read() if __import__("os").path.exists(doc) else ""
+text = text.replace(marker, report.strip("\n") + "\n\n" + marker, 1) if marker in text else text + report
+open(doc, "w").write(text)
+PY
+  log "added to $doc"
 fi
