@@ -9,7 +9,7 @@ set -euo pipefail
 # libkrb5-dev, libclang-dev and clang: the test Exchange's Negotiate acceptor links the system
 # GSSAPI through the libgssapi crate, whose bindings bindgen generates at build time.
 packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils
-  libkrb5-dev libclang-dev clang "$@")
+  libkrb5-dev libclang-dev clang redis-server "$@")
 # A python3 that can create virtual environments (with pip), for the EWS client tests. Any
 # python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

@@ -104,6 +104,10 @@ pub fn gateway_config(
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         unknown_device: Default::default(),
         policy: Default::default(),
+        backend: Default::default(),
+        redis_url: None,
+        redis_lock_ttl: std::time::Duration::from_secs(10),
+        redis_key_prefix: "seg:compliance".into(),
     });
     config
 }
@@ -153,4 +157,114 @@ pub async fn send(
         .await
         .expect("a response within the step deadline")
         .expect("the request is answered")
+}
+
+/// The UEM test console with `devices`, its change-event webhook aimed at a gateway's admin
+/// listener at `admin` (with [`WEBHOOK_SECRET`]).
+pub async fn uem_with_webhook(devices: Vec<uem::Device>, admin: std::net::SocketAddr) -> UemHandle {
+    let mut uem_config = uem::UemConfig::new(devices);
+    uem_config.webhook = Some(uem::Webhook::new(
+        &format!("http://{admin}/events/compliance"),
+        WEBHOOK_SECRET,
+    ));
+    uem::UemServer::spawn(harness::local_listener().await.unwrap(), None, uem_config).unwrap()
+}
+
+/// `[audit]` with its store at `path`, and the node named `node`.
+pub fn with_audit(config: &mut Config, path: PathBuf, node: &str) {
+    config.audit = Some(audit_trail::AuditSettings::new(path));
+    config.node = Some(node.to_owned());
+}
+
+/// Sends `method path` to a gateway's admin listener, with `Bearer token` when given and
+/// `body`; the status and the whole body as text. Fails the test after [`STEP`].
+pub async fn admin_request(
+    gateway: &Gateway,
+    method: http::Method,
+    path_and_query: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (http::StatusCode, String) {
+    let url = format!(
+        "http://{}{path_and_query}",
+        gateway.admin_addr().expect("an admin listener")
+    );
+    let mut request = Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("valid request");
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    let response = send(&client, request).await;
+    let status = response.status();
+    (status, text(response).await)
+}
+
+/// Waits until a gateway's admin listener answers `/readyz` with `200` (a view is loaded).
+pub async fn wait_ready(gateway: &Gateway) {
+    harness::wait_until(STEP, "the gateway's first view", || async {
+        admin_request(gateway, http::Method::GET, "/readyz", None, "")
+            .await
+            .0
+            == http::StatusCode::OK
+    })
+    .await
+    .expect("the gateway becomes ready");
+}
+
+/// Shares the compliance view of `config` (from [`gateway_config`]) through the Redis server at
+/// `redis_url`, as node `node`, with a leader lock of `lock_ttl`; no local snapshot.
+pub fn share_through_redis(config: &mut Config, redis_url: &str, lock_ttl: Duration, node: &str) {
+    config.node = Some(node.to_owned());
+    let compliance = config.compliance.as_mut().expect("[compliance]");
+    compliance.backend = seg_proxy::config::ComplianceBackend::Redis;
+    compliance.redis_url = Some(redis_url.to_owned());
+    compliance.redis_lock_ttl = lock_ttl;
+    compliance.snapshot = None;
+}
+
+/// The value of one series (name and labels, exactly as exposed) on a gateway's admin
+/// `/metrics`; `None` if the scrape fails or lacks it.
+pub async fn admin_metric(gateway: &Gateway, series: &str) -> Option<f64> {
+    let url = format!("http://{}/metrics", gateway.admin_addr()?);
+    let request = Request::get(url).body(Full::default()).ok()?;
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    let response = harness::within(STEP, "a metrics scrape", client.send(request))
+        .await
+        .ok()?
+        .ok()?;
+    let scrape = harness::body_text(response.into_body()).await.ok()?;
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Sets (`Some("allow" | "block")`) or clears (`None`) a device's override through a gateway's
+/// admin API; the answer's status.
+pub async fn admin_device_override(
+    gateway: &Gateway,
+    device: &str,
+    action: Option<&str>,
+) -> http::StatusCode {
+    let url = format!(
+        "http://{}/overrides/device/{device}",
+        gateway.admin_addr().expect("an admin listener")
+    );
+    let builder = match action {
+        Some(_) => Request::put(url),
+        None => Request::delete(url),
+    };
+    let body = action
+        .map(|action| format!(r#"{{"action":"{action}"}}"#))
+        .unwrap_or_default();
+    let request = builder
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid request");
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    send(&client, request).await.status()
 }

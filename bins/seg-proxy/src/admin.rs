@@ -1,8 +1,11 @@
-//! What the admin listener serves: the compliance admin API when `[compliance]` is configured,
-//! else only health, readiness (a plain EWS proxy is ready as soon as it listens) and metrics.
-//! `/metrics` is open either way, and serves the gateway's one registry.
+//! What the admin listener serves: the compliance admin API when `[compliance]` is configured
+//! (with the audit trail's `/audit` and `/audit/export` behind the same token when `[audit]`
+//! is), else only health, readiness (a plain EWS proxy is ready as soon as it listens) and
+//! metrics. `/metrics` is open either way, and serves the gateway's one registry.
 
 use crate::config::Config;
+use audit_trail::AuditTrail;
+use audit_trail::entry::Record;
 use axum::Router;
 use axum::routing::get;
 use compliance_policy::admin::AdminState;
@@ -12,10 +15,12 @@ use ews_proxy_core::server::ConnectionInfo;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
-/// The admin router for this configuration, serving `registry` on `/metrics`.
+/// The admin router for this configuration, serving `registry` on `/metrics`, and `audit`'s
+/// queries (recording the overrides made through it there).
 pub fn router(
     config: &Config,
     compliance: Option<&(Compliance, SyncHandle)>,
+    audit: Option<&AuditTrail>,
     registry: Arc<Registry>,
 ) -> Router {
     let Some((compliance, sync)) = compliance else {
@@ -46,9 +51,20 @@ pub fn router(
     {
         state = state.with_webhook_secret(secret);
     }
+    let audit_routes = audit.map(|audit| {
+        let sink = audit.sink();
+        state = state.clone().with_audit(move |change| {
+            sink.record(Record::override_change(change));
+        });
+        audit_trail::api::router(audit.store().clone(), &state)
+    });
+    let mut router = compliance_policy::admin::router(state);
+    if let Some(audit_routes) = audit_routes {
+        router = router.merge(audit_routes);
+    }
     // axum's extractors read the peer address as `ConnectInfo`; the listener records it as
     // `ConnectionInfo`. The webhook logs who sent each event with it.
-    compliance_policy::admin::router(state).layer(tower::util::MapRequestLayer::new(
+    router.layer(tower::util::MapRequestLayer::new(
         |mut request: http::Request<axum::body::Body>| {
             if let Some(info) = request.extensions().get::<ConnectionInfo>().copied() {
                 request

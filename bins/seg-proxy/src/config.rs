@@ -49,6 +49,12 @@ pub struct Config {
     pub ens: Ens,
     /// How clients authenticate.
     pub auth: Auth,
+    /// `[audit]`: the audit trail; without this section nothing is recorded. Needs
+    /// `[compliance]`.
+    pub audit: Option<audit_trail::AuditSettings>,
+    /// This gateway's name in the audit trail (and wherever nodes must be told apart); the
+    /// host name when absent (see [`Config::node_name`]).
+    pub node: Option<String>,
 }
 
 /// `[auth]`: how clients authenticate to the gateway.
@@ -135,6 +141,25 @@ fn default_kcd_timeout() -> Duration {
 }
 
 impl Config {
+    /// `node`, else the host name (`/proc/sys/kernel/hostname`, `/etc/hostname`), else
+    /// `seg-proxy`.
+    pub fn node_name(&self) -> String {
+        if let Some(node) = self
+            .node
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            return node.to_owned();
+        }
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .map(|name| name.trim().to_owned())
+            .find(|name| !name.is_empty())
+            .unwrap_or_else(|| "seg-proxy".into())
+    }
+
     /// The EWS host's URL: `exchange.ews_url`, else `exchange.url`.
     pub fn ews_url(&self) -> &str {
         self.exchange
@@ -202,6 +227,40 @@ pub struct ComplianceConfig {
     /// The MEM policies.
     #[serde(default)]
     pub policy: PolicySettings,
+    /// `memory` (default): this process's own view. `redis`: the view shared with the other
+    /// gateway nodes through Redis at `redis_url` (see `docs/scale-out.md`).
+    #[serde(default)]
+    pub backend: ComplianceBackend,
+    /// With `backend = "redis"`: `redis://[user:password@]host:port[/db]` or
+    /// `redis+unix:///path`. Secret when it holds a password.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// With `backend = "redis"`: the leader lock's expiry; a dead leader's syncs are taken
+    /// over within it and a third. At least 300ms.
+    #[serde(default = "default_redis_lock_ttl", with = "humantime_serde")]
+    pub redis_lock_ttl: Duration,
+    /// With `backend = "redis"`: the prefix of the view's keys, so that several gateways'
+    /// views may share one Redis.
+    #[serde(default = "default_redis_key_prefix")]
+    pub redis_key_prefix: String,
+}
+
+/// Where the compliance view lives (`compliance.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComplianceBackend {
+    /// In this process, saved to `compliance.snapshot`: one gateway node.
+    #[default]
+    Memory,
+    /// Shared through Redis by every gateway node (`compliance.redis_url`).
+    Redis,
+}
+
+fn default_redis_lock_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_redis_key_prefix() -> String {
+    "seg:compliance".into()
 }
 
 fn default_page_size() -> u32 {
@@ -512,10 +571,12 @@ impl Config {
                     format!("{} is not a readable file", path.display()),
                 ));
             }
+            validate_redis(compliance, &invalid)?;
         }
         if let Some(url) = &self.ens.callback_url {
             check_url(url).map_err(|m| invalid("ens.callback_url", m))?;
         }
+        self.validate_audit(&invalid)?;
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(invalid(
                 "admin.token",
@@ -526,6 +587,46 @@ impl Config {
             return Err(invalid(
                 "ews.sniff_limit",
                 "must be at least 512 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[audit]`: needs `[compliance]` (else there is nothing to record), a directory for its
+    /// file, a queue and a retention.
+    fn validate_audit(
+        &self,
+        invalid: &impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        if self.compliance.is_none() {
+            return Err(invalid(
+                "audit",
+                "needs [compliance]: without it there is nothing to audit".into(),
+            ));
+        }
+        let dir = match audit.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if audit.path.as_os_str().is_empty() || !dir.is_dir() {
+            return Err(invalid(
+                "audit.path",
+                format!("{}: its directory does not exist", audit.path.display()),
+            ));
+        }
+        if audit.queue == 0 {
+            return Err(invalid("audit.queue", "must be at least 1".into()));
+        }
+        if audit.retention.is_zero() {
+            return Err(invalid("audit.retention", "must be more than zero".into()));
+        }
+        if audit.purge_interval.is_zero() {
+            return Err(invalid(
+                "audit.purge_interval",
+                "must be more than zero".into(),
             ));
         }
         Ok(())
@@ -634,9 +735,51 @@ impl Config {
             redact(&mut compliance.uem_tenant_code);
             redact(&mut compliance.uem_password);
             compliance.webhook_secret.as_mut().map(redact);
+            if let Some(url) = compliance.redis_url.as_mut() {
+                *url = compliance_redis::RedisSettings::new(url.as_str()).redacted_url();
+            }
         }
         shown.admin.token.as_mut().map(redact);
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
+    }
+}
+
+/// `[compliance]`'s Redis settings: `redis_url` required (and usable) with `backend = "redis"`,
+/// and only then; a lock ttl the leader can renew in time.
+fn validate_redis(
+    compliance: &ComplianceConfig,
+    invalid: &impl Fn(&'static str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match (compliance.backend, &compliance.redis_url) {
+        (ComplianceBackend::Memory, None) => Ok(()),
+        (ComplianceBackend::Memory, Some(_)) => Err(invalid(
+            "compliance.backend",
+            "is memory, but compliance.redis_url is set: say backend = \"redis\" to share the view"
+                .into(),
+        )),
+        (ComplianceBackend::Redis, None) => Err(invalid(
+            "compliance.redis_url",
+            "is required with backend = \"redis\"".into(),
+        )),
+        (ComplianceBackend::Redis, Some(url)) => {
+            let mut settings = compliance_redis::RedisSettings::new(url.as_str());
+            settings.lock_ttl = compliance.redis_lock_ttl;
+            match settings.validate() {
+                Err(compliance_redis::RedisError::LockTtl(_)) => Err(invalid(
+                    "compliance.redis_lock_ttl",
+                    "must be at least 300ms".into(),
+                )),
+                Err(error) => Err(invalid(
+                    "compliance.redis_url",
+                    format!("{}: {}", settings.redacted_url(), error_chain(&error)),
+                )),
+                Ok(()) if compliance.redis_key_prefix.is_empty() => Err(invalid(
+                    "compliance.redis_key_prefix",
+                    "must not be empty".into(),
+                )),
+                Ok(()) => Ok(()),
+            }
+        }
     }
 }
 
@@ -957,5 +1100,131 @@ mod tests {
             assert!(loaded.config.ews.enable_proxy);
             Ok(())
         });
+    }
+
+    /// A TOML file with a plain listener, `[compliance]` when `with_compliance`, and `audit`.
+    fn with_audit(dir: &tempfile::TempDir, with_compliance: bool, audit: &str) -> PathBuf {
+        let compliance = if with_compliance {
+            "[compliance]\nuem_url = \"https://uem.corp.example\"\nuem_tenant_code = \"t\"\n\
+             uem_user = \"u\"\nuem_password = \"p\"\n"
+        } else {
+            ""
+        };
+        write(
+            dir,
+            "seg.toml",
+            &format!(
+                "node = \"seg-7\"\n[listen]\nhttp = \"127.0.0.1:1\"\n\
+                 [exchange]\nurl = \"https://mail.corp.example\"\n{compliance}[audit]\n{audit}\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn the_audit_section_loads_with_its_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let toml = with_audit(&dir, true, &format!("path = \"{}\"", path.display()));
+        let config = Config::load_from(Some(&toml), None, no_env())
+            .unwrap()
+            .config;
+        let audit = config.audit.as_ref().unwrap();
+        assert_eq!(audit, &audit_trail::AuditSettings::new(path));
+        assert_eq!(audit.retention, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(audit.queue, 10_000);
+        assert_eq!(config.node_name(), "seg-7");
+        assert!(!Config::default().node_name().is_empty());
+    }
+
+    #[test]
+    fn unusable_audit_settings_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let cases = [
+            (false, format!("path = \"{}\"", path.display()), "audit "),
+            (
+                true,
+                "path = \"/nonexistent/dir/audit.redb\"".to_owned(),
+                "audit.path ",
+            ),
+            (
+                true,
+                format!("path = \"{}\"\nqueue = 0", path.display()),
+                "audit.queue ",
+            ),
+            (
+                true,
+                format!("path = \"{}\"\nretention = \"0s\"", path.display()),
+                "audit.retention ",
+            ),
+        ];
+        for (with_compliance, audit, key) in cases {
+            let toml = with_audit(&dir, with_compliance, &audit);
+            let error = Config::load_from(Some(&toml), None, no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(key), "{audit}: {error}");
+        }
+        let toml = with_audit(
+            &dir,
+            true,
+            &format!("path = \"{}\"\nretention = \"soon\"", path.display()),
+        );
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("retention"), "{error}");
+    }
+
+    fn with_compliance_backend(dir: &tempfile::TempDir, extra: &str) -> PathBuf {
+        write(
+            dir,
+            "seg.toml",
+            &format!(
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+                 [compliance]\nuem_url = \"https://uem.corp.example\"\nuem_tenant_code = \"t\"\n\
+                 uem_user = \"u\"\nuem_password = \"p\"\n{extra}\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn the_redis_backend_loads_and_unusable_settings_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = with_compliance_backend(
+            &dir,
+            "backend = \"redis\"\nredis_url = \"redis://seg:s3cret@10.0.0.5:6379/\"\nredis_lock_ttl = \"2s\"",
+        );
+        let loaded = Config::load_from(Some(&toml), None, no_env()).unwrap();
+        let compliance = loaded.config.compliance.as_ref().unwrap();
+        assert_eq!(compliance.backend, ComplianceBackend::Redis);
+        assert_eq!(compliance.redis_lock_ttl, Duration::from_secs(2));
+        assert_eq!(compliance.redis_key_prefix, "seg:compliance");
+        let default = with_compliance_backend(&dir, "");
+        let default = Config::load_from(Some(&default), None, no_env()).unwrap();
+        assert_eq!(
+            default.config.compliance.unwrap().backend,
+            ComplianceBackend::Memory
+        );
+        let cases = [
+            ("backend = \"redis\"", "compliance.redis_url "),
+            ("redis_url = \"redis://127.0.0.1/\"", "compliance.backend "),
+            (
+                "backend = \"redis\"\nredis_url = \"http://127.0.0.1/\"",
+                "compliance.redis_url ",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://127.0.0.1/\"\nredis_lock_ttl = \"100ms\"",
+                "compliance.redis_lock_ttl ",
+            ),
+            ("backend = \"disk\"", "compliance.backend"),
+        ];
+        for (extra, key) in cases {
+            let toml = with_compliance_backend(&dir, extra);
+            let error = Config::load_from(Some(&toml), None, no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(key), "{extra}: {error}");
+        }
     }
 }

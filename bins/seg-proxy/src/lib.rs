@@ -22,6 +22,8 @@ pub mod admin;
 pub mod config;
 pub mod properties;
 
+use audit_trail::AuditTrail;
+use audit_trail::metrics::AuditMetrics;
 use auth_negotiation::challenges::StripChallengesLayer;
 use auth_negotiation::client_cert::{ClientCertLayer, UpnRule};
 use auth_negotiation::identity::IdentifyLayer;
@@ -99,6 +101,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// `compliance.redis_url` (with `compliance.backend = "redis"`) cannot be used.
+    #[error("compliance.redis_url cannot be used")]
+    SharedView(#[source] compliance_redis::RedisError),
+    /// The audit trail's store (`audit.path`) cannot be opened.
+    #[error("audit.path cannot be used")]
+    Audit(#[source] audit_trail::AuditError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -126,6 +134,7 @@ pub struct Gateway {
     http_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     compliance: Option<(Compliance, SyncHandle)>,
+    audit: Option<AuditTrail>,
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<std::io::Result<()>>,
     background: JoinSet<()>,
@@ -273,12 +282,14 @@ impl Gateway {
                     &config,
                     settings,
                     metrics,
+                    &mut registry,
                     &shutdown,
                     &mut background,
                 )?)
             }
             None => None,
         };
+        let audit = start_audit(&config, compliance.as_ref(), &mut registry)?;
         let registry = Arc::new(registry);
         let kcd = KcdSetup::prepare(&config).await?;
         let service = Self::build_service(
@@ -318,7 +329,12 @@ impl Gateway {
         }
         let mut admin_addr = None;
         if let Some(addr) = config.admin.listen {
-            let router = admin::router(&config, compliance.as_ref(), registry.clone());
+            let router = admin::router(
+                &config,
+                compliance.as_ref(),
+                audit.as_ref(),
+                registry.clone(),
+            );
             let server = Server::new(bind(addr).await?, config.server.clone());
             admin_addr = Some(
                 server
@@ -338,11 +354,19 @@ impl Gateway {
             ews_host = config.exchange.ews_url.as_deref().unwrap_or(&config.exchange.url),
             "seg-proxy started"
         );
+        if let Some(audit) = &audit {
+            audit.sink().record(audit_trail::entry::Record::now(
+                audit_trail::entry::Event::GatewayStarted {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+            ));
+        }
         Ok(Gateway {
             https_addr,
             http_addr,
             admin_addr,
             compliance,
+            audit,
             shutdown,
             listeners,
             background,
@@ -357,6 +381,11 @@ impl Gateway {
     /// The compliance state and its sync handle, when `[compliance]` is configured.
     pub fn compliance(&self) -> Option<&(Compliance, SyncHandle)> {
         self.compliance.as_ref()
+    }
+
+    /// The audit trail, when `[audit]` is configured.
+    pub fn audit(&self) -> Option<&AuditTrail> {
+        self.audit.as_ref()
     }
 
     /// The bound TLS listener address.
@@ -389,6 +418,13 @@ impl Gateway {
         // Sync and callbacks stop with the listeners; a callback still retrying is abandoned
         // (ENS learns the state at its next request).
         self.background.shutdown().await;
+        // Last: the stop is recorded, and whatever the trail still has queued is written.
+        if let Some(audit) = self.audit.take() {
+            audit.sink().record(audit_trail::entry::Record::now(
+                audit_trail::entry::Event::GatewayStopped,
+            ));
+            audit.close().await;
+        }
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
@@ -546,11 +582,14 @@ async fn exchange_channel_binding(
 }
 
 /// Starts the compliance side: the state (from the saved snapshot, if any), the UEM sync loop,
-/// and the ENS callback, all counted in `metrics`.
+/// and the ENS callback, all counted in `metrics`. With `compliance.backend = "redis"` the view
+/// is shared with the other nodes (its metrics registered in `registry`), and the UEM syncs run
+/// only while this node leads.
 fn start_compliance(
     config: &Config,
     settings: &config::ComplianceConfig,
     metrics: ComplianceMetrics,
+    registry: &mut Registry,
     shutdown: &watch::Sender<bool>,
     background: &mut JoinSet<()>,
 ) -> Result<(Compliance, SyncHandle), StartError> {
@@ -589,7 +628,13 @@ fn start_compliance(
     if let Some(path) = &settings.snapshot {
         syncer = syncer.with_snapshot(compliance_policy::snapshot::Snapshot::new(path));
     }
-    // Before serving: a device blocked before the restart stays blocked while UEM is down.
+    if settings.backend == config::ComplianceBackend::Redis {
+        let shared = shared_view(config, settings, &compliance, registry)?;
+        syncer = syncer.with_leadership(shared.leadership());
+        background.spawn(shared.run(stopped(shutdown.subscribe())));
+    }
+    // Before serving: a device blocked before the restart stays blocked while UEM is down (and,
+    // with Redis, while Redis is too: the view read from it replaces this one once read).
     syncer.load_snapshot();
     let handle = syncer.handle();
     background.spawn(syncer.run(stopped(shutdown.subscribe())));
@@ -602,6 +647,53 @@ fn start_compliance(
     }
     Ok((compliance, handle))
 }
+
+/// Shares `compliance` through Redis as `[compliance]` says, its metrics in `registry`. The
+/// node's name in the leader lock is `node` (or the host name) and a random suffix: unique
+/// even for nodes started with one configuration, as tests do.
+fn shared_view(
+    config: &Config,
+    settings: &config::ComplianceConfig,
+    compliance: &Compliance,
+    registry: &mut Registry,
+) -> Result<compliance_redis::SharedView, StartError> {
+    let url = settings.redis_url.clone().ok_or(StartError::SharedView(
+        compliance_redis::RedisError::MissingUrl,
+    ))?;
+    let mut redis = compliance_redis::RedisSettings::new(url);
+    redis.node_name = format!("{}/{}", config.node_name(), redis.node_name);
+    redis.lock_ttl = settings.redis_lock_ttl;
+    redis.key_prefix = settings.redis_key_prefix.clone();
+    let metrics = compliance_redis::RedisMetrics::new();
+    metrics.register(registry);
+    tracing::info!(url = %redis.redacted_url(), node = %redis.node_name, "sharing the compliance view through redis");
+    compliance_redis::SharedView::new(compliance.clone(), redis, metrics)
+        .map_err(StartError::SharedView)
+}
+
+/// Opens the audit trail of `[audit]`, counted in `registry`, following the transitions and
+/// syncs of `compliance`; `None` without `[audit]`.
+fn start_audit(
+    config: &Config,
+    compliance: Option<&(Compliance, SyncHandle)>,
+    registry: &mut Registry,
+) -> Result<Option<AuditTrail>, StartError> {
+    let Some(settings) = &config.audit else {
+        return Ok(None);
+    };
+    let metrics = AuditMetrics::new();
+    metrics.register(registry);
+    let mut trail =
+        AuditTrail::open(settings, config.node_name(), metrics).map_err(StartError::Audit)?;
+    if let Some((compliance, sync)) = compliance {
+        trail.follow_transitions(compliance);
+        trail.follow_sync(sync.clone(), compliance.clone(), AUDIT_SYNC_LOOK);
+    }
+    Ok(Some(trail))
+}
+
+/// How often the audit trail looks at the sync status for new outcomes.
+const AUDIT_SYNC_LOOK: Duration = Duration::from_secs(1);
 
 /// The TLS listener's client certificate settings (`[auth]`): the CA bundle, the CRLs, and the
 /// rule that a valid certificate names a user; `None` when `auth.client_cert` is `off`.

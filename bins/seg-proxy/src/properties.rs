@@ -66,10 +66,30 @@ impl PropertiesFile {
             path: path.into(),
             source,
         };
-        let file = std::fs::File::open(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| read_error(java_properties::PropertiesError::from(e)))?;
-        let properties =
-            java_properties::read(std::io::BufReader::new(file)).map_err(read_error)?;
+        Self::parse(path, &bytes)
+    }
+
+    /// Maps the properties file `bytes`, read from `path` (which only names the file in errors
+    /// and warnings); [`PropertiesFile::read`] without the file system, for fuzzing and tests.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, PropertiesError> {
+        // java-properties 2.0.0 panics ("Must not use a decoder that has finished") when its
+        // streaming decoder still holds bytes at the end of the input: a file that is only the
+        // start of a byte order mark (`\xff`, found by fuzzing), UTF-16 of odd length. So the
+        // file is decoded here as it would (windows-1252 unless a byte order mark says
+        // otherwise) and handed over as UTF-8 ending with a line break: nothing is pending.
+        let (text, _, _) = encoding_rs::WINDOWS_1252.decode(bytes);
+        let text = format!("{text}\n");
+        let mut properties = std::collections::HashMap::new();
+        java_properties::PropertiesIter::new_with_encoding(text.as_bytes(), encoding_rs::UTF_8)
+            .read_into(|key, value| {
+                properties.insert(key, value);
+            })
+            .map_err(|source| PropertiesError::Read {
+                path: path.into(),
+                source,
+            })?;
         Self::from_map(path, properties)
     }
 
@@ -161,6 +181,19 @@ mod tests {
         );
         assert_eq!(file.warnings().len(), 1);
         assert!(file.warnings()[0].contains("some.other.setting"));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/seg_properties/): java-properties panicked on a file
+    /// that is only the start of a byte order mark, or UTF-16 of odd length.
+    #[test]
+    fn byte_order_mark_fragments_are_read_without_panic() {
+        let path = Path::new("seg.properties");
+        for bytes in [&b"\xff"[..], b"\xfe", b"\xef", b"\xef\xbb", b"\xff\xfeA"] {
+            assert!(PropertiesFile::parse(path, bytes).is_ok(), "{bytes:?}");
+        }
+        let utf8_bom =
+            PropertiesFile::parse(path, b"\xef\xbb\xbfenable.boxer.ens.ews.proxy=true").unwrap();
+        assert_eq!(utf8_bom.values["ews"]["enable_proxy"], Value::from(true));
     }
 
     #[test]

@@ -132,6 +132,10 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         unknown_device: Default::default(),
         policy: Default::default(),
+        backend: Default::default(),
+        redis_url: None,
+        redis_lock_ttl: std::time::Duration::from_secs(10),
+        redis_key_prefix: "seg:compliance".into(),
     });
     let gateway = Gateway::start(config).await?;
     let https = gateway

@@ -21,8 +21,8 @@
 //! | `GET`    | `/devices?state=blocked\|allowed` | token | a [page](#pages) of devices by decision (`state` optional) |
 //! | `GET`    | `/sync`                         | token   | the sync status, times as RFC 3339 (UTC, seconds) |
 //! | `POST`   | `/sync`                         | token   | `202`, a full sync is requested; `503` without a syncer |
-//! | `PUT`    | `/overrides/device/{device_id}` | token   | body `{"action":"allow"\|"block"}`; the new decision and the transitions |
-//! | `DELETE` | `/overrides/device/{device_id}` | token   | clears it; the new decision and the transitions |
+//! | `PUT`    | `/overrides/device/{device_id}` | token   | body `{"action":"allow"\|"block","reason":"…"}` (`reason` optional); the new decision and the transitions |
+//! | `DELETE` | `/overrides/device/{device_id}` | token   | clears it (optional body `{"reason":"…"}`); the new decision and the transitions |
 //! | `PUT`    | `/overrides/user/{upn}`         | token   | as for a device; the decisions of the user's devices |
 //! | `DELETE` | `/overrides/user/{upn}`         | token   | clears it |
 //! | `POST`   | `/events/compliance`            | secret  | a change event from the console: `200` with the transitions |
@@ -46,7 +46,9 @@
 //! Every change is logged (`tracing::info!`) with the [`Operator`] who made it and the device or
 //! user, never the token. Today the only operator is `admin-token`, the holder of the one admin
 //! token; a later authenticator (named tokens, client certificates) puts a named [`Operator`] in
-//! the request's extensions instead, and the handlers log whatever it is.
+//! the request's extensions instead, and the handlers log whatever it is. An audit hook
+//! ([`AdminState::with_audit`]) is also told of every override set or cleared, with the
+//! operator and the reason given (at most [`MAX_REASON_LEN`] bytes).
 //!
 //! ```
 //! use axum::body::Body;
@@ -128,14 +130,44 @@ pub const DEFAULT_PAGE_LIMIT: usize = 100;
 /// The largest `limit` a page honours.
 pub const MAX_PAGE_LIMIT: usize = 1000;
 
-/// The largest override body (`{"action":"allow"}` and a little room).
+/// The largest override body (`{"action":"allow","reason":"…"}` and a little room).
 const MAX_OVERRIDE_BODY: usize = 4 * 1024;
+
+/// The longest reason an override may give, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
 
 /// The longest device id or user name accepted in a path.
 const MAX_NAME_LEN: usize = 512;
 
 /// Turns a change-event body from the console into view changes (`Err`: why it is malformed).
 type EventParser = dyn Fn(&[u8]) -> Result<Vec<Change>, String> + Send + Sync;
+
+/// Told of every override set or cleared (an audit trail); must not block.
+type AuditHook = dyn Fn(&OverrideChange) + Send + Sync;
+
+/// An override set or cleared through the admin API, as an [audit hook](AdminState::with_audit)
+/// is told of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OverrideChange {
+    /// Who made it.
+    pub operator: Operator,
+    /// The device or user.
+    pub target: OverrideTarget,
+    /// The override now: `None` when cleared.
+    pub action: Option<Override>,
+    /// The reason the operator gave, if any.
+    pub reason: Option<String>,
+}
+
+/// What an override names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OverrideTarget {
+    /// A device.
+    Device(DeviceId),
+    /// A user (lower-case UPN).
+    User(String),
+}
 
 /// What the admin API works on: the compliance state, the syncer, and its secrets.
 ///
@@ -149,6 +181,7 @@ pub struct AdminState {
     webhook: Option<Arc<WebhookSecret>>,
     parser: Arc<EventParser>,
     registry: Option<Arc<Registry>>,
+    audit: Option<Arc<AuditHook>>,
 }
 
 struct WebhookSecret {
@@ -173,7 +206,26 @@ impl AdminState {
             webhook: None,
             parser: Arc::new(parser),
             registry: None,
+            audit: None,
         }
+    }
+
+    /// Tells `hook` of every override set or cleared, after it took effect: who, what, and the
+    /// reason given. The hook runs on the request's task: it must hand the change on without
+    /// waiting (e.g. to a bounded queue).
+    pub fn with_audit(mut self, hook: impl Fn(&OverrideChange) + Send + Sync + 'static) -> Self {
+        self.audit = Some(Arc::new(hook));
+        self
+    }
+
+    /// `router` (its routes so far) behind the admin token check of the protected endpoints:
+    /// `401` without the right `Authorization: Bearer`, and the [`Operator`] in the request's
+    /// extensions with it. For other crates' admin routes (the audit trail's).
+    pub fn protect<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.route_layer(middleware::from_fn_with_state(
+            self.clone(),
+            require_admin_token,
+        ))
     }
 
     /// The registry `GET /metrics` serves, open like `/healthz`. Register the compliance
@@ -230,6 +282,7 @@ impl fmt::Debug for AdminState {
             .field("webhook_secret", &set(self.webhook.is_some()))
             .field("parser", &"Fn(&[u8]) -> Result<Vec<Change>, String>")
             .field("registry", &set(self.registry.is_some()))
+            .field("audit", &set(self.audit.is_some()))
             .finish()
     }
 }
@@ -831,6 +884,16 @@ async fn sync_trigger(
 #[serde(deny_unknown_fields)]
 struct OverrideRequest {
     action: Override,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The optional body of a `DELETE` of an override.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearRequest {
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// Reads a body of at most `limit` bytes: `413` past it (by `Content-Length` before reading, or
@@ -859,15 +922,64 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-async fn override_action(request: Request) -> Result<Override, ApiError> {
+async fn override_action(request: Request) -> Result<(Override, Option<String>), ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, MAX_OVERRIDE_BODY).await?;
     let parsed: OverrideRequest = serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request(format!(
-            r#"the body must be {{"action":"allow"|"block"}}: {error}"#
+            r#"the body must be {{"action":"allow"|"block","reason":"…"}}: {error}"#
         ))
     })?;
-    Ok(parsed.action)
+    Ok((parsed.action, checked_reason(parsed.reason)?))
+}
+
+/// The reason of a `DELETE`: its optional body `{"reason":"…"}`.
+async fn clear_reason(request: Request) -> Result<Option<String>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, MAX_OVERRIDE_BODY).await?;
+    if body.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    let parsed: ClearRequest = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request(format!(
+            r#"the body must be empty or {{"reason":"…"}}: {error}"#
+        ))
+    })?;
+    checked_reason(parsed.reason)
+}
+
+/// A reason: trimmed, none when empty, at most [`MAX_REASON_LEN`] bytes of printable text.
+fn checked_reason(reason: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(reason) = reason else {
+        return Ok(None);
+    };
+    let reason = reason.trim();
+    if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "the reason must be at most {MAX_REASON_LEN} bytes without control characters"
+        )));
+    }
+    Ok((!reason.is_empty()).then(|| reason.to_owned()))
+}
+
+impl AdminState {
+    /// Tells the audit hook, if any, of an override change.
+    fn audit(
+        &self,
+        operator: &Operator,
+        target: OverrideTarget,
+        action: Option<Override>,
+        reason: Option<String>,
+    ) {
+        if let Some(hook) = &self.audit {
+            hook(&OverrideChange {
+                operator: operator.clone(),
+                target,
+                action,
+                reason,
+            });
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -884,9 +996,11 @@ fn set_device_override(
     operator: &Operator,
     id: &str,
     action: Option<Override>,
+    reason: Option<String>,
 ) -> Json<DeviceOverrideReport> {
     let id = DeviceId::new(id);
     let transitions = state.compliance.set_device_override(id.as_str(), action);
+    state.audit(operator, OverrideTarget::Device(id.clone()), action, reason);
     tracing::info!(
         %operator,
         device = %id,
@@ -914,17 +1028,25 @@ async fn put_device_override(
     request: Request,
 ) -> Result<Json<DeviceOverrideReport>, ApiError> {
     let id = name_in_path(path)?;
-    let action = override_action(request).await?;
-    Ok(set_device_override(&state, &operator, &id, Some(action)))
+    let (action, reason) = override_action(request).await?;
+    Ok(set_device_override(
+        &state,
+        &operator,
+        &id,
+        Some(action),
+        reason,
+    ))
 }
 
 async fn delete_device_override(
     State(state): State<AdminState>,
     Extension(operator): Extension<Operator>,
     path: Result<Path<String>, PathRejection>,
+    request: Request,
 ) -> Result<Json<DeviceOverrideReport>, ApiError> {
     let id = name_in_path(path)?;
-    Ok(set_device_override(&state, &operator, &id, None))
+    let reason = clear_reason(request).await?;
+    Ok(set_device_override(&state, &operator, &id, None, reason))
 }
 
 #[derive(Serialize)]
@@ -948,9 +1070,11 @@ fn set_user_override(
     operator: &Operator,
     user: &str,
     action: Option<Override>,
+    reason: Option<String>,
 ) -> Json<UserOverrideReport> {
     let user = user.to_ascii_lowercase();
     let transitions = state.compliance.set_user_override(&user, action);
+    state.audit(operator, OverrideTarget::User(user.clone()), action, reason);
     tracing::info!(
         %operator,
         user = %user,
@@ -987,17 +1111,25 @@ async fn put_user_override(
     request: Request,
 ) -> Result<Json<UserOverrideReport>, ApiError> {
     let user = name_in_path(path)?;
-    let action = override_action(request).await?;
-    Ok(set_user_override(&state, &operator, &user, Some(action)))
+    let (action, reason) = override_action(request).await?;
+    Ok(set_user_override(
+        &state,
+        &operator,
+        &user,
+        Some(action),
+        reason,
+    ))
 }
 
 async fn delete_user_override(
     State(state): State<AdminState>,
     Extension(operator): Extension<Operator>,
     path: Result<Path<String>, PathRejection>,
+    request: Request,
 ) -> Result<Json<UserOverrideReport>, ApiError> {
     let user = name_in_path(path)?;
-    Ok(set_user_override(&state, &operator, &user, None))
+    let reason = clear_reason(request).await?;
+    Ok(set_user_override(&state, &operator, &user, None, reason))
 }
 
 // ---------------------------------------------------------------------------------------------

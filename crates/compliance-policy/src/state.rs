@@ -9,11 +9,12 @@
 use crate::device::{DeviceId, DeviceRecord};
 use crate::metrics::ComplianceMetrics;
 use crate::policy::{Decision, Override, Overrides, PolicySettings};
+use crate::replicate::{AlreadyReplicated, Replicator, Update};
 use crate::streams::{StreamGuard, StreamRegistry};
 use crate::view::{Change, View};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
@@ -60,6 +61,8 @@ struct Shared {
     version: watch::Sender<u64>,
     /// Where decisions, syncs, transitions and events are counted, if anywhere.
     metrics: Option<ComplianceMetrics>,
+    /// Where this node's own changes go to reach other nodes (see [`crate::replicate`]).
+    replicator: OnceLock<Arc<dyn Replicator>>,
 }
 
 /// The compliance state; cheap to clone, every clone shares it.
@@ -113,6 +116,7 @@ impl Compliance {
                 transitions,
                 version,
                 metrics,
+                replicator: OnceLock::new(),
             }),
         }
     }
@@ -154,19 +158,51 @@ impl Compliance {
         self.shared.version.subscribe()
     }
 
+    /// Hands every change made on this node from now on to `replicator`, so that it reaches
+    /// the other nodes sharing the view (see [`crate::replicate`]). Changes applied with
+    /// [`Compliance::apply_replicated`] and snapshots loaded are not handed over.
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyReplicated`] if the state has a replicator already (it keeps that one).
+    pub fn replicate_to(&self, replicator: Arc<dyn Replicator>) -> Result<(), AlreadyReplicated> {
+        self.shared
+            .replicator
+            .set(replicator)
+            .map_err(|_| AlreadyReplicated)
+    }
+
+    /// Applies a change another node made (read from the shared store), as that node's
+    /// `source` made it; unlike the other changes, it is not handed to the replicator.
+    pub fn apply_replicated(&self, update: Update, source: ChangeSource) -> Vec<Transition> {
+        match update {
+            Update::Changes(changes) => self.apply_changes(changes, source, false),
+            Update::Full(view) => self.update(source, Scope::All, |_| (*view).clone(), |_| None),
+            Update::DeviceOverride { device_id, action } => {
+                self.device_override(device_id, action, false)
+            }
+            Update::UserOverride { user, action } => self.user_override(user, action, false),
+        }
+    }
+
     /// Loads a saved snapshot into a state that has no view yet (at start, before the first
     /// full sync); the view counts as loaded, so the gateway serves from it.
     pub fn load_saved(&self, saved: crate::snapshot::Saved) -> Vec<Transition> {
         let synced_at = saved
             .synced_at
             .map(|secs| UNIX_EPOCH + std::time::Duration::from_secs(secs));
-        self.update(ChangeSource::Snapshot, Scope::All, move |_| {
-            let view = View::from_records(saved.devices, saved.overrides);
-            match synced_at {
-                Some(at) => view.synced(at),
-                None => view,
-            }
-        })
+        self.update(
+            ChangeSource::Snapshot,
+            Scope::All,
+            move |_| {
+                let view = View::from_records(saved.devices, saved.overrides);
+                match synced_at {
+                    Some(at) => view.synced(at),
+                    None => view,
+                }
+            },
+            |_| None,
+        )
     }
 
     /// Registers a long-lived response of `device_id` / `user`, cut at once if that device or
@@ -185,13 +221,25 @@ impl Compliance {
 
     /// Replaces every device (a full sync or a loaded snapshot); overrides are kept.
     pub fn replace_all(&self, records: Vec<DeviceRecord>, source: ChangeSource) -> Vec<Transition> {
-        self.update(source, Scope::All, |old| {
-            View::from_records(records, old.overrides().clone()).synced(SystemTime::now())
-        })
+        self.update(
+            source,
+            Scope::All,
+            |old| View::from_records(records, old.overrides().clone()).synced(SystemTime::now()),
+            |new| Some(Update::Full(new.clone())),
+        )
     }
 
     /// Applies changes to some devices (a delta sync or a change event).
     pub fn apply(&self, changes: Vec<Change>, source: ChangeSource) -> Vec<Transition> {
+        self.apply_changes(changes, source, true)
+    }
+
+    fn apply_changes(
+        &self,
+        changes: Vec<Change>,
+        source: ChangeSource,
+        publish: bool,
+    ) -> Vec<Transition> {
         if changes.is_empty() {
             return Vec::new();
         }
@@ -202,9 +250,15 @@ impl Compliance {
                 Change::Remove(id) => id.clone(),
             })
             .collect();
-        self.update(source, Scope::Devices(touched), |old| {
-            old.with_changes(&changes)
-        })
+        // A copy for the replicator only when there is one to take it.
+        let published = (publish && self.shared.replicator.get().is_some())
+            .then(|| Update::Changes(changes.clone()));
+        self.update(
+            source,
+            Scope::Devices(touched),
+            |old| old.with_changes(&changes),
+            |_| published,
+        )
     }
 
     /// Sets (`Some`) or clears (`None`) the override of a device.
@@ -213,7 +267,15 @@ impl Compliance {
         device_id: &str,
         action: Option<Override>,
     ) -> Vec<Transition> {
-        let id = DeviceId::new(device_id);
+        self.device_override(DeviceId::new(device_id), action, true)
+    }
+
+    fn device_override(
+        &self,
+        id: DeviceId,
+        action: Option<Override>,
+        publish: bool,
+    ) -> Vec<Transition> {
         self.update(
             ChangeSource::Override,
             Scope::Devices(vec![id.clone()]),
@@ -225,35 +287,66 @@ impl Compliance {
                 };
                 old.with_overrides(overrides)
             },
+            |_| {
+                publish.then(|| Update::DeviceOverride {
+                    device_id: id.clone(),
+                    action,
+                })
+            },
         )
     }
 
     /// Sets (`Some`) or clears (`None`) the override of a user (UPN, any case).
     pub fn set_user_override(&self, user: &str, action: Option<Override>) -> Vec<Transition> {
+        self.user_override(user.to_ascii_lowercase(), action, true)
+    }
+
+    fn user_override(
+        &self,
+        user: String,
+        action: Option<Override>,
+        publish: bool,
+    ) -> Vec<Transition> {
         let user = user.to_ascii_lowercase();
-        self.update(ChangeSource::Override, Scope::User(user.clone()), |old| {
-            let mut overrides = old.overrides().clone();
-            match action {
-                Some(action) => overrides.users.insert(user.clone(), action),
-                None => overrides.users.remove(&user),
-            };
-            old.with_overrides(overrides)
-        })
+        self.update(
+            ChangeSource::Override,
+            Scope::User(user.clone()),
+            |old| {
+                let mut overrides = old.overrides().clone();
+                match action {
+                    Some(action) => overrides.users.insert(user.clone(), action),
+                    None => overrides.users.remove(&user),
+                };
+                old.with_overrides(overrides)
+            },
+            |_| {
+                publish.then(|| Update::UserOverride {
+                    user: user.clone(),
+                    action,
+                })
+            },
+        )
     }
 
     /// Replaces all overrides (loading a snapshot).
     pub fn replace_overrides(&self, overrides: Overrides) -> Vec<Transition> {
-        self.update(ChangeSource::Snapshot, Scope::All, |old| {
-            old.with_overrides(overrides)
-        })
+        self.update(
+            ChangeSource::Snapshot,
+            Scope::All,
+            |old| old.with_overrides(overrides),
+            |_| None,
+        )
     }
 
-    /// Swaps in the view `change` makes of the current one, then announces what changed.
+    /// Swaps in the view `change` makes of the current one, hands what `replicate` makes of
+    /// the new view to the replicator (if any, still under the writer lock so that the
+    /// replicator sees changes in the order they were made), then announces what changed.
     fn update(
         &self,
         source: ChangeSource,
         scope: Scope,
         change: impl FnOnce(&View) -> View,
+        replicate: impl FnOnce(&Arc<View>) -> Option<Update>,
     ) -> Vec<Transition> {
         let _writer = self
             .shared
@@ -270,6 +363,11 @@ impl Compliance {
         } else {
             Vec::new()
         };
+        if let Some(replicator) = self.shared.replicator.get()
+            && let Some(update) = replicate(&new)
+        {
+            replicator.publish(update, source);
+        }
         self.shared.view.store(new);
         self.shared.version.send_modify(|version| *version += 1);
         drop(_writer);
@@ -571,5 +669,92 @@ mod tests {
         let by_user = compliance.register_stream(None, Some("ALICE@test.local"));
         compliance.set_user_override("alice@test.local", Some(Override::Block));
         assert!(by_user.is_cut());
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorded(Mutex<Vec<(String, ChangeSource)>>);
+
+    impl Replicator for Recorded {
+        fn publish(&self, update: Update, source: ChangeSource) {
+            let kind = match update {
+                Update::Changes(changes) => format!("changes:{}", changes.len()),
+                Update::Full(view) => format!("full:{}", view.len()),
+                Update::DeviceOverride { device_id, .. } => format!("device:{device_id}"),
+                Update::UserOverride { user, .. } => format!("user:{user}"),
+            };
+            self.0.lock().unwrap().push((kind, source));
+        }
+    }
+
+    #[test]
+    fn local_changes_are_published_in_order_and_replicated_ones_are_not() {
+        let compliance = Compliance::new(PolicySettings::default());
+        let recorded = Arc::new(Recorded::default());
+        compliance.replicate_to(recorded.clone()).unwrap();
+        assert!(
+            compliance.replicate_to(recorded.clone()).is_err(),
+            "one replicator"
+        );
+
+        compliance.load_saved(crate::snapshot::Saved::default());
+        compliance.replace_all(
+            vec![phone("A1", "alice@test.local")],
+            ChangeSource::FullSync,
+        );
+        compliance.apply(
+            vec![Change::Remove(DeviceId::new("A1"))],
+            ChangeSource::ChangeEvent,
+        );
+        compliance.set_device_override("lab1", Some(Override::Allow));
+        compliance.set_user_override("Bob@Test.Local", Some(Override::Block));
+        // From another node: applied, not published again.
+        let transitions = compliance.apply_replicated(
+            Update::Changes(vec![Change::Upsert(phone("B1", "bob@test.local"))]),
+            ChangeSource::DeltaSync,
+        );
+        compliance.apply_replicated(
+            Update::DeviceOverride {
+                device_id: DeviceId::new("B2"),
+                action: Some(Override::Block),
+            },
+            ChangeSource::Override,
+        );
+
+        assert_eq!(
+            *recorded.0.lock().unwrap(),
+            [
+                ("full:1".to_string(), ChangeSource::FullSync),
+                ("changes:1".to_string(), ChangeSource::ChangeEvent),
+                ("device:LAB1".to_string(), ChangeSource::Override),
+                ("user:bob@test.local".to_string(), ChangeSource::Override),
+            ]
+        );
+        assert_eq!(
+            transitions.len(),
+            1,
+            "a replicated change is a transition here too"
+        );
+        assert_eq!(transitions[0].source, ChangeSource::DeltaSync);
+        assert_eq!(
+            compliance.decide(Some("B1"), None),
+            Decision::Block(BlockReason::UserOverride)
+        );
+        assert!(!compliance.decide(Some("B2"), None).is_allowed());
+    }
+
+    #[test]
+    fn a_replicated_full_view_replaces_devices_and_overrides() {
+        let compliance = loaded();
+        compliance.set_device_override("A1", Some(Override::Block));
+        let view = View::from_records(vec![phone("C1", "carol@test.local")], Overrides::default());
+        let transitions =
+            compliance.apply_replicated(Update::Full(Arc::new(view)), ChangeSource::Snapshot);
+        assert!(compliance.decide(Some("C1"), None).is_allowed());
+        assert!(
+            !compliance.decide(Some("A2"), None).is_allowed(),
+            "gone from the view"
+        );
+        assert!(compliance.view().overrides().devices.is_empty());
+        assert!(transitions.iter().any(|t| t.device_id.as_str() == "C1"));
     }
 }

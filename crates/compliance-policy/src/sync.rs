@@ -6,6 +6,12 @@
 //! that returns no device at all while the view has some is refused as implausible (a console
 //! answering an empty list is far likelier broken than emptied).
 //!
+//! Where several nodes share one view (see [`crate::replicate`]), only one of them syncs: the
+//! syncer is given a leadership signal ([`Syncer::with_leadership`]) and runs only while it
+//! says so. A node that becomes leader goes on from the shared view: a delta sync since its
+//! last full sync at once, and a full sync when that one is due (at once if the view was never
+//! fully synced).
+//!
 //! Each sync is counted, by kind and outcome, in the [metrics](crate::metrics) of the state it
 //! keeps current (when that state has some).
 
@@ -17,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +157,7 @@ pub struct Syncer<S> {
     settings: SyncSettings,
     snapshot: Option<Snapshot>,
     handle: SyncHandle,
+    leader: Option<watch::Receiver<bool>>,
 }
 
 impl<S: DeviceSource> Syncer<S> {
@@ -162,7 +169,15 @@ impl<S: DeviceSource> Syncer<S> {
             settings,
             snapshot: None,
             handle: SyncHandle::default(),
+            leader: None,
         }
+    }
+
+    /// Syncs only while `leader` holds `true` (this node holds the shared view's leadership);
+    /// see the [module docs](self). A full sync requested meanwhile runs once it leads.
+    pub fn with_leadership(mut self, leader: watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
     }
 
     /// Loads the view from `snapshot` at start and saves every change to it.
@@ -208,11 +223,54 @@ impl<S: DeviceSource> Syncer<S> {
         let mut next_full = tokio::time::Instant::now();
         let mut next_delta = next_full + self.settings.delta_sync_interval;
         let mut delta_since: Option<SystemTime> = None;
+        let mut leader = self.leader.clone();
+        // Whether the schedule is that of a leader already (with a leadership signal).
+        let mut leading = false;
         loop {
+            if !leading && let Some(leader) = leader.as_mut() {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    gone = async { leader.wait_for(|leads| *leads).await.is_err() } => if gone {
+                        // The leadership signal is gone: nobody will make this node lead.
+                        shutdown.as_mut().await;
+                        break;
+                    },
+                }
+                leading = true;
+                let now = tokio::time::Instant::now();
+                // Go on from the shared view rather than syncing everything again.
+                match self.compliance.view().synced_at() {
+                    Some(at) => {
+                        let age = SystemTime::now().duration_since(at).unwrap_or_default();
+                        delta_since = Some(at - Duration::from_secs(1));
+                        next_delta = now;
+                        next_full = now + self.settings.full_sync_interval.saturating_sub(age);
+                    }
+                    None => next_full = now,
+                }
+                tracing::info!("leading the shared compliance view: running the syncs");
+            }
             let full_due = tokio::time::sleep_until(next_full);
             let delta_due = tokio::time::sleep_until(next_delta);
+            let lost = async {
+                match leader.as_mut() {
+                    Some(leader) => {
+                        let gone = leader.wait_for(|leads| !*leads).await.is_err();
+                        if gone {
+                            // The signal is gone while leading: keep leading until shutdown.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let kind = tokio::select! {
                 () = &mut shutdown => break,
+                () = lost => {
+                    tracing::info!("no longer leading the shared compliance view: syncs stop");
+                    leading = false;
+                    continue;
+                }
                 () = full_due => SyncKind::Full,
                 () = delta_due, if delta_since.is_some() => SyncKind::Delta,
                 () = self.handle.trigger.notified() => SyncKind::Full,
@@ -302,5 +360,118 @@ async fn save_on_change(compliance: Compliance, snapshot: Snapshot) {
             }
             Err(error) => tracing::error!(%error, "the snapshot writer failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceId;
+    use crate::policy::PolicySettings;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A console of one device, counting full and delta syncs.
+    #[derive(Debug, Default, Clone)]
+    struct Counting {
+        full: Arc<AtomicUsize>,
+        delta: Arc<AtomicUsize>,
+    }
+
+    impl DeviceSource for Counting {
+        async fn full(&self) -> Result<Vec<DeviceRecord>, SourceError> {
+            self.full.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![DeviceRecord {
+                device_id: DeviceId::new("A1"),
+                ..Default::default()
+            }])
+        }
+
+        async fn changed_since(&self, _: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {
+            self.delta.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_syncs_only_once_it_leads_and_stops_when_it_no_longer_does() {
+        let compliance = Compliance::new(PolicySettings::default());
+        let console = Counting::default();
+        let (leader, leadership) = watch::channel(false);
+        let syncer = Syncer::new(compliance.clone(), console.clone(), SyncSettings::default())
+            .with_leadership(leadership);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(syncer.run(async move {
+            let _ = stopped.await;
+        }));
+
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        assert_eq!(
+            console.full.load(Ordering::SeqCst),
+            0,
+            "a follower never syncs"
+        );
+
+        leader.send_replace(true);
+        settle().await;
+        assert_eq!(
+            console.full.load(Ordering::SeqCst),
+            1,
+            "the new leader's view was never synced"
+        );
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(console.delta.load(Ordering::SeqCst), 1);
+
+        leader.send_replace(false);
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        assert_eq!(
+            console.full.load(Ordering::SeqCst),
+            1,
+            "no syncs once it no longer leads"
+        );
+        assert_eq!(console.delta.load(Ordering::SeqCst), 1);
+        let _ = stop.send(());
+        running.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_goes_on_from_a_synced_shared_view_with_a_delta() {
+        let compliance = Compliance::new(PolicySettings::default());
+        // As read from the shared store: fully synced a minute ago.
+        compliance.apply_replicated(
+            crate::replicate::Update::Full(Arc::new(
+                crate::view::View::default().synced(SystemTime::now() - Duration::from_secs(60)),
+            )),
+            ChangeSource::Snapshot,
+        );
+        let console = Counting::default();
+        let (_leader, leadership) = watch::channel(true);
+        let syncer = Syncer::new(compliance, console.clone(), SyncSettings::default())
+            .with_leadership(leadership);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(syncer.run(async move {
+            let _ = stopped.await;
+        }));
+        settle().await;
+        assert_eq!(console.delta.load(Ordering::SeqCst), 1, "a delta at once");
+        assert_eq!(
+            console.full.load(Ordering::SeqCst),
+            0,
+            "no full sync before it is due"
+        );
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(
+            console.full.load(Ordering::SeqCst),
+            1,
+            "the full sync when due"
+        );
+        let _ = stop.send(());
+        running.await.unwrap();
     }
 }

@@ -334,6 +334,26 @@ impl MemDevice {
     }
 }
 
+/// Reads one page of the console's device search (`{"MEMDevices": […], "Total": n}`) as
+/// [`UemClient`] does: the records of the devices that have an EAS device id, and the total the
+/// console announces.
+///
+/// Public so the page parser can be fuzzed and replayed (`crates/fuzz-targets`).
+///
+/// # Errors
+///
+/// A description of why the body is not a search page.
+pub fn parse_search_page(body: &[u8]) -> Result<(Vec<DeviceRecord>, u64), String> {
+    let page: SearchResult =
+        serde_json::from_slice(body).map_err(|e| format!("not a search page: {e}"))?;
+    let records = page
+        .devices
+        .into_iter()
+        .filter_map(MemDevice::into_record)
+        .collect();
+    Ok((records, page.total))
+}
+
 #[derive(Debug, Deserialize)]
 struct ChangeEvent {
     event_type: String,

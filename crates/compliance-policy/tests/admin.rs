@@ -739,3 +739,106 @@ async fn metrics_are_open_and_count_a_blocked_request() {
     }
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
+
+#[tokio::test]
+async fn override_changes_reach_the_audit_hook_with_operator_and_reason() {
+    use compliance_policy::admin::{OverrideChange, OverrideTarget};
+    use compliance_policy::policy::Override;
+    use std::sync::Mutex;
+    let told: Arc<Mutex<Vec<OverrideChange>>> = Arc::default();
+    let hook = told.clone();
+    let admin = admin_with(|state| {
+        state
+            .with_admin_token(TOKEN)
+            .with_audit(move |change| hook.lock().unwrap().push(change.clone()))
+    });
+    let set = request(
+        Method::PUT,
+        "/overrides/device/lab1",
+        Some(TOKEN),
+        r#"{"action":"allow","reason":" lab phone, ticket 7 "}"#,
+    );
+    assert_eq!(send(&admin.app, set).await.status, StatusCode::OK);
+    let clear = request(
+        Method::DELETE,
+        "/overrides/user/Alice@Test.Local",
+        Some(TOKEN),
+        r#"{"reason":"back from leave"}"#,
+    );
+    assert_eq!(send(&admin.app, clear).await.status, StatusCode::OK);
+    let bare = request(Method::DELETE, "/overrides/device/LAB1", Some(TOKEN), "");
+    assert_eq!(send(&admin.app, bare).await.status, StatusCode::OK);
+    let bad = request(
+        Method::PUT,
+        "/overrides/device/LAB2",
+        Some(TOKEN),
+        r#"{"action":"block","reason":"two\nlines"}"#,
+    );
+    assert_eq!(send(&admin.app, bad).await.status, StatusCode::BAD_REQUEST);
+
+    let told = told.lock().unwrap();
+    let summary: Vec<(String, OverrideTarget, Option<Override>, Option<String>)> = told
+        .iter()
+        .map(|c| {
+            (
+                c.operator.name().to_owned(),
+                c.target.clone(),
+                c.action,
+                c.reason.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "admin-token".to_owned(),
+                OverrideTarget::Device(DeviceId::new("LAB1")),
+                Some(Override::Allow),
+                Some("lab phone, ticket 7".to_owned())
+            ),
+            (
+                "admin-token".to_owned(),
+                OverrideTarget::User("alice@test.local".into()),
+                None,
+                Some("back from leave".to_owned())
+            ),
+            (
+                "admin-token".to_owned(),
+                OverrideTarget::Device(DeviceId::new("LAB1")),
+                None,
+                None
+            ),
+        ]
+    );
+    assert!(
+        !admin.compliance.decide(Some("LAB2"), None).is_allowed(),
+        "a refused override changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn protect_puts_other_routes_behind_the_admin_token() {
+    let compliance = Compliance::new(PolicySettings::default());
+    let state = AdminState::new(compliance, |_: &[u8]| Err("no events".to_string()))
+        .with_admin_token(TOKEN);
+    let extra =
+        state.protect(
+            Router::new().route(
+                "/extra",
+                axum::routing::get(
+                    |axum::Extension(operator): axum::Extension<
+                        compliance_policy::admin::Operator,
+                    >| async move { operator.name().to_owned() },
+                ),
+            ),
+        );
+    let refused = send(&extra, request(Method::GET, "/extra", None, "")).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.headers["www-authenticate"], "Bearer");
+    let wrong = send(&extra, request(Method::GET, "/extra", Some("nope"), "")).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let allowed = send(&extra, request(Method::GET, "/extra", Some(TOKEN), "")).await;
+    assert_eq!(allowed.status, StatusCode::OK);
+    assert_eq!(allowed.body, b"admin-token");
+}

@@ -68,6 +68,21 @@ pub(crate) fn decode_reply(bytes: &[u8], expect_as: bool) -> Result<Reply, KcdEr
     }
 }
 
+/// Decodes a KDC reply as the client does before decrypting anything: `Ok` for a well-formed
+/// AS-REP (when `expect_as_rep`) or TGS-REP (otherwise), [`KcdError::KdcError`] with the code and
+/// e-text of a KRB-ERROR, [`KcdError::MalformedReply`] for anything else.
+///
+/// Public so the decoders of what a KDC (or anyone on the path to it) sends can be fuzzed.
+pub fn decode_kdc_reply(bytes: &[u8], expect_as_rep: bool) -> Result<(), KcdError> {
+    match decode_reply(bytes, expect_as_rep)? {
+        Reply::Rep(rep) => {
+            let _ = (asn1::name_text(&rep.cname), asn1::text(&rep.crealm));
+            Ok(())
+        }
+        Reply::Error(error) => Err(generic_error(&error)),
+    }
+}
+
 /// A random nonce. Below 2^31 because some KDCs treat nonces as signed 32-bit integers.
 pub(crate) fn nonce() -> u32 {
     rand::random::<u32>() & 0x7fff_ffff

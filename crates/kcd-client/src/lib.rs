@@ -55,5 +55,6 @@ pub use error::KcdError;
 pub use gss::{
     CONTEXT_FLAGS, ChannelBindings, GSS_CHECKSUM_TYPE, gss_checksum, tls_server_end_point_hash,
 };
+pub use kdc::decode_kdc_reply;
 pub use name::UserName;
 pub use transport::TransportMode;

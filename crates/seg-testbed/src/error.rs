@@ -99,6 +99,14 @@ pub enum Error {
     /// The test KDC's configuration holds a name or password that cannot be used.
     #[error("invalid test KDC configuration: {0}")]
     KdcConfig(String),
+    /// `redis-server` is not installed.
+    #[error(
+        "redis-server is missing: install the Debian package redis-server (scripts/install-deps.sh does)"
+    )]
+    RedisMissing,
+    /// The test Redis server did not come up.
+    #[error("could not bring up the test redis server: {0}")]
+    RedisStart(String),
     /// Another process serves on the port asked for the test KDC.
     #[error("port {port} on 127.0.0.1 is already in use by another process")]
     KdcPortInUse {

@@ -9,6 +9,7 @@
 //! behaviour no faithful server provokes on demand, and [`harness`] holds the helpers every test
 //! uses.
 //! [`kdc`] brings up a real MIT Kerberos KDC on loopback in which constrained delegation works.
+//! [`redis`] runs a real Redis server on loopback for the gateways that share a view.
 //! [`uem`] stands in for the Workspace ONE UEM REST API: the MEM device search with delta sync,
 //! devices whose compliance tests change, and change events pushed to a signed webhook.
 //!
@@ -30,6 +31,7 @@ pub mod exchange;
 pub mod harness;
 pub mod kdc;
 pub mod pki;
+pub mod redis;
 mod serve;
 pub mod static_soap;
 pub mod token;

@@ -1,0 +1,237 @@
+//! The Redis commands of the shared view: connecting, the write script, reading the whole view
+//! and the change log, and the leader lock.
+
+use crate::wire::{Keys, Write};
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, Client, RedisResult, Script};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Writes one change: its steps on the hashes and its log entry, atomically, under the next
+/// version. `ARGV[1]` is the log's approximate length limit, `ARGV[2]` the entry, `ARGV[3]`
+/// `seed` to write only into an empty store (answering 0 otherwise), else empty to write only
+/// into a store that is not (answering -1 otherwise: a change alone must not become the whole
+/// view of a store that lost its data); the steps follow.
+const WRITE: &str = r"
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if ARGV[3] == 'seed' and exists then
+  return 0
+end
+if ARGV[3] ~= 'seed' and not exists then
+  return -1
+end
+local version = redis.call('INCR', KEYS[1])
+local i = 4
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'rs' then
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  elseif op == 'rd' then
+    redis.call('HDEL', KEYS[2], ARGV[i + 1]); i = i + 2
+  elseif op == 'os' then
+    redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  elseif op == 'od' then
+    redis.call('HDEL', KEYS[3], ARGV[i + 1]); i = i + 2
+  elseif op == 'rclear' then
+    redis.call('DEL', KEYS[2]); i = i + 1
+  elseif op == 'oclear' then
+    redis.call('DEL', KEYS[3]); i = i + 1
+  elseif op == 'synced' then
+    redis.call('SET', KEYS[5], ARGV[i + 1]); i = i + 2
+  else
+    return redis.error_reply('unknown step ' .. op)
+  end
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], version .. '-0', 'e', ARGV[2])
+return version
+";
+
+/// Extends the lock `KEYS[1]` by `ARGV[2]` ms if `ARGV[1]` holds it.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Deletes the lock `KEYS[1]` if `ARGV[1]` holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A connection whose commands fail after `response_timeout` (so a Redis that stops
+/// answering is noticed), made within a second.
+pub(crate) async fn connect(
+    client: &Client,
+    response_timeout: Duration,
+) -> RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(response_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// What became of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Written under this version.
+    Version(u64),
+    /// A seed, refused: the store is not empty.
+    NotEmpty,
+    /// A change, refused: the store is empty (new, or it lost its data); seed it instead.
+    Empty,
+}
+
+/// Writes `write` (a seed of a whole view when `seed_only`).
+pub(crate) async fn write(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    write: &Write,
+    log_length: usize,
+    seed_only: bool,
+) -> RedisResult<Written> {
+    let entry = serde_json::to_string(&write.entry).unwrap_or_default();
+    let mut args = vec![
+        log_length.to_string(),
+        entry,
+        if seed_only { "seed" } else { "" }.to_owned(),
+    ];
+    for op in &write.ops {
+        op.push_args(&mut args);
+    }
+    let script = Script::new(WRITE);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(&keys.version)
+        .key(&keys.records)
+        .key(&keys.overrides)
+        .key(&keys.log)
+        .key(&keys.synced_at);
+    for arg in &args {
+        invocation.arg(arg);
+    }
+    let version: i64 = invocation.invoke_async(conn).await?;
+    Ok(match u64::try_from(version) {
+        Ok(0) => Written::NotEmpty,
+        Ok(version) => Written::Version(version),
+        Err(_) => Written::Empty,
+    })
+}
+
+/// The version of the last change the store holds; `None` for an empty store.
+pub(crate) async fn stored_version(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+) -> RedisResult<Option<u64>> {
+    redis::cmd("GET").arg(&keys.version).query_async(conn).await
+}
+
+/// Everything the store holds, read atomically: records, overrides, version, last full sync.
+pub(crate) type Loaded = (
+    HashMap<String, String>,
+    HashMap<String, String>,
+    Option<u64>,
+    Option<u64>,
+);
+
+/// See [`Loaded`].
+pub(crate) async fn load(conn: &mut MultiplexedConnection, keys: &Keys) -> RedisResult<Loaded> {
+    redis::pipe()
+        .atomic()
+        .hgetall(&keys.records)
+        .hgetall(&keys.overrides)
+        .get(&keys.version)
+        .get(&keys.synced_at)
+        .query_async(conn)
+        .await
+}
+
+/// The log entries after version `after`, waiting up to `block` for one: `(id, entry JSON)`.
+pub(crate) async fn read_log(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    after: u64,
+    block: Duration,
+    count: usize,
+) -> RedisResult<Vec<(String, Option<String>)>> {
+    let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
+        .arg("STREAMS")
+        .arg(&keys.log)
+        .arg(format!("{after}-0"))
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .into_iter()
+        .flat_map(|reply| reply.keys)
+        .flat_map(|key| key.ids)
+        .map(|entry| {
+            let json = entry
+                .map
+                .get("e")
+                .and_then(|value| redis::from_redis_value_ref::<String>(value).ok());
+            (entry.id, json)
+        })
+        .collect())
+}
+
+/// Takes the lock for `node` for `ttl` if nobody holds it.
+pub(crate) async fn try_lock(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    node: &str,
+    ttl: Duration,
+) -> RedisResult<bool> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(&keys.leader)
+        .arg(node)
+        .arg("NX")
+        .arg("PX")
+        .arg(millis(ttl))
+        .query_async(conn)
+        .await?;
+    Ok(set.is_some())
+}
+
+/// Extends the lock for `ttl` if `node` still holds it.
+pub(crate) async fn renew(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    node: &str,
+    ttl: Duration,
+) -> RedisResult<bool> {
+    let renewed: i64 = Script::new(RENEW)
+        .key(&keys.leader)
+        .arg(node)
+        .arg(millis(ttl))
+        .invoke_async(conn)
+        .await?;
+    Ok(renewed == 1)
+}
+
+/// Releases the lock if `node` holds it.
+pub(crate) async fn release(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    node: &str,
+) -> RedisResult<bool> {
+    let released: i64 = Script::new(RELEASE)
+        .key(&keys.leader)
+        .arg(node)
+        .invoke_async(conn)
+        .await?;
+    Ok(released == 1)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
