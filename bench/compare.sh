@@ -317,6 +317,9 @@ measure() { # measure CONTENDER PID
       sleep 0.5
     done
     grep -q '^ready' "$status_file" || die "$name: idle connections: $(cat "$status_file")"
+    # Measured once the connections are idle, not just opened: seg-proxy parks an HTTP/1.1
+    # connection (drops hyper's buffers) after 250 ms without traffic.
+    sleep 1
     mapfile -t procs < <(family "$pid")
     after_rss=$(sum_status VmRSS "${procs[@]}")
     idle_kib[$name]=$(awk -v a="$after_rss" -v b="$before_rss" -v n="$idle" 'BEGIN { printf "%.1f", (a - b) / n }')

@@ -13,6 +13,10 @@
 //!   [`Server::with_client_auth`]).
 //! - Shutdown: stop accepting, let in-flight requests finish for up to the grace period, then cut
 //!   what is left.
+//! - An HTTP/1.1 connection over TLS that is quiet between requests is parked: hyper's state for
+//!   it (16 KiB of buffers) is dropped until the next request's first byte arrives, so that an
+//!   idle keep-alive connection costs the socket, the TLS state and a small task (≈ 12 KiB in
+//!   all, see docs/benchmarks.md).
 //!
 //! ```no_run
 //! use ews_proxy_core::server::{Server, ServerSettings};
@@ -35,13 +39,13 @@
 use crate::body::BoxError;
 use crate::proxy::DisplayChain;
 use crate::tls::{CertificateRejection, ClientAuth};
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -51,12 +55,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -227,6 +231,7 @@ impl Server {
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
+            + Sync
             + 'static,
         S::Future: Send + 'static,
         B: Body + Send + 'static,
@@ -247,9 +252,19 @@ impl Server {
             .header_read_timeout(settings.header_timeout)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout)
+            .keep_alive(true);
+        let builders = Arc::new(Builders {
+            auto: builder,
+            http1,
+        });
+        // Shared by every connection: a connection holds a pointer, not a copy of the stack.
+        let service = Arc::new(service);
         let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-        let graceful = GracefulShutdown::new();
+        let (stopping, stop) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let local = listener.local_addr()?;
@@ -279,20 +294,25 @@ impl Server {
             while connections.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
             let info = ConnectionInfo::new(remote, tls.is_some());
-            let service = service.clone();
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
+            let connection = Connection {
+                info,
+                service: service.clone(),
+                builders: builders.clone(),
+                settings: settings.clone(),
+                stop: stop.clone(),
+            };
             let tls = tls.clone().map(|acceptor| (acceptor, client_auth.clone()));
-            let settings = settings.clone();
             connections.spawn(async move {
                 let _permit = permit;
-                serve_connection(stream, info, tls, service, &builder, watcher, &settings).await;
+                connection.serve(stream, tls).await;
             });
         }
         drop(listener);
         tracing::info!(%local, open = connections.len(), "shutting down: draining connections");
+        let _ = stopping.send(true);
+        let drained = async { while connections.join_next().await.is_some() {} };
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!(%local, "all connections drained"),
+            () = drained => tracing::info!(%local, "all connections drained"),
             () = tokio::time::sleep(settings.shutdown_grace) => {
                 tracing::warn!(%local, open = connections.len(), "shutdown grace period over: cutting the connections left");
             }
@@ -302,77 +322,350 @@ impl Server {
     }
 }
 
-async fn serve_connection<S, B>(
-    stream: TcpStream,
+/// The connection builders of a listener, made once.
+struct Builders {
+    /// HTTP/1.1 or HTTP/2 by preface: plain connections and TLS ones that chose `h2`.
+    auto: auto::Builder<TokioExecutor>,
+    /// TLS connections that chose HTTP/1.1 (or no protocol) by ALPN.
+    http1: http1::Builder,
+}
+
+/// How long an HTTP/1.1 connection must be quiet, with no request in flight, before it is
+/// parked: hyper's connection state (two 8 KiB buffers and the rest) is dropped and the
+/// connection waits for its next request with nothing but the socket (and TLS state). Long enough
+/// that a client sending requests back to back never pays for the rebuild.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// What one connection needs from its listener.
+struct Connection<S> {
     info: ConnectionInfo,
-    tls: Option<(TlsAcceptor, Option<ClientAuth>)>,
-    service: S,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    settings: &ServerSettings,
-) where
+    service: Arc<S>,
+    builders: Arc<Builders>,
+    settings: Arc<ServerSettings>,
+    stop: watch::Receiver<bool>,
+}
+
+impl<S, B> Connection<S>
+where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let activity = Activity::new();
-    let with_info = |peer: Option<PeerCertificate>| {
-        TowerToHyperService::new(tower::util::MapRequest::new(
-            service,
-            move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(info);
-                if let Some(peer) = &peer {
-                    request.extensions_mut().insert(peer.clone());
+    async fn serve(mut self, stream: TcpStream, tls: Option<(TlsAcceptor, Option<ClientAuth>)>) {
+        let info = self.info;
+        let activity = Activity::new();
+        let result = match tls {
+            Some((acceptor, client_auth)) => {
+                let handshake =
+                    tokio::time::timeout(self.settings.header_timeout, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(remote = %info.remote_addr(), %error, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(remote = %info.remote_addr(), "tls handshake timed out");
+                        return;
+                    }
+                };
+                let peer = peer_certificate(stream.get_ref().1, client_auth.as_ref(), info);
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = ActivityIo {
+                    io: stream,
+                    activity: activity.clone(),
+                };
+                let service = self.hyper_service(peer, &activity);
+                if h2 {
+                    self.serve_auto(io, service, &activity).await
+                } else {
+                    // HTTP/2 over TLS is only ever chosen by ALPN (RFC 9113, section 3.2).
+                    self.serve_http1(io, service, &activity).await
                 }
-                request
-            },
-        ))
-    };
-    let result = match tls {
-        Some((acceptor, client_auth)) => {
-            let handshake = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::debug!(remote = %info.remote_addr(), %error, "tls handshake failed");
-                    return;
+            }
+            None => {
+                let io = ActivityIo {
+                    io: stream,
+                    activity: activity.clone(),
+                };
+                let service = self.hyper_service(None, &activity);
+                self.serve_auto(io, service, &activity).await
+            }
+        };
+        match result {
+            Some(Err(error)) => {
+                let error: &(dyn std::error::Error + 'static) = &*error;
+                tracing::debug!(remote = %info.remote_addr(), error = %DisplayChain(error), "connection ended with an error");
+            }
+            Some(Ok(())) => {}
+            None => tracing::debug!(remote = %info.remote_addr(), "idle connection closed"),
+        }
+    }
+
+    fn hyper_service(
+        &self,
+        peer: Option<PeerCertificate>,
+        activity: &Activity,
+    ) -> ConnectionService<S> {
+        ConnectionService {
+            service: self.service.clone(),
+            info: self.info,
+            peer: peer.map(Arc::new),
+            activity: activity.clone(),
+        }
+    }
+
+    /// HTTP/1.1 or HTTP/2 by preface, until the connection ends, idles out or the server stops.
+    async fn serve_auto<T>(
+        &mut self,
+        io: ActivityIo<T>,
+        service: ConnectionService<S>,
+        activity: &Activity,
+    ) -> Option<Result<(), BoxError>>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Boxed: the task of an HTTP/1.1 connection does not carry room for HTTP/2's state.
+        let mut connection = Box::pin(
+            self.builders
+                .auto
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned(),
+        );
+        let idle = self.settings.idle_timeout;
+        let mut stopping = false;
+        loop {
+            let deadline = activity.last() + idle;
+            tokio::select! {
+                output = connection.as_mut() => return Some(output),
+                () = tokio::time::sleep_until(deadline) => {
+                    if activity.last() + idle <= Instant::now() {
+                        return None;
+                    }
                 }
-                Err(_) => {
-                    tracing::debug!(remote = %info.remote_addr(), "tls handshake timed out");
-                    return;
+                _ = self.stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
                 }
+            }
+        }
+    }
+
+    /// HTTP/1.1 on a TLS connection, parked between requests (see [`PARK_AFTER`]).
+    async fn serve_http1<T>(
+        &mut self,
+        io: ActivityIo<T>,
+        service: ConnectionService<S>,
+        activity: &Activity,
+    ) -> Option<Result<(), BoxError>>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let idle = self.settings.idle_timeout;
+        let mut io = Prefixed {
+            prefix: Bytes::new(),
+            io,
+        };
+        let mut service = service;
+        loop {
+            // Parked: wait for the first byte of the next request with no HTTP state.
+            if io.prefix.is_empty() {
+                let mut byte = [0u8; 1];
+                loop {
+                    let deadline = activity.last() + idle;
+                    let closing = tokio::select! {
+                        read = io.io.read(&mut byte) => match read {
+                            Ok(0) => true,
+                            Ok(_) => break,
+                            Err(error) => return Some(Err(error.into())),
+                        },
+                        () = tokio::time::sleep_until(deadline) => {
+                            if activity.last() + idle <= Instant::now() {
+                                return None;
+                            }
+                            false
+                        }
+                        _ = self.stop.wait_for(|stop| *stop) => true,
+                    };
+                    if closing {
+                        // A task of its own: awaited here, the close would take room in this future
+                        // for the whole life of the connection.
+                        tokio::spawn(close(io, idle));
+                        return Some(Ok(()));
+                    }
+                }
+                io.prefix = Bytes::copy_from_slice(&byte);
+            }
+            let mut connection = Box::pin(
+                self.builders
+                    .http1
+                    .serve_connection(TokioIo::new(io), service),
+            );
+            let mut stopping = false;
+            let mut parking = false;
+            let mut next_check = Instant::now() + PARK_AFTER;
+            loop {
+                let idle_deadline = activity.last() + idle;
+                let deadline = if stopping || parking {
+                    idle_deadline
+                } else {
+                    (activity.last() + PARK_AFTER)
+                        .max(next_check)
+                        .min(idle_deadline)
+                };
+                tokio::select! {
+                    output = std::future::poll_fn(|cx| connection.as_mut().poll_without_shutdown(cx)) => {
+                        if let Err(error) = output {
+                            return Some(Err(error.into()));
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        let now = Instant::now();
+                        if idle_deadline <= now && activity.last() + idle <= now {
+                            return None;
+                        }
+                        if !stopping && !parking {
+                            if activity.parkable(PARK_AFTER, now) {
+                                parking = true;
+                                connection.as_mut().graceful_shutdown();
+                            } else {
+                                next_check = now + PARK_AFTER;
+                            }
+                        }
+                    }
+                    _ = self.stop.wait_for(|stop| *stop), if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            let parts = Pin::into_inner(connection).into_parts();
+            if !parking || stopping {
+                // hyper left the IO open (`poll_without_shutdown`): close it as hyper would
+                // have, with TLS's close_notify.
+                tokio::spawn(close(parts.io.into_inner(), idle));
+                return Some(Ok(()));
+            }
+            service = parts.service;
+            io = parts.io.into_inner();
+            if !parts.read_buf.is_empty() {
+                activity.state.parkable.store(false, Ordering::Relaxed);
+                // Bytes of a request that had begun: hand them to the next connection, and do
+                // not park again before that request is answered.
+                io.prefix = if io.prefix.is_empty() {
+                    parts.read_buf
+                } else {
+                    let mut joined = Vec::with_capacity(io.prefix.len() + parts.read_buf.len());
+                    joined.extend_from_slice(&parts.read_buf);
+                    joined.extend_from_slice(&io.prefix);
+                    joined.into()
+                };
+            }
+        }
+    }
+}
+
+/// Shuts the connection down (TLS close_notify, then FIN), giving up after `limit`.
+async fn close<T: AsyncWrite + Unpin>(mut io: T, limit: Duration) {
+    let _ = tokio::time::timeout(limit, io.shutdown()).await;
+}
+
+/// The hyper service of one connection: the listener's shared service, with the connection's
+/// [`ConnectionInfo`] (and [`PeerCertificate`]) in each request's extensions.
+struct ConnectionService<S> {
+    service: Arc<S>,
+    info: ConnectionInfo,
+    peer: Option<Arc<PeerCertificate>>,
+    activity: Activity,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnectionService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<InFlightBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.info);
+        if let Some(peer) = &self.peer {
+            request
+                .extensions_mut()
+                .insert(PeerCertificate::clone(peer));
+        }
+        let guard = InFlight::new(&self.activity);
+        let response = tower::ServiceExt::oneshot(S::clone(&self.service), request);
+        Box::pin(async move {
+            let response = match response.await {
+                Ok(response) => response,
+                Err(never) => match never {},
             };
-            let peer = peer_certificate(stream.get_ref().1, client_auth.as_ref(), info);
-            let io = TokioIo::new(ActivityIo {
-                io: stream,
-                activity: activity.clone(),
-            });
-            let service = with_info(peer);
-            let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
-            drive(connection, &activity, settings.idle_timeout).await
+            Ok(response.map(|body| InFlightBody { body, guard }))
+        })
+    }
+}
+
+/// A request being served: from the call of the service until its response body is done.
+struct InFlight(Arc<ActivityState>);
+
+impl InFlight {
+    fn new(activity: &Activity) -> Self {
+        activity.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Answered: what is read from now on belongs to the next request.
+            self.0.parkable.store(true, Ordering::Relaxed);
         }
-        None => {
-            let io = TokioIo::new(ActivityIo {
-                io: stream,
-                activity: activity.clone(),
-            });
-            let service = with_info(None);
-            let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
-            drive(connection, &activity, settings.idle_timeout).await
-        }
-    };
-    match result {
-        Some(Err(error)) => {
-            let error: &(dyn std::error::Error + 'static) = &*error;
-            tracing::debug!(remote = %info.remote_addr(), error = %DisplayChain(error), "connection ended with an error");
-        }
-        Some(Ok(())) => {}
-        None => tracing::debug!(remote = %info.remote_addr(), "idle connection closed"),
+    }
+}
+
+pin_project! {
+    /// A response body that marks its request in flight until it is dropped.
+    struct InFlightBody<B> {
+        #[pin]
+        body: B,
+        guard: InFlight,
+    }
+}
+
+impl<B: Body> Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -393,48 +686,119 @@ fn peer_certificate(
     Some(PeerCertificate::new(chain.to_vec(), valid))
 }
 
-/// Runs a connection until it ends (`Some`) or stays idle for `idle` (`None`, and it is dropped).
-async fn drive<F>(connection: F, activity: &Activity, idle: Duration) -> Option<F::Output>
-where
-    F: Future,
-{
-    let mut connection = std::pin::pin!(connection);
-    loop {
-        let deadline = activity.last() + idle;
-        tokio::select! {
-            output = &mut connection => return Some(output),
-            () = tokio::time::sleep_until(deadline) => {
-                if activity.last() + idle <= Instant::now() {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// When a connection last moved a byte, in milliseconds since it opened.
+/// When a connection last moved a byte (in milliseconds since it opened), how many requests it
+/// has in flight, and whether it may be parked.
 #[derive(Clone, Debug)]
 struct Activity {
     opened: Instant,
-    last_ms: Arc<AtomicU64>,
+    state: Arc<ActivityState>,
+}
+
+#[derive(Debug, Default)]
+struct ActivityState {
+    last_ms: AtomicU64,
+    /// Requests called and not yet answered to the end of their body.
+    in_flight: AtomicUsize,
+    /// The last write (or flush) of the connection could not complete.
+    write_blocked: AtomicBool,
+    /// No byte read since the last response was answered: hyper holds no part of a next
+    /// request.
+    parkable: AtomicBool,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
             opened: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            state: Arc::default(),
         }
     }
 
     #[inline]
     fn touch(&self) {
         let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.state.last_ms.store(ms, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        self.opened + Duration::from_millis(self.state.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether the HTTP/1.1 connection is between requests, quiet for `quiet`: nothing in
+    /// flight, nothing left to write, no byte of a next request read.
+    fn parkable(&self, quiet: Duration, now: Instant) -> bool {
+        let state = &self.state;
+        self.last() + quiet <= now
+            && state.in_flight.load(Ordering::Relaxed) == 0
+            && !state.write_blocked.load(Ordering::Relaxed)
+            && state.parkable.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn wrote<T>(&self, result: &Poll<io::Result<T>>) {
+        self.state
+            .write_blocked
+            .store(result.is_pending(), Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// An IO object that begins with bytes already read from it.
+    struct Prefixed<T> {
+        prefix: Bytes,
+        #[pin]
+        io: T,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.prefix.is_empty() {
+            return this.io.poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Prefixed<T> {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, data)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 
@@ -458,6 +822,7 @@ impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
         let result = this.io.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.touch();
+            this.activity.state.parkable.store(false, Ordering::Relaxed);
         }
         result
     }
@@ -471,6 +836,7 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write(cx, data);
+        this.activity.wrote(&result);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             this.activity.touch();
         }
@@ -484,6 +850,7 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
+        this.activity.wrote(&result);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             this.activity.touch();
         }
@@ -495,7 +862,10 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let result = this.io.poll_flush(cx);
+        this.activity.wrote(&result);
+        result
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
