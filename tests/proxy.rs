@@ -598,3 +598,148 @@ async fn credentials_of_a_mode_not_enabled_are_refused_and_not_forwarded() {
     assert_eq!(bearer.status(), StatusCode::OK);
     assert_eq!(exchange.requests().len(), 1);
 }
+
+/// One response read from a raw HTTP/1.1 connection: its head (lower case) and body.
+async fn read_response<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut tokio::io::BufReader<R>,
+) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).await.unwrap();
+        assert!(
+            read > 0,
+            "the connection closed before a response head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let mut body = Vec::new();
+    if let Some(length) = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+    {
+        body.resize(length.trim().parse().unwrap(), 0);
+        reader.read_exact(&mut body).await.unwrap();
+    } else {
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await.unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    (head, body)
+}
+
+#[tokio::test]
+async fn a_parked_keep_alive_connection_serves_every_later_request() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.listen.http = None;
+    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
+    let files = pki.files().unwrap();
+    config.tls = Some(seg_proxy::config::TlsFiles {
+        cert: files.server_cert.clone(),
+        key: files.server_key.clone(),
+    });
+    // Parked as soon as it is quiet for a millisecond between requests.
+    config.server.park_after = Duration::from_millis(1);
+    let gateway = start(config).await;
+
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(pki.root_store())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gateway.https_addr().unwrap())
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = tokio::io::BufReader::new(reader);
+    let request = |n: usize| {
+        let body =
+            seg_testbed::harness::soap_envelope(&GET_ITEM.replace("AAMk1", &format!("AAMk{n}")));
+        format!(
+            "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // The quiet time is what is under test here (the connection parks during it), not a wait
+    // for something to happen.
+    let quiet = || tokio::time::sleep(Duration::from_millis(20));
+    let mut sent = 0;
+    let mut answered = Vec::new();
+    for round in 0..5 {
+        // A request after a pause: the first byte wakes the parked connection.
+        sent += 1;
+        writer.write_all(request(sent).as_bytes()).await.unwrap();
+        answered.push(read_response(&mut reader).await);
+        quiet().await;
+        // A head cut in two with a pause between: the part read before any parking must be
+        // replayed to the next HTTP connection.
+        sent += 1;
+        let whole = request(sent);
+        let (first, rest) = whole.split_at(20 + round);
+        writer.write_all(first.as_bytes()).await.unwrap();
+        writer.flush().await.unwrap();
+        quiet().await;
+        writer.write_all(rest.as_bytes()).await.unwrap();
+        answered.push(read_response(&mut reader).await);
+        quiet().await;
+        // Two pipelined requests in one write.
+        let pair = format!("{}{}", request(sent + 1), request(sent + 2));
+        sent += 2;
+        writer.write_all(pair.as_bytes()).await.unwrap();
+        answered.push(read_response(&mut reader).await);
+        answered.push(read_response(&mut reader).await);
+        quiet().await;
+    }
+    assert_eq!(answered.len(), sent);
+    for (n, (head, body)) in answered.iter().enumerate() {
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "request {}: {head}",
+            n + 1
+        );
+        assert!(
+            !head.contains("connection: close"),
+            "request {}: {head}",
+            n + 1
+        );
+        // Each answer is the echo of its own request, in order.
+        let id = format!("AAMk{}\"", n + 1);
+        assert!(
+            String::from_utf8_lossy(body).contains(&id),
+            "request {} got another request's answer",
+            n + 1
+        );
+    }
+    // Exchange saw each request whole: a byte lost or doubled at a park would show in the
+    // request line or the body.
+    let seen = exchange.requests();
+    assert_eq!(seen.len(), sent);
+    for (n, request) in seen.iter().enumerate() {
+        assert_eq!(request.method, http::Method::POST, "request {}", n + 1);
+        assert_eq!(request.path, "/EWS/Exchange.asmx", "request {}", n + 1);
+        let expected = seg_testbed::harness::soap_envelope(
+            &GET_ITEM.replace("AAMk1", &format!("AAMk{}", n + 1)),
+        );
+        assert_eq!(request.body, expected.as_bytes(), "request {}", n + 1);
+    }
+}

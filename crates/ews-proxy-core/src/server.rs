@@ -154,6 +154,13 @@ pub struct ServerSettings {
     /// On shutdown, how long in-flight requests may take to finish before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long an HTTP/1.1 connection over TLS must be quiet, with no request in flight, before
+    /// it is parked: hyper's state for it (two 8 KiB buffers and the rest) is dropped, and the
+    /// connection waits for its next request with only the socket and the TLS state (see the
+    /// [module docs](self)). Long enough that a client sending requests back to back never pays
+    /// for the rebuild; at least 1 ms.
+    #[serde(with = "humantime_serde")]
+    pub park_after: Duration,
 }
 
 impl Default for ServerSettings {
@@ -163,6 +170,7 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
+            park_after: Duration::from_millis(250),
         }
     }
 }
@@ -330,11 +338,9 @@ struct Builders {
     http1: http1::Builder,
 }
 
-/// How long an HTTP/1.1 connection must be quiet, with no request in flight, before it is
-/// parked: hyper's connection state (two 8 KiB buffers and the rest) is dropped and the
-/// connection waits for its next request with nothing but the socket (and TLS state). Long enough
-/// that a client sending requests back to back never pays for the rebuild.
-const PARK_AFTER: Duration = Duration::from_millis(250);
+/// The shortest [`ServerSettings::park_after`] used: with zero, a connection with a request in
+/// flight would re-check in a busy loop.
+const MIN_PARK_AFTER: Duration = Duration::from_millis(1);
 
 /// What one connection needs from its listener.
 struct Connection<S> {
@@ -457,7 +463,7 @@ where
         }
     }
 
-    /// HTTP/1.1 on a TLS connection, parked between requests (see [`PARK_AFTER`]).
+    /// HTTP/1.1 on a TLS connection, parked between requests (see [`ServerSettings::park_after`]).
     async fn serve_http1<T>(
         &mut self,
         io: ActivityIo<T>,
@@ -468,6 +474,7 @@ where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let idle = self.settings.idle_timeout;
+        let park_after = self.settings.park_after.max(MIN_PARK_AFTER);
         let mut io = Prefixed {
             prefix: Bytes::new(),
             io,
@@ -509,13 +516,13 @@ where
             );
             let mut stopping = false;
             let mut parking = false;
-            let mut next_check = Instant::now() + PARK_AFTER;
+            let mut next_check = Instant::now() + park_after;
             loop {
                 let idle_deadline = activity.last() + idle;
                 let deadline = if stopping || parking {
                     idle_deadline
                 } else {
-                    (activity.last() + PARK_AFTER)
+                    (activity.last() + park_after)
                         .max(next_check)
                         .min(idle_deadline)
                 };
@@ -532,11 +539,11 @@ where
                             return None;
                         }
                         if !stopping && !parking {
-                            if activity.parkable(PARK_AFTER, now) {
+                            if activity.parkable(park_after, now) {
                                 parking = true;
                                 connection.as_mut().graceful_shutdown();
                             } else {
-                                next_check = now + PARK_AFTER;
+                                next_check = now + park_after;
                             }
                         }
                     }
