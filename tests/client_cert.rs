@@ -7,7 +7,7 @@ mod support;
 use http::StatusCode;
 use seg_proxy::Gateway;
 use seg_testbed::client::HttpClient;
-use seg_testbed::harness::{self, TestExchange, reserve_port, wait_until};
+use seg_testbed::harness::{self, TestExchange, reserve_port};
 use seg_testbed::pki::{ClientCert, ClientCertSpec, Validity};
 use seg_testbed::uem::{self, Device, UemConfig, UemServer};
 use support::*;
@@ -60,19 +60,7 @@ impl Stand {
     }
 
     async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.gateway.admin_addr().unwrap());
-        wait_until(STEP, "the gateway's first view", || {
-            let url = url.clone();
-            async move {
-                let request = http::Request::get(url)
-                    .body(http_body_util::Full::default())
-                    .unwrap();
-                let client = HttpClient::accepting_any_certificate();
-                matches!(client.send(request).await, Ok(r) if r.status() == StatusCode::OK)
-            }
-        })
-        .await
-        .unwrap();
+        wait_ready(&self.gateway).await;
     }
 
     async fn block_alice(&self) {

@@ -110,19 +110,7 @@ impl Stand {
     }
 
     async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.gateway.admin_addr().unwrap());
-        wait_until(STEP, "the gateway's first view", || {
-            let url = url.clone();
-            async move {
-                let request = http::Request::get(url)
-                    .body(http_body_util::Full::default())
-                    .unwrap();
-                let client = seg_testbed::client::HttpClient::accepting_any_certificate();
-                matches!(client.send(request).await, Ok(r) if r.status() == StatusCode::OK)
-            }
-        })
-        .await
-        .unwrap();
+        wait_ready(&self.gateway).await;
     }
 
     fn ews_url(&self) -> String {
