@@ -401,12 +401,8 @@ async fn non_soap_body_gets_400_when_soap_is_required() {
     assert!(exchange.requests().is_empty());
 }
 
-#[tokio::test]
-async fn tls_listener_serves_ews_with_the_configured_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(dir.path()).unwrap();
-    let exchange = ScriptedUpstream::echo(None).await.unwrap();
-    let mut config = config_for(&exchange.url());
+/// `config` listening on HTTPS only (a free port), with the server certificate of `pki`.
+fn over_tls(mut config: seg_proxy::config::Config, pki: &TestPki) -> seg_proxy::config::Config {
     config.listen.http = None;
     config.listen.https = Some("127.0.0.1:0".parse().unwrap());
     let files = pki.files().unwrap();
@@ -414,7 +410,15 @@ async fn tls_listener_serves_ews_with_the_configured_certificate() {
         cert: files.server_cert.clone(),
         key: files.server_key.clone(),
     });
-    let gateway = start(config).await;
+    config
+}
+
+#[tokio::test]
+async fn tls_listener_serves_ews_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let exchange = ScriptedUpstream::echo(None).await.unwrap();
+    let gateway = start(over_tls(config_for(&exchange.url()), &pki)).await;
     let url = format!(
         "https://localhost:{}/EWS/Exchange.asmx",
         gateway.https_addr().unwrap().port()
@@ -647,14 +651,7 @@ async fn a_parked_keep_alive_connection_serves_every_later_request() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(dir.path()).unwrap();
     let exchange = ScriptedUpstream::echo(None).await.unwrap();
-    let mut config = config_for(&exchange.url());
-    config.listen.http = None;
-    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
-    let files = pki.files().unwrap();
-    config.tls = Some(seg_proxy::config::TlsFiles {
-        cert: files.server_cert.clone(),
-        key: files.server_key.clone(),
-    });
+    let mut config = over_tls(config_for(&exchange.url()), &pki);
     // Parked as soon as it is quiet for a millisecond between requests.
     config.server.park_after = Duration::from_millis(1);
     let gateway = start(config).await;
