@@ -274,6 +274,8 @@ impl Gateway {
         let mut registry = Registry::default();
         let proxy_metrics = ProxyMetrics::new();
         proxy_metrics.register(&mut registry);
+        // Opened first, so that it follows the compliance state before any sync can change it.
+        let mut audit = start_audit(&config, &mut registry)?;
         let compliance = match &config.compliance {
             Some(settings) => {
                 let metrics = ComplianceMetrics::new();
@@ -283,13 +285,13 @@ impl Gateway {
                     settings,
                     metrics,
                     &mut registry,
+                    audit.as_mut(),
                     &shutdown,
                     &mut background,
                 )?)
             }
             None => None,
         };
-        let audit = start_audit(&config, compliance.as_ref(), &mut registry)?;
         let registry = Arc::new(registry);
         let kcd = KcdSetup::prepare(&config).await?;
         let service = Self::build_service(
@@ -590,6 +592,7 @@ fn start_compliance(
     settings: &config::ComplianceConfig,
     metrics: ComplianceMetrics,
     registry: &mut Registry,
+    audit: Option<&mut AuditTrail>,
     shutdown: &watch::Sender<bool>,
     background: &mut JoinSet<()>,
 ) -> Result<(Compliance, SyncHandle), StartError> {
@@ -637,6 +640,11 @@ fn start_compliance(
     // with Redis, while Redis is too: the view read from it replaces this one once read).
     syncer.load_snapshot();
     let handle = syncer.handle();
+    // Subscribed before the syncer runs: its first sync's transitions are recorded too.
+    if let Some(trail) = audit {
+        trail.follow_transitions(&compliance);
+        trail.follow_sync(handle.clone(), compliance.clone(), AUDIT_SYNC_LOOK);
+    }
     background.spawn(syncer.run(stopped(shutdown.subscribe())));
     if let Some(url) = &config.ens.callback_url {
         let url = url.parse().map_err(|_| StartError::Url(url.clone()))?;
@@ -671,25 +679,17 @@ fn shared_view(
         .map_err(StartError::SharedView)
 }
 
-/// Opens the audit trail of `[audit]`, counted in `registry`, following the transitions and
-/// syncs of `compliance`; `None` without `[audit]`.
-fn start_audit(
-    config: &Config,
-    compliance: Option<&(Compliance, SyncHandle)>,
-    registry: &mut Registry,
-) -> Result<Option<AuditTrail>, StartError> {
+/// Opens the audit trail of `[audit]`, counted in `registry`; `None` without `[audit]`.
+/// [`start_compliance`] has it follow the compliance state's transitions and syncs.
+fn start_audit(config: &Config, registry: &mut Registry) -> Result<Option<AuditTrail>, StartError> {
     let Some(settings) = &config.audit else {
         return Ok(None);
     };
     let metrics = AuditMetrics::new();
     metrics.register(registry);
-    let mut trail =
-        AuditTrail::open(settings, config.node_name(), metrics).map_err(StartError::Audit)?;
-    if let Some((compliance, sync)) = compliance {
-        trail.follow_transitions(compliance);
-        trail.follow_sync(sync.clone(), compliance.clone(), AUDIT_SYNC_LOOK);
-    }
-    Ok(Some(trail))
+    AuditTrail::open(settings, config.node_name(), metrics)
+        .map(Some)
+        .map_err(StartError::Audit)
 }
 
 /// How often the audit trail looks at the sync status for new outcomes.
