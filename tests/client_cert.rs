@@ -28,6 +28,11 @@ struct Stand {
 }
 
 impl Stand {
+    /// A client certificate from the test CA, as `spec` says.
+    fn certificate(&self, spec: ClientCertSpec) -> ClientCert {
+        self.exchange.pki.issue_client_cert(&spec).unwrap()
+    }
+
     async fn start() -> Stand {
         let dir = tempfile::tempdir().unwrap();
         let exchange = TestExchange::start(|_| {}).await.unwrap();
@@ -113,11 +118,7 @@ fn compliance_status(response: &http::Response<hyper::body::Incoming>) -> Option
 #[tokio::test]
 async fn certificate_upn_is_the_user_compliance_sees() {
     let stand = Stand::start().await;
-    let alice = stand
-        .exchange
-        .pki
-        .issue_client_cert(&ClientCertSpec::upn(ALICE))
-        .unwrap();
+    let alice = stand.certificate(ClientCertSpec::upn(ALICE));
     let refused = stand.ews(&alice, None).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(
@@ -129,11 +130,7 @@ async fn certificate_upn_is_the_user_compliance_sees() {
 #[tokio::test]
 async fn valid_certificate_with_credentials_reaches_exchange() {
     let stand = Stand::start().await;
-    let bob = stand
-        .exchange
-        .pki
-        .issue_client_cert(&ClientCertSpec::upn(BOB))
-        .unwrap();
+    let bob = stand.certificate(ClientCertSpec::upn(BOB));
     let basic = stand.exchange.basic(BOB);
     let response = stand.ews(&bob, Some(&basic)).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -144,14 +141,10 @@ async fn valid_certificate_with_credentials_reaches_exchange() {
 #[tokio::test]
 async fn expired_certificate_names_nobody() {
     let stand = Stand::start().await;
-    let expired = stand
-        .exchange
-        .pki
-        .issue_client_cert(&ClientCertSpec {
-            validity: Validity::Expired,
-            ..ClientCertSpec::upn(ALICE)
-        })
-        .unwrap();
+    let expired = stand.certificate(ClientCertSpec {
+        validity: Validity::Expired,
+        ..ClientCertSpec::upn(ALICE)
+    });
     // Without a user, alice's override cannot apply: Exchange answers (it wants credentials).
     let response = stand.ews(&expired, None).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -161,11 +154,7 @@ async fn expired_certificate_names_nobody() {
 #[tokio::test]
 async fn credentials_decide_the_user_over_the_certificate() {
     let stand = Stand::start().await;
-    let alice = stand
-        .exchange
-        .pki
-        .issue_client_cert(&ClientCertSpec::upn(ALICE))
-        .unwrap();
+    let alice = stand.certificate(ClientCertSpec::upn(ALICE));
     let basic = stand.exchange.basic(BOB);
     let response = stand.ews(&alice, Some(&basic)).await;
     assert_eq!(response.status(), StatusCode::OK);
