@@ -261,7 +261,7 @@ async fn http2_clients_are_served_over_the_tls_listener() {
 
 /// More open streams than one HTTP/2 connection to Exchange can carry (the stand-in, like any
 /// hyper server, allows 200 concurrent streams per connection; IIS 100) must not stall the
-/// gateway: streams go over their own HTTP/1.1 connections, and other requests still pass.
+/// gateway: it opens another HTTP/2 connection when one is full, and other requests still pass.
 #[tokio::test]
 async fn open_streams_beyond_one_http2_connection_do_not_stall_other_requests() {
     const STREAMS: usize = 210;

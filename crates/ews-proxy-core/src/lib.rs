@@ -17,6 +17,7 @@
 //! | [`body_limit`] | `413` beyond a body size |
 //! | [`operation`] | learns the EWS operation from the start of the SOAP body |
 //! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults |
+//! | [`host_pool`] | the connections to one upstream host: HTTP/1.1 reuse, HTTP/2 up to the stream limit |
 //! | [`upstream`], [`tls`] | the pooled rustls client and both sides' TLS settings |
 //! | [`fault`], [`body`], [`future`] | SOAP faults, body types, the short-circuit response future |
 //! | [`identity`] | the user of a request, as authentication tells compliance |
@@ -60,6 +61,7 @@ pub mod fault;
 pub mod forwarded;
 pub mod future;
 pub mod hop_by_hop;
+pub mod host_pool;
 pub mod identity;
 pub mod metrics;
 pub mod operation;

@@ -29,7 +29,7 @@
 
 use crate::body::{BoxError, ResponseBody};
 use crate::fault::{FaultCode, SoapFault};
-use crate::operation::EwsOperation;
+use crate::host_pool::{HostPool, SendError, SendFuture};
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -37,6 +37,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
+use rustls::pki_types::ServerName;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -52,8 +53,8 @@ pub enum UpstreamError {
     /// The URL is not `http://` or `https://` with a host.
     #[error("upstream url {0} must be http:// or https:// with a host")]
     NotHttp(String),
-    /// The host does not make a valid `Host` header.
-    #[error("upstream host {0} is not a valid host header")]
+    /// The host does not make a valid `Host` header or TLS server name.
+    #[error("upstream host {0} is not a valid host name")]
     BadHost(String),
 }
 
@@ -64,6 +65,7 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
+    server_name: ServerName<'static>,
     timeout: Duration,
 }
 
@@ -79,10 +81,13 @@ impl Upstream {
         };
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| UpstreamError::BadHost(authority.to_string()))?;
+        let server_name = ServerName::try_from(unbracketed(authority.host()).to_owned())
+            .map_err(|_| UpstreamError::BadHost(authority.to_string()))?;
         Ok(Upstream {
             scheme,
             authority,
             host,
+            server_name,
             timeout,
         })
     }
@@ -92,32 +97,55 @@ impl Upstream {
         &self.authority
     }
 
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// The host without IPv6 brackets, as connected to.
+    pub fn host(&self) -> &str {
+        unbracketed(self.authority.host())
+    }
+
+    /// The port, explicit or the scheme's default.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+
+    /// The name the upstream's TLS certificate must carry.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+
     /// The wait for response headers.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+}
 
-    fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query.map_or("/", PathAndQuery::as_str))
-            .build()
-    }
+fn unbracketed(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// The proxy service. Cheap to clone; every clone shares one connection pool.
 #[derive(Clone, Debug)]
 pub struct ReverseProxy {
-    client: UpstreamClient,
+    pool: HostPool,
     upstream: Arc<Upstream>,
 }
 
 impl ReverseProxy {
-    /// A proxy that sends every request to `upstream` through `client`.
+    /// A proxy that sends every request to `upstream`, over connections made with `client`'s
+    /// TLS and pool settings (see [`crate::host_pool`]).
     pub fn new(client: UpstreamClient, upstream: Upstream) -> Self {
         ReverseProxy {
-            client,
+            pool: HostPool::new(&client, &upstream),
             upstream: Arc::new(upstream),
         }
     }
@@ -125,6 +153,11 @@ impl ReverseProxy {
     /// The upstream this proxy sends to.
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    /// The connections this proxy sends on.
+    pub fn pool(&self) -> &HostPool {
+        &self.pool
     }
 }
 
@@ -139,27 +172,20 @@ where
 
     #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pooled client has no readiness of its own: it queues on the pool.
+        // The pool has no readiness of its own: a request takes a connection or opens one.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        parts.uri = match self.upstream.uri_for(parts.uri.path_and_query()) {
-            Ok(uri) => uri,
-            Err(error) => {
-                tracing::warn!(%error, "request target cannot be rewritten to the upstream");
-                let fault = SoapFault::new(
-                    StatusCode::BAD_REQUEST,
-                    FaultCode::InvalidRequest,
-                    "bad request target",
-                )
-                .with_reason("bad-target");
-                return ResponseFuture::ready(fault.into_response());
-            }
-        };
-        let long_lived = is_long_lived(&parts);
-        // The client negotiates HTTP/1.1 or h2 with Exchange by ALPN, whatever the client used.
+        // Origin form (`/EWS/Exchange.asmx?…`): the pool adds scheme and authority for HTTP/2.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = match parts.uri.path_and_query() {
+                Some(path) => Uri::from(path.clone()),
+                None => Uri::from(PathAndQuery::from_static("/")),
+            };
+        }
+        // Exchange gets HTTP/1.1 or h2 by ALPN, whatever the client used.
         parts.version = Version::HTTP_11;
         parts
             .headers
@@ -167,10 +193,8 @@ where
         let body = body.map_err(Into::into).boxed_unsync();
         let request = Request::from_parts(parts, body);
         ResponseFuture {
-            state: State::Waiting {
-                response: self.client.for_request(long_lived).request(request),
-                deadline: tokio::time::sleep(self.upstream.timeout),
-            },
+            response: self.pool.send(request),
+            deadline: tokio::time::sleep(self.upstream.timeout),
             timeout: self.upstream.timeout,
         }
     }
@@ -179,33 +203,10 @@ where
 pin_project! {
     /// Response future of [`ReverseProxy`].
     pub struct ResponseFuture {
+        response: SendFuture,
         #[pin]
-        state: State,
+        deadline: Sleep,
         timeout: Duration,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State {
-        Waiting {
-            #[pin]
-            response: hyper_util::client::legacy::ResponseFuture,
-            #[pin]
-            deadline: Sleep,
-        },
-        Ready { response: Option<Response<ResponseBody>> },
-    }
-}
-
-impl ResponseFuture {
-    fn ready(response: Response<ResponseBody>) -> Self {
-        ResponseFuture {
-            state: State::Ready {
-                response: Some(response),
-            },
-            timeout: Duration::ZERO,
-        }
     }
 }
 
@@ -214,60 +215,26 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.state.project() {
-            StateProj::Ready { response } => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| internal_fault("proxy response polled after completion")))),
-            StateProj::Waiting { response, deadline } => {
-                if let Poll::Ready(result) = response.poll(cx) {
-                    return Poll::Ready(Ok(match result {
-                        Ok(response) => response.map(ResponseBody::from),
-                        Err(error) => fault_for(&error),
-                    }));
-                }
-                ready!(deadline.poll(cx));
-                tracing::warn!(timeout = ?this.timeout, "exchange did not answer in time");
-                Poll::Ready(Ok(SoapFault::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    FaultCode::TimeoutExpired,
-                    format!("exchange did not answer within {:?}", this.timeout),
-                )
-                .with_reason("upstream-timeout")
-                .into_response()))
-            }
+        if let Poll::Ready(result) = this.response.as_mut().poll(cx) {
+            return Poll::Ready(Ok(match result {
+                Ok(response) => response,
+                Err(error) => fault_for(&error),
+            }));
         }
+        ready!(this.deadline.poll(cx));
+        tracing::warn!(timeout = ?this.timeout, "exchange did not answer in time");
+        Poll::Ready(Ok(SoapFault::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            FaultCode::TimeoutExpired,
+            format!("exchange did not answer within {:?}", this.timeout),
+        )
+        .with_reason("upstream-timeout")
+        .into_response()))
     }
-}
-
-fn internal_fault(message: &'static str) -> Response<ResponseBody> {
-    tracing::error!(message);
-    SoapFault::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        FaultCode::InternalServerError,
-        message,
-    )
-    .with_reason("internal")
-    .into_response()
-}
-
-/// Whether the response will stay open for minutes: an EWS `GetStreamingEvents` (known from the
-/// operation sniffer, when it ran) or an ActiveSync `Ping` long poll.
-fn is_long_lived(parts: &http::request::Parts) -> bool {
-    if matches!(
-        parts.extensions.get::<EwsOperation>(),
-        Some(EwsOperation::GetStreamingEvents)
-    ) {
-        return true;
-    }
-    parts.uri.query().is_some_and(|query| {
-        query
-            .split('&')
-            .any(|pair| pair.eq_ignore_ascii_case("cmd=ping"))
-    })
 }
 
 /// What a failed exchange with the upstream means for the client.
-fn fault_for(error: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+fn fault_for(error: &SendError) -> Response<ResponseBody> {
     let chain = ErrorChain(Some(error));
     let fault = if chain
         .clone()
@@ -288,7 +255,10 @@ fn fault_for(error: &hyper_util::client::legacy::Error) -> Response<ResponseBody
             format!("tls handshake with exchange failed: {tls}"),
         )
         .with_reason("upstream-tls")
-    } else if error.is_connect() {
+    } else if matches!(
+        error,
+        SendError::Connect { .. } | SendError::ConnectTimeout { .. } | SendError::Tls { .. }
+    ) {
         tracing::warn!(error = %DisplayChain(error), "exchange is unreachable");
         SoapFault::new(
             StatusCode::BAD_GATEWAY,
@@ -359,18 +329,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_keeps_request_path_and_query() {
+    fn upstream_names_host_and_port() {
         let upstream = Upstream::new(
             "https://mail.example:8443/ignored".parse().unwrap(),
             Duration::from_secs(1),
         )
         .unwrap();
-        let pq: PathAndQuery = "/EWS/Exchange.asmx?x=1".parse().unwrap();
-        assert_eq!(
-            upstream.uri_for(Some(&pq)).unwrap(),
-            "https://mail.example:8443/EWS/Exchange.asmx?x=1"
-        );
         assert_eq!(upstream.host, "mail.example:8443");
+        assert_eq!(upstream.host(), "mail.example");
+        assert_eq!(upstream.port(), 8443);
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! The pooled HTTPS client that carries requests to Exchange.
+//! The HTTPS client settings the gateway reaches Exchange (and the UEM console) with.
 //!
-//! One client per process serves every request: connections are pooled and kept alive, and
-//! Exchange's affinity (its `X-BackEndOverrideCookie`) keeps working because the gateway forwards
-//! the cookie and headers untouched; it never pins connections itself.
+//! An [`UpstreamClient`] holds the TLS configuration (trust store, ignore-SSL) and the pool
+//! settings, made once per process. The proxy sends through a [`crate::host_pool::HostPool`]
+//! per upstream host built from it; [`UpstreamClient::inner`] is a general pooled hyper-util
+//! client for everything else (UEM API calls, callbacks). Exchange's affinity (its
+//! `X-BackEndOverrideCookie`) keeps working because the gateway forwards the cookie and headers
+//! untouched; it never pins connections itself.
 //!
 //! ```
 //! use ews_proxy_core::tls::UpstreamTrust;
@@ -22,6 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How connections to Exchange are pooled.
@@ -41,6 +45,9 @@ pub struct PoolSettings {
     /// sides less CPU per request than a pooled HTTP/1.1 connection per client (see
     /// docs/benchmarks.md).
     pub http2: bool,
+    /// Requests (streams) at once on one HTTP/2 connection to Exchange before another
+    /// connection is opened; lowered to what Exchange announces. IIS allows 100 by default.
+    pub http2_max_streams: usize,
 }
 
 impl Default for PoolSettings {
@@ -50,21 +57,19 @@ impl Default for PoolSettings {
             max_idle_per_host: 256,
             connect_timeout: Duration::from_secs(10),
             http2: true,
+            http2_max_streams: 100,
         }
     }
 }
 
-/// A cheap-to-clone, pooled HTTP/1.1 and HTTP/2 client over rustls.
-///
-/// With HTTP/2 on, long-lived responses (`GetStreamingEvents`, ActiveSync `Ping`) still go over
-/// a separate HTTP/1.1 pool, one connection each: an HTTP/2 connection carries a bounded number
-/// of concurrent streams (hyper's server allows 200, IIS 100 by default), the client opens no
-/// second connection when they are all taken, and streams that stay open for 30 minutes would
-/// hold every slot and stall all other requests behind them.
+/// The TLS and pool settings for upstream hosts, and a general pooled HTTP/1.1 and HTTP/2
+/// client over rustls. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    long_lived: Option<Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
+    /// The TLS configuration with ALPN set, for [`crate::host_pool::HostPool`].
+    tls: Arc<rustls::ClientConfig>,
+    settings: PoolSettings,
 }
 
 impl UpstreamClient {
@@ -80,8 +85,17 @@ impl UpstreamClient {
         }
         let tls = tls::upstream_client_config(trust)?;
         let client = Self::pool(tls.clone(), pool, pool.http2);
-        let long_lived = pool.http2.then(|| Self::pool(tls, pool, false));
-        Ok(UpstreamClient { client, long_lived })
+        let mut with_alpn = tls;
+        with_alpn.alpn_protocols = if pool.http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Ok(UpstreamClient {
+            client,
+            tls: Arc::new(with_alpn),
+            settings: pool.clone(),
+        })
     }
 
     fn pool(
@@ -110,20 +124,18 @@ impl UpstreamClient {
             .build(connector)
     }
 
-    /// The underlying hyper-util client for ordinary requests.
+    /// A general pooled hyper-util client with these settings, for any host.
     pub fn inner(&self) -> &Client<HttpsConnector<HttpConnector>, UpstreamBody> {
         &self.client
     }
 
-    /// The client for a request: the HTTP/1.1-only pool when the response will stay open (see
-    /// the type's docs), the shared one otherwise.
-    pub fn for_request(
-        &self,
-        long_lived: bool,
-    ) -> &Client<HttpsConnector<HttpConnector>, UpstreamBody> {
-        match (&self.long_lived, long_lived) {
-            (Some(client), true) => client,
-            _ => &self.client,
-        }
+    /// The TLS client configuration, ALPN included (HTTP/2 offered when the settings say so).
+    pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
+    }
+
+    /// The pool settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
     }
 }

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Where seg-proxy's CPU goes per proxied request: instructions, cycles and CPU time per request
+# (perf stat on the gateway process alone), and optionally a call-graph profile (perf record).
+#
+# Unlike bench/compare.sh's requests/s, instructions per request hardly move when other work
+# shares the machine, so this is the figure to compare before and after a change to the hot path.
+# The setup is compare.sh's: the static SOAP upstream over TLS, seg-proxy proxying only (or with
+# every layer on), wrk posting small GetFolder requests on keep-alive TLS connections.
+#
+# usage: bench/profile.sh
+#
+# Environment (all optional):
+#   PROFILE_MODE=proxy        proxy: proxying only; full: every layer on (compare.sh's seg-full)
+#   PROFILE_DURATION=10s      the measured wrk run
+#   PROFILE_CONNECTIONS=32    wrk connections
+#   PROFILE_RECORD=           a path: write a perf record -g profile there instead (perf report -i)
+#   PROFILE_STRACE=1          count the gateway's system calls per request instead (strace -c)
+#   BENCH_NO_BUILD=1          use the release binaries already in the target dir
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh"
+mode=${PROFILE_MODE:-proxy}
+duration=${PROFILE_DURATION:-10s}
+connections=${PROFILE_CONNECTIONS:-32}
+record=${PROFILE_RECORD:-}
+
+scripts/install-deps.sh wrk linux-perf strace python3 >&2
+build_release_binaries
+perf_bin=$(command -v perf || ls /usr/bin/perf_* 2>/dev/null | head -n 1)
+[ -n "$perf_bin" ] || die "perf is missing"
+
+"$seg_testbed" pki --dir "$work/pki" >/dev/null
+password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+export BENCH_AUTHORIZATION="Basic $(printf '%s:%s' alice@test.local "$password" | base64 -w0)"
+export BENCH_DEVICE_ID=EASDEV000001
+
+read -r upstream_port proxy_port admin_port uem_port < <(free_ports 4)
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$seg_testbed" static-soap \
+  --listen "127.0.0.1:$upstream_port" --tls-cert "$work/pki/server.pem" \
+  --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
+pids+=($!)
+wait_for_port "${pids[-1]}" "$upstream_port" upstream
+
+cat >"$work/seg.toml" <<EOF
+[listen]
+https = "127.0.0.1:$proxy_port"
+[tls]
+cert = "$work/pki/server.pem"
+key = "$work/pki/server.key"
+[exchange]
+url = "https://localhost:$upstream_port"
+trust_store = "$work/pki/ca.pem"
+[ews]
+enable_proxy = true
+[log]
+filter = "warn"
+EOF
+if [ "$mode" = full ]; then
+  python3 bench/uem-devices.py 10000 "$work/devices.json"
+  RUST_LOG=warn taskset -c 0 "$seg_testbed" uem --listen "127.0.0.1:$uem_port" \
+    --devices "$work/devices.json" --tls-cert "$work/pki/server.pem" \
+    --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "${pids[-1]}" "$uem_port" uem
+  cat >>"$work/seg.toml" <<EOF
+require_soap = true
+remove_unsupported_auth = true
+[admin]
+listen = "127.0.0.1:$admin_port"
+[auth]
+modes = ["basic", "oauth"]
+client_cert = "optional"
+client_ca = "$work/pki/ca.pem"
+[compliance]
+uem_url = "https://localhost:$uem_port"
+uem_tenant_code = "testbed-tenant-code"
+uem_user = "uemapi"
+uem_password = "P@ssw0rd!"
+uem_trust_store = "$work/pki/ca.pem"
+EOF
+fi
+TOKIO_WORKER_THREADS=1 taskset -c 1 "$seg_proxy" run --config "$work/seg.toml" \
+  >"$work/seg-proxy.log" 2>&1 &
+gateway=$!
+pids+=("$gateway")
+wait_for_port "$gateway" "$proxy_port" seg-proxy
+[ "$mode" != full ] || wait_for_200 "$gateway" "http://127.0.0.1:$admin_port/readyz" seg-proxy
+
+url="https://127.0.0.1:$proxy_port"
+taskset -c 0 wrk -t1 -c"$connections" -d2s -s bench/soap-post.lua "$url" >/dev/null # warm-up
+if [ -n "${PROFILE_STRACE:-}" ]; then
+  strace -c -f -o "$work/strace.out" -p "$gateway" &
+elif [ -z "$record" ]; then
+  "$perf_bin" stat -x, -e task-clock -o "$work/perf.out" -p "$gateway" &
+else
+  "$perf_bin" record -e cpu-clock -g -F 999 -o "$record" -p "$gateway" 2>"$work/perf.log" &
+fi
+perf_pid=$!
+sleep 0.5 # perf attaches asynchronously; a few requests more or less do not move the ratio
+taskset -c 0 wrk -t1 -c"$connections" -d"$duration" -s bench/soap-post.lua "$url" >"$work/wrk.out"
+kill -INT "$perf_pid"
+wait "$perf_pid" 2>/dev/null || true
+result=$(grep '^RESULT' "$work/wrk.out")
+requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")
+rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$result")
+if [ -n "${PROFILE_STRACE:-}" ]; then
+  log "$requests requests; system calls per request:"
+  awk -v n="$requests" '$4 ~ /^[0-9]+$/ && $NF != "total" { printf "  %-16s %.2f\n", $NF, $4 / n }' "$work/strace.out" | sort -k2 -rn | head -n 12
+elif [ -z "$record" ]; then
+  python3 - "$work/perf.out" "$requests" "$rps" "$mode" <<'EOF'
+import sys
+values = {}
+for line in open(sys.argv[1]):
+    fields = line.strip().split(",")
+    if len(fields) > 2 and fields[0] and fields[0][0].isdigit():
+        values[fields[2].split(":")[0]] = float(fields[0])
+requests = int(sys.argv[2])
+print(f"mode {sys.argv[4]}: {requests} requests, {float(sys.argv[3]):.0f}/s")
+print(f"  instructions/request {values.get('instructions', 0) / requests:,.0f}")
+print(f"  cycles/request       {values.get('cycles', 0) / requests:,.0f}")
+print(f"  CPU us/request       {values.get('task-clock', 0) * 1000 / requests:.1f}")
+EOF
+else
+  log "profile in $record ($requests requests, $rps/s): perf report -i $record --no-children"
+fi

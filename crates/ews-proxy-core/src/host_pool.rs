@@ -1,0 +1,484 @@
+//! Connections to one upstream host, kept open and reused request after request: the path every
+//! proxied request takes to Exchange.
+//!
+//! - HTTP/1.1: a stack of idle connections. A request takes the most recently used one (its TLS
+//!   session and TCP window are warm), or opens a new one; the connection goes back on the stack
+//!   when the response body has been read to its end, and is closed instead when the body is
+//!   dropped half-read.
+//! - HTTP/2 (when offered and Exchange picks it by ALPN): each connection carries up to the
+//!   concurrent-stream limit ([`PoolSettings::http2_max_streams`], lowered to what Exchange
+//!   announces), and a new connection is opened when every one is full. An HTTP/2 connection
+//!   stalls every request beyond its limit, and hyper's own client never opens a second one, so
+//!   without this 30-minute `GetStreamingEvents` streams would take every slot and stall all the
+//!   other requests behind them.
+//! - A request that found its reused connection closed by Exchange before it was written (the
+//!   keep-alive race) is sent again on another connection; one already written is never resent.
+//! - Idle connections older than [`PoolSettings::idle_timeout`] are closed by a background task
+//!   that holds the pool only weakly.
+//!
+//! Why not hyper-util's pooled client, which the gateway used before: per request it clones
+//! itself and its connector, hashes the pool key with SipHash under a lock and goes through a
+//! checkout machinery built for any host behind any proxy: about 6% of the gateway's CPU per
+//! request under load (docs/benchmarks.md). A pool that serves one host needs none of that.
+//!
+//! ```no_run
+//! use ews_proxy_core::host_pool::HostPool;
+//! use ews_proxy_core::proxy::Upstream;
+//! use ews_proxy_core::tls::UpstreamTrust;
+//! use ews_proxy_core::upstream::{PoolSettings, UpstreamClient};
+//! use http_body_util::BodyExt;
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = UpstreamClient::new(&UpstreamTrust::default(), &PoolSettings::default())?;
+//! let exchange = Upstream::new("https://exchange.corp.example".parse()?, Duration::from_secs(60))?;
+//! let pool = HostPool::new(&client, &exchange);
+//! let request = http::Request::post("/EWS/Exchange.asmx")
+//!     .body(http_body_util::Full::new(bytes::Bytes::from_static(b"<soap/>"))
+//!         .map_err(Into::into)
+//!         .boxed_unsync())?;
+//! let response = pool.send(request).await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::body::{ResponseBody, UpstreamBody};
+use crate::proxy::Upstream;
+use crate::upstream::{PoolSettings, UpstreamClient};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+/// Why a request could not be exchanged with the upstream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No TCP connection could be made (refused, unreachable, name not resolved).
+    #[error("cannot connect to {authority}")]
+    Connect {
+        /// The upstream's host and port.
+        authority: Authority,
+        /// What the connect attempt answered.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting (TCP and TLS) took longer than the connect timeout.
+    #[error("connecting to {authority} took longer than {timeout:?}")]
+    ConnectTimeout {
+        /// The upstream's host and port.
+        authority: Authority,
+        /// The connect timeout.
+        timeout: Duration,
+    },
+    /// The TLS handshake failed (certificate not trusted, name mismatch, protocol error).
+    #[error("tls handshake with {authority} failed")]
+    Tls {
+        /// The upstream's host and port.
+        authority: Authority,
+        /// rustls' error, inside the `io::Error` tokio-rustls reports it in.
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP exchange failed: the connection broke, the response was malformed, or the
+    /// request body failed (its error, e.g. a size limit, is in the source chain).
+    #[error("http exchange with the upstream failed")]
+    Http(#[source] hyper::Error),
+}
+
+/// A pool of connections to one upstream host; see the [module docs](self). Cheap to clone:
+/// clones share the connections.
+#[derive(Clone)]
+pub struct HostPool {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for HostPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostPool")
+            .field("authority", &self.shared.target.authority)
+            .field("tls", &self.shared.target.tls.is_some())
+            .finish()
+    }
+}
+
+/// Where connections go and how they are made.
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The host without IPv6 brackets, for the TCP connect.
+    host: String,
+    port: u16,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+struct Shared {
+    target: Target,
+    settings: PoolSettings,
+    /// Idle HTTP/1.1 connections, most recently used last.
+    idle: Mutex<Vec<IdleConnection>>,
+    /// Open HTTP/2 connections.
+    h2: Mutex<Vec<H2Connection>>,
+    /// Held while an HTTP/2 connection is being opened, so that a burst of requests opens one
+    /// connection, not one each.
+    h2_opening: tokio::sync::Mutex<()>,
+    /// Exchange picked HTTP/2 on the last connection opened.
+    speaks_h2: AtomicBool,
+    reaper_started: AtomicBool,
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+struct H2Connection {
+    sender: http2::SendRequest<UpstreamBody>,
+    /// Streams in use.
+    streams: Arc<AtomicUsize>,
+    /// The concurrent streams Exchange allows, as its last SETTINGS frame said.
+    allowed: Arc<AtomicUsize>,
+}
+
+/// A connection taken for one request.
+enum Taken {
+    Http1(http1::SendRequest<UpstreamBody>),
+    Http2(http2::SendRequest<UpstreamBody>, StreamSlot),
+}
+
+/// What a response body holds of its pooled connection until the body ends: the HTTP/1.1
+/// connection to give back, or the HTTP/2 stream slot to free. Dropped before the end, it gives
+/// nothing back: a half-read HTTP/1.1 connection cannot serve another request.
+pub struct PoolLease(Lease);
+
+impl std::fmt::Debug for PoolLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Lease::Http1 { .. } => "PoolLease(http/1.1)",
+            Lease::Http2(_) => "PoolLease(http/2)",
+        })
+    }
+}
+
+impl PoolLease {
+    /// The body was read to its end: the connection can serve another request.
+    pub(crate) fn release(self) {
+        if let Lease::Http1 { pool, sender } = self.0 {
+            pool.put_idle(sender);
+        }
+    }
+}
+
+enum Lease {
+    Http1 {
+        pool: Arc<Shared>,
+        sender: http1::SendRequest<UpstreamBody>,
+    },
+    /// Frees the slot when dropped.
+    Http2(#[allow(dead_code)] StreamSlot),
+}
+
+/// One of an HTTP/2 connection's streams, in use until dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The future of [`HostPool::send`].
+pub type SendFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, SendError>> + Send>>;
+
+impl HostPool {
+    /// A pool for `upstream`'s host, with the TLS and pool settings of `client`.
+    pub fn new(client: &UpstreamClient, upstream: &Upstream) -> Self {
+        let tls = (*upstream.scheme() == Scheme::HTTPS).then(|| {
+            (
+                TlsConnector::from(client.tls_config().clone()),
+                upstream.server_name().clone(),
+            )
+        });
+        HostPool {
+            shared: Arc::new(Shared {
+                target: Target {
+                    scheme: upstream.scheme().clone(),
+                    authority: upstream.authority().clone(),
+                    host: upstream.host().to_owned(),
+                    port: upstream.port(),
+                    tls,
+                },
+                settings: client.settings().clone(),
+                idle: Mutex::new(Vec::new()),
+                h2: Mutex::new(Vec::new()),
+                h2_opening: tokio::sync::Mutex::new(()),
+                speaks_h2: AtomicBool::new(false),
+                reaper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends `request` (its target in origin form, `/path?query`; `Host` as the caller wants it)
+    /// and resolves to the response once its headers have arrived. The body streams on, and
+    /// its connection returns to the pool when the body has been read to the end.
+    pub fn send(&self, request: Request<UpstreamBody>) -> SendFuture {
+        Box::pin(self.shared.clone().send(request))
+    }
+
+    /// Idle HTTP/1.1 connections and open HTTP/2 connections, for tests and metrics.
+    pub fn open_connections(&self) -> (usize, usize) {
+        (lock(&self.shared.idle).len(), lock(&self.shared.h2).len())
+    }
+}
+
+impl Shared {
+    async fn send(
+        self: Arc<Self>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        loop {
+            let (taken, reused) = match self.take() {
+                Some(taken) => (taken, true),
+                None => (self.open().await?, false),
+            };
+            match taken {
+                Taken::Http1(mut sender) => {
+                    if std::future::poll_fn(|cx| sender.poll_ready(cx))
+                        .await
+                        .is_err()
+                    {
+                        // Closed by Exchange while idle: the request was not written.
+                        continue;
+                    }
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            return Ok(with_lease(response, Lease::Http1 { pool: self, sender }));
+                        }
+                        Err(mut error) => match error.take_message() {
+                            Some(unsent) if reused => request = unsent,
+                            _ => return Err(SendError::Http(error.into_error())),
+                        },
+                    }
+                }
+                Taken::Http2(mut sender, slot) => {
+                    let target = &self.target;
+                    let absolute = absolute_uri(&target.scheme, &target.authority, &request);
+                    if let Some(uri) = absolute {
+                        *request.uri_mut() = uri;
+                    }
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok(with_lease(response, Lease::Http2(slot))),
+                        Err(mut error) => match error.take_message() {
+                            Some(unsent) if reused => request = unsent,
+                            _ => return Err(SendError::Http(error.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pooled connection with room for a request, if any.
+    fn take(&self) -> Option<Taken> {
+        if self.speaks_h2.load(Ordering::Relaxed)
+            && let Some(taken) = self.take_h2()
+        {
+            return Some(taken);
+        }
+        let mut idle = lock(&self.idle);
+        while let Some(connection) = idle.pop() {
+            if !connection.sender.is_closed() {
+                return Some(Taken::Http1(connection.sender));
+            }
+        }
+        None
+    }
+
+    fn take_h2(&self) -> Option<Taken> {
+        let mut connections = lock(&self.h2);
+        connections.retain(|c| !c.sender.is_closed());
+        let limit = self.settings.http2_max_streams.max(1);
+        connections.iter().find_map(|c| {
+            let limit = limit.min(c.allowed.load(Ordering::Relaxed).max(1));
+            c.streams
+                .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                    (n < limit).then_some(n + 1)
+                })
+                .ok()
+                .map(|_| Taken::Http2(c.sender.clone(), StreamSlot(c.streams.clone())))
+        })
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.settings.max_idle_per_host {
+            idle.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a connection: TCP, TLS with ALPN, then HTTP/2 or HTTP/1.1 as Exchange chose.
+    async fn open(self: &Arc<Self>) -> Result<Taken, SendError> {
+        self.start_reaper();
+        // HTTP/2: one opening at a time; whoever waited finds room on the new connection.
+        let _opening = if self.speaks_h2.load(Ordering::Relaxed) {
+            let guard = self.h2_opening.lock().await;
+            if let Some(taken) = self.take_h2() {
+                return Ok(taken);
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        let timeout = self.settings.connect_timeout;
+        let authority = &self.target.authority;
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::ConnectTimeout {
+                authority: authority.clone(),
+                timeout,
+            }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Taken, SendError> {
+        let target = &self.target;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| SendError::Connect {
+                authority: target.authority.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let Some((connector, name)) = &target.tls else {
+            return self.handshake_http1(tcp).await;
+        };
+        let tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|source| SendError::Tls {
+                authority: target.authority.clone(),
+                source,
+            })?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        self.speaks_h2.store(h2, Ordering::Relaxed);
+        if !h2 {
+            return self.handshake_http1(tls).await;
+        }
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(SendError::Http)?;
+        let allowed = Arc::new(AtomicUsize::new(connection.current_max_send_streams()));
+        let published = allowed.clone();
+        let mut connection = connection;
+        tokio::spawn(async move {
+            // Drives the connection, and publishes the stream limit whenever Exchange's
+            // SETTINGS may have changed it.
+            let result = std::future::poll_fn(|cx| {
+                let poll = Pin::new(&mut connection).poll(cx);
+                published.store(connection.current_max_send_streams(), Ordering::Relaxed);
+                poll
+            })
+            .await;
+            if let Err(error) = result {
+                tracing::debug!(%error, "http/2 connection to exchange ended");
+            }
+        });
+        let streams = Arc::new(AtomicUsize::new(1));
+        lock(&self.h2).push(H2Connection {
+            sender: sender.clone(),
+            streams: streams.clone(),
+            allowed,
+        });
+        Ok(Taken::Http2(sender, StreamSlot(streams)))
+    }
+
+    async fn handshake_http1<T>(&self, io: T) -> Result<Taken, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "http/1.1 connection to exchange ended");
+            }
+        });
+        Ok(Taken::Http1(sender))
+    }
+
+    /// Closes idle connections past the idle timeout, from a task of its own that ends with
+    /// the pool.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Shared> = Arc::downgrade(self);
+        let idle_timeout = self.settings.idle_timeout.max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(idle_timeout / 2);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                lock(&pool.idle).retain(|c| {
+                    !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout
+                });
+                lock(&pool.h2).retain(|c| !c.sender.is_closed());
+            }
+        });
+    }
+}
+
+/// The response with its body holding the lease; released at once when there is no body.
+fn with_lease(response: Response<hyper::body::Incoming>, lease: Lease) -> Response<ResponseBody> {
+    response.map(|body| ResponseBody::leased(body, PoolLease(lease)))
+}
+
+/// `scheme://authority/path?query` for an HTTP/2 request, whose target is sent as pseudo-headers.
+fn absolute_uri<B>(scheme: &Scheme, authority: &Authority, request: &Request<B>) -> Option<Uri> {
+    if request.uri().scheme().is_some() {
+        return None;
+    }
+    Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(
+            request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+        .build()
+        .ok()
+}
+
+/// Locks a pool list; a panic while one was held cannot leave it inconsistent (every change
+/// is a single push, pop or retain), so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
