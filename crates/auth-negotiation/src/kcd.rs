@@ -35,6 +35,12 @@
 //!   | anything else | `kcd-failed` |
 //! - **Extended Protection**: with a [`ChannelBindingSource`], the token is bound to the
 //!   gateway's TLS connection to Exchange (RFC 5929 `tls-server-end-point`).
+//! - **Mutual authentication** (off by default; [`KcdAuthLayer::verifying_mutual_authentication`]):
+//!   Exchange's answer must prove that it read the ticket. A `WWW-Authenticate: Negotiate
+//!   <token>` on any answer but a `401` must carry an AP-REP that [`kcd_client::verify_mutual`]
+//!   accepts, and a success (`2xx`) must carry one. Otherwise the answer is not passed on: the
+//!   client gets `502` with a SOAP fault and `X-Seg-Fault: kcd-mutual-auth-failed`, and the
+//!   failure is logged with the user and the cause.
 //!
 //! Each authenticated request runs in a `kcd_auth` tracing span with the user's UPN; the token is
 //! never logged (its header value is marked sensitive).
@@ -79,6 +85,7 @@
 //! # }
 //! ```
 
+use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ews_proxy_core::body::BoxError;
 use ews_proxy_core::fault::{FaultCode, SoapFault};
@@ -86,7 +93,7 @@ use ews_proxy_core::identity::{ClientIdentity, IdentitySource};
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
-use kcd_client::{KcdClient, KcdError, KcdRequest, NegotiateToken, UserName};
+use kcd_client::{KcdClient, KcdError, KcdRequest, NegotiateToken, TokenContext, UserName};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -165,6 +172,7 @@ struct Settings {
     retry_body_limit: usize,
     invalidate: Arc<dyn Invalidate + Send + Sync>,
     channel_binding: Option<Arc<dyn ChannelBindingSource + Send + Sync>>,
+    verify_mutual: bool,
 }
 
 impl Settings {
@@ -202,6 +210,7 @@ impl fmt::Debug for Settings {
                     .as_ref()
                     .map(|_| "dyn ChannelBindingSource"),
             )
+            .field("verify_mutual", &self.verify_mutual)
             .finish()
     }
 }
@@ -234,6 +243,7 @@ impl<K> KcdAuthLayer<K> {
                 retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
                 invalidate: Arc::new(cache),
                 channel_binding: None,
+                verify_mutual: false,
             }),
         }
     }
@@ -260,6 +270,14 @@ impl<K> KcdAuthLayer<K> {
         source: impl ChannelBindingSource + Send + Sync + 'static,
     ) -> Self {
         Arc::make_mut(&mut self.settings).channel_binding = Some(Arc::new(source));
+        self
+    }
+
+    /// Requires Exchange to prove its identity (Kerberos mutual authentication, see the
+    /// [module docs](self)): an answer without a valid proof becomes a `502`. Needs tokens
+    /// made by a [`KcdClient`], which keep what checks the proof.
+    pub fn verifying_mutual_authentication(mut self) -> Self {
+        Arc::make_mut(&mut self.settings).verify_mutual = true;
         self
     }
 }
@@ -361,6 +379,7 @@ where
                     parts,
                     body,
                     authorization: None,
+                    context: None,
                     retried: false,
                     span,
                     step: Step::KcdReady,
@@ -514,6 +533,8 @@ pin_project! {
         body: Held<B>,
         // The token for the next attempt, between getting it and sending the request.
         authorization: Option<HeaderValue>,
+        // What checks Exchange's mutual-authentication answer to the token sent.
+        context: Option<TokenContext>,
         retried: bool,
         span: tracing::Span,
         #[pin]
@@ -597,8 +618,13 @@ where
         let this = self.project();
         let (inner, kcd, settings, user, upn) =
             (this.inner, this.kcd, this.settings, this.user, this.upn);
-        let (parts, body, authorization, retried) =
-            (this.parts, this.body, this.authorization, this.retried);
+        let (parts, body, authorization, context, retried) = (
+            this.parts,
+            this.body,
+            this.authorization,
+            this.context,
+            this.retried,
+        );
         let mut step = this.step;
         let _entered = this.span.enter();
         loop {
@@ -623,6 +649,7 @@ where
                     };
                     value.set_sensitive(true);
                     *authorization = Some(value);
+                    *context = token.context().cloned();
                     step.set(if *retried {
                         Step::InnerReady
                     } else {
@@ -651,6 +678,11 @@ where
                 StepProj::Inner { future } => {
                     let response = ready!(future.poll(cx))?;
                     if response.status() != StatusCode::UNAUTHORIZED {
+                        if settings.verify_mutual
+                            && let Err(error) = check_mutual(&response, context.as_ref())
+                        {
+                            return Poll::Ready(Ok(mutual_fault(upn, response.status(), &error)));
+                        }
                         return Poll::Ready(Ok(response));
                     }
                     if *retried {
@@ -682,6 +714,55 @@ where
             }
         }
     }
+}
+
+/// Checks Exchange's mutual-authentication answer: a `Negotiate` token must verify against
+/// `context`, and a success must carry one.
+fn check_mutual<B>(response: &Response<B>, context: Option<&TokenContext>) -> Result<(), KcdError> {
+    let failed = |reason: &str| KcdError::MutualAuthentication {
+        reason: reason.to_owned(),
+    };
+    let token = response
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("Negotiate")
+                .then(|| token.trim())
+        });
+    let Some(token) = token else {
+        return if response.status().is_success() {
+            Err(failed("Exchange's answer carries no Negotiate token"))
+        } else {
+            Ok(())
+        };
+    };
+    let context =
+        context.ok_or_else(|| failed("the token sent has nothing to check the answer against"))?;
+    let reply = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|_| failed("Exchange's Negotiate token is not base64"))?;
+    kcd_client::verify_mutual(context, &reply)
+}
+
+/// The `502` answer to Exchange's failed mutual authentication, and its log line.
+fn mutual_fault<B: From<Bytes>>(upn: &str, status: StatusCode, error: &KcdError) -> Response<B> {
+    tracing::error!(
+        user = %upn,
+        exchange_status = status.as_u16(),
+        error = %error,
+        "Exchange did not prove its identity (Kerberos mutual authentication); its answer is not passed on"
+    );
+    SoapFault::new(
+        StatusCode::BAD_GATEWAY,
+        FaultCode::ConnectionFailed,
+        "Exchange did not prove its identity to the gateway (Kerberos mutual authentication)",
+    )
+    .with_reason("kcd-mutual-auth-failed")
+    .into_response()
 }
 
 /// The `503` answer to a failure to get a token, and its log line.

@@ -159,3 +159,134 @@ async fn a_user_the_kdc_does_not_know_is_a_503_and_never_reaches_exchange() {
     assert_eq!(response.headers()["x-seg-fault"], "kcd-unknown-user");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+const GET_INBOX: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+
+/// An Exchange stand-in that sends the gateway's `Authorization` on to the test Exchange of
+/// `seg-testbed` (which accepts Negotiate with MIT's GSSAPI and Exchange's keytab) and answers
+/// with its status and `WWW-Authenticate` headers.
+fn gssapi_exchange(
+    exchange: Arc<seg_testbed::harness::TestExchange>,
+) -> impl tower::Service<
+    Request<KcdBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send {
+    tower::service_fn(move |request: Request<KcdBody<Full<Bytes>>>| {
+        let exchange = Arc::clone(&exchange);
+        async move {
+            let authorization = request.headers()[AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let answer = exchange.ews(&authorization, &[], GET_INBOX).await.unwrap();
+            let mut response = Response::new(Full::default());
+            *response.status_mut() = answer.status();
+            for value in answer.headers().get_all(http::header::WWW_AUTHENTICATE) {
+                response
+                    .headers_mut()
+                    .append(http::header::WWW_AUTHENTICATE, value.clone());
+            }
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+#[tokio::test]
+async fn exchanges_gssapi_proof_of_identity_is_verified_and_the_answer_passed_on() {
+    let kdc = shared_kdc().await;
+    let keytab = kdc.keytab(EXCHANGE_SERVICE).unwrap().to_path_buf();
+    let exchange = seg_testbed::harness::TestExchange::start(|config| {
+        config.negotiate = Some(seg_testbed::exchange::NegotiateConfig::new(keytab));
+    })
+    .await
+    .unwrap();
+    let service = KcdAuthLayer::for_client(gateway(&kdc), EXCHANGE_SERVICE)
+        .verifying_mutual_authentication()
+        .layer(gssapi_exchange(Arc::new(exchange)));
+
+    let response = service
+        .oneshot(certificate_request("alice@TEST.LOCAL"))
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("x-seg-fault").is_none());
+}
+
+#[tokio::test]
+async fn an_answer_without_a_valid_proof_of_identity_is_a_502_when_verifying() {
+    let kdc = shared_kdc().await;
+    // What a server that could not read the ticket might answer: completed, but no AP-REP.
+    let no_ap_rep = base64::engine::general_purpose::STANDARD
+        .encode([0xa1, 0x07, 0x30, 0x05, 0xa0, 0x03, 0x0a, 0x01, 0x00]);
+    for (status, negotiate) in [
+        (StatusCode::OK, Some(format!("Negotiate {no_ap_rep}"))),
+        (StatusCode::OK, Some("Negotiate %%%".to_owned())),
+        (StatusCode::OK, None),
+        (
+            StatusCode::FORBIDDEN,
+            Some(format!("Negotiate {no_ap_rep}")),
+        ),
+    ] {
+        let answer = negotiate.clone();
+        let impostor = tower::service_fn(move |_: Request<KcdBody<Full<Bytes>>>| {
+            let answer = answer.clone();
+            async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"<secret/>")));
+                *response.status_mut() = status;
+                if let Some(value) = answer {
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_str(&value).unwrap(),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let service = KcdAuthLayer::for_client(gateway(&kdc), EXCHANGE_SERVICE)
+            .verifying_mutual_authentication()
+            .layer(impostor);
+
+        let response = service
+            .oneshot(certificate_request("alice@TEST.LOCAL"))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_GATEWAY,
+            "{status} {negotiate:?}"
+        );
+        assert_eq!(response.headers()["x-seg-fault"], "kcd-mutual-auth-failed");
+    }
+}
+
+#[tokio::test]
+async fn without_verification_or_for_an_error_without_a_token_the_answer_passes() {
+    let kdc = shared_kdc().await;
+    for (verify, status) in [(false, StatusCode::OK), (true, StatusCode::FORBIDDEN)] {
+        let layer = KcdAuthLayer::for_client(gateway(&kdc), EXCHANGE_SERVICE);
+        let layer = if verify {
+            layer.verifying_mutual_authentication()
+        } else {
+            layer
+        };
+        let service = layer.layer(tower::service_fn(
+            move |_: Request<KcdBody<Full<Bytes>>>| async move {
+                let mut response = Response::new(Full::<Bytes>::default());
+                *response.status_mut() = status;
+                Ok::<_, Infallible>(response)
+            },
+        ));
+
+        let response = service
+            .oneshot(certificate_request("alice@TEST.LOCAL"))
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), status);
+    }
+}

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rasn::types::Integer;
 use rasn_kerberos::{
-    ApOptions, ApReq, Authenticator, Checksum, EncryptedData, PrincipalName, Realm, Ticket,
+    ApOptions, ApReq, Authenticator, Checksum, EncryptedData, KerberosTime, PrincipalName, Realm,
+    Ticket,
 };
 
 use crate::KcdError;
@@ -33,33 +34,48 @@ pub(crate) fn build(
     usage: u32,
     now: SystemTime,
 ) -> Result<ApReq, KcdError> {
+    Ok(build_timed(ticket, session_key, parts, usage, now, &[])?.0)
+}
+
+/// As [`build`], with the AP options `ap_options` (bit numbers), and also returning the
+/// authenticator's `ctime` and `cusec`, which a mutual-authentication reply echoes.
+pub(crate) fn build_timed(
+    ticket: &Ticket,
+    session_key: &Key,
+    parts: AuthenticatorParts<'_>,
+    usage: u32,
+    now: SystemTime,
+    ap_options: &[usize],
+) -> Result<(ApReq, KerberosTime, u32), KcdError> {
     // Microseconds of the same instant as ctime, so that (ctime, cusec) is unique for replay
     // caches even when several tokens are made within one second.
     let cusec = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_micros())
         .unwrap_or(0);
+    let ctime = asn1::kerberos_time(now);
     let authenticator = Authenticator {
         authenticator_vno: Integer::from(5),
         crealm: parts.crealm.clone(),
         cname: parts.cname.clone(),
         cksum: parts.cksum,
         cusec: Integer::from(i64::from(cusec)),
-        ctime: asn1::kerberos_time(now),
+        ctime: ctime.clone(),
         subkey: None,
         seq_number: parts.seq_number,
         authorization_data: None,
     };
     let plaintext = asn1::encode(&authenticator, "authenticator")?;
-    Ok(ApReq {
+    let ap_req = ApReq {
         pvno: Integer::from(5),
         msg_type: Integer::from(i64::from(msg_type::AP_REQ)),
-        ap_options: ApOptions(asn1::flags(&[])),
+        ap_options: ApOptions(asn1::flags(ap_options)),
         ticket: ticket.clone(),
         authenticator: EncryptedData {
             etype: session_key.etype().as_i32(),
             kvno: None,
             cipher: session_key.encrypt(usage, &plaintext).into(),
         },
-    })
+    };
+    Ok((ap_req, ctime, cusec))
 }

@@ -53,7 +53,13 @@ pub(crate) mod usage {
     pub(crate) const TGS_REQ_AUTHENTICATOR: u32 = 7;
     pub(crate) const TGS_REP_ENC_PART: u32 = 8;
     pub(crate) const AP_REQ_AUTHENTICATOR: u32 = 11;
+    pub(crate) const AP_REP_ENC_PART: u32 = 12;
     pub(crate) const PA_FOR_USER_CKSUM: u32 = 17;
+}
+
+/// AP options (RFC 4120 5.5.1).
+pub(crate) mod ap_option {
+    pub(crate) const MUTUAL_REQUIRED: usize = 2;
 }
 
 /// KDC option bits (RFC 4120 5.4.1); bit 0 is the most significant bit of the first byte.

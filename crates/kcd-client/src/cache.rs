@@ -84,11 +84,20 @@ impl<K: Hash + Eq + Clone> TicketCache<K> {
         Arc::clone(slots.entry(key.clone()).or_default())
     }
 
+    /// Whether `credential` may still be used at `now`: it has more than the refresh margin
+    /// left, the margin being the configured one or, for a ticket that lives less than four
+    /// times as long, a quarter of its lifetime (so that short-lived tickets, which some
+    /// policies issue, are reused at all).
     fn is_fresh(&self, credential: &Credential, now: SystemTime) -> bool {
+        let lifetime = credential
+            .end_time
+            .duration_since(credential.start_time)
+            .unwrap_or_default();
+        let margin = self.refresh_before.min(lifetime / 4);
         credential
             .end_time
             .duration_since(now)
-            .is_ok_and(|left| left > self.refresh_before)
+            .is_ok_and(|left| left > margin)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot>> {

@@ -17,8 +17,9 @@ use crate::gss::{self, ChannelBindings};
 use crate::kdc::Credential;
 use crate::keytab::Keytab;
 use crate::login::{self, Secret};
+use crate::mutual::TokenContext;
 use crate::name::{ServiceName, UserName};
-use crate::transport::{KdcLink, Transport};
+use crate::transport::{KdcEndpoint, KdcLink, Transport};
 use crate::{KcdError, asn1, s4u, spnego};
 
 /// A Kerberos constrained-delegation client for one gateway principal. Cheap to clone: clones
@@ -63,6 +64,9 @@ pub struct KdcExchanges {
     pub s4u2proxy: u64,
     /// Requests sent to KDCs, of any kind, retries included.
     pub requests: u64,
+    /// UDP sends that went unanswered within the UDP timeout (a datagram lost, or a KDC too
+    /// slow) and were sent again over TCP.
+    pub udp_unanswered: u64,
 }
 
 /// A service ticket obtained for a user, as the gateway holds it.
@@ -113,11 +117,22 @@ impl ServiceTicket {
     }
 }
 
-/// A token for `Authorization: Negotiate`: SPNEGO NegTokenInit carrying a Kerberos AP-REQ.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A token for `Authorization: Negotiate`: SPNEGO NegTokenInit carrying a Kerberos AP-REQ,
+/// and, for a token the client made, what checks the server's mutual-authentication answer.
+/// Tokens compare by their bytes.
+#[derive(Debug, Clone)]
 pub struct NegotiateToken {
     bytes: Vec<u8>,
+    context: Option<TokenContext>,
 }
+
+impl PartialEq for NegotiateToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for NegotiateToken {}
 
 impl NegotiateToken {
     /// A token from its bytes, as received or made elsewhere: for stand-ins of [`KcdClient`]
@@ -125,7 +140,31 @@ impl NegotiateToken {
     pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
         Self {
             bytes: bytes.into(),
+            context: None,
         }
+    }
+
+    /// What checks the server's answer to this token (see [`crate::verify_mutual`]); `None`
+    /// for a token made by [`Self::from_bytes`].
+    pub fn context(&self) -> Option<&TokenContext> {
+        self.context.as_ref()
+    }
+
+    /// Checks the server's answer to this token: `reply` is the decoded token of its
+    /// `WWW-Authenticate: Negotiate <base64>`. See [`crate::verify_mutual`].
+    ///
+    /// # Errors
+    ///
+    /// [`KcdError::MutualAuthentication`] if the answer proves nothing, or if this token has
+    /// no context (made by [`Self::from_bytes`]).
+    pub fn verify_mutual(&self, reply: &[u8]) -> Result<(), KcdError> {
+        let context = self
+            .context
+            .as_ref()
+            .ok_or_else(|| KcdError::MutualAuthentication {
+                reason: "the token was not made by this client, so there is nothing to check the answer against".into(),
+            })?;
+        crate::verify_mutual(context, reply)
     }
 
     /// The token's bytes (DER).
@@ -208,13 +247,22 @@ impl KcdClient {
             transport: Transport {
                 mode: config.transport,
                 attempt_timeout: config.attempt_timeout,
+                udp_timeout: config.udp_timeout,
                 max_reply: config.max_reply_size,
                 udp_preference_limit: config.udp_preference_limit,
+                udp_unanswered: Default::default(),
             },
             realms: config
                 .realms
                 .into_iter()
-                .map(|r| (r.realm, r.kdcs))
+                .map(|r| {
+                    let kdcs = r
+                        .kdcs
+                        .into_iter()
+                        .map(|kdc| KdcEndpoint::new(kdc, config.max_in_flight_per_kdc))
+                        .collect();
+                    (r.realm, kdcs)
+                })
                 .collect(),
             requests: AtomicU64::new(0),
         };
@@ -270,7 +318,7 @@ impl KcdClient {
         let bindings = channel_binding.map(ChannelBindings::tls_server_end_point);
         // GSS sequence numbers stay below 2^30 as MIT's do, leaving room to count up.
         let seq_number = rand::random::<u32>() & 0x3fff_ffff;
-        let krb5_token = gss::krb5_initial_token(
+        let (krb5_token, context) = gss::krb5_initial_token(
             &credential.ticket,
             &credential.session_key,
             &credential.crealm,
@@ -281,6 +329,7 @@ impl KcdClient {
         )?;
         Ok(NegotiateToken {
             bytes: spnego::neg_token_init(&krb5_token)?,
+            context: Some(context),
         })
     }
 
@@ -346,6 +395,7 @@ impl KcdClient {
             s4u2self: inner.s4u2self.load(Ordering::Relaxed),
             s4u2proxy: inner.s4u2proxy.load(Ordering::Relaxed),
             requests: inner.link.requests.load(Ordering::Relaxed),
+            udp_unanswered: inner.link.udp_unanswered(),
         }
     }
 

@@ -62,13 +62,23 @@ pub struct KcdConfig {
     pub credentials: Credentials,
     /// UDP with TCP fallback (default) or TCP only.
     pub transport: TransportMode,
-    /// How long one send to one KDC may take before the next is tried.
+    /// How long one send to one KDC may take before the next is tried; also how long a
+    /// request waits for one of the KDC's [`Self::max_in_flight_per_kdc`] slots.
     pub attempt_timeout: Duration,
+    /// How long a UDP send waits for its reply before the request goes to the same KDC over
+    /// TCP (at most [`Self::attempt_timeout`]); MIT's library waits 1 s too. A lost datagram
+    /// costs this much.
+    pub udp_timeout: Duration,
+    /// How many requests may be in flight to one KDC at once; more wait for a slot. It keeps a
+    /// burst (a thousand users logging in at once) from overflowing the KDC's UDP receive
+    /// buffer, where datagrams are dropped silently. At least 1.
+    pub max_in_flight_per_kdc: usize,
     /// The largest KDC reply accepted over TCP, in bytes.
     pub max_reply_size: usize,
     /// Requests longer than this go by TCP directly (MIT's `udp_preference_limit`).
     pub udp_preference_limit: usize,
-    /// Tickets expiring within this are not reused.
+    /// Tickets expiring within this are not reused; for tickets that live less than four
+    /// times as long, a quarter of their lifetime is used instead.
     pub refresh_before_expiry: Duration,
     /// How many (user, target) tickets are kept at most before expired ones are dropped.
     pub max_cached_tickets: usize,
@@ -78,8 +88,10 @@ pub struct KcdConfig {
 }
 
 impl KcdConfig {
-    /// A configuration with defaults: UDP then TCP, 3 s per attempt, replies up to 1 MiB,
-    /// tickets renewed 5 minutes before expiry, 100 000 cached tickets.
+    /// A configuration with defaults: UDP then TCP, 3 s per attempt and 1 s for a UDP reply,
+    /// 32 requests in flight per KDC, replies up to 1 MiB, tickets renewed 5 minutes before
+    /// expiry (or a quarter of their lifetime before, for shorter-lived tickets), 100 000
+    /// cached tickets.
     pub fn new(
         realms: Vec<RealmConfig>,
         service_principal: impl Into<String>,
@@ -91,6 +103,8 @@ impl KcdConfig {
             credentials,
             transport: TransportMode::UdpThenTcp,
             attempt_timeout: Duration::from_secs(3),
+            udp_timeout: crate::transport::DEFAULT_UDP_TIMEOUT,
+            max_in_flight_per_kdc: crate::transport::DEFAULT_MAX_IN_FLIGHT,
             max_reply_size: 1 << 20,
             udp_preference_limit: 1465,
             refresh_before_expiry: Duration::from_secs(300),

@@ -71,6 +71,13 @@ pub enum KcdError {
         /// The KDC's e-text, if any.
         text: String,
     },
+    /// The server's answer to a token did not prove that it read the ticket (mutual
+    /// authentication, [`crate::verify_mutual`]): it may not be the service the ticket was for.
+    #[error("the server failed mutual authentication: {reason}")]
+    MutualAuthentication {
+        /// What was wrong with its answer.
+        reason: String,
+    },
     /// A name (user, service, target) cannot be used.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

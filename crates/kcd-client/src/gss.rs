@@ -11,21 +11,26 @@ use sha2::{Sha256, Sha384, Sha512};
 
 use crate::KcdError;
 use crate::ap_req::{self, AuthenticatorParts};
-use crate::asn1::{self, usage};
+use crate::asn1::{self, ap_option, usage};
 use crate::crypto::Key;
+use crate::mutual::TokenContext;
 use crate::spnego;
 
 /// The authenticator checksum type of the Kerberos GSS mechanism (RFC 4121 4.1.1).
 pub const GSS_CHECKSUM_TYPE: i32 = 0x8003;
+/// GSS_C_MUTUAL_FLAG.
+pub const GSS_C_MUTUAL_FLAG: u32 = 2;
 /// GSS_C_SEQUENCE_FLAG.
 pub const GSS_C_SEQUENCE_FLAG: u32 = 8;
 /// GSS_C_CONF_FLAG.
 pub const GSS_C_CONF_FLAG: u32 = 16;
 /// GSS_C_INTEG_FLAG.
 pub const GSS_C_INTEG_FLAG: u32 = 32;
-/// The flags the gateway asks for: confidentiality, integrity and sequencing as Windows
-/// clients do for HTTP, and no mutual authentication (the gateway needs no AP-REP).
-pub const CONTEXT_FLAGS: u32 = GSS_C_CONF_FLAG | GSS_C_INTEG_FLAG | GSS_C_SEQUENCE_FLAG;
+/// The flags the gateway asks for: mutual authentication, confidentiality, integrity and
+/// sequencing, as Windows clients do for HTTP. With mutual authentication the server answers
+/// with an AP-REP that proves it read the ticket ([`crate::verify_mutual`]).
+pub const CONTEXT_FLAGS: u32 =
+    GSS_C_MUTUAL_FLAG | GSS_C_CONF_FLAG | GSS_C_INTEG_FLAG | GSS_C_SEQUENCE_FLAG;
 
 /// The prefix of RFC 5929's channel binding for the server's certificate.
 const TLS_SERVER_END_POINT: &[u8] = b"tls-server-end-point:";
@@ -159,8 +164,9 @@ pub fn gss_checksum(bindings: Option<&ChannelBindings>, flags: u32) -> Vec<u8> {
 }
 
 /// The Kerberos mechanism's initial context token (RFC 4121 4.1): framed with the Kerberos
-/// OID, token id `01 00`, then the AP-REQ whose authenticator carries the 0x8003 checksum and
-/// `seq_number`.
+/// OID, token id `01 00`, then the AP-REQ (mutual authentication required) whose
+/// authenticator carries the 0x8003 checksum and `seq_number`; and what checks the server's
+/// AP-REP to it.
 pub(crate) fn krb5_initial_token(
     ticket: &Ticket,
     session_key: &Key,
@@ -169,8 +175,8 @@ pub(crate) fn krb5_initial_token(
     bindings: Option<&ChannelBindings>,
     seq_number: u32,
     now: SystemTime,
-) -> Result<Vec<u8>, KcdError> {
-    let ap_req = ap_req::build(
+) -> Result<(Vec<u8>, TokenContext), KcdError> {
+    let (ap_req, ctime, cusec) = ap_req::build_timed(
         ticket,
         session_key,
         AuthenticatorParts {
@@ -184,10 +190,12 @@ pub(crate) fn krb5_initial_token(
         },
         usage::AP_REQ_AUTHENTICATOR,
         now,
+        &[ap_option::MUTUAL_REQUIRED],
     )?;
     let mut inner = vec![0x01, 0x00];
     inner.extend_from_slice(&asn1::encode(&ap_req, "AP-REQ")?);
-    spnego::frame_initial_token(spnego::KRB5_OID, &inner)
+    let token = spnego::frame_initial_token(spnego::KRB5_OID, &inner)?;
+    Ok((token, TokenContext::new(session_key.clone(), ctime, cusec)))
 }
 
 #[cfg(test)]
@@ -196,11 +204,13 @@ mod tests {
 
     #[test]
     fn empty_bindings_checksum_is_lgth_zeros_flags() {
-        let value = gss_checksum(None, CONTEXT_FLAGS);
+        let value = gss_checksum(None, 0x38);
         let mut expected = vec![16, 0, 0, 0];
         expected.extend_from_slice(&[0; 16]);
         expected.extend_from_slice(&[0x38, 0, 0, 0]);
         assert_eq!(value, expected);
+        // Mutual authentication too: 0x3a.
+        assert_eq!(gss_checksum(None, CONTEXT_FLAGS)[20], 0x3a);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub(crate) struct Credential {
     pub(crate) srealm: Realm,
     pub(crate) sname: PrincipalName,
     pub(crate) flags: TicketFlags,
+    /// When the ticket became valid (its start time, else its authentication time).
+    pub(crate) start_time: SystemTime,
     pub(crate) end_time: SystemTime,
 }
 
@@ -178,6 +180,7 @@ pub(crate) fn credential_from_rep(
         srealm: part.srealm,
         sname: part.sname,
         flags: part.flags,
+        start_time: asn1::system_time(part.start_time.as_ref().unwrap_or(&part.auth_time)),
         end_time: asn1::system_time(&part.end_time),
     })
 }

@@ -13,6 +13,12 @@
 //! (user, target) until shortly before they expire, and concurrent requests for one key share
 //! one KDC exchange. It is also a [`tower::Service`] of [`KcdRequest`].
 //!
+//! Tokens ask for mutual authentication: the server's `WWW-Authenticate: Negotiate` answer
+//! carries an AP-REP that [`verify_mutual`] (or [`NegotiateToken::verify_mutual`]) checks
+//! against the token's [`TokenContext`]. Requests in flight to each KDC are bounded
+//! ([`KcdConfig::max_in_flight_per_kdc`]) so that a burst of new users does not overflow the
+//! KDC's UDP socket.
+//!
 //! ```no_run
 //! use kcd_client::{Credentials, KcdClient, KcdConfig, RealmConfig, UserName};
 //!
@@ -43,6 +49,7 @@ mod error;
 mod gss;
 mod kdc;
 mod login;
+mod mutual;
 mod name;
 mod s4u;
 pub mod sfu;
@@ -56,5 +63,6 @@ pub use gss::{
     CONTEXT_FLAGS, ChannelBindings, GSS_CHECKSUM_TYPE, gss_checksum, tls_server_end_point_hash,
 };
 pub use kdc::decode_kdc_reply;
+pub use mutual::{TokenContext, verify_mutual};
 pub use name::UserName;
-pub use transport::TransportMode;
+pub use transport::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_UDP_TIMEOUT, TransportMode};

@@ -1,12 +1,24 @@
 //! Talking to a realm's KDCs (RFC 4120 7.2): UDP first with TCP fallback, or TCP only; the
-//! KDCs tried in order until one answers; a timeout per attempt; replies of bounded size.
+//! KDCs tried in order until one answers; a timeout per attempt; replies of bounded size; and a
+//! bound on the requests in flight to each KDC.
+//!
+//! Why the bound: a KDC such as MIT's `krb5kdc` reads its UDP socket one request at a time, and
+//! a burst of a hundred requests at once overflows the socket's receive buffer (208 KiB by
+//! default on Linux, about 70 S4U2Self datagrams): the kernel drops the rest silently and each
+//! dropped request waits out the UDP timeout before it goes again over TCP. With at most
+//! [`DEFAULT_MAX_IN_FLIGHT`] requests outstanding per KDC, the others wait for a slot in the
+//! client, where the wait costs nothing but the queueing the KDC would have imposed anyway.
+//! The UDP wait itself is short ([`DEFAULT_UDP_TIMEOUT`], as MIT's library waits 1 s before it
+//! tries the next transport) and TCP, which loses nothing, follows.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rasn_kerberos::KrbError;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::KcdError;
 use crate::asn1::{self, error_code};
@@ -24,26 +36,60 @@ pub enum TransportMode {
     TcpOnly,
 }
 
+/// How many requests a client has outstanding to one KDC by default (see the module
+/// documentation).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// How long a client waits for a reply over UDP by default before it sends the request over
+/// TCP.
+pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Settings of the transport.
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
     pub(crate) mode: TransportMode,
-    /// How long one send may take, connect and reply included.
+    /// How long one send may take, connect and reply included; also how long a request waits
+    /// for a free slot to a KDC before it tries the next.
     pub(crate) attempt_timeout: Duration,
+    /// How long a UDP send waits for its reply before TCP is tried (capped by
+    /// `attempt_timeout`).
+    pub(crate) udp_timeout: Duration,
     /// The largest reply accepted over TCP.
     pub(crate) max_reply: usize,
     /// Requests longer than this go by TCP even in [`TransportMode::UdpThenTcp`].
     pub(crate) udp_preference_limit: usize,
+    /// UDP sends without a reply in time (lost, or a slow KDC), counted for tests and metrics.
+    pub(crate) udp_unanswered: std::sync::Arc<AtomicU64>,
+}
+
+/// One KDC as configured, and the slots of the requests that may be in flight to it.
+#[derive(Debug)]
+pub(crate) struct KdcEndpoint {
+    /// `host` or `host:port`.
+    pub(crate) address: String,
+    slots: Semaphore,
+    max_in_flight: usize,
+}
+
+impl KdcEndpoint {
+    /// `address` with at most `max_in_flight` requests outstanding (at least one).
+    pub(crate) fn new(address: impl Into<String>, max_in_flight: usize) -> Self {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            address: address.into(),
+            slots: Semaphore::new(max_in_flight),
+            max_in_flight,
+        }
+    }
 }
 
 /// The transport and the KDCs of each realm: what every exchange sends through.
 #[derive(Debug)]
 pub(crate) struct KdcLink {
     pub(crate) transport: Transport,
-    /// Realm, then its KDCs (`host[:port]`) in the order they are tried.
-    pub(crate) realms: Vec<(String, Vec<String>)>,
+    /// Realm, then its KDCs in the order they are tried.
+    pub(crate) realms: Vec<(String, Vec<KdcEndpoint>)>,
     /// Requests sent (each counted once, however many KDCs it took).
-    pub(crate) requests: std::sync::atomic::AtomicU64,
+    pub(crate) requests: AtomicU64,
 }
 
 impl KdcLink {
@@ -60,9 +106,13 @@ impl KdcLink {
             })
             .map(|(_, kdcs)| kdcs)
             .ok_or_else(|| KcdError::Config(format!("no KDC is configured for realm {realm}")))?;
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.transport.send(realm, kdcs, request).await
+    }
+
+    /// UDP sends that went unanswered within the UDP timeout and were sent again over TCP.
+    pub(crate) fn udp_unanswered(&self) -> u64 {
+        self.transport.udp_unanswered.load(Ordering::Relaxed)
     }
 }
 
@@ -81,12 +131,30 @@ impl Transport {
     pub(crate) async fn send(
         &self,
         realm: &str,
-        kdcs: &[String],
+        kdcs: &[KdcEndpoint],
         request: &[u8],
     ) -> Result<Vec<u8>, KcdError> {
         let mut attempts = 0;
         let mut last_error = None;
-        for kdc in kdcs {
+        for endpoint in kdcs {
+            let kdc = &endpoint.address;
+            // A slot to this KDC, waited for at most one attempt's time: a KDC whose slots all
+            // stay taken that long is as good as unreachable, and the next one is tried.
+            let _slot =
+                match tokio::time::timeout(self.attempt_timeout, endpoint.slots.acquire()).await {
+                    Ok(Ok(slot)) => slot,
+                    // The semaphore is never closed.
+                    Ok(Err(_)) | Err(_) => {
+                        attempts += 1;
+                        let error = timed_out(&format!(
+                            "waiting for one of the {} request slots to the KDC",
+                            endpoint.max_in_flight
+                        ));
+                        tracing::debug!(%kdc, %error, "KDC busy");
+                        last_error = Some(error);
+                        continue;
+                    }
+                };
             let addrs = match self.resolve(kdc).await {
                 Ok(addrs) => addrs,
                 Err(error) => {
@@ -105,7 +173,12 @@ impl Transport {
                         Ok(reply) if !is_response_too_big(&reply) => return Ok(reply),
                         Ok(_) => tracing::debug!(%addr, "KDC reply too big for UDP, trying TCP"),
                         // TCP follows, whose failure is the one reported.
-                        Err(error) => tracing::debug!(%addr, %error, "KDC did not answer over UDP"),
+                        Err(error) => {
+                            if error.kind() == std::io::ErrorKind::TimedOut {
+                                self.udp_unanswered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tracing::debug!(%addr, %error, "KDC did not answer over UDP")
+                        }
                     }
                 }
                 attempts += 1;
@@ -153,7 +226,7 @@ impl Transport {
             buffer.truncate(len);
             Ok(buffer)
         };
-        tokio::time::timeout(self.attempt_timeout, exchange)
+        tokio::time::timeout(self.udp_timeout.min(self.attempt_timeout), exchange)
             .await
             .map_err(|_| timed_out("waiting for the KDC over UDP"))?
     }
@@ -225,9 +298,18 @@ mod tests {
         Transport {
             mode,
             attempt_timeout: Duration::from_millis(300),
+            udp_timeout: Duration::from_millis(300),
             max_reply: 1024,
             udp_preference_limit: 1465,
+            udp_unanswered: Default::default(),
         }
+    }
+
+    fn endpoints(addresses: &[String]) -> Vec<KdcEndpoint> {
+        addresses
+            .iter()
+            .map(|a| KdcEndpoint::new(a.clone(), DEFAULT_MAX_IN_FLIGHT))
+            .collect()
     }
 
     #[tokio::test]
@@ -238,7 +320,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let kdcs = vec![format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")];
+        let kdcs = endpoints(&[format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")]);
         let error = transport(TransportMode::UdpThenTcp)
             .send("TEST.LOCAL", &kdcs, b"x")
             .await
@@ -252,6 +334,138 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_more_requests_than_its_slots_are_in_flight_to_a_kdc() {
+        // A KDC that answers only what the test tells it to: it echoes the datagrams it read.
+        let kdc = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        kdc.set_nonblocking(true).unwrap();
+        let kdcs = std::sync::Arc::new(vec![KdcEndpoint::new(
+            kdc.local_addr().unwrap().to_string(),
+            2,
+        )]);
+        let mut settings = transport(TransportMode::UdpThenTcp);
+        settings.attempt_timeout = Duration::from_secs(20);
+        settings.udp_timeout = Duration::from_secs(20);
+        let settings = std::sync::Arc::new(settings);
+        let sends: Vec<_> = (0..6u8)
+            .map(|i| {
+                let (settings, kdcs) = (settings.clone(), kdcs.clone());
+                tokio::spawn(async move { settings.send("R", &kdcs, &[i]).await })
+            })
+            .collect();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut rounds = Vec::new();
+        let mut answered = 0;
+        while answered < 6 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rounds so far {rounds:?}"
+            );
+            // On this one thread, yielding lets every send run until it waits: for its
+            // reply, or for a slot. What the KDC has read then is all that is in flight.
+            let mut waiting = Vec::new();
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+                let mut buffer = [0u8; 16];
+                while let Ok((len, from)) = kdc.recv_from(&mut buffer) {
+                    waiting.push((buffer[..len].to_vec(), from));
+                }
+            }
+            if waiting.is_empty() {
+                continue;
+            }
+            rounds.push(waiting.len());
+            for (request, from) in waiting {
+                kdc.send_to(&request, from).unwrap();
+                answered += 1;
+            }
+        }
+
+        assert_eq!(rounds, [2, 2, 2]);
+        for (i, send) in sends.into_iter().enumerate() {
+            assert_eq!(send.await.unwrap().unwrap(), [i as u8]);
+        }
+        assert_eq!(settings.udp_unanswered.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unanswered_datagram_goes_again_over_tcp_after_the_udp_timeout() {
+        // UDP bound but silent (a lost datagram); TCP on the same port answers.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let len = stream.read_u32().await.unwrap();
+            let mut request = vec![0; len as usize];
+            stream.read_exact(&mut request).await.unwrap();
+            stream.write_all(&len.to_be_bytes()).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+        });
+        let mut settings = transport(TransportMode::UdpThenTcp);
+        settings.attempt_timeout = Duration::from_secs(20);
+        settings.udp_timeout = Duration::from_millis(50);
+        let kdcs = endpoints(&[addr.to_string()]);
+
+        let reply = settings.send("R", &kdcs, b"hello").await.unwrap();
+
+        assert_eq!(reply, b"hello");
+        let mut buffer = [0u8; 16];
+        assert_eq!(
+            udp.recv(&mut buffer).unwrap(),
+            5,
+            "it was sent over UDP first"
+        );
+        assert_eq!(settings.udp_unanswered.load(Ordering::Relaxed), 1);
+        server.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn krb_err_response_too_big_over_udp_sends_the_request_again_over_tcp() {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let too_big = rasn::der::encode(&KrbError {
+            pvno: 5.into(),
+            msg_type: 30.into(),
+            ctime: None,
+            cusec: None,
+            stime: asn1::kerberos_time(std::time::SystemTime::now()),
+            susec: 0.into(),
+            error_code: error_code::RESPONSE_TOO_BIG,
+            crealm: None,
+            cname: None,
+            realm: asn1::kstring("R").unwrap(),
+            sname: asn1::principal_name(2, &["krbtgt", "R"]).unwrap(),
+            e_text: None,
+            e_data: None,
+        })
+        .unwrap();
+        let server = tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            let (len, from) = udp.recv_from(&mut buffer).await.unwrap();
+            assert_eq!(&buffer[..len], b"hello");
+            udp.send_to(&too_big, from).await.unwrap();
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let len = stream.read_u32().await.unwrap();
+            let mut request = vec![0; len as usize];
+            stream.read_exact(&mut request).await.unwrap();
+            stream.write_all(&6u32.to_be_bytes()).await.unwrap();
+            stream.write_all(b"by tcp").await.unwrap();
+        });
+        let settings = transport(TransportMode::UdpThenTcp);
+
+        let reply = settings
+            .send("R", &endpoints(&[addr.to_string()]), b"hello")
+            .await
+            .unwrap();
+
+        assert_eq!(reply, b"by tcp");
+        assert_eq!(settings.udp_unanswered.load(Ordering::Relaxed), 0);
+        server.await.unwrap();
     }
 
     #[tokio::test]
@@ -270,7 +484,7 @@ mod tests {
             }
         });
         let t = transport(TransportMode::TcpOnly);
-        let kdcs = vec![addr.to_string()];
+        let kdcs = endpoints(&[addr.to_string()]);
         assert_eq!(t.send("R", &kdcs, b"hello").await.unwrap(), b"hello");
         assert!(matches!(
             t.send("R", &kdcs, b"hello").await,

@@ -12,7 +12,9 @@ use kcd_client::spnego::{self, NegState, NegotiationToken};
 use seg_testbed::exchange::{NegotiateConfig, User};
 use seg_testbed::harness::{TEST_PASSWORD, TestExchange, body_text, xml_text};
 use seg_testbed::kdc::{EXCHANGE_SERVICE, RunningKdc};
-use support::{gateway, shared_kdc};
+use std::time::{Duration, SystemTime};
+
+use support::{ap_req_of, gateway, kdc_with_users, names, open_ticket, shared_kdc, wait_until};
 
 const GET_INBOX: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
 
@@ -125,6 +127,51 @@ async fn the_acceptors_spnego_reply_comes_back_with_the_response_and_says_accept
     assert_eq!(resp.neg_state, Some(NegState::AcceptCompleted));
 }
 
+/// The decoded token of a `WWW-Authenticate: Negotiate <base64>` header value.
+fn negotiate_reply(value: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(value.strip_prefix("Negotiate ").unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn gssapis_mutual_authentication_reply_verifies_and_fits_only_its_own_token() {
+    let kdc = shared_kdc().await;
+    let exchange = exchange(&kdc, false).await;
+    let client = gateway(&kdc);
+    let alice = client.user_name("alice").unwrap();
+    let token = client
+        .negotiate_token(&alice, EXCHANGE_SERVICE, None)
+        .await
+        .unwrap();
+    // Another token from the same ticket, never sent: same session key, another time.
+    let other = client
+        .negotiate_token(&alice, EXCHANGE_SERVICE, None)
+        .await
+        .unwrap();
+
+    let response = exchange
+        .ews(&token.to_header_value(), &[], GET_INBOX)
+        .await
+        .unwrap();
+
+    assert_eq!(response.status().as_u16(), 200);
+    let reply = negotiate_reply(response.headers()["www-authenticate"].to_str().unwrap());
+    let NegotiationToken::Resp(resp) = spnego::parse_negotiation_token(&reply).unwrap() else {
+        panic!("not a NegTokenResp");
+    };
+    assert!(
+        resp.response_token.is_some(),
+        "MIT answers the mutual flag with an AP-REP"
+    );
+    token.verify_mutual(&reply).unwrap();
+    kcd_client::verify_mutual(token.context().unwrap(), &reply).unwrap();
+    assert!(matches!(
+        other.verify_mutual(&reply),
+        Err(kcd_client::KcdError::MutualAuthentication { .. })
+    ));
+}
+
 #[tokio::test]
 async fn garbage_negotiate_gets_401_with_the_negotiate_challenge() {
     let kdc = shared_kdc().await;
@@ -230,4 +277,60 @@ async fn without_extended_protection_bindings_are_not_checked() {
     let (status, _) = get_inbox(&exchange, &token.to_header_value()).await;
 
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn when_the_tickets_really_expire_the_next_token_carries_new_ones_and_is_accepted() {
+    // A realm whose tickets, the gateway's TGT included, live 6 s.
+    const LIFE: Duration = Duration::from_secs(6);
+    let kdc = kdc_with_users(0, |config| config.max_ticket_life = LIFE).await;
+    let exchange = exchange(&kdc, false).await;
+    // The default refresh margin (5 minutes) exceeds the life: a quarter of it is used.
+    let client = gateway(&kdc);
+    let alice = client.user_name("alice").unwrap();
+    let first = client
+        .service_ticket(&alice, EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+    assert!(first.end_time() <= SystemTime::now() + LIFE);
+    let token = client
+        .negotiate_token(&alice, EXCHANGE_SERVICE, None)
+        .await
+        .unwrap();
+    assert_eq!(get_inbox(&exchange, &token.to_header_value()).await.0, 200);
+    let reused = client.exchanges();
+    assert_eq!(
+        (reused.logins, reused.s4u2self, reused.s4u2proxy),
+        (1, 1, 1)
+    );
+
+    // The service ticket, and the TGT it came from (obtained just before), expire.
+    wait_until(first.end_time() + Duration::from_secs(1)).await;
+    let token = client
+        .negotiate_token(&alice, EXCHANGE_SERVICE, None)
+        .await
+        .unwrap();
+
+    let (status, _) = get_inbox(&exchange, &token.to_header_value()).await;
+    assert_eq!(status, 200);
+    assert_eq!(last_user(&exchange).as_deref(), Some("alice@test.local"));
+    let renewed = client.exchanges();
+    assert_eq!(
+        (renewed.logins, renewed.s4u2self, renewed.s4u2proxy),
+        (2, 2, 2)
+    );
+    // MIT's acceptor tolerates a ticket expired within its clock skew, so the proof that the
+    // token carries a new ticket is the ticket itself, opened with Exchange's key.
+    let ticket = open_ticket(&kdc, EXCHANGE_SERVICE, &ap_req_of(&token).ticket);
+    assert_eq!(names(&ticket.cname), ["alice"]);
+    let end = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(ticket.end_time.0.timestamp()).unwrap());
+    assert!(
+        end > SystemTime::now(),
+        "the token's ticket has not expired"
+    );
+    assert!(end > first.end_time());
+    tokio::task::spawn_blocking(move || drop(kdc))
+        .await
+        .unwrap();
 }

@@ -13,38 +13,16 @@ use kcd_client::spnego::{self, NegotiationToken};
 use kcd_client::{
     ChannelBindings, Credentials, KcdClient, KcdError, KcdRequest, TransportMode, UserName,
 };
-use rasn_kerberos::{ApReq, Authenticator, EncTicketPart, Ticket};
-use seg_testbed::kdc::{
-    DEFAULT_REALM, EXCHANGE_SERVICE, GATEWAY_SERVICE, OTHER_SERVICE, RunningKdc,
+use rasn_kerberos::{ApReq, Authenticator, Ticket};
+use seg_testbed::kdc::{DEFAULT_REALM, EXCHANGE_SERVICE, GATEWAY_SERVICE, OTHER_SERVICE};
+use support::{
+    LoggedRequests, PASSWORD, PASSWORD_SERVICE, config, gateway, kdc_with_users, names,
+    numbered_user, open_ticket, own_kdc, shared_kdc,
 };
-use support::{PASSWORD, PASSWORD_SERVICE, config, gateway, own_kdc, shared_kdc};
 use tower::ServiceExt as _;
 
 fn alice() -> UserName {
     UserName::principal("alice", DEFAULT_REALM).unwrap()
-}
-
-/// Decrypts `ticket` with the key of `service` from its keytab, as the service would.
-fn open_ticket(kdc: &RunningKdc, service: &str, ticket: &Ticket) -> EncTicketPart {
-    let keytab = Keytab::read(kdc.keytab(service).unwrap()).unwrap();
-    let principal = Principal::parse(service, Some(DEFAULT_REALM)).unwrap();
-    let etype = EncType::from_i32(ticket.enc_part.etype).unwrap();
-    let entry = keytab.key_for(&principal, etype).unwrap();
-    let plain = entry
-        .key
-        .decrypt(2, &ticket.enc_part.cipher)
-        .expect("the ticket decrypts with the service's key");
-    rasn::der::decode_with_remainder::<EncTicketPart>(&plain)
-        .unwrap()
-        .0
-}
-
-fn names(parts: &rasn_kerberos::PrincipalName) -> Vec<String> {
-    parts
-        .string
-        .iter()
-        .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -128,7 +106,9 @@ async fn the_negotiate_token_carries_an_ap_req_exchange_accepts_with_bound_chann
         &cksum.checksum[4..20],
         &ChannelBindings::tls_server_end_point(&cert_hash).md5()
     );
-    assert_eq!(&cksum.checksum[20..24], &[0x38, 0, 0, 0]);
+    // Mutual authentication, confidentiality, integrity, sequencing; mutual-required too.
+    assert_eq!(&cksum.checksum[20..24], &[0x3a, 0, 0, 0]);
+    assert_eq!(ap_req.ap_options.0.as_raw_slice()[0], 0x20);
 }
 
 #[tokio::test]
@@ -293,6 +273,71 @@ async fn a_hundred_concurrent_requests_for_one_user_make_one_exchange_of_each_ki
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_requests_over_a_hundred_users_loses_no_kdc_request() {
+    const USERS: usize = 100;
+    const REQUESTS: usize = 1000;
+    let kdc = kdc_with_users(USERS, |_| {}).await;
+    eprintln!(
+        "KDC with {USERS} more users started in {:?}",
+        kdc.startup_time()
+    );
+    let client = gateway(&kdc);
+    let users: Vec<UserName> = (0..USERS)
+        .map(|i| UserName::principal(&numbered_user(i), DEFAULT_REALM).unwrap())
+        .collect();
+    let before = LoggedRequests::now(&kdc);
+
+    // Request i is for user i mod 100: every user's first requests arrive together.
+    let started = Instant::now();
+    let calls = (0..REQUESTS).map(|i| {
+        let (client, user) = (client.clone(), users[i % USERS].clone());
+        tokio::spawn(async move {
+            let ticket = client.service_ticket(&user, EXCHANGE_SERVICE).await;
+            (user, ticket)
+        })
+    });
+    let results = futures_join(calls).await;
+    eprintln!(
+        "{REQUESTS} requests over {USERS} users took {:?}",
+        started.elapsed()
+    );
+
+    // Each ticket names its user, by the client's account and by Exchange's key.
+    let mut distinct = std::collections::BTreeMap::new();
+    for (user, ticket) in results {
+        let ticket = ticket.unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert_eq!(ticket.client(), user.to_string());
+        assert_eq!(ticket.service(), "HTTP/exchange.test.local@TEST.LOCAL");
+        distinct.insert(ticket.ticket_der(), user.to_string());
+    }
+    assert_eq!(
+        distinct.len(),
+        USERS,
+        "one ticket per user, shared by its requests"
+    );
+    for (der, user) in &distinct {
+        let opened = open_ticket(&kdc, EXCHANGE_SERVICE, &rasn::der::decode(der).unwrap());
+        assert_eq!(format!("{}@TEST.LOCAL", names(&opened.cname)[0]), *user);
+    }
+    // One login, one S4U2Self and one S4U2Proxy per user; no datagram lost on the way (a lost
+    // one would have waited out the UDP timeout and gone again over TCP).
+    let exchanges = client.exchanges();
+    assert_eq!(
+        (exchanges.logins, exchanges.s4u2self, exchanges.s4u2proxy),
+        (1, USERS as u64, USERS as u64)
+    );
+    assert_eq!(exchanges.requests, 2 + 2 * USERS as u64);
+    assert_eq!(exchanges.udp_unanswered, 0);
+    // The KDC saw exactly those: two AS requests (the first learns the salt), 200 TGS.
+    let after = LoggedRequests::once_tgs_reaches(&kdc, before.tgs_req + 2 * USERS).await;
+    assert_eq!(after.tgs_req - before.tgs_req, 2 * USERS);
+    assert_eq!(after.as_req - before.as_req, 2);
+    tokio::task::spawn_blocking(move || drop(kdc))
+        .await
+        .unwrap();
 }
 
 async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -108,7 +108,7 @@ pub(super) fn kdc_conf(config: &KdcConfig, dir: &Path, port: u16, ldapi: &str) -
          \x20 kdc_tcp_listen = 127.0.0.1:{port}\n\
          \x20 acl_file = {dir}/{acl}\n\
          \x20 key_stash_file = {dir}/{master}\n\
-         \x20 max_life = 10h\n\
+         \x20 max_life = {max_life}s\n\
          \x20 max_renewable_life = 7d\n\
          \x20 supported_enctypes = {enctypes}\n\
          \x20}}\n\
@@ -128,6 +128,7 @@ pub(super) fn kdc_conf(config: &KdcConfig, dir: &Path, port: u16, ldapi: &str) -
          \x20kdc = FILE:{dir}/{kdc_log}\n\
          \x20admin_server = FILE:{dir}/{kadmin_log}\n\
          \x20default = FILE:{dir}/{lib_log}\n",
+        max_life = config.max_ticket_life.as_secs(),
         acl = name::KADM5_ACL,
         master = name::MASTER_STASH,
         ldap_stash = name::LDAP_STASH,
@@ -218,6 +219,16 @@ mod tests {
         );
         assert_eq!(escape_dn_value("a,b=c "), "a\\,b\\=c\\ ");
         assert_eq!(escape_dn_value("#x"), "\\#x");
+    }
+
+    #[test]
+    fn kdc_conf_caps_ticket_life_at_the_configured_maximum() {
+        let mut config = KdcConfig::new("/tmp/kdc");
+        let default = kdc_conf(&config, Path::new("/tmp/kdc"), 88, "ldapi://x");
+        assert!(default.contains(" max_life = 36000s\n"), "{default}");
+        config.max_ticket_life = std::time::Duration::from_secs(6);
+        let short = kdc_conf(&config, Path::new("/tmp/kdc"), 88, "ldapi://x");
+        assert!(short.contains(" max_life = 6s\n"), "{short}");
     }
 
     #[test]

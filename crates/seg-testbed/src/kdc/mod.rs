@@ -157,6 +157,10 @@ pub struct KdcConfig {
     pub require_preauth: bool,
     /// The encryption types of the principals' keys, strongest first, as MIT names them.
     pub enctypes: Vec<String>,
+    /// The longest life of any ticket the KDC issues (the realm's `max_life` in `kdc.conf`,
+    /// whole seconds, at least one): 10 hours by default; a few seconds lets tests see
+    /// tickets, the TGT included, really expire.
+    pub max_ticket_life: Duration,
     /// How long each step of the set-up (a tool, a daemon coming up) may take.
     pub step_deadline: Duration,
 }
@@ -166,7 +170,7 @@ impl KdcConfig {
     /// (`bobpw`), [`GATEWAY_SERVICE`] in `seg.keytab` allowed to delegate to
     /// [`EXCHANGE_SERVICE`] (`exchange.keytab`), [`OTHER_SERVICE`] (`other.keytab`), a free port,
     /// pre-authentication required, AES keys (`aes256-cts-hmac-sha1-96`,
-    /// `aes128-cts-hmac-sha1-96`).
+    /// `aes128-cts-hmac-sha1-96`), tickets living at most 10 hours.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -187,6 +191,7 @@ impl KdcConfig {
                 "aes256-cts-hmac-sha1-96".to_string(),
                 "aes128-cts-hmac-sha1-96".to_string(),
             ],
+            max_ticket_life: Duration::from_secs(10 * 3600),
             step_deadline: Duration::from_secs(20),
         }
     }
@@ -256,6 +261,11 @@ impl KdcConfig {
             if let Some(target) = service.allowed_to_delegate_to.iter().find(|t| !plain(t)) {
                 return Err(invalid("the delegation target", target));
             }
+        }
+        if self.max_ticket_life.as_secs() == 0 {
+            return Err(Error::KdcConfig(
+                "the maximum ticket life is under one second".into(),
+            ));
         }
         if self.enctypes.is_empty() || !self.enctypes.iter().all(|e| plain(e)) {
             return Err(Error::KdcConfig(
