@@ -8,8 +8,9 @@ set -euo pipefail
 # Packages the test suite needs. Later slices add the KDC, Redis and nginx here.
 # libkrb5-dev, libclang-dev and clang: the test Exchange's Negotiate acceptor links the system
 # GSSAPI through the libgssapi crate, whose bindings bindgen generates at build time.
+# chromium and chromium-driver: the admin console's real-browser test (tests/console.rs).
 packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils
-  libkrb5-dev libclang-dev clang redis-server "$@")
+  libkrb5-dev libclang-dev clang redis-server chromium chromium-driver "$@")
 # A python3 that can create virtual environments (with pip), for the EWS client tests. Any
 # python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

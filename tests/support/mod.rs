@@ -268,3 +268,225 @@ pub async fn admin_device_override(
     let client = seg_testbed::client::HttpClient::accepting_any_certificate();
     send(&client, request).await.status()
 }
+
+/// A request to the admin console (`/ui/…`) on a gateway's admin listener: with the session
+/// `cookie` (`name=value`) when given, and `form` as an `application/x-www-form-urlencoded`
+/// body (then a POST, else a GET). The status, the headers and the whole body as text.
+pub async fn console_request(
+    gateway: &Gateway,
+    path_and_query: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (http::StatusCode, http::HeaderMap, String) {
+    let url = format!(
+        "http://{}{path_and_query}",
+        gateway.admin_addr().expect("an admin listener")
+    );
+    let mut request = match form {
+        Some(_) => Request::post(url).header("content-type", "application/x-www-form-urlencoded"),
+        None => Request::get(url),
+    };
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(form.unwrap_or_default().to_owned())))
+        .expect("valid request");
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    let response = send(&client, request).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, text(response).await)
+}
+
+/// Signs in to the admin console with `token`: the session cookie (`name=value`), or `None`
+/// when refused.
+pub async fn console_sign_in(gateway: &Gateway, token: &str) -> Option<String> {
+    let form = format!("token={}", form_encode(token));
+    let (status, headers, _) = console_request(gateway, "/ui/login", None, Some(&form)).await;
+    if status != http::StatusCode::SEE_OTHER {
+        return None;
+    }
+    let cookie = headers.get("set-cookie")?.to_str().ok()?;
+    Some(cookie.split(';').next()?.to_owned())
+}
+
+/// The CSRF token of the first form of a console page.
+pub fn console_csrf(page: &str) -> String {
+    page.split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form with a CSRF token")
+        .to_owned()
+}
+
+/// `value` encoded as a form field's value (`application/x-www-form-urlencoded`).
+pub fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A headless Chromium driven over WebDriver (the W3C protocol, JSON over HTTP) through a
+/// `chromedriver` this process starts on a free port and kills when dropped. Debian's
+/// `chromium` and `chromium-driver` (scripts/install-deps.sh).
+pub struct Browser {
+    _driver: tokio::process::Child,
+    session: String,
+    base: String,
+    client: seg_testbed::client::HttpClient,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless browser session.
+    pub async fn start() -> Browser {
+        let port = harness::reserve_port().expect("a free port").port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            // Its own process group, which the browser it starts joins: see `Drop`.
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver runs (Debian package chromium-driver)");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+        harness::wait_until(STEP, "chromedriver to listen", || async {
+            let Ok(request) = Request::get(format!("{base}/status")).body(Full::default()) else {
+                return false;
+            };
+            match client.send(request).await {
+                Ok(response) => harness::body_text(response.into_body())
+                    .await
+                    .is_ok_and(|body| body.contains("\"ready\":true")),
+                Err(_) => false,
+            }
+        })
+        .await
+        .expect("chromedriver becomes ready");
+        let mut browser = Browser {
+            _driver: driver,
+            session: String::new(),
+            base,
+            client,
+        };
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                         "--disable-background-networking"],
+            },
+        }}});
+        let created = browser
+            .command(http::Method::POST, "/session", capabilities)
+            .await;
+        browser.session = created["sessionId"]
+            .as_str()
+            .expect("a WebDriver session")
+            .to_owned();
+        browser
+    }
+
+    /// One WebDriver command: its `value`; fails the test on an error answer.
+    async fn command(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("valid request");
+        // Starting the browser can take long on a busy machine.
+        let response = harness::within(STEP * 3, "a WebDriver answer", self.client.send(request))
+            .await
+            .expect("WebDriver answers in time")
+            .expect("WebDriver answers");
+        let status = response.status();
+        let text = text(response).await;
+        assert!(status.is_success(), "WebDriver {path}: {status} {text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).expect("WebDriver JSON");
+        answer["value"].clone()
+    }
+
+    /// Opens `url` and waits for it to load.
+    pub async fn goto(&self, url: &str) {
+        let path = format!("/session/{}/url", self.session);
+        self.command(http::Method::POST, &path, serde_json::json!({"url": url}))
+            .await;
+    }
+
+    /// Runs `script` (a function body) in the page; what it returns.
+    pub async fn eval(&self, script: &str) -> serde_json::Value {
+        let path = format!("/session/{}/execute/sync", self.session);
+        self.command(
+            http::Method::POST,
+            &path,
+            serde_json::json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Types `text` into the element of `css`.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        let path = format!("/session/{}/element/{element}/value", self.session);
+        self.command(http::Method::POST, &path, serde_json::json!({"text": text}))
+            .await;
+    }
+
+    /// Clicks the element of `css`.
+    pub async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        let path = format!("/session/{}/element/{element}/click", self.session);
+        self.command(http::Method::POST, &path, serde_json::json!({}))
+            .await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let path = format!("/session/{}/element", self.session);
+        let found = self
+            .command(
+                http::Method::POST,
+                &path,
+                serde_json::json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an element {css}: {found}"))
+            .to_owned()
+    }
+
+    /// Ends the browser session (chromedriver stops when the `Browser` is dropped).
+    pub async fn quit(self) {
+        let path = format!("/session/{}", self.session);
+        self.command(http::Method::DELETE, &path, serde_json::json!({}))
+            .await;
+    }
+}
+
+impl Drop for Browser {
+    /// Ends chromedriver and the browser it started (its process group), even when a test
+    /// fails before [`Browser::quit`].
+    fn drop(&mut self) {
+        if let Some(pid) = self._driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! What the admin listener serves: the compliance admin API when `[compliance]` is configured
 //! (with the audit trail's `/audit` and `/audit/export` behind the same token when `[audit]`
-//! is), else only health, readiness (a plain EWS proxy is ready as soon as it listens) and
+//! is) and the admin console at `/ui/` (signing in with `admin.token` or `admin.operators`),
+//! else only health, readiness (a plain EWS proxy is ready as soon as it listens) and
 //! metrics. `/metrics` is open either way, and serves the gateway's one registry.
 
 use crate::config::Config;
+use admin_console::{Console, ConsoleSettings};
 use audit_trail::AuditTrail;
 use audit_trail::entry::Record;
 use axum::Router;
@@ -62,6 +64,7 @@ pub fn router(
     if let Some(audit_routes) = audit_routes {
         router = router.merge(audit_routes);
     }
+    router = router.merge(console(config, compliance, sync, audit).router());
     // axum's extractors read the peer address as `ConnectInfo`; the listener records it as
     // `ConnectionInfo`. The webhook logs who sent each event with it.
     router.layer(tower::util::MapRequestLayer::new(
@@ -74,4 +77,28 @@ pub fn router(
             request
         },
     ))
+}
+
+/// The admin console over `compliance`: signing in with `admin.token` or an operator's token,
+/// showing `sync`, reading and writing `audit` when configured.
+fn console(
+    config: &Config,
+    compliance: &Compliance,
+    sync: &SyncHandle,
+    audit: Option<&AuditTrail>,
+) -> Console {
+    let mut settings = ConsoleSettings::new(env!("CARGO_PKG_VERSION"))
+        .session_ttl(config.admin.session_ttl)
+        .secure_cookies(config.admin.secure_cookies);
+    if let Some(token) = &config.admin.token {
+        settings = settings.with_admin_token(token);
+    }
+    for operator in &config.admin.operators {
+        settings = settings.with_operator(&operator.name, &operator.token);
+    }
+    let console = Console::new(compliance.clone(), settings).with_sync(sync.clone());
+    match audit {
+        Some(audit) => console.with_audit(audit.store().clone(), audit.sink()),
+        None => console,
+    }
 }

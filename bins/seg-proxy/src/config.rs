@@ -280,7 +280,7 @@ fn default_delta_sync() -> Duration {
 }
 
 /// `[admin]`: the admin listener.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Admin {
     /// Address of the admin listener (plain HTTP; keep it on a management network).
@@ -288,6 +288,46 @@ pub struct Admin {
     /// The bearer token every endpoint that reads device data or changes state requires.
     /// Secret. Without it those endpoints refuse everyone.
     pub token: Option<String>,
+    /// Named operators who may sign in to the admin console (`/ui/`) with their own token; the
+    /// audit trail names them as the actors of their overrides.
+    pub operators: Vec<AdminOperator>,
+    /// How long an admin console session lasts from sign-in (default `8h`).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the console's session cookie `Secure` (only sent over HTTPS). The admin listener is
+    /// plain HTTP, so leave it off unless a TLS proxy fronts the console.
+    pub secure_cookies: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: None,
+            token: None,
+            operators: Vec::new(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            secure_cookies: false,
+        }
+    }
+}
+
+/// `[[admin.operators]]`: an operator of the admin console.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminOperator {
+    /// The name the console and the audit trail show.
+    pub name: String,
+    /// The token the operator signs in with (at least 16 characters). Secret.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminOperator")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `[ens]`: the ENS side.
@@ -583,11 +623,56 @@ impl Config {
                 "must be at least 16 characters".into(),
             ));
         }
+        self.validate_operators(&invalid)?;
         if self.ews.sniff_limit < 512 {
             return Err(invalid(
                 "ews.sniff_limit",
                 "must be at least 512 bytes".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// `admin.operators`: named, each name once (and not the admin token's), tokens of at least
+    /// 16 characters and none shared; `admin.session_ttl` of a minute or more.
+    fn validate_operators(
+        &self,
+        invalid: &impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        let mut tokens = std::collections::HashSet::new();
+        if let Some(token) = &self.admin.token {
+            tokens.insert(token.as_str());
+        }
+        for operator in &self.admin.operators {
+            let name = operator.name.trim();
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(invalid(
+                    "admin.operators",
+                    "every operator needs a name of 1 to 64 characters".into(),
+                ));
+            }
+            if name == "admin-token" || !names.insert(name) {
+                return Err(invalid(
+                    "admin.operators",
+                    format!("the operator name {name:?} is taken"),
+                ));
+            }
+            if operator.token.len() < 16 {
+                return Err(invalid(
+                    "admin.operators",
+                    format!("the token of {name:?} must be at least 16 characters"),
+                ));
+            }
+            if !tokens.insert(operator.token.as_str()) {
+                return Err(invalid(
+                    "admin.operators",
+                    format!("the token of {name:?} is also another's"),
+                ));
+            }
+        }
+        if self.admin.session_ttl < Duration::from_secs(60) {
+            return Err(invalid("admin.session_ttl", "must be at least 1m".into()));
         }
         Ok(())
     }
@@ -740,6 +825,9 @@ impl Config {
             }
         }
         shown.admin.token.as_mut().map(redact);
+        for operator in &mut shown.admin.operators {
+            redact(&mut operator.token);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
     }
 }
@@ -1041,6 +1129,47 @@ mod tests {
         let printed = config.to_redacted_toml();
         assert!(printed.contains("[auth.kcd]"), "{printed}");
         assert!(printed.contains("timeout = \"10s\""), "{printed}");
+    }
+
+    #[test]
+    fn admin_operators_are_validated_and_their_tokens_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            &dir,
+            "seg.toml",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[exchange]\nurl = \"https://mail\"\n\
+             [admin]\nsession_ttl = \"30m\"\n\
+             [[admin.operators]]\nname = \"carol\"\ntoken = \"carols-own-token-0001\"\n",
+        );
+        let loaded = Config::load_from(Some(&toml), None, no_env()).unwrap();
+        let config = &loaded.config;
+        assert_eq!(config.admin.session_ttl, Duration::from_secs(1800));
+        assert_eq!(config.admin.operators[0].name, "carol");
+        assert!(!config.admin.secure_cookies);
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains("carols-own-token"), "{printed}");
+        assert!(!format!("{config:?}").contains("carols-own-token"));
+
+        let short = toml_with(&dir, "name = \"dave\"\ntoken = \"short\"");
+        let error = Config::load_from(Some(&short), None, no_env()).unwrap_err();
+        assert!(error.to_string().contains("admin.operators"), "{error}");
+        let taken = toml_with(
+            &dir,
+            "name = \"admin-token\"\ntoken = \"a-long-enough-token-01\"",
+        );
+        assert!(Config::load_from(Some(&taken), None, no_env()).is_err());
+    }
+
+    /// A configuration with one operator of `fields`.
+    fn toml_with(dir: &tempfile::TempDir, fields: &str) -> PathBuf {
+        write(
+            dir,
+            "operator.toml",
+            &format!(
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[exchange]\nurl = \"https://mail\"\n\
+                 [[admin.operators]]\n{fields}\n"
+            ),
+        )
     }
 
     #[test]
