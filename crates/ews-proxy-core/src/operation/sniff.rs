@@ -163,7 +163,7 @@ impl Sniffer {
                 return Ok(None);
             };
             if first != b'<' {
-                let text_len = rest.iter().position(|&b| b == b'<').unwrap_or(rest.len());
+                let text_len = memchr::memchr(b'<', rest).unwrap_or(rest.len());
                 if self.phase == Phase::Prolog && !rest[..text_len].iter().all(|&b| is_space(b)) {
                     return Err(NotSoap);
                 }
@@ -213,13 +213,29 @@ impl Sniffer {
             quote: None,
         });
         if markup == Markup::StartTag {
-            for (i, &b) in buf.iter().enumerate().skip(cursor) {
+            // Jumps from quote to quote to `>` with memchr rather than testing every byte: the
+            // `Envelope`'s namespace declarations are most of what is read.
+            let mut i = cursor.min(buf.len());
+            loop {
                 match quote {
-                    Some(q) if b == q => quote = None,
-                    Some(_) => {}
-                    None if b == b'"' || b == b'\'' => quote = Some(b),
-                    None if b == b'>' => return Some(i + 1),
-                    None => {}
+                    Some(q) => match memchr::memchr(q, &buf[i..]) {
+                        Some(at) => {
+                            i += at + 1;
+                            quote = None;
+                        }
+                        None => break,
+                    },
+                    None => match memchr::memchr3(b'>', b'"', b'\'', &buf[i..]) {
+                        Some(at) => {
+                            let b = buf[i + at];
+                            i += at + 1;
+                            if b == b'>' {
+                                return Some(i);
+                            }
+                            quote = Some(b);
+                        }
+                        None => break,
+                    },
                 }
             }
             self.resume = Some(Resume {

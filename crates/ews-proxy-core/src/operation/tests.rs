@@ -500,3 +500,27 @@ async fn operation_is_recorded_in_the_request_span() {
     let fields = recorded.0.lock().unwrap().clone();
     assert_eq!(fields, [("ews.operation".to_owned(), "GetItem".to_owned())]);
 }
+
+#[tokio::test]
+async fn quoted_closing_brackets_do_not_end_a_tag_whatever_the_frames() {
+    // `>` and the other quote inside attribute values, in the header and on the `Envelope`:
+    // the tag ends at the `>` outside quotes, however the body is cut into frames.
+    let xml = format!(
+        r#"<soap:Envelope xmlns:soap="{SOAP_11}" xmlns:m="{MESSAGES}" x='a">b' y="c'>d">
+  <soap:Header><h:H xmlns:h="urn:h" v="<Body>" w='</soap:Header>'/></soap:Header>
+  <soap:Body><m:GetItem/></soap:Body></soap:Envelope>"#
+    );
+    for size in 1..=9 {
+        let (_, seen) = send(
+            EwsOperationLayer::requiring_soap(),
+            post(Frames::chunked(xml.as_bytes(), size)),
+        )
+        .await;
+        assert_eq!(
+            seen.operation,
+            Some(EwsOperation::GetItem),
+            "frames of {size}"
+        );
+        assert_eq!(seen.body, xml.as_bytes());
+    }
+}
