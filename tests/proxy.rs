@@ -401,18 +401,6 @@ async fn non_soap_body_gets_400_when_soap_is_required() {
     assert!(exchange.requests().is_empty());
 }
 
-/// `config` listening on HTTPS only (a free port), with the server certificate of `pki`.
-fn over_tls(mut config: seg_proxy::config::Config, pki: &TestPki) -> seg_proxy::config::Config {
-    config.listen.http = None;
-    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
-    let files = pki.files().unwrap();
-    config.tls = Some(seg_proxy::config::TlsFiles {
-        cert: files.server_cert.clone(),
-        key: files.server_key.clone(),
-    });
-    config
-}
-
 #[tokio::test]
 async fn tls_listener_serves_ews_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();

@@ -269,6 +269,42 @@ pub async fn admin_device_override(
     send(&client, request).await.status()
 }
 
+/// `config` listening on HTTPS only (a free port), with the server certificate of `pki`.
+pub fn over_tls(mut config: Config, pki: &seg_testbed::pki::TestPki) -> Config {
+    config.listen.http = None;
+    config.listen.https = Some("127.0.0.1:0".parse().unwrap());
+    let files = pki.files().unwrap();
+    config.tls = Some(TlsFiles {
+        cert: files.server_cert.clone(),
+        key: files.server_key.clone(),
+    });
+    config
+}
+
+/// A raw TLS connection (HTTP/1.1 by ALPN) to a gateway's TLS listener, trusting `pki`'s CA:
+/// for tests that write requests byte by byte.
+pub async fn raw_tls(
+    gateway: &Gateway,
+    pki: &seg_testbed::pki::TestPki,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(pki.root_store())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gateway.https_addr().expect("a TLS listener"))
+        .await
+        .expect("the TLS listener accepts");
+    harness::within(
+        STEP,
+        "the TLS handshake",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect("localhost".try_into().expect("a server name"), tcp),
+    )
+    .await
+    .expect("the handshake within the step deadline")
+    .expect("the handshake succeeds")
+}
+
 /// A request to the admin console (`/ui/…`) on a gateway's admin listener: with the session
 /// `cookie` (`name=value`) when given, and `form` as an `application/x-www-form-urlencoded`
 /// body (then a POST, else a GET). The status, the headers and the whole body as text.

@@ -10,7 +10,12 @@
 //! seg-testbed pki --dir ./pki [--name proxy.test.local]
 //! seg-testbed token --key token.key.pem --upn alice@test.local [--public-key-out token.pub.pem]
 //! seg-testbed kdc --dir ./kdc [--port 8888]
+//! seg-testbed fault-proxy --listen 127.0.0.1:9443 --target 127.0.0.1:8443 \
+//!     [--client-to-server FAULT] [--server-to-client FAULT] [--refuse]
 //! ```
+//!
+//! A `FAULT` is `pass`, `delay=MILLISECONDS`, `stall=N`, `reset=N`, `truncate=N` or `garbage=N`
+//! (N: bytes let through first); see `seg_testbed::fault_proxy`.
 
 mod demo;
 
@@ -76,6 +81,29 @@ enum Command {
     /// Answers a `GetItem` with a 1 MiB `GetItemResponse` and anything else with a small
     /// `GetFolderResponse`, until Ctrl-C.
     StaticSoap(StaticSoapArgs),
+    /// Run a fault-injecting TCP proxy in front of a target until Ctrl-C: every connection is
+    /// relayed, with the faults given applied to each direction.
+    FaultProxy(FaultProxyArgs),
+}
+
+/// Arguments of `seg-testbed fault-proxy`.
+#[derive(Debug, clap::Args)]
+struct FaultProxyArgs {
+    /// The address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The address to relay connections to.
+    #[arg(long)]
+    target: SocketAddr,
+    /// What the client's bytes suffer: pass, delay=MS, stall=N, reset=N, truncate=N, garbage=N.
+    #[arg(long, default_value = "pass")]
+    client_to_server: seg_testbed::fault_proxy::Fault,
+    /// What the target's bytes suffer, in the same form.
+    #[arg(long, default_value = "pass")]
+    server_to_client: seg_testbed::fault_proxy::Fault,
+    /// Accept every connection and close it at once.
+    #[arg(long)]
+    refuse: bool,
 }
 
 /// Arguments of `seg-testbed static-soap`.
@@ -194,6 +222,7 @@ fn main() -> ExitCode {
         } => token(&key, &upn, &audience, ttl_secs, public_key_out.as_deref()),
         Command::Kdc(args) => kdc(args),
         Command::StaticSoap(args) => run_async(static_soap(args)),
+        Command::FaultProxy(args) => run_async(fault_proxy(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -271,6 +300,31 @@ async fn static_soap(args: StaticSoapArgs) -> Result<(), BoxError> {
     let server = tokio::spawn(seg_testbed::static_soap::StaticSoap::new().serve(listener, tls));
     tokio::signal::ctrl_c().await?;
     server.abort();
+    Ok(())
+}
+
+async fn fault_proxy(args: FaultProxyArgs) -> Result<(), BoxError> {
+    use seg_testbed::fault_proxy::{Admission, FaultProxy, Plan};
+    let proxy = FaultProxy::bind(args.listen, args.target).await?;
+    let plan = Plan {
+        admission: if args.refuse {
+            Admission::Refuse
+        } else {
+            Admission::Open
+        },
+        client_to_server: args.client_to_server,
+        server_to_client: args.server_to_client,
+    };
+    proxy.handle().set_plan(plan);
+    tracing::info!(
+        listen = %proxy.addr(),
+        target = %proxy.target(),
+        client_to_server = %plan.client_to_server,
+        server_to_client = %plan.server_to_client,
+        refuse = args.refuse,
+        "fault proxy listening"
+    );
+    tokio::signal::ctrl_c().await?;
     Ok(())
 }
 

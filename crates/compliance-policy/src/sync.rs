@@ -93,7 +93,8 @@ pub struct SyncStatus {
     pub last_full_sync: Option<SystemTime>,
     /// When the last delta sync succeeded.
     pub last_delta_sync: Option<SystemTime>,
-    /// The last failure, if the last attempt failed.
+    /// The last failure, if the last attempt failed, with its causes (`device source
+    /// unreachable: no answer within 5s`).
     pub last_error: Option<String>,
     /// Successful syncs so far.
     pub successes: u64,
@@ -134,10 +135,22 @@ impl SyncHandle {
             }
             Err(error) => {
                 status.failures += 1;
-                status.last_error = Some(error.to_string());
+                status.last_error = Some(with_causes(error));
             }
         }
     }
+}
+
+/// An error and each of its causes, joined by `: ` (the `Display` of each names only itself).
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 /// Which sync ran.
@@ -294,6 +307,7 @@ impl<S: DeviceSource> Syncer<S> {
                     next_delta = now + self.settings.delta_sync_interval;
                 }
                 Err(error) => {
+                    let error = with_causes(error);
                     tracing::warn!(%error, ?kind, retry_in = ?backoff, "sync failed; keeping the last good view");
                     match kind {
                         SyncKind::Full => next_full = now + backoff,
@@ -390,6 +404,20 @@ mod tests {
             self.delta.fetch_add(1, Ordering::SeqCst);
             Ok(Vec::new())
         }
+    }
+
+    #[test]
+    fn a_failed_sync_is_recorded_with_its_causes() {
+        let handle = SyncHandle::default();
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        handle.record(Err(&SourceError::Unreachable(Box::new(refused))));
+        assert_eq!(
+            handle.status().last_error.as_deref(),
+            Some("device source unreachable: connection refused")
+        );
+        handle.record(Ok(SyncKind::Full));
+        assert_eq!(handle.status().last_error, None);
     }
 
     async fn settle() {

@@ -247,6 +247,17 @@ fn fault_for(error: &SendError) -> Response<ResponseBody> {
             "the request body is larger than the gateway accepts",
         )
         .with_reason("body-too-large")
+    } else if matches!(error, SendError::Http(e) if e.is_user()) {
+        // The client's own body failed while it was being sent (a malformed chunk, a reset):
+        // the client's fault, not Exchange's; counting it as an upstream failure would let any
+        // client raise that alarm at will.
+        tracing::info!(error = %DisplayChain(error), "request body failed while it was sent to exchange");
+        SoapFault::new(
+            StatusCode::BAD_REQUEST,
+            FaultCode::InvalidRequest,
+            "the request body could not be read",
+        )
+        .with_reason("request-body-unreadable")
     } else if let Some(tls) = chain.clone().find_map(as_tls_error) {
         tracing::warn!(error = %tls, "tls handshake with exchange failed");
         SoapFault::new(

@@ -10,6 +10,8 @@
 //! uses.
 //! [`kdc`] brings up a real MIT Kerberos KDC on loopback in which constrained delegation works.
 //! [`redis`] runs a real Redis server on loopback for the gateways that share a view.
+//! [`fault_proxy`] sits between the gateway and any dependency and breaks the connection on
+//! demand (delay, stall, reset, truncate, garbage, refuse, down).
 //! [`uem`] stands in for the Workspace ONE UEM REST API: the MEM device search with delta sync,
 //! devices whose compliance tests change, and change events pushed to a signed webhook.
 //!
@@ -28,6 +30,7 @@
 pub mod client;
 mod error;
 pub mod exchange;
+pub mod fault_proxy;
 pub mod harness;
 pub mod kdc;
 pub mod pki;
