@@ -1,7 +1,8 @@
 //! The admin console end to end, over real sockets: the test UEM console (its webhook aimed at
 //! the gateway) and Exchange, and a gateway with `[compliance]`, `[audit]` and a named operator.
 //! Sign-in and sign-out, the CSRF check, an override made on a device's page (recorded with the
-//! operator's name), and a wipe in UEM reaching the console's event stream.
+//! operator's name), a wipe in UEM reaching the console's event stream, the configuration page
+//! without secrets, and (ignored by default) the screenshots in `docs/`.
 
 mod support;
 
@@ -132,6 +133,7 @@ async fn sign_in_opens_the_pages_and_sign_out_closes_them() {
         "/ui/devices",
         &format!("/ui/devices/{DEVICE}"),
         "/ui/audit",
+        "/ui/config",
     ] {
         let (status, headers, _) = console_request(gateway, path, Some(&cookie), None).await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
@@ -332,5 +334,73 @@ async fn in_a_browser_a_wipe_shows_blocked_on_the_open_device_page_and_overview_
     )
     .await
     .unwrap();
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_configuration_page_shows_the_effective_settings_without_a_secret() {
+    let stand = Stand::start().await;
+    let gateway = &stand.gateway;
+    let cookie = console_sign_in(gateway, OPERATOR_TOKEN).await.unwrap();
+
+    let (status, _, page) = console_request(gateway, "/ui/config", Some(&cookie), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&stand.uem.base_url()), "{page}");
+    assert!(page.contains("[compliance]"), "{page}");
+    assert!(
+        page.contains("token = &quot;&lt;redacted&gt;&quot;"),
+        "{page}"
+    );
+    for secret in [
+        ADMIN_TOKEN,
+        WEBHOOK_SECRET,
+        seg_testbed::uem::DEFAULT_API_PASSWORD,
+        stand.uem.tenant_code(),
+        OPERATOR_TOKEN,
+    ] {
+        assert!(!page.contains(secret), "{secret} shown: {page}");
+    }
+}
+
+/// Saves the screenshots of the overview and of a device page shown in the README
+/// (`docs/console-overview.png`, `docs/console-device.png`), at a desktop width. Ignored by
+/// default so that test runs do not write into `docs/`; after changing the pages, run
+/// `cargo nextest run --test console --run-ignored only screenshots`.
+#[tokio::test]
+#[ignore = "writes docs/console-*.png"]
+async fn screenshots() {
+    let stand = Stand::start().await;
+    let admin = format!("http://{}", stand.gateway.admin_addr().unwrap());
+    // Something to show: one device wiped in UEM, blocked by the gateway.
+    stand.uem.update(OTHER, Change::EnterpriseWipe).unwrap();
+    wait_until(STEP, "the wiped device blocked", || async {
+        stand.decision(OTHER).await.0 == "blocked"
+    })
+    .await
+    .unwrap();
+
+    let browser = Browser::start().await;
+    browser.set_window_size(1280, 800).await;
+    browser.goto(&format!("{admin}/ui/login")).await;
+    browser.type_into("input[name=token]", OPERATOR_TOKEN).await;
+    browser.click("button[type=submit]").await;
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for (path, file) in [
+        ("/ui/".to_owned(), "console-overview.png"),
+        (format!("/ui/devices/{OTHER}"), "console-device.png"),
+    ] {
+        browser.goto(&format!("{admin}{path}")).await;
+        wait_until(STEP, "the page's event stream", || async {
+            browser
+                .eval("return document.body.getAttribute('data-live')")
+                .await
+                == "connected"
+        })
+        .await
+        .unwrap();
+        let png = browser.screenshot().await;
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{file} is a PNG");
+        std::fs::write(docs.join(file), png).unwrap();
+    }
     browser.quit().await;
 }

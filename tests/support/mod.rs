@@ -526,3 +526,54 @@ impl Drop for Browser {
         }
     }
 }
+
+impl Browser {
+    /// Resizes the browser's window to `width` × `height` CSS pixels.
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        let path = format!("/session/{}/window/rect", self.session);
+        self.command(
+            http::Method::POST,
+            &path,
+            serde_json::json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
+    /// A PNG screenshot of the window's viewport.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        let path = format!("/session/{}/screenshot", self.session);
+        let encoded = self
+            // The command sends its body even with GET; chromedriver reads it as parameters.
+            .command(http::Method::GET, &path, serde_json::json!({}))
+            .await;
+        decode_base64(encoded.as_str().expect("a base64 screenshot"))
+    }
+}
+
+/// `text` decoded from standard base64 (padding and whitespace ignored), as WebDriver sends
+/// screenshots. Panics on any other character.
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => u32::from(c - b'A'),
+        b'a'..=b'z' => u32::from(c - b'a') + 26,
+        b'0'..=b'9' => u32::from(c - b'0') + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {:?}", char::from(c)),
+    };
+    let digits: Vec<u32> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .map(value)
+        .collect();
+    let mut bytes = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, d)| acc | d << (18 - 6 * i));
+        let [_, a, b, c] = bits.to_be_bytes();
+        bytes.extend_from_slice(&[a, b, c][..chunk.len() - 1]);
+    }
+    bytes
+}

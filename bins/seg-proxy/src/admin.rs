@@ -80,7 +80,8 @@ pub fn router(
 }
 
 /// The admin console over `compliance`: signing in with `admin.token` or an operator's token,
-/// showing `sync`, reading and writing `audit` when configured.
+/// showing `sync` and `config` (redacted as `check-config` prints it), reading and writing
+/// `audit` when configured.
 fn console(
     config: &Config,
     compliance: &Compliance,
@@ -96,7 +97,9 @@ fn console(
     for operator in &config.admin.operators {
         settings = settings.with_operator(&operator.name, &operator.token);
     }
-    let console = Console::new(compliance.clone(), settings).with_sync(sync.clone());
+    let console = Console::new(compliance.clone(), settings)
+        .with_sync(sync.clone())
+        .with_configuration(config.to_redacted_toml());
     match audit {
         Some(audit) => console.with_audit(audit.store().clone(), audit.sink()),
         None => console,

@@ -9,6 +9,7 @@
 //! push device, which Exchange calls directly: the gateway's callback makes mock-ens stop it at
 //! once while the other device carries on. UEM marks both compliant again and they resume
 //! without registering again; mock-ens restarts and keeps every registration and state.
+//! While it runs, the gateway's admin console is open at the address it prints.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -37,6 +38,8 @@ const PUSH_DEVICE: &str = "EASDEV2";
 const STREAMING_DEVICE: &str = "EASDEV3";
 const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 const ENS_API_TOKEN: &str = "demo-ens-api-token-0123456789";
+/// The gateway's admin token: the admin API's bearer token, and the admin console's sign-in.
+const ADMIN_TOKEN: &str = "demo-admin-token-0123456789";
 
 /// What the demo saw, for its test.
 #[derive(Debug)]
@@ -115,6 +118,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     config.exchange.trust_store = Some(pki.ca.clone());
     config.ews.enable_proxy = true;
     config.admin.listen = Some(admin);
+    config.admin.token = Some(ADMIN_TOKEN.into());
     config.ens.callback_url = Some(format!("http://{ens_addr}/gateway/compliance"));
     config.compliance = Some(ComplianceConfig {
         uem_url: uem.base_url(),
@@ -153,6 +157,20 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         https.port(),
         compliance.view().len()
     ));
+    let console = format!("http://{admin}/ui/");
+    let login = http::Request::get(format!("{console}login"))
+        .body(http_body_util::Full::<Bytes>::default())?;
+    let response = harness::within(
+        STEP,
+        "the console's sign-in page",
+        exchange.client.send(login),
+    )
+    .await??;
+    if response.status() == StatusCode::OK {
+        say(&format!(
+            "   The admin console is at {console} while the demo runs: sign in with the admin token {ADMIN_TOKEN}"
+        ));
+    }
     say(
         "   mock-ens, the ENS2 stand-in, starts: its registration API, push callback and gateway callback",
     );
@@ -621,6 +639,12 @@ mod tests {
             narration
                 .iter()
                 .any(|line| line.contains("NewMailEvent for item"))
+        );
+        assert!(
+            narration
+                .iter()
+                .any(|line| line.contains("/ui/") && line.contains("sign in with the admin token")),
+            "{narration:?}"
         );
     }
 }

@@ -52,6 +52,7 @@ pub(crate) fn router(console: Console) -> Router {
         .route("/ui/devices/{device_id}", get(device))
         .route("/ui/devices/{device_id}/override", post(set_override))
         .route("/ui/audit", get(audit))
+        .route("/ui/config", get(configuration))
         .route("/ui/events", get(events))
         .route("/ui/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(
@@ -557,6 +558,14 @@ async fn audit(
     Ok(Html(
         pages::audit(&signed_in.session, &filter, page.as_ref()).into_string(),
     ))
+}
+
+/// `/ui/config`: the effective configuration the gateway gave, secrets redacted by it.
+async fn configuration(
+    State(console): State<Console>,
+    axum::Extension(signed_in): axum::Extension<SignedIn>,
+) -> Html<String> {
+    Html(pages::configuration(&signed_in.session, console.configuration.as_deref()).into_string())
 }
 
 // ---------------------------------------------------------------------------------------------

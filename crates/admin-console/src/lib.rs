@@ -4,9 +4,11 @@
 //! It sits beside the compliance admin API (`compliance_policy::admin`) on the same listener and
 //! works on the same [`Compliance`] state: the overview (readiness, UEM sync, view size, blocked
 //! count, version), a device search, a device's page with its UEM record, decision, audit trail
-//! and forms to allow, block or clear an override, the audit trail, and live decision changes by
-//! server-sent events. Pages are rendered on the server ([`maud`]); the one style sheet and the
-//! few lines of script are compiled into the binary. Nothing is fetched from elsewhere.
+//! and forms to allow, block or clear an override, the audit trail, the gateway's effective
+//! configuration (as [given](Console::with_configuration), secrets already redacted), and live
+//! decision changes by server-sent events. Pages are rendered on the server ([`maud`]); the one
+//! style sheet and the few lines of script are compiled into the binary. Nothing is fetched from
+//! elsewhere.
 //!
 //! Operators sign in at `/ui/login` with the admin token or a named operator's token and get a
 //! session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` when [configured](ConsoleSettings::secure_cookies));
@@ -62,6 +64,7 @@ use compliance_policy::sync::SyncHandle;
 use http::StatusCode;
 use session::{Credentials, Sessions};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a session lasts when the settings name no time: a working day.
@@ -215,6 +218,7 @@ pub struct Console {
     sessions: Sessions,
     version: String,
     secure_cookies: bool,
+    configuration: Option<Arc<str>>,
 }
 
 impl Console {
@@ -240,6 +244,7 @@ impl Console {
             sessions: Sessions::new(settings.session_ttl),
             version: settings.version,
             secure_cookies: settings.secure_cookies,
+            configuration: None,
         }
     }
 
@@ -253,6 +258,14 @@ impl Console {
     /// console are recorded through `sink` with the signed-in operator as their actor.
     pub fn with_audit(mut self, store: Store, sink: AuditSink) -> Self {
         self.audit = Some((store, sink));
+        self
+    }
+
+    /// The gateway's effective configuration, shown as given on `/ui/config` (escaped, never
+    /// interpreted). The caller renders it and redacts its secrets: the gateway passes what
+    /// `seg-proxy check-config` prints. Without it the page says that none was given.
+    pub fn with_configuration(mut self, text: impl Into<String>) -> Self {
+        self.configuration = Some(Arc::from(text.into()));
         self
     }
 

@@ -76,6 +76,7 @@ fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                                 li { a href="/ui/" { "Overview" } }
                                 li { a href="/ui/devices" { "Devices" } }
                                 li { a href="/ui/audit" { "Audit trail" } }
+                                li { a href="/ui/config" { "Configuration" } }
                             }
                         }
                         form method="post" action="/ui/logout" {
@@ -562,6 +563,24 @@ pub(crate) fn audit(session: &Session, filter: &AuditFilter, page: Option<&Page>
                         p { a href=(filter.older(cursor)) rel="next" { "Older entries" } }
                     }
                 }
+            }
+        },
+    )
+}
+
+/// The effective configuration, as the gateway rendered it (secrets already redacted).
+pub(crate) fn configuration(session: &Session, text: Option<&str>) -> Markup {
+    layout(
+        "Configuration",
+        Some(session),
+        html! {
+            @match text {
+                Some(text) => {
+                    p { "The effective configuration (defaults, file, properties, environment), as "
+                        code { "seg-proxy check-config" } " prints it: every secret is redacted." }
+                    pre class="config" tabindex="0" aria-label="Effective configuration" { code { (text) } }
+                }
+                None => { p { "The gateway gave the console no configuration to show." } }
             }
         },
     )

@@ -340,3 +340,41 @@ async fn the_event_stream_ends_with_its_session() {
         .expect("the stream ends within the deadline");
     assert!(end.is_none(), "no event after sign-out: {end:?}");
 }
+
+#[tokio::test]
+async fn the_configuration_page_shows_the_given_text_escaped() {
+    let compliance = Compliance::new(PolicySettings::default());
+    let settings = ConsoleSettings::new("9.9.9").with_admin_token(ADMIN);
+    let text = "[admin]\ntoken = \"<redacted>\"\nbanner = \"<script>alert(1)</script> & co\"\n";
+    let app = Console::new(compliance, settings)
+        .with_configuration(text)
+        .router();
+    let (cookie, _) = sign_in(&app, ADMIN).await;
+    let (status, _, page) = send(&app, get("/ui/config", &cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(
+            "[admin]\ntoken = &quot;&lt;redacted&gt;&quot;\nbanner = \
+             &quot;&lt;script&gt;alert(1)&lt;/script&gt; &amp; co&quot;\n"
+        ),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(page.contains(r#"<a href="/ui/config">Configuration</a>"#));
+}
+
+#[tokio::test]
+async fn the_configuration_page_is_closed_without_a_session_and_says_when_none_was_given() {
+    let (_, app) = app(vec![]);
+    let response = app
+        .clone()
+        .oneshot(Request::get("/ui/config").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/ui/login");
+    let (cookie, _) = sign_in(&app, ADMIN).await;
+    let (status, _, page) = send(&app, get("/ui/config", &cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("gave the console no configuration"), "{page}");
+}
