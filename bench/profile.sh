@@ -62,9 +62,8 @@ if [ "$mode" = full ]; then
     --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
   pids+=($!)
   wait_for_port "${pids[-1]}" "$uem_port" uem
+  sed -i 's/^enable_proxy = true$/enable_proxy = true\nrequire_soap = true\nremove_unsupported_auth = true/' "$work/seg.toml"
   cat >>"$work/seg.toml" <<EOF
-require_soap = true
-remove_unsupported_auth = true
 [admin]
 listen = "127.0.0.1:$admin_port"
 [auth]
