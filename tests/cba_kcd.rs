@@ -59,14 +59,15 @@ impl Stand {
         config.ews.remove_unsupported_auth = true;
         with_client_certificates(&mut config, &exchange, dir.path());
         config.auth.modes = vec![AuthMode::Basic, AuthMode::Oauth, AuthMode::CbaKcd];
-        config.auth.kcd = Some(Kcd {
-            krb5_conf: kdc.krb5_conf(),
-            keytab: kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf(),
-            service_principal: GATEWAY_SERVICE.into(),
-            target_spn: Some(EXCHANGE_SERVICE.into()),
-            channel_binding: binding == Binding::Required,
-            timeout: Duration::from_secs(10),
-        });
+        let mut kcd = Kcd::new(
+            kdc.krb5_conf(),
+            kdc.keytab(GATEWAY_SERVICE).unwrap(),
+            GATEWAY_SERVICE,
+        );
+        kcd.target_spn = Some(EXCHANGE_SERVICE.into());
+        kcd.channel_binding = binding == Binding::Required;
+        kcd.timeout = Duration::from_secs(10);
+        config.auth.kcd = Some(kcd);
         let gateway = start(config).await;
         Stand {
             kdc,

@@ -769,14 +769,14 @@ impl KdcStand {
             seg_proxy::config::AuthMode::Basic,
             seg_proxy::config::AuthMode::CbaKcd,
         ];
-        config.auth.kcd = Some(seg_proxy::config::Kcd {
+        let mut kcd = seg_proxy::config::Kcd::new(
             krb5_conf,
-            keytab: kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf(),
-            service_principal: GATEWAY_SERVICE.into(),
-            target_spn: Some(EXCHANGE_SERVICE.into()),
-            channel_binding: false,
-            timeout: KCD_TIMEOUT,
-        });
+            kdc.keytab(GATEWAY_SERVICE).unwrap(),
+            GATEWAY_SERVICE,
+        );
+        kcd.target_spn = Some(EXCHANGE_SERVICE.into());
+        kcd.timeout = KCD_TIMEOUT;
+        config.auth.kcd = Some(kcd);
         let gateway = start(config).await;
         KdcStand {
             kdc,

@@ -134,10 +134,51 @@ pub struct Kcd {
     /// How long getting one token from the KDC may take; `503` (`kcd-timeout`) beyond.
     #[serde(default = "default_kcd_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How many requests may be in flight to one KDC at once (more wait for a slot); at least 1.
+    #[serde(default = "default_kcd_max_in_flight_per_kdc")]
+    pub max_in_flight_per_kdc: usize,
+    /// How long a UDP send waits for the KDC's reply before the request goes to the same KDC
+    /// over TCP.
+    #[serde(default = "default_kcd_udp_timeout", with = "humantime_serde")]
+    pub udp_timeout: Duration,
+    /// Mutual authentication: Exchange's answers must prove with an AP-REP that it read the
+    /// ticket, else they are not passed on.
+    #[serde(default)]
+    pub mutual_auth: bool,
+}
+
+impl Kcd {
+    /// `[auth.kcd]` with the three keys that have no default, every other key at its default
+    /// (as a TOML file naming only those three would load): set the others on the result.
+    pub fn new(
+        krb5_conf: impl Into<PathBuf>,
+        keytab: impl Into<PathBuf>,
+        service_principal: impl Into<String>,
+    ) -> Self {
+        Kcd {
+            krb5_conf: krb5_conf.into(),
+            keytab: keytab.into(),
+            service_principal: service_principal.into(),
+            target_spn: None,
+            channel_binding: false,
+            timeout: default_kcd_timeout(),
+            max_in_flight_per_kdc: default_kcd_max_in_flight_per_kdc(),
+            udp_timeout: default_kcd_udp_timeout(),
+            mutual_auth: false,
+        }
+    }
 }
 
 fn default_kcd_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_kcd_max_in_flight_per_kdc() -> usize {
+    kcd_client::DEFAULT_MAX_IN_FLIGHT
+}
+
+fn default_kcd_udp_timeout() -> Duration {
+    kcd_client::DEFAULT_UDP_TIMEOUT
 }
 
 impl Config {
@@ -724,6 +765,12 @@ impl Config {
         invalid: &impl Fn(&'static str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         let auth = &self.auth;
+        if auth.modes.is_empty() {
+            return Err(invalid(
+                "auth.modes",
+                "is empty: name at least one of basic, oauth, cba-kcd".into(),
+            ));
+        }
         if auth.cba_kcd() {
             self.validate_kcd(invalid)?;
         }
@@ -770,6 +817,18 @@ impl Config {
                 "is required when auth.modes contains cba-kcd".into(),
             ));
         };
+        if kcd.max_in_flight_per_kdc == 0 {
+            return Err(invalid(
+                "auth.kcd.max_in_flight_per_kdc",
+                "must be at least 1".into(),
+            ));
+        }
+        if kcd.udp_timeout.is_zero() {
+            return Err(invalid(
+                "auth.kcd.udp_timeout",
+                "must be more than zero".into(),
+            ));
+        }
         let conf = kcd_client::krb5_conf::Krb5Conf::read(&kcd.krb5_conf)
             .map_err(|error| invalid("auth.kcd.krb5_conf", error_chain(&error)))?;
         if conf.realms.is_empty() {
@@ -1109,6 +1168,94 @@ mod tests {
         }
     }
 
+    /// `[auth]` with `cba-kcd` and `[auth.kcd]` whose files do not exist, plus `extra` keys.
+    fn kcd_section(dir: &tempfile::TempDir, extra: &str) -> String {
+        format!(
+            "modes = [\"basic\", \"cba-kcd\"]\nclient_cert = \"optional\"\nclient_ca = \"{}\"\n\
+             [auth.kcd]\nkrb5_conf = \"/nonexistent/krb5.conf\"\nkeytab = \"/nonexistent/seg.keytab\"\n\
+             service_principal = \"HTTP/seg.test.local\"\n{extra}",
+            dir.path().join("ca.pem").display()
+        )
+    }
+
+    #[test]
+    fn kcd_tuning_keys_default_to_the_client_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            &dir,
+            "seg.toml",
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+             [auth.kcd]\nkrb5_conf = \"/etc/krb5.conf\"\nkeytab = \"/etc/seg.keytab\"\n\
+             service_principal = \"HTTP/seg.test.local\"\n",
+        );
+        let config = Config::load_from(Some(&toml), None, no_env()).unwrap();
+        let kcd = config.config.auth.kcd.unwrap();
+        assert_eq!(kcd.max_in_flight_per_kdc, kcd_client::DEFAULT_MAX_IN_FLIGHT);
+        assert_eq!(kcd.udp_timeout, kcd_client::DEFAULT_UDP_TIMEOUT);
+        assert_eq!(kcd.udp_timeout, Duration::from_secs(1));
+        assert!(!kcd.mutual_auth);
+    }
+
+    #[test]
+    fn kcd_tuning_keys_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            &dir,
+            "seg.toml",
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+             [auth.kcd]\nkrb5_conf = \"/etc/krb5.conf\"\nkeytab = \"/etc/seg.keytab\"\n\
+             service_principal = \"HTTP/seg.test.local\"\nmax_in_flight_per_kdc = 4\n\
+             udp_timeout = \"250ms\"\nmutual_auth = true\n",
+        );
+        let config = Config::load_from(Some(&toml), None, no_env()).unwrap();
+        let kcd = config.config.auth.kcd.unwrap();
+        assert_eq!(kcd.max_in_flight_per_kdc, 4);
+        assert_eq!(kcd.udp_timeout, Duration::from_millis(250));
+        assert!(kcd.mutual_auth);
+    }
+
+    #[test]
+    fn kcd_tuning_keys_out_of_range_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "max_in_flight_per_kdc = 0\n",
+                "auth.kcd.max_in_flight_per_kdc",
+            ),
+            ("udp_timeout = \"0s\"\n", "auth.kcd.udp_timeout"),
+        ];
+        for (extra, key) in cases {
+            let toml = with_auth(&dir, &kcd_section(&dir, extra));
+            let error = Config::load_from(Some(&toml), None, no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(&format!("{key} ")), "{extra}: {error}");
+            assert!(error.contains("seg.toml"), "{extra}: {error}");
+        }
+    }
+
+    #[test]
+    fn kcd_mutual_auth_of_the_wrong_type_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = with_auth(&dir, &kcd_section(&dir, "mutual_auth = \"yes\"\n"));
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mutual_auth"), "{error}");
+        assert!(error.contains("seg.toml"), "{error}");
+    }
+
+    #[test]
+    fn empty_auth_modes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = with_auth(&dir, "modes = []\n");
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("auth.modes "), "{error}");
+        assert!(error.contains("seg.toml"), "{error}");
+    }
+
     #[test]
     fn kcd_target_spn_defaults_to_the_ews_host() {
         let mut config = Config::default();
@@ -1121,6 +1268,9 @@ mod tests {
             target_spn: None,
             channel_binding: false,
             timeout: default_kcd_timeout(),
+            max_in_flight_per_kdc: default_kcd_max_in_flight_per_kdc(),
+            udp_timeout: default_kcd_udp_timeout(),
+            mutual_auth: false,
         });
         assert_eq!(
             config.kcd_target_spn().as_deref(),

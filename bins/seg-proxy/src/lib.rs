@@ -447,6 +447,7 @@ pub struct KcdSetup {
     target_spn: String,
     realm: String,
     timeout: Duration,
+    mutual_auth: bool,
     channel_binding: Option<StaticChannelBinding>,
 }
 
@@ -485,6 +486,7 @@ impl KcdSetup {
             target_spn,
             realm,
             timeout: kcd.timeout,
+            mutual_auth: kcd.mutual_auth,
             channel_binding,
         }))
     }
@@ -499,6 +501,11 @@ impl KcdSetup {
         let tokens = Timeout::new(self.client.clone(), self.timeout);
         let layer = KcdAuthLayer::new(tokens, self.client.clone(), self.target_spn.clone())
             .with_default_realm(self.realm.clone());
+        let layer = if self.mutual_auth {
+            layer.verifying_mutual_authentication()
+        } else {
+            layer
+        };
         match &self.channel_binding {
             Some(binding) => layer.with_channel_binding(binding.clone()),
             None => layer,
@@ -508,7 +515,15 @@ impl KcdSetup {
 
 /// The Kerberos client of `[auth.kcd]`, logged in with nothing yet (the first request does).
 pub fn kcd_client(kcd: &config::Kcd) -> Result<KcdClient, KcdError> {
-    kcd_client_from(&kcd.krb5_conf, &kcd.keytab, &kcd.service_principal)
+    kcd_client_with(
+        &kcd.krb5_conf,
+        &kcd.keytab,
+        &kcd.service_principal,
+        |config| {
+            config.max_in_flight_per_kdc = kcd.max_in_flight_per_kdc;
+            config.udp_timeout = kcd.udp_timeout;
+        },
+    )
 }
 
 /// A Kerberos client for `service` with the realms of `krb5_conf` (its default realm first:
@@ -518,6 +533,16 @@ pub fn kcd_client_from(
     keytab: &Path,
     service: &str,
 ) -> Result<KcdClient, KcdError> {
+    kcd_client_with(krb5_conf, keytab, service, |_| {})
+}
+
+/// [`kcd_client_from`] with `adjust` applied to the client's configuration before it is made.
+fn kcd_client_with(
+    krb5_conf: &Path,
+    keytab: &Path,
+    service: &str,
+    adjust: impl FnOnce(&mut KcdConfig),
+) -> Result<KcdClient, KcdError> {
     let conf = Krb5Conf::read(krb5_conf)?;
     let mut realms = conf.realms;
     if let Some(default) = &conf.default_realm
@@ -526,11 +551,13 @@ pub fn kcd_client_from(
         let realm = realms.remove(index);
         realms.insert(0, realm);
     }
-    KcdClient::new(KcdConfig::new(
+    let mut config = KcdConfig::new(
         realms,
         service.to_owned(),
         Credentials::KeytabFile(keytab.to_owned()),
-    ))
+    );
+    adjust(&mut config);
+    KcdClient::new(config)
 }
 
 /// The RFC 5929 `tls-server-end-point` hash of the certificate the EWS host presents, read over
@@ -734,4 +761,67 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         device = tracing::field::Empty,
         user = tracing::field::Empty,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kcd_client::crypto::{EncType, Key};
+    use kcd_client::keytab::{Keytab, KeytabEntry, Principal};
+
+    /// `[auth.kcd]` with a krb5.conf and a keytab written to `dir` (no KDC is contacted).
+    fn kcd_settings(dir: &Path, mutual_auth: bool) -> config::Kcd {
+        let krb5_conf = dir.join("krb5.conf");
+        std::fs::write(
+            &krb5_conf,
+            "[libdefaults]\n default_realm = TEST.LOCAL\n[realms]\n TEST.LOCAL = {\n  kdc = 127.0.0.1:88\n }\n",
+        )
+        .unwrap();
+        let mut keytab = Keytab::new();
+        keytab.push(KeytabEntry {
+            principal: Principal::parse("HTTP/seg.test.local@TEST.LOCAL", None).unwrap(),
+            timestamp: 1_767_225_600,
+            kvno: 1,
+            key: Key::new(EncType::Aes256CtsHmacSha196, &[0x11; 32]).unwrap(),
+        });
+        let keytab_path = dir.join("seg.keytab");
+        keytab.write(&keytab_path).unwrap();
+        config::Kcd {
+            krb5_conf,
+            keytab: keytab_path,
+            service_principal: "HTTP/seg.test.local".into(),
+            target_spn: Some("HTTP/mail.test.local".into()),
+            channel_binding: false,
+            timeout: Duration::from_secs(10),
+            max_in_flight_per_kdc: 4,
+            udp_timeout: Duration::from_millis(250),
+            mutual_auth,
+        }
+    }
+
+    fn setup(kcd: &config::Kcd) -> KcdSetup {
+        KcdSetup {
+            client: kcd_client(kcd).unwrap(),
+            target_spn: kcd.target_spn.clone().unwrap(),
+            realm: "TEST.LOCAL".into(),
+            timeout: kcd.timeout,
+            mutual_auth: kcd.mutual_auth,
+            channel_binding: None,
+        }
+    }
+
+    #[test]
+    fn kcd_layer_verifies_mutual_authentication_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        for mutual_auth in [false, true] {
+            let layer = format!(
+                "{:?}",
+                setup(&kcd_settings(dir.path(), mutual_auth)).layer()
+            );
+            assert!(
+                layer.contains(&format!("verify_mutual: {mutual_auth}")),
+                "{layer}"
+            );
+        }
+    }
 }

@@ -201,3 +201,23 @@ fn check_config_says_where_compliance_comes_from() {
     assert!(!stdout.contains("not configured"), "{stdout}");
     assert!(!stdout.contains("secret-password"), "{stdout}");
 }
+
+#[test]
+fn check_config_refuses_empty_auth_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "no-auth.toml",
+        "[listen]\nhttp = \"127.0.0.1:8080\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+         [auth]\nmodes = []\n",
+    );
+    let output = Command::new(BINARY)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("auth.modes"), "{stderr}");
+    assert!(stderr.contains("no-auth.toml"), "{stderr}");
+}
