@@ -110,6 +110,9 @@ impl WatchContext {
 #[derive(Clone, Debug)]
 pub struct Watch {
     handle: Arc<Mutex<Option<SubscriptionHandle>>>,
+    /// The task writing the lifecycle's reports to the store: it holds the store until the
+    /// lifecycle ends, so stopping waits for it (a restart must find the store closed).
+    recorder: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Watch {
@@ -120,6 +123,7 @@ impl Watch {
         let handle = Arc::new(Mutex::new(None));
         let watch = Watch {
             handle: handle.clone(),
+            recorder: Arc::new(Mutex::new(None)),
         };
         let client = match context.client_for(&device, &auth) {
             Ok(client) => client,
@@ -147,7 +151,8 @@ impl Watch {
         }
         let subscription = lifecycle::spawn(client.clone(), config, events);
         *lock(&handle) = Some(subscription);
-        tokio::spawn(record(context, client, device_id, received, watch.clone()));
+        let recorder = tokio::spawn(record(context, client, device_id, received, watch.clone()));
+        *lock(&watch.recorder) = Some(recorder);
         watch
     }
 
@@ -175,6 +180,12 @@ impl Watch {
             } else {
                 drop(handle);
             }
+        }
+        // The lifecycle has ended (stopped or aborted), so its reports' channel closes and the
+        // recorder finishes what it was writing, then lets go of the store.
+        let recorder = lock(&self.recorder).take();
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
         }
     }
 
