@@ -44,9 +44,10 @@ mock_ens=$target_dir/release/mock-ens
 for binary in "$seg_proxy" "$seg_testbed" "$mock_ens"; do
   [ -x "$binary" ] || die "missing $binary"
 done
-# Sockets per stream: one in mock-ens; two in the gateway (the client's, and its own HTTP/1.1
-# connection to Exchange: see UpstreamClient's docs); plus pools and files.
-needed=$((2 * devices + 1000))
+# Sockets per stream: one in mock-ens; one in the gateway (the client's: the streams share
+# HTTP/2 connections to Exchange, up to 100 streams each, see ews_proxy_core::host_pool); the
+# test Exchange's connections from the gateway; plus pools and files.
+needed=$((devices + devices / 50 + 1000))
 [ "$(ulimit -Hn)" -ge "$needed" ] || die "the hard open-files limit $(ulimit -Hn) is below $needed"
 ulimit -n "$needed"
 
