@@ -6,10 +6,8 @@
 mod support;
 
 use http::{Method, StatusCode};
-use seg_proxy::Gateway;
-use seg_proxy::config::Config;
-use seg_testbed::harness::{TestExchange, reserve_port, wait_until};
-use seg_testbed::uem::{Change, Device, UemHandle, WebhookReceiver};
+use seg_testbed::harness::wait_until;
+use seg_testbed::uem::{Change, Device};
 use serde_json::Value;
 use support::*;
 
@@ -17,73 +15,19 @@ const DEVICE: &str = "EASDEV1";
 const OTHER: &str = "EASDEV2";
 const NODE: &str = "seg-audit-test";
 
-/// Exchange, UEM (its webhook aimed at the gateway), an ENS callback receiver and a gateway with
-/// its audit trail in `dir`.
-struct Stand {
-    _exchange: TestExchange,
-    uem: UemHandle,
-    _ens: WebhookReceiver,
-    gateway: Gateway,
-    config: Config,
-    _dir: tempfile::TempDir,
-}
+/// The compliance stand (tests/support) with the audit trail in its directory.
+type Stand = ComplianceStand;
 
 impl Stand {
-    async fn start() -> Stand {
-        let dir = tempfile::tempdir().unwrap();
-        let exchange = TestExchange::start(|_| {}).await.unwrap();
-        let ens = WebhookReceiver::start().await.unwrap();
-        let admin = reserve_port().unwrap();
-        let uem = uem_with_webhook(
-            vec![
-                Device::new(DEVICE, 1, "alice@test.local"),
-                Device::new(OTHER, 2, "bob@test.local"),
-            ],
-            admin,
-        )
-        .await;
-        let mut config = gateway_config(
-            &exchange,
-            &uem,
-            &format!("{}/gateway/compliance", ens.url()),
-            admin,
-            dir.path().join("view.snapshot"),
-            dir.path(),
-        );
-        with_audit(&mut config, dir.path().join("audit.redb"), NODE);
-        let gateway = start(config.clone()).await;
-        wait_ready(&gateway).await;
-        Stand {
-            _exchange: exchange,
-            uem,
-            _ens: ens,
-            gateway,
-            config,
-            _dir: dir,
-        }
-    }
-
-    /// Stops the gateway and starts it again with the same configuration (the same trail, the
-    /// same admin address).
-    async fn restart(self) -> Stand {
-        let Stand {
-            _exchange,
-            uem,
-            _ens,
-            gateway,
-            config,
-            _dir,
-        } = self;
-        gateway.shutdown().await;
-        let gateway = start(config.clone()).await;
-        Stand {
-            _exchange,
-            uem,
-            _ens,
-            gateway,
-            config,
-            _dir,
-        }
+    async fn with_audit() -> Stand {
+        let devices = vec![
+            Device::new(DEVICE, 1, "alice@test.local"),
+            Device::new(OTHER, 2, "bob@test.local"),
+        ];
+        ComplianceStand::start(devices, |config, dir| {
+            with_audit(config, dir.join("audit.redb"), NODE);
+        })
+        .await
     }
 
     /// `GET path` on the admin listener with the admin token, as JSON.
@@ -110,7 +54,7 @@ impl Stand {
 
 #[tokio::test]
 async fn a_wipe_and_an_override_are_recorded_with_source_and_actor_and_kept_across_a_restart() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_audit().await;
 
     // UEM wipes the device: its change event makes a transition recorded as such.
     stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
@@ -177,7 +121,7 @@ async fn a_wipe_and_an_override_are_recorded_with_source_and_actor_and_kept_acro
     assert!(lines.iter().all(|e| e["device"] == DEVICE), "{export}");
 
     // After a restart on the same file, everything is still there, with the stop and both starts.
-    let stand = stand.restart().await;
+    let stand = stand.restart(|_| {}).await;
     wait_ready(&stand.gateway).await;
     let page = stand.get(&format!("/audit?device={DEVICE}")).await;
     assert!(
@@ -215,7 +159,7 @@ async fn a_wipe_and_an_override_are_recorded_with_source_and_actor_and_kept_acro
 
 #[tokio::test]
 async fn the_trail_needs_the_admin_token() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_audit().await;
     for path in ["/audit", "/audit/export"] {
         for token in [None, Some("not-the-admin-token-0123456789")] {
             let (status, body) = admin_request(&stand.gateway, Method::GET, path, token, "").await;

@@ -6,12 +6,8 @@
 mod support;
 
 use http::StatusCode;
-use seg_proxy::Gateway;
-use seg_proxy::config::Config;
-use seg_testbed::harness::{self, TestExchange, reserve_port, wait_until, xml_text};
-use seg_testbed::uem::{
-    self, Change, Device, Mode, UemConfig, UemHandle, UemServer, WebhookReceiver,
-};
+use seg_testbed::harness::{self, wait_until, xml_text};
+use seg_testbed::uem::{Change, Device, Mode};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -19,76 +15,16 @@ const ALICE: &str = "alice@test.local";
 const DEVICE: &str = "EASDEV1";
 const STREAMING_SUBSCRIBE: &str = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="inbox"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
 
-/// Exchange, UEM (its webhook aimed at the gateway's admin listener), an ENS callback receiver,
-/// and the gateway.
-struct Stand {
-    exchange: TestExchange,
-    uem: UemHandle,
-    ens: WebhookReceiver,
-    gateway: Gateway,
-    config: Config,
-    dir: tempfile::TempDir,
-}
+/// The compliance stand (tests/support): alice's `DEVICE` and bob's `EASDEV2` in UEM.
+type Stand = ComplianceStand;
 
 impl Stand {
-    async fn start() -> Stand {
-        let dir = tempfile::tempdir().unwrap();
-        let exchange = TestExchange::start(|_| {}).await.unwrap();
-        let ens = WebhookReceiver::start().await.unwrap();
-        let admin = reserve_port().unwrap();
-        let mut uem_config = UemConfig::new(vec![
+    async fn two_devices() -> Stand {
+        let devices = vec![
             Device::new(DEVICE, 1, ALICE),
             Device::new("EASDEV2", 2, "bob@test.local"),
-        ]);
-        uem_config.webhook = Some(uem::Webhook::new(
-            &format!("http://{admin}/events/compliance"),
-            WEBHOOK_SECRET,
-        ));
-        let uem =
-            UemServer::spawn(harness::local_listener().await.unwrap(), None, uem_config).unwrap();
-        let config = gateway_config(
-            &exchange,
-            &uem,
-            &format!("{}/gateway/compliance", ens.url()),
-            admin,
-            dir.path().join("view.snapshot"),
-            dir.path(),
-        );
-        let gateway = start(config.clone()).await;
-        let stand = Stand {
-            exchange,
-            uem,
-            ens,
-            gateway,
-            config,
-            dir,
-        };
-        stand.wait_ready().await;
-        stand
-    }
-
-    /// Stops the gateway and starts it again with `change` made to its configuration, on the
-    /// same admin address (so UEM's webhook still reaches it) and the same snapshot file.
-    async fn restart(self, change: impl FnOnce(&mut Config)) -> Stand {
-        let Stand {
-            exchange,
-            uem,
-            ens,
-            gateway,
-            mut config,
-            dir,
-        } = self;
-        gateway.shutdown().await;
-        change(&mut config);
-        let gateway = start(config.clone()).await;
-        Stand {
-            exchange,
-            uem,
-            ens,
-            gateway,
-            config,
-            dir,
-        }
+        ];
+        ComplianceStand::start(devices, |_, _| {}).await
     }
 
     /// Waits for the ENS callback announcing `state` (`blocked` or `allowed`); returns its body.
@@ -107,10 +43,6 @@ impl Stand {
         .await
         .unwrap();
         serde_json::from_slice(&find().unwrap().body).unwrap()
-    }
-
-    async fn wait_ready(&self) {
-        wait_ready(&self.gateway).await;
     }
 
     fn ews_url(&self) -> String {
@@ -133,7 +65,7 @@ impl Stand {
 
 #[tokio::test]
 async fn wiped_device_is_cut_refused_reported_and_readmitted_when_compliant() {
-    let stand = Stand::start().await;
+    let stand = Stand::two_devices().await;
 
     // A compliant device subscribes and streams.
     let subscribed = text(stand.ews(DEVICE, STREAMING_SUBSCRIBE).await).await;
@@ -224,7 +156,7 @@ async fn wiped_device_is_cut_refused_reported_and_readmitted_when_compliant() {
 
 #[tokio::test]
 async fn restart_while_uem_is_down_keeps_the_wiped_device_blocked() {
-    let stand = Stand::start().await;
+    let stand = Stand::two_devices().await;
     stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
     wait_until(STEP, "the wipe to take effect", || async {
         stand.ews(DEVICE, STREAMING_SUBSCRIBE).await.status() == StatusCode::FORBIDDEN
@@ -242,8 +174,7 @@ async fn restart_while_uem_is_down_keeps_the_wiped_device_blocked() {
     .unwrap();
 
     stand.uem.set_mode(Mode::Down);
-    let stand = stand.restart(|_| {}).await;
-    stand.wait_ready().await; // ready from the snapshot, with UEM down
+    let stand = stand.restart(|_| {}).await; // ready from the snapshot, with UEM down
 
     let refused = stand.ews(DEVICE, STREAMING_SUBSCRIBE).await;
     assert_eq!(
@@ -259,7 +190,7 @@ async fn restart_while_uem_is_down_keeps_the_wiped_device_blocked() {
 
 #[tokio::test]
 async fn garbage_from_uem_keeps_the_last_view() {
-    let stand = Stand::start().await;
+    let stand = Stand::two_devices().await;
     stand.uem.set_mode(Mode::Garbage);
     let token = format!("Bearer {ADMIN_TOKEN}");
     let sync = format!("http://{}/sync", stand.gateway.admin_addr().unwrap());
@@ -305,7 +236,7 @@ async fn garbage_from_uem_keeps_the_last_view() {
 
 #[tokio::test]
 async fn unknown_device_follows_the_default() {
-    let stand = Stand::start().await;
+    let stand = Stand::two_devices().await;
     let refused = stand.ews("NOT-IN-UEM", STREAMING_SUBSCRIBE).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(
@@ -319,7 +250,6 @@ async fn unknown_device_follows_the_default() {
                 compliance_policy::policy::UnknownDevice::Allow;
         })
         .await;
-    stand.wait_ready().await;
     assert_eq!(
         stand.ews("NOT-IN-UEM", STREAMING_SUBSCRIBE).await.status(),
         StatusCode::OK
@@ -328,7 +258,7 @@ async fn unknown_device_follows_the_default() {
 
 #[tokio::test]
 async fn metrics_show_the_wipe_block_on_the_admin_listener() {
-    let stand = Stand::start().await;
+    let stand = Stand::two_devices().await;
     stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
     wait_until(STEP, "the wipe to take effect", || async {
         stand.ews(DEVICE, STREAMING_SUBSCRIBE).await.status() == StatusCode::FORBIDDEN
@@ -366,7 +296,7 @@ async fn metrics_show_the_wipe_block_on_the_admin_listener() {
 
 #[tokio::test]
 async fn user_override_applies_to_the_user_of_the_credentials() {
-    let stand = Stand::start().await;
+    let stand = Stand::two_devices().await;
     let admin = format!(
         "http://{}/overrides/user/alice@test.local",
         stand.gateway.admin_addr().unwrap()

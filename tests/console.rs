@@ -7,10 +7,9 @@
 mod support;
 
 use http::StatusCode;
-use seg_proxy::Gateway;
 use seg_proxy::config::AdminOperator;
-use seg_testbed::harness::{TestExchange, reserve_port, wait_until};
-use seg_testbed::uem::{Change, Device, UemHandle, WebhookReceiver};
+use seg_testbed::harness::wait_until;
+use seg_testbed::uem::{Change, Device};
 use support::*;
 
 const DEVICE: &str = "EASDEV1";
@@ -18,55 +17,23 @@ const OTHER: &str = "EASDEV2";
 const OPERATOR: &str = "carol";
 const OPERATOR_TOKEN: &str = "carols-console-token-0001";
 
-/// Exchange, UEM, an ENS callback receiver and a gateway with the console, ready.
-struct Stand {
-    _exchange: TestExchange,
-    uem: UemHandle,
-    _ens: WebhookReceiver,
-    gateway: Gateway,
-    _dir: tempfile::TempDir,
-}
+/// The compliance stand (tests/support) with the audit trail and a named operator.
+type Stand = ComplianceStand;
 
 impl Stand {
-    async fn start() -> Stand {
-        let dir = tempfile::tempdir().unwrap();
-        let exchange = TestExchange::start(|_| {}).await.unwrap();
-        let ens = WebhookReceiver::start().await.unwrap();
-        let admin = reserve_port().unwrap();
-        let uem = uem_with_webhook(
-            vec![
-                Device::new(DEVICE, 1, "alice@test.local"),
-                Device::new(OTHER, 2, "bob@test.local"),
-            ],
-            admin,
-        )
-        .await;
-        let mut config = gateway_config(
-            &exchange,
-            &uem,
-            &format!("{}/gateway/compliance", ens.url()),
-            admin,
-            dir.path().join("view.snapshot"),
-            dir.path(),
-        );
-        with_audit(
-            &mut config,
-            dir.path().join("audit.redb"),
-            "seg-console-test",
-        );
-        config.admin.operators = vec![AdminOperator {
-            name: OPERATOR.into(),
-            token: OPERATOR_TOKEN.into(),
-        }];
-        let gateway = start(config).await;
-        wait_ready(&gateway).await;
-        Stand {
-            _exchange: exchange,
-            uem,
-            _ens: ens,
-            gateway,
-            _dir: dir,
-        }
+    async fn with_console() -> Stand {
+        let devices = vec![
+            Device::new(DEVICE, 1, "alice@test.local"),
+            Device::new(OTHER, 2, "bob@test.local"),
+        ];
+        ComplianceStand::start(devices, |config, dir| {
+            with_audit(config, dir.join("audit.redb"), "seg-console-test");
+            config.admin.operators = vec![AdminOperator {
+                name: OPERATOR.into(),
+                token: OPERATOR_TOKEN.into(),
+            }];
+        })
+        .await
     }
 
     /// The decision of `device` as the admin API reports it: `(state, reason)`.
@@ -90,7 +57,7 @@ impl Stand {
 
 #[tokio::test]
 async fn sign_in_opens_the_pages_and_sign_out_closes_them() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_console().await;
     let gateway = &stand.gateway;
 
     let (status, headers, _) = console_request(gateway, "/ui/", None, None).await;
@@ -143,7 +110,7 @@ async fn sign_in_opens_the_pages_and_sign_out_closes_them() {
 
 #[tokio::test]
 async fn an_override_by_form_needs_the_csrf_token_and_is_recorded_with_the_operator() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_console().await;
     let gateway = &stand.gateway;
     let cookie = console_sign_in(gateway, OPERATOR_TOKEN).await.unwrap();
     let device_page = format!("/ui/devices/{DEVICE}");
@@ -216,7 +183,7 @@ async fn an_override_by_form_needs_the_csrf_token_and_is_recorded_with_the_opera
 
 #[tokio::test]
 async fn a_wipe_in_uem_reaches_the_event_stream() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_console().await;
     let gateway = &stand.gateway;
     let cookie = console_sign_in(gateway, ADMIN_TOKEN)
         .await
@@ -257,7 +224,7 @@ async fn a_wipe_in_uem_reaches_the_event_stream() {
 
 #[tokio::test]
 async fn in_a_browser_a_wipe_shows_blocked_on_the_open_device_page_and_overview_without_reload() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_console().await;
     let admin = format!("http://{}", stand.gateway.admin_addr().unwrap());
     let browser = Browser::start().await;
 
@@ -339,7 +306,7 @@ async fn in_a_browser_a_wipe_shows_blocked_on_the_open_device_page_and_overview_
 
 #[tokio::test]
 async fn the_configuration_page_shows_the_effective_settings_without_a_secret() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_console().await;
     let gateway = &stand.gateway;
     let cookie = console_sign_in(gateway, OPERATOR_TOKEN).await.unwrap();
 
@@ -369,7 +336,7 @@ async fn the_configuration_page_shows_the_effective_settings_without_a_secret() 
 #[tokio::test]
 #[ignore = "writes docs/console-*.png"]
 async fn screenshots() {
-    let stand = Stand::start().await;
+    let stand = Stand::with_console().await;
     let admin = format!("http://{}", stand.gateway.admin_addr().unwrap());
     // Something to show: one device wiped in UEM, blocked by the gateway.
     stand.uem.update(OTHER, Change::EnterpriseWipe).unwrap();

@@ -577,3 +577,73 @@ fn decode_base64(text: &str) -> Vec<u8> {
     }
     bytes
 }
+
+/// The stand of the compliance tests (tests/audit.rs, tests/console.rs): the test Exchange, the
+/// test UEM holding `devices` with its webhook aimed at the gateway's admin listener, ENS's
+/// callback receiver, and a gateway with `[compliance]` (its snapshot and files in `dir`),
+/// ready. `configure` adds to the configuration before the start, given `dir`.
+pub struct ComplianceStand {
+    pub exchange: TestExchange,
+    pub uem: UemHandle,
+    pub ens: uem::WebhookReceiver,
+    pub gateway: Gateway,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+impl ComplianceStand {
+    pub async fn start(
+        devices: Vec<uem::Device>,
+        configure: impl FnOnce(&mut Config, &std::path::Path),
+    ) -> ComplianceStand {
+        let dir = tempfile::tempdir().unwrap();
+        let exchange = TestExchange::start(|_| {}).await.unwrap();
+        let ens = uem::WebhookReceiver::start().await.unwrap();
+        let admin = harness::reserve_port().unwrap();
+        let uem = uem_with_webhook(devices, admin).await;
+        let mut config = gateway_config(
+            &exchange,
+            &uem,
+            &format!("{}/gateway/compliance", ens.url()),
+            admin,
+            dir.path().join("view.snapshot"),
+            dir.path(),
+        );
+        configure(&mut config, dir.path());
+        let gateway = start(config.clone()).await;
+        wait_ready(&gateway).await;
+        ComplianceStand {
+            exchange,
+            uem,
+            ens,
+            gateway,
+            config,
+            dir,
+        }
+    }
+
+    /// Stops the gateway and starts it again with `change` made to its configuration: the
+    /// same admin address (UEM's webhook still reaches it), snapshot and files.
+    pub async fn restart(self, change: impl FnOnce(&mut Config)) -> ComplianceStand {
+        let ComplianceStand {
+            exchange,
+            uem,
+            ens,
+            gateway,
+            mut config,
+            dir,
+        } = self;
+        gateway.shutdown().await;
+        change(&mut config);
+        let gateway = start(config.clone()).await;
+        wait_ready(&gateway).await;
+        ComplianceStand {
+            exchange,
+            uem,
+            ens,
+            gateway,
+            config,
+            dir,
+        }
+    }
+}
