@@ -162,53 +162,8 @@ backend ews
   http-request set-header Host localhost
   server exchange 127.0.0.1:$upstream_port ssl verify required ca-file $work/pki/ca.pem sni str(localhost) verifyhost localhost alpn http/1.1
 EOF
-seg_config() { # seg_config FULL
-  cat <<EOF
-[listen]
-https = "127.0.0.1:$proxy_port"
-
-[tls]
-cert = "$work/pki/server.pem"
-key = "$work/pki/server.key"
-
-[exchange]
-url = "https://localhost:$upstream_port"
-trust_store = "$work/pki/ca.pem"
-
-[server]
-max_connections = 20000
-
-[ews]
-enable_proxy = true
-
-[log]
-filter = "warn"
-EOF
-  [ "$1" = full ] || return 0
-  cat <<EOF
-
-[auth]
-modes = ["basic", "oauth"]
-client_cert = "optional"
-client_ca = "$work/pki/ca.pem"
-
-[compliance]
-uem_url = "https://localhost:$uem_port"
-uem_tenant_code = "testbed-tenant-code"
-uem_user = "uemapi"
-uem_password = "P@ssw0rd!"
-uem_trust_store = "$work/pki/ca.pem"
-full_sync_interval = "24h"
-delta_sync_interval = "24h"
-
-[admin]
-listen = "127.0.0.1:$admin_port"
-EOF
-}
-seg_config plain >"$work/seg-proxy.toml"
-seg_config full >"$work/seg-full.toml"
-# remove_unsupported_auth and require_soap belong to [ews]: on for the full contender.
-sed -i 's/^enable_proxy = true$/enable_proxy = true\nremove_unsupported_auth = true\nrequire_soap = true/' "$work/seg-full.toml"
+seg_proxy_config plain "$proxy_port" "$upstream_port" >"$work/seg-proxy.toml"
+seg_proxy_config full "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg-full.toml"
 for name in seg-proxy seg-full; do
   "$seg_proxy" check-config --config "$work/$name.toml" >"$work/check-$name.txt" 2>&1 ||
     die "seg-proxy check-config ($name) failed:$(printf '\n')$(cat "$work/check-$name.txt")"

@@ -103,6 +103,58 @@ assert_alive() {
   kill -0 "$1" 2>/dev/null || die "$2 died; its log:$(printf '\n')$(tail -n 20 "$work/$2.log")"
 }
 
+# --- seg-proxy's configuration --------------------------------------------------------------
+# seg_proxy_config MODE PROXY_PORT UPSTREAM_PORT [UEM_PORT ADMIN_PORT] → TOML on stdout, with the
+# certificates of "$work/pki" (seg-testbed pki). plain: proxying only, TLS listener, the static
+# upstream trusted by its CA. full: every layer on as well: compliance synced from the test UEM
+# (TLS) with an admin listener, auth modes Basic and OAuth, client certificates asked for,
+# challenges stripped, SOAP required. Callers may append tables of their own.
+seg_proxy_config() {
+  local mode=$1 proxy_port=$2 upstream_port=$3 uem_port=${4:-} admin_port=${5:-} ews_extra=""
+  [ "$mode" != full ] || ews_extra=$'\nremove_unsupported_auth = true\nrequire_soap = true'
+  cat <<EOF
+[listen]
+https = "127.0.0.1:$proxy_port"
+
+[tls]
+cert = "$work/pki/server.pem"
+key = "$work/pki/server.key"
+
+[exchange]
+url = "https://localhost:$upstream_port"
+trust_store = "$work/pki/ca.pem"
+
+[server]
+max_connections = 20000
+
+[ews]
+enable_proxy = true$ews_extra
+
+[log]
+filter = "warn"
+EOF
+  [ "$mode" = full ] || return 0
+  cat <<EOF
+
+[auth]
+modes = ["basic", "oauth"]
+client_cert = "optional"
+client_ca = "$work/pki/ca.pem"
+
+[compliance]
+uem_url = "https://localhost:$uem_port"
+uem_tenant_code = "testbed-tenant-code"
+uem_user = "uemapi"
+uem_password = "P@ssw0rd!"
+uem_trust_store = "$work/pki/ca.pem"
+full_sync_interval = "24h"
+delta_sync_interval = "24h"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+EOF
+}
+
 # --- CPU accounting --------------------------------------------------------------------------
 clk_tck=$(getconf CLK_TCK)
 

@@ -41,20 +41,6 @@ RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$seg_testbed" static-soap \
 pids+=($!)
 wait_for_port "${pids[-1]}" "$upstream_port" upstream
 
-cat >"$work/seg.toml" <<EOF
-[listen]
-https = "127.0.0.1:$proxy_port"
-[tls]
-cert = "$work/pki/server.pem"
-key = "$work/pki/server.key"
-[exchange]
-url = "https://localhost:$upstream_port"
-trust_store = "$work/pki/ca.pem"
-[ews]
-enable_proxy = true
-[log]
-filter = "warn"
-EOF
 if [ "$mode" = full ]; then
   python3 bench/uem-devices.py 10000 "$work/devices.json"
   RUST_LOG=warn taskset -c 0 "$seg_testbed" uem --listen "127.0.0.1:$uem_port" \
@@ -62,22 +48,8 @@ if [ "$mode" = full ]; then
     --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
   pids+=($!)
   wait_for_port "${pids[-1]}" "$uem_port" uem
-  sed -i 's/^enable_proxy = true$/enable_proxy = true\nrequire_soap = true\nremove_unsupported_auth = true/' "$work/seg.toml"
-  cat >>"$work/seg.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$admin_port"
-[auth]
-modes = ["basic", "oauth"]
-client_cert = "optional"
-client_ca = "$work/pki/ca.pem"
-[compliance]
-uem_url = "https://localhost:$uem_port"
-uem_tenant_code = "testbed-tenant-code"
-uem_user = "uemapi"
-uem_password = "P@ssw0rd!"
-uem_trust_store = "$work/pki/ca.pem"
-EOF
 fi
+seg_proxy_config "$mode" "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg.toml"
 TOKIO_WORKER_THREADS=1 taskset -c 1 "$seg_proxy" run --config "$work/seg.toml" \
   >"$work/seg-proxy.log" 2>&1 &
 gateway=$!

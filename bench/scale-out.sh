@@ -70,25 +70,15 @@ wait_for_port "${pids[-1]}" "$upstream_port" upstream
 
 for index in 0 1 2; do
   node=$((index + 1))
-  cat >"$work/node$node.toml" <<EOF
-node = "gw-$node"
-[listen]
-https = "127.0.0.1:${https_ports[$index]}"
-[tls]
-cert = "$work/pki/server.pem"
-key = "$work/pki/server.key"
-[exchange]
-url = "https://localhost:$upstream_port"
-trust_store = "$work/pki/ca.pem"
-[server]
-max_connections = 20000
-[ews]
-enable_proxy = true
+  {
+    echo "node = \"gw-$node\""
+    seg_proxy_config plain "${https_ports[$index]}" "$upstream_port"
+    cat <<EOF
+
 [admin]
 listen = "127.0.0.1:${admin_ports[$index]}"
 token = "$token"
-[log]
-filter = "warn"
+
 [compliance]
 backend = "redis"
 redis_url = "redis://127.0.0.1:$redis_port/0"
@@ -100,6 +90,7 @@ webhook_secret = "$secret"
 full_sync_interval = "24h"
 delta_sync_interval = "24h"
 EOF
+  } >"$work/node$node.toml"
   TOKIO_WORKER_THREADS=1 "$seg_proxy" run --config "$work/node$node.toml" >"$work/node$node.log" 2>&1 &
   pids+=($!)
   # One after the other: the first leads and syncs, the others read the view from Redis.
