@@ -255,12 +255,14 @@ impl Shared {
             };
             match taken {
                 Taken::Http1(mut sender) => {
-                    if std::future::poll_fn(|cx| sender.poll_ready(cx))
-                        .await
-                        .is_err()
-                    {
-                        // Closed by Exchange while idle: the request was not written.
-                        continue;
+                    if let Err(error) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+                        // Closed by Exchange while idle: the request was not written, so another
+                        // connection may carry it. A new connection closed at once is Exchange's
+                        // answer, not a race: opening connection after connection would never end.
+                        if reused {
+                            continue;
+                        }
+                        return Err(SendError::Http(error));
                     }
                     match sender.try_send_request(request).await {
                         Ok(response) => {
