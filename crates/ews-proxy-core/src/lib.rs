@@ -18,7 +18,7 @@
 //! | [`operation`] | learns the EWS operation from the start of the SOAP body |
 //! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults |
 //! | [`host_pool`] | the connections to one upstream host: HTTP/1.1 reuse, HTTP/2 up to the stream limit |
-//! | [`upstream`], [`tls`] | the pooled rustls client and both sides' TLS settings |
+//! | [`upstream`], [`tls`] | the upstream TLS and pool settings (and a general pooled client), both sides' TLS settings |
 //! | [`fault`], [`body`], [`future`] | SOAP faults, body types, the short-circuit response future |
 //! | [`identity`] | the user of a request, as authentication tells compliance |
 //! | [`metrics`] | responses counted by route and status class; the Prometheus exposition |
