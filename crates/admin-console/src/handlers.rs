@@ -4,7 +4,7 @@
 use crate::pages::{self, AuditFilter, DeviceRow, DevicesQuery, Overview};
 use crate::session::Session;
 use crate::{Console, ConsoleError, DEVICES_PER_PAGE, MAX_REASON_LEN, SESSION_COOKIE};
-use audit_trail::entry::{Entry, Event as AuditEvent, Record, Target};
+use audit_trail::entry::{Entry, Event as AuditEvent, Record};
 use audit_trail::store::Query;
 use axum::Router;
 use axum::body::Body;
@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use compliance_policy::admin::{Operator, OverrideChange, OverrideTarget};
 use compliance_policy::device::{DeviceId, DeviceRecord};
 use compliance_policy::policy::{Decision, Override, PolicySettings};
 use compliance_policy::view::View;
@@ -479,25 +480,13 @@ async fn set_override(
     let operator = signed_in.session.operator().to_owned();
     let transitions = console.compliance.set_device_override(id.as_str(), action);
     if let Some((_, sink)) = &console.audit {
-        let target = Target::Device(id.as_str().to_owned());
-        let event = match action {
-            Some(action) => AuditEvent::OverrideSet {
-                actor: operator.clone(),
-                target,
-                action: match action {
-                    Override::Allow => "allow",
-                    Override::Block => "block",
-                }
-                .to_owned(),
-                reason,
-            },
-            None => AuditEvent::OverrideCleared {
-                actor: operator.clone(),
-                target,
-                reason,
-            },
-        };
-        sink.record(Record::now(event).device(id.as_str()));
+        let change = OverrideChange::new(
+            Operator::named(operator.as_str()),
+            OverrideTarget::Device(id.clone()),
+            action,
+            reason,
+        );
+        sink.record(Record::override_change(&change));
     }
     tracing::info!(
         operator = %operator,

@@ -160,6 +160,24 @@ pub struct OverrideChange {
     pub reason: Option<String>,
 }
 
+impl OverrideChange {
+    /// `operator` set `action` on `target` (`None`: cleared it), giving `reason`: for other
+    /// front ends (the admin console) that record their overrides as the admin API does.
+    pub fn new(
+        operator: Operator,
+        target: OverrideTarget,
+        action: Option<Override>,
+        reason: Option<String>,
+    ) -> Self {
+        OverrideChange {
+            operator,
+            target,
+            action,
+            reason,
+        }
+    }
+}
+
 /// What an override names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OverrideTarget {
