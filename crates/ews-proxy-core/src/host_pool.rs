@@ -300,12 +300,12 @@ impl Shared {
             return Some(taken);
         }
         let mut idle = lock(&self.idle);
-        while let Some(connection) = idle.pop() {
-            if !connection.sender.is_closed() {
-                return Some(Taken::Http1(connection.sender));
-            }
-        }
-        None
+        idle.retain(|c| !c.sender.is_closed());
+        // The most recently used connection that can take a request now. One still sending an
+        // earlier request's body (Exchange answered before it ended) stays for later: waiting
+        // on it would hold this request behind another client's upload.
+        let ready = idle.iter().rposition(|c| c.sender.is_ready())?;
+        Some(Taken::Http1(idle.remove(ready).sender))
     }
 
     fn take_h2(&self) -> Option<Taken> {

@@ -140,3 +140,39 @@ async fn an_unreachable_host_is_a_connect_error() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_still_sending_an_answered_upload_does_not_hold_the_next_request() {
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+    // Exchange answers as soon as it has the head (an early 401 or 413 does), while the
+    // client's body is still coming, and never ends: that connection is not free.
+    let (url, accepted) = upstream(usize::MAX, 2).await;
+    let pool = pool(&url);
+    let endless = futures_util::stream::once(async {
+        Ok::<_, ews_proxy_core::body::BoxError>(http_body::Frame::data(Bytes::from_static(
+            b"<soap:Envelope>",
+        )))
+    })
+    .chain(futures_util::stream::pending());
+    let upload = Request::post("/EWS/Exchange.asmx")
+        .header(http::header::HOST, "exchange.test")
+        .header(http::header::TRANSFER_ENCODING, "chunked")
+        .body(StreamBody::new(endless).boxed_unsync())
+        .unwrap();
+    let answered = pool.send(upload).await.unwrap();
+    answered.into_body().collect().await.unwrap();
+
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        let response = pool.send(get()).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("the next request is not held behind the unfinished upload");
+    assert_eq!(next.len(), 2);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "it went on a new connection"
+    );
+}
