@@ -79,6 +79,76 @@ pub struct Auth {
     pub upn_fallback: UpnFallback,
     /// `[auth.kcd]`: the Kerberos constrained delegation of `cba-kcd`.
     pub kcd: Option<Kcd>,
+    /// `[auth.oauth]`: verifying bearer tokens; without it they pass unverified (Exchange
+    /// verifies them).
+    pub oauth: Option<OAuth>,
+}
+
+/// `[auth.oauth]`: the gateway verifies bearer tokens itself, refusing (`401`) a token whose
+/// signature or claims do not verify before it reaches Exchange.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuth {
+    /// A JSON Web Key Set file with the issuer's public keys (chosen by the token's `kid`).
+    pub jwks: Option<PathBuf>,
+    /// A PEM file with one more public key (RSA, EC or Ed25519), for any `kid`.
+    pub public_key: Option<PathBuf>,
+    /// The `iss` tokens must carry; any when absent.
+    pub issuer: Option<String>,
+    /// The `aud` tokens must carry; any when absent.
+    pub audience: Option<String>,
+}
+
+/// A key file of `[auth.oauth]` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {}", path.display())]
+pub struct OAuthKeyError {
+    /// The configuration key naming the file.
+    pub key: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// Why it cannot be used.
+    #[source]
+    pub source: auth_negotiation::bearer::BearerKeyError,
+}
+
+impl OAuth {
+    /// The keys and claims of this section, read from its files; the error names the key
+    /// (`auth.oauth.jwks`, `auth.oauth.public_key`) and the file that could not be used.
+    pub fn keys(&self) -> Result<auth_negotiation::bearer::BearerKeys, OAuthKeyError> {
+        use auth_negotiation::bearer::BearerKeys;
+        let load = |key: &'static str,
+                    path: &Option<PathBuf>,
+                    read: fn(&Path) -> Result<BearerKeys, _>| {
+            path.as_deref()
+                .map(|path| {
+                    read(path).map_err(|source| OAuthKeyError {
+                        key,
+                        path: path.to_owned(),
+                        source,
+                    })
+                })
+                .transpose()
+        };
+        let jwks = load("auth.oauth.jwks", &self.jwks, BearerKeys::read_jwks)?;
+        let pem = load(
+            "auth.oauth.public_key",
+            &self.public_key,
+            BearerKeys::read_pem,
+        )?;
+        let mut keys = match (jwks, pem) {
+            (Some(jwks), Some(pem)) => jwks.and(pem),
+            (Some(keys), None) | (None, Some(keys)) => keys,
+            (None, None) => BearerKeys::default(),
+        };
+        if let Some(issuer) = &self.issuer {
+            keys = keys.with_issuer(issuer.clone());
+        }
+        if let Some(audience) = &self.audience {
+            keys = keys.with_audience(audience.clone());
+        }
+        Ok(keys)
+    }
 }
 
 impl Default for Auth {
@@ -90,6 +160,7 @@ impl Default for Auth {
             crl: Vec::new(),
             upn_fallback: UpnFallback::None,
             kcd: None,
+            oauth: None,
         }
     }
 }
@@ -127,8 +198,14 @@ pub struct Kcd {
     /// Exchange's SPN; `HTTP/<host of exchange.ews_url, else exchange.url>` when absent.
     #[serde(default)]
     pub target_spn: Option<String>,
-    /// Extended Protection: bind tokens to the `tls-server-end-point` of Exchange's certificate,
-    /// read once at start (a new certificate at Exchange needs a restart of the gateway).
+    /// The ActiveSync host's SPN (for `activesync.enable_proxy`); when absent, `target_spn`'s
+    /// value when EWS and ActiveSync share a host (no `exchange.ews_url`), else
+    /// `HTTP/<host of exchange.url>`.
+    #[serde(default)]
+    pub activesync_target_spn: Option<String>,
+    /// Extended Protection: bind tokens to the `tls-server-end-point` of the certificate
+    /// Exchange presented on the gateway's latest connection to it (read at start, and followed
+    /// when it is renewed).
     #[serde(default)]
     pub channel_binding: bool,
     /// How long getting one token from the KDC may take; `503` (`kcd-timeout`) beyond.
@@ -160,6 +237,7 @@ impl Kcd {
             keytab: keytab.into(),
             service_principal: service_principal.into(),
             target_spn: None,
+            activesync_target_spn: None,
             channel_binding: false,
             timeout: default_kcd_timeout(),
             max_in_flight_per_kdc: default_kcd_max_in_flight_per_kdc(),
@@ -216,10 +294,29 @@ impl Config {
         if let Some(spn) = &kcd.target_spn {
             return Some(spn.clone());
         }
-        let uri: http::Uri = self.ews_url().parse().ok()?;
-        uri.host()
-            .map(|host| format!("HTTP/{}", host.trim_matches(['[', ']'])))
+        http_spn(self.ews_url())
     }
+
+    /// The ActiveSync host's SPN for `cba-kcd`: `auth.kcd.activesync_target_spn`, else the EWS
+    /// SPN ([`Config::kcd_target_spn`]) when EWS has no host of its own, else
+    /// `HTTP/<host of exchange.url>`; `None` without `[auth.kcd]` or when the URL has no host.
+    pub fn kcd_activesync_target_spn(&self) -> Option<String> {
+        let kcd = self.auth.kcd.as_ref()?;
+        if let Some(spn) = &kcd.activesync_target_spn {
+            return Some(spn.clone());
+        }
+        match &self.exchange.ews_url {
+            None => self.kcd_target_spn(),
+            Some(_) => http_spn(&self.exchange.url),
+        }
+    }
+}
+
+/// `HTTP/<host of url>`; `None` when `url` does not parse or names no host.
+fn http_spn(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    uri.host()
+        .map(|host| format!("HTTP/{}", host.trim_matches(['[', ']'])))
 }
 
 /// `[compliance]`: where device compliance comes from and how it is enforced.
@@ -467,6 +564,10 @@ impl Default for Ews {
 pub struct ActiveSync {
     /// Serve `/Microsoft-Server-ActiveSync` (any case).
     pub enable_proxy: bool,
+    /// `remove.unsupported.auth.for.ews` for ActiveSync: remove every `NTLM` challenge from
+    /// ActiveSync responses, and the `Negotiate` challenge when the client has no valid
+    /// certificate.
+    pub remove_unsupported_auth: bool,
 }
 
 /// `[log]`: logging.
@@ -774,6 +875,26 @@ impl Config {
         if auth.cba_kcd() {
             self.validate_kcd(invalid)?;
         }
+        if let Some(oauth) = &auth.oauth {
+            if !auth.modes.contains(&AuthMode::Oauth) {
+                return Err(invalid(
+                    "auth.oauth",
+                    "is set but auth.modes has no oauth: bearer tokens are refused anyway".into(),
+                ));
+            }
+            if oauth.jwks.is_none() && oauth.public_key.is_none() {
+                return Err(invalid(
+                    "auth.oauth",
+                    "needs auth.oauth.jwks or auth.oauth.public_key to verify tokens with".into(),
+                ));
+            }
+            oauth.keys().map_err(|error| {
+                invalid(
+                    error.key,
+                    format!("{}: {}", error.path.display(), error_chain(&error.source)),
+                )
+            })?;
+        }
         if auth.client_cert == ClientCertMode::Off {
             return Ok(());
         }
@@ -862,6 +983,16 @@ impl Config {
             return Err(invalid(
                 "auth.kcd.target_spn",
                 "is empty and the EWS URL names no host".into(),
+            ));
+        }
+        if self.activesync.enable_proxy
+            && self
+                .kcd_activesync_target_spn()
+                .is_none_or(|spn| spn.is_empty())
+        {
+            return Err(invalid(
+                "auth.kcd.activesync_target_spn",
+                "is empty and exchange.url names no host".into(),
             ));
         }
         if kcd.timeout.is_zero() {
@@ -1257,6 +1388,35 @@ mod tests {
     }
 
     #[test]
+    fn oauth_key_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = write(&dir, "issuer.jwks", "{\"keys\": 42}");
+        let toml = with_auth(
+            &dir,
+            &format!("[auth.oauth]\njwks = \"{}\"\n", jwks.display()),
+        );
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("auth.oauth.jwks "), "{error}");
+        assert!(error.contains("issuer.jwks"), "{error}");
+        assert!(error.contains("json web key set"), "{error}");
+
+        let toml = with_auth(
+            &dir,
+            "[auth.oauth]\npublic_key = \"/nonexistent/issuer.pem\"\n",
+        );
+        let error = Config::load_from(Some(&toml), None, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("auth.oauth.public_key "), "{error}");
+        assert!(
+            error.contains("/nonexistent/issuer.pem: cannot read"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn kcd_target_spn_defaults_to_the_ews_host() {
         let mut config = Config::default();
         config.exchange.url = "https://mail.corp.example".into();
@@ -1266,6 +1426,7 @@ mod tests {
             keytab: "/etc/seg.keytab".into(),
             service_principal: "HTTP/seg.corp.example".into(),
             target_spn: None,
+            activesync_target_spn: None,
             channel_binding: false,
             timeout: default_kcd_timeout(),
             max_in_flight_per_kdc: default_kcd_max_in_flight_per_kdc(),
@@ -1279,6 +1440,33 @@ mod tests {
         let printed = config.to_redacted_toml();
         assert!(printed.contains("[auth.kcd]"), "{printed}");
         assert!(printed.contains("timeout = \"10s\""), "{printed}");
+    }
+
+    #[test]
+    fn kcd_activesync_target_spn_is_the_activesync_host_s_unless_ews_shares_it() {
+        let mut config = Config::default();
+        config.exchange.url = "https://mail.corp.example".into();
+        let mut kcd = Kcd::new("/etc/krb5.conf", "/etc/seg.keytab", "HTTP/seg.corp.example");
+        kcd.target_spn = Some("HTTP/exchange-farm.corp.example".into());
+        config.auth.kcd = Some(kcd);
+        // One host for both: the one SPN configured for it.
+        assert_eq!(
+            config.kcd_activesync_target_spn().as_deref(),
+            Some("HTTP/exchange-farm.corp.example")
+        );
+        // EWS on a host of its own: target_spn is EWS's, ActiveSync keeps exchange.url's host.
+        config.exchange.ews_url = Some("https://ews.corp.example".into());
+        assert_eq!(
+            config.kcd_activesync_target_spn().as_deref(),
+            Some("HTTP/mail.corp.example")
+        );
+        if let Some(kcd) = config.auth.kcd.as_mut() {
+            kcd.activesync_target_spn = Some("HTTP/eas.corp.example".into());
+        }
+        assert_eq!(
+            config.kcd_activesync_target_spn().as_deref(),
+            Some("HTTP/eas.corp.example")
+        );
     }
 
     #[test]

@@ -24,10 +24,11 @@ pub mod properties;
 
 use audit_trail::AuditTrail;
 use audit_trail::metrics::AuditMetrics;
+use auth_negotiation::bearer::VerifyBearerLayer;
 use auth_negotiation::challenges::StripChallengesLayer;
 use auth_negotiation::client_cert::{ClientCertLayer, UpnRule};
 use auth_negotiation::identity::IdentifyLayer;
-use auth_negotiation::kcd::{KcdAuthLayer, StaticChannelBinding};
+use auth_negotiation::kcd::{KcdAuthLayer, PresentedCertificateBinding};
 use auth_negotiation::ntlm::RefuseNtlmLayer;
 use auth_negotiation::schemes::RefuseSchemesLayer;
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
@@ -89,11 +90,14 @@ pub enum StartError {
     /// `[auth.kcd]`.
     #[error("auth.kcd cannot be used")]
     Kcd(#[source] KcdError),
+    /// A key file of `[auth.oauth]` cannot be used.
+    #[error("auth.oauth cannot be used")]
+    OAuth(#[source] config::OAuthKeyError),
     /// `auth.modes` contains `cba-kcd` without `[auth.kcd]`, or without a target SPN.
     #[error("{0} is required when auth.modes contains cba-kcd")]
     KcdMissing(&'static str),
-    /// `auth.kcd.channel_binding` is on but Exchange's certificate could not be read at start.
-    #[error("auth.kcd.channel_binding: cannot read the certificate of exchange at {url}")]
+    /// `auth.kcd.channel_binding` is on but Exchange's URL is not `https://`.
+    #[error("auth.kcd.channel_binding: cannot bind to the certificate of exchange at {url}")]
     ChannelBinding {
         /// The EWS URL.
         url: String,
@@ -154,19 +158,22 @@ impl Gateway {
     /// 6. request body limit (`413`);
     /// 7. (EWS only) the operation sniffer;
     /// 8. NTLM refused with `401`, never forwarded; so are Basic or Bearer credentials when
-    ///    `basic` or `oauth` is not in `auth.modes`;
+    ///    `basic` or `oauth` is not in `auth.modes`, and (with `[auth.oauth]`) bearer tokens
+    ///    whose signature or claims do not verify;
     /// 9. the user learnt from the connection's valid client certificate (its UPN) when the
     ///    request has no `Authorization` header (only with `auth.client_cert` not `off`);
-    /// 10. (EWS only, with `ews.remove_unsupported_auth`) Exchange's `NTLM` challenges removed
-    ///     from responses, and its `Negotiate` challenge when the client has no valid
-    ///     certificate;
+    /// 10. (with `ews.remove_unsupported_auth` for EWS, `activesync.remove_unsupported_auth`
+    ///     for ActiveSync) Exchange's `NTLM` challenges removed from responses, and its
+    ///     `Negotiate` challenge when the client has no valid certificate;
     /// 11. the user learnt from Basic or Bearer credentials, for the compliance layer (only
     ///     with `[compliance]`);
     /// 12. compliance: the device's decision (counted in the state's metrics), `403` when
     ///     blocked, streams cut on a block (a pass-through without `[compliance]`);
-    /// 13. (EWS only, with `cba-kcd` in `auth.modes`) a request with a valid certificate and no
-    ///     `Authorization` gets `Negotiate` from Kerberos constrained delegation (`kcd`); a KDC
-    ///     failure is a `503`;
+    /// 13. (with `cba-kcd` in `auth.modes`) a request with a valid certificate and no
+    ///     `Authorization` gets `Negotiate` from Kerberos constrained delegation (`kcd`) for the
+    ///     SPN of its host (EWS's or ActiveSync's), bound with `auth.kcd.channel_binding` to the
+    ///     certificate that host presented on the pool's latest connection; a KDC failure is a
+    ///     `503`;
     /// 14. the reverse proxy to Exchange (EWS to `exchange.ews_url` when set).
     pub fn build_service(
         config: &Config,
@@ -198,6 +205,10 @@ impl Gateway {
             .ews
             .remove_unsupported_auth
             .then(StripChallengesLayer::new);
+        let activesync_strip_challenges = config
+            .activesync
+            .remove_unsupported_auth
+            .then(StripChallengesLayer::new);
         // Credentials of a mode left out of `auth.modes` are refused, never passed on.
         let mut refuse_schemes = RefuseSchemesLayer::new();
         if !config.auth.modes.contains(&config::AuthMode::Basic) {
@@ -207,7 +218,17 @@ impl Gateway {
             refuse_schemes = refuse_schemes.refusing_bearer();
         }
         let refuse_schemes = refuse_schemes.refuses_any().then_some(refuse_schemes);
-        let kcd_auth = kcd.map(KcdSetup::layer);
+        let verify_bearer = match &config.auth.oauth {
+            Some(oauth) => Some(VerifyBearerLayer::new(
+                oauth.keys().map_err(StartError::OAuth)?,
+            )),
+            None => None,
+        };
+        let kcd_auth = kcd.map(|kcd| kcd.layer(&kcd.target_spn, &client, &ews_upstream));
+        let activesync_kcd_auth = kcd.and_then(|kcd| {
+            let spn = kcd.activesync_target_spn.as_ref()?;
+            Some(kcd.layer(spn, &client, &exchange))
+        });
         let enforce = match compliance {
             Some(compliance) => {
                 let header = config
@@ -234,6 +255,7 @@ impl Gateway {
                 .layer(sniffer)
                 .layer(RefuseNtlmLayer::new())
                 .option_layer(refuse_schemes)
+                .option_layer(verify_bearer.clone())
                 .option_layer(client_cert)
                 .option_layer(strip_challenges)
                 .option_layer(identify)
@@ -248,9 +270,12 @@ impl Gateway {
                 .layer(RequestBodyLimitLayer::new(config.ews.max_body_size))
                 .layer(RefuseNtlmLayer::new())
                 .option_layer(refuse_schemes)
+                .option_layer(verify_bearer.clone())
                 .option_layer(client_cert)
+                .option_layer(activesync_strip_challenges)
                 .option_layer(identify)
                 .layer(enforce.clone())
+                .option_layer(activesync_kcd_auth)
                 .service(ReverseProxy::new(client.clone(), exchange))
         });
         let service = ServiceBuilder::new()
@@ -439,24 +464,33 @@ impl Gateway {
 }
 
 /// What `cba-kcd` makes once at start: the Kerberos client (its ticket cache shared by every
-/// request), Exchange's SPN, and the channel binding of Exchange's certificate when
-/// `auth.kcd.channel_binding` is on.
+/// request), Exchange's SPNs (EWS's, and ActiveSync's when it is proxied), and whether tokens
+/// are bound to Exchange's certificate (`auth.kcd.channel_binding`), with the certificates a
+/// probe at start read.
 #[derive(Clone, Debug)]
 pub struct KcdSetup {
     client: KcdClient,
     target_spn: String,
+    activesync_target_spn: Option<String>,
     realm: String,
     timeout: Duration,
     mutual_auth: bool,
-    channel_binding: Option<StaticChannelBinding>,
+    channel_binding: bool,
+    /// The certificates Exchange's hosts presented at start, by URL.
+    probed: Vec<(
+        String,
+        tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    )>,
 }
 
 impl KcdSetup {
     /// The set-up `config` asks for: `None` unless `auth.modes` contains `cba-kcd`.
     ///
-    /// With `auth.kcd.channel_binding` this connects once to the EWS host, trusting what the
-    /// upstream client trusts, and hashes the certificate it presents: Exchange must be
-    /// reachable at start, and a new certificate at Exchange needs a restart.
+    /// With `auth.kcd.channel_binding` this connects once to the EWS host (and the ActiveSync
+    /// host when it is proxied), trusting what the upstream client trusts, to read the
+    /// certificate it presents, so that the first tokens are bound right. A host that cannot
+    /// be reached is logged, not fatal: the binding follows whatever certificate the gateway's
+    /// connections to Exchange meet from then on (a renewed certificate needs no restart).
     pub async fn prepare(config: &Config) -> Result<Option<KcdSetup>, StartError> {
         if !config.auth.cba_kcd() {
             return Ok(None);
@@ -476,18 +510,36 @@ impl KcdSetup {
             .rsplit_once('@')
             .map(|(_, realm)| realm.to_owned())
             .unwrap_or_default();
-        let channel_binding = if kcd.channel_binding {
-            Some(exchange_channel_binding(config, kcd.timeout).await?)
+        let activesync_target_spn = if config.activesync.enable_proxy {
+            Some(
+                config
+                    .kcd_activesync_target_spn()
+                    .ok_or(StartError::KcdMissing("auth.kcd.activesync_target_spn"))?,
+            )
         } else {
             None
         };
+        let mut probed = Vec::new();
+        if kcd.channel_binding {
+            let mut urls = vec![config.ews_url()];
+            if config.activesync.enable_proxy && config.exchange.url != config.ews_url() {
+                urls.push(&config.exchange.url);
+            }
+            for url in urls {
+                if let Some(certificate) = exchange_certificate(config, url, kcd.timeout).await? {
+                    probed.push((url.to_owned(), certificate));
+                }
+            }
+        }
         Ok(Some(KcdSetup {
             client,
             target_spn,
+            activesync_target_spn,
             realm,
             timeout: kcd.timeout,
             mutual_auth: kcd.mutual_auth,
-            channel_binding,
+            channel_binding: kcd.channel_binding,
+            probed,
         }))
     }
 
@@ -496,20 +548,41 @@ impl KcdSetup {
         &self.client
     }
 
-    /// The layer: the client behind a timeout, UPNs read in the service principal's realm.
-    fn layer(&self) -> KcdAuthLayer<Timeout<KcdClient>> {
+    /// The layer for the host of `upstream` (reached through `client`'s pools) and its SPN
+    /// `target_spn`: the Kerberos client behind a timeout, UPNs read in the service
+    /// principal's realm, tokens bound (with `auth.kcd.channel_binding`) to the certificate the
+    /// host presented last, as `client`'s pools and the probe at start recorded it.
+    fn layer(
+        &self,
+        target_spn: &str,
+        client: &UpstreamClient,
+        upstream: &Upstream,
+    ) -> KcdAuthLayer<Timeout<KcdClient>> {
         let tokens = Timeout::new(self.client.clone(), self.timeout);
-        let layer = KcdAuthLayer::new(tokens, self.client.clone(), self.target_spn.clone())
+        let layer = KcdAuthLayer::new(tokens, self.client.clone(), target_spn.to_owned())
             .with_default_realm(self.realm.clone());
         let layer = if self.mutual_auth {
             layer.verifying_mutual_authentication()
         } else {
             layer
         };
-        match &self.channel_binding {
-            Some(binding) => layer.with_channel_binding(binding.clone()),
-            None => layer,
+        if !self.channel_binding {
+            return layer;
         }
+        let presented = client.presented_certificates();
+        for (url, certificate) in &self.probed {
+            let probed_host = url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| Upstream::new(uri, self.timeout).ok());
+            if probed_host.is_some_and(|probed| probed.authority() == upstream.authority()) {
+                presented.record(upstream.authority(), certificate.clone());
+            }
+        }
+        layer.with_channel_binding(PresentedCertificateBinding::new(
+            presented.clone(),
+            upstream.authority().clone(),
+        ))
     }
 }
 
@@ -560,25 +633,41 @@ fn kcd_client_with(
     KcdClient::new(config)
 }
 
-/// The RFC 5929 `tls-server-end-point` hash of the certificate the EWS host presents, read over
-/// one TLS connection made with the upstream client's trust.
-async fn exchange_channel_binding(
+/// The certificate the Exchange host of `url` presents, read over one TLS connection made with
+/// the upstream client's trust; `None` (logged) when it cannot be read now. Errs only when
+/// `url` is not `https://`.
+async fn exchange_certificate(
     config: &Config,
+    url: &str,
     timeout: Duration,
-) -> Result<StaticChannelBinding, StartError> {
-    let url = config.ews_url().to_owned();
-    let fail = |source: std::io::Error| StartError::ChannelBinding {
-        url: url.clone(),
-        source,
-    };
-    let other = |message: String| fail(std::io::Error::other(message));
+) -> Result<Option<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, StartError> {
+    let url = url.to_owned();
     let uri: http::Uri = url.parse().map_err(|_| StartError::Url(url.clone()))?;
     if uri.scheme_str() != Some("https") {
-        return Err(other("channel bindings need an https:// URL".into()));
+        return Err(StartError::ChannelBinding {
+            url,
+            source: std::io::Error::other("channel bindings need an https:// URL"),
+        });
     }
+    match read_certificate(config, &uri, timeout).await {
+        Ok(certificate) => Ok(Some(certificate)),
+        Err(error) => {
+            tracing::warn!(%url, %error, "auth.kcd.channel_binding: cannot read exchange's certificate now; the first connection to it will");
+            Ok(None)
+        }
+    }
+}
+
+/// The end-entity certificate the host of `uri` presents (see [`exchange_certificate`]).
+async fn read_certificate(
+    config: &Config,
+    uri: &http::Uri,
+    timeout: Duration,
+) -> Result<tokio_rustls::rustls::pki_types::CertificateDer<'static>, std::io::Error> {
+    let other = |message: String| std::io::Error::other(message);
     let host = uri
         .host()
-        .ok_or_else(|| StartError::Url(url.clone()))?
+        .ok_or_else(|| other(format!("{uri} names no host")))?
         .trim_matches(['[', ']'])
         .to_owned();
     let port = uri.port_u16().unwrap_or(443);
@@ -586,7 +675,7 @@ async fn exchange_channel_binding(
         trust_store: config.exchange.trust_store.clone(),
         ignore_ssl_errors: config.exchange.ignore_ssl_errors,
     };
-    let tls_config = tls::upstream_client_config(&trust)?;
+    let tls_config = tls::upstream_client_config(&trust).map_err(std::io::Error::other)?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|e| other(format!("{host} is not a server name: {e}")))?;
     let connect = async {
@@ -597,17 +686,14 @@ async fn exchange_channel_binding(
     };
     let stream = tokio::time::timeout(timeout, connect)
         .await
-        .map_err(|_| other(format!("no TLS handshake within {timeout:?}")))?
-        .map_err(fail)?;
-    let der = stream
+        .map_err(|_| other(format!("no TLS handshake within {timeout:?}")))??;
+    stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .ok_or_else(|| other("exchange presented no certificate".into()))?;
-    let hash = kcd_client::tls_server_end_point_hash(der)
-        .map_err(|e| other(format!("cannot hash exchange's certificate: {e}")))?;
-    Ok(StaticChannelBinding(hash))
+        .map(|der| der.clone().into_owned())
+        .ok_or_else(|| other("exchange presented no certificate".into()))
 }
 
 /// Starts the compliance side: the state (from the saved snapshot, if any), the UEM sync loop,
@@ -791,6 +877,7 @@ mod tests {
             keytab: keytab_path,
             service_principal: "HTTP/seg.test.local".into(),
             target_spn: Some("HTTP/mail.test.local".into()),
+            activesync_target_spn: None,
             channel_binding: false,
             timeout: Duration::from_secs(10),
             max_in_flight_per_kdc: 4,
@@ -803,20 +890,29 @@ mod tests {
         KcdSetup {
             client: kcd_client(kcd).unwrap(),
             target_spn: kcd.target_spn.clone().unwrap(),
+            activesync_target_spn: None,
             realm: "TEST.LOCAL".into(),
             timeout: kcd.timeout,
             mutual_auth: kcd.mutual_auth,
-            channel_binding: None,
+            channel_binding: false,
+            probed: Vec::new(),
         }
     }
 
     #[test]
     fn kcd_layer_verifies_mutual_authentication_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
+        let client = UpstreamClient::new(&UpstreamTrust::default(), &Default::default()).unwrap();
+        let exchange = Upstream::new(
+            "https://mail.test.local".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         for mutual_auth in [false, true] {
+            let setup = setup(&kcd_settings(dir.path(), mutual_auth));
             let layer = format!(
                 "{:?}",
-                setup(&kcd_settings(dir.path(), mutual_auth)).layer()
+                setup.layer("HTTP/mail.test.local", &client, &exchange)
             );
             assert!(
                 layer.contains(&format!("verify_mutual: {mutual_auth}")),

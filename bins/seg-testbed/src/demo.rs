@@ -9,6 +9,9 @@
 //! push device, which Exchange calls directly: the gateway's callback makes mock-ens stop it at
 //! once while the other device carries on. UEM marks both compliant again and they resume
 //! without registering again; mock-ens restarts and keeps every registration and state.
+//! Alice's tablet also shows certificate-based authentication: it presents a client
+//! certificate and no password, and the gateway answers Exchange's Kerberos with a ticket from
+//! a real MIT KDC by constrained delegation (KCD).
 //! While it runs, the gateway's admin console is open at the address it prints.
 
 use bytes::Bytes;
@@ -19,7 +22,10 @@ use mock_ens::config::{Config as EnsConfig, SubscriptionTiming};
 use seg_proxy::Gateway;
 use seg_proxy::config::{ComplianceConfig, Config, TlsFiles};
 use seg_testbed::client::HttpClient;
+use seg_testbed::exchange::NegotiateConfig;
 use seg_testbed::harness::{self, TEST_PASSWORD, TestExchange};
+use seg_testbed::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig};
+use seg_testbed::pki::ClientCertSpec;
 use seg_testbed::uem::{self, Change, Device, UemConfig, UemServer};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -46,6 +52,8 @@ const ADMIN_TOKEN: &str = "demo-admin-token-0123456789";
 pub struct Outcome {
     /// The subject of the message fetched through the gateway.
     pub subject: String,
+    /// Who Exchange served the certificate device's request as (by Kerberos).
+    pub kerberos_user: Option<String>,
     /// EWS operations Exchange received with the gateway's `X-Forwarded-For`.
     pub forwarded_operations: Vec<String>,
     /// How long after the wipe the device's stream was cut.
@@ -70,12 +78,18 @@ pub struct Outcome {
 pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     let dir = tempfile::tempdir()?;
     say(
-        "1. Starting the test Exchange server (TLS, EWS at /EWS/Exchange.asmx) with user alice@test.local",
+        "1. Starting a Kerberos KDC (MIT, realm TEST.LOCAL) and the test Exchange server (TLS, EWS at /EWS/Exchange.asmx, Basic and Kerberos) with user alice@test.local",
     );
+    let kdc = tokio::task::spawn_blocking(|| Kdc::start(KdcConfig::temporary())).await??;
+    let exchange_keytab = kdc
+        .keytab(EXCHANGE_SERVICE)
+        .ok_or("the KDC made no keytab for Exchange")?
+        .to_path_buf();
     let mut exchange = TestExchange::start(|config| {
         // One EWS "minute" lasts a second here, so streams and heartbeats are quick to watch.
         config.minute = Duration::from_secs(1);
         config.keepalive_interval = Duration::from_secs(2);
+        config.negotiate = Some(NegotiateConfig::new(exchange_keytab));
     })
     .await?;
     let pki = exchange.pki.write_to(dir.path())?.clone();
@@ -105,7 +119,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     ));
 
     say(
-        "3. Starting seg-proxy over TLS (and plain HTTP on loopback for mock-ens): EWS proxying and compliance on, ENS callback configured",
+        "3. Starting seg-proxy over TLS (and plain HTTP on loopback for mock-ens): EWS proxying and compliance on, ENS callback configured, client certificates answered by KCD",
     );
     let mut config = Config::default();
     config.listen.https = Some("127.0.0.1:0".parse()?);
@@ -117,6 +131,17 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     config.exchange.url = exchange.server.base_url();
     config.exchange.trust_store = Some(pki.ca.clone());
     config.ews.enable_proxy = true;
+    config.auth.client_cert = ews_proxy_core::tls::ClientCertMode::Optional;
+    config.auth.client_ca = Some(pki.ca.clone());
+    config.auth.modes.push(seg_proxy::config::AuthMode::CbaKcd);
+    let mut kcd = seg_proxy::config::Kcd::new(
+        kdc.krb5_conf(),
+        kdc.keytab(GATEWAY_SERVICE)
+            .ok_or("the KDC made no keytab for the gateway")?,
+        GATEWAY_SERVICE,
+    );
+    kcd.target_spn = Some(EXCHANGE_SERVICE.into());
+    config.auth.kcd = Some(kcd);
     config.admin.listen = Some(admin);
     config.admin.token = Some(ADMIN_TOKEN.into());
     config.ens.callback_url = Some(format!("http://{ens_addr}/gateway/compliance"));
@@ -220,7 +245,40 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         harness::xml_text(&body, "TotalCount").unwrap_or_default()
     ));
 
-    say("5. Subscribe (streaming, NewMailEvent on the inbox) through the gateway");
+    say(
+        "5. Alice's tablet (EASDEV3) presents a client certificate (UPN alice@TEST.LOCAL) and no password: the gateway gets a ticket by KCD (S4U2Self + S4U2Proxy)",
+    );
+    let certificate = exchange
+        .pki
+        .issue_client_cert(&ClientCertSpec::upn("alice@TEST.LOCAL"))?;
+    let tablet = HttpClient::with_config(certificate.client_config(exchange.pki.root_store())?);
+    let before = exchange.server.requests().len();
+    let request = harness::ews_request(
+        &ews_url,
+        None,
+        &[("X-Device-Id", STREAMING_DEVICE)],
+        harness::soap_envelope(
+            r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#,
+        ),
+    )?;
+    let response = harness::within(
+        STEP,
+        "the certificate device's GetFolder",
+        tablet.send(request),
+    )
+    .await??;
+    expect_ok(response, "GetFolder with a certificate").await?;
+    let kerberos_user = exchange
+        .server
+        .requests()
+        .get(before..)
+        .and_then(|requests| requests.iter().find_map(|r| r.authenticated_user.clone()));
+    say(&format!(
+        "   200 OK: Exchange accepted Authorization: Negotiate (Kerberos) as {}",
+        kerberos_user.as_deref().unwrap_or("nobody")
+    ));
+
+    say("6. Subscribe (streaming, NewMailEvent on the inbox) through the gateway");
     let subscribe = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="inbox"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
     let response = exchange.client.send(through_gateway(subscribe)?).await?;
     let body = expect_ok(response, "Subscribe").await?;
@@ -228,7 +286,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         harness::xml_text(&body, "SubscriptionId").ok_or("no SubscriptionId in the answer")?;
     say(&format!("   subscription {subscription}"));
 
-    say("6. GetStreamingEvents through the gateway: a long-lived response, read chunk by chunk");
+    say("7. GetStreamingEvents through the gateway: a long-lived response, read chunk by chunk");
     let request = through_gateway(&format!(
         r#"<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{subscription}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>"#
     ))?;
@@ -240,11 +298,11 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     let mut stream = response.into_body();
     say("   stream open");
 
-    say("7. A mail arrives in alice's mailbox (the test server's delivery endpoint)");
+    say("8. A mail arrives in alice's mailbox (the test server's delivery endpoint)");
     let delivered = exchange.server.deliver(USER, "Quarterly numbers")?;
     say(&format!("   delivered item {}", delivered.id));
 
-    say("8. The notification arrives through the gateway");
+    say("9. The notification arrives through the gateway");
     let item_id = loop {
         let chunk: Bytes = harness::next_chunk(&mut stream, STEP, "a notification chunk")
             .await?
@@ -264,7 +322,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         ));
     };
 
-    say("9. GetItem through the gateway: the preview ENS would push to the device");
+    say("10. GetItem through the gateway: the preview ENS would push to the device");
     let response = exchange.client.send(through_gateway(&format!(
         r#"<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>"#
     ))?).await?;
@@ -272,7 +330,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     let subject = harness::xml_text(&body, "Subject").ok_or("no Subject in the item")?;
     say(&format!("   subject: {subject:?}"));
 
-    say("10. The device is enterprise-wiped in UEM (the device itself says nothing)");
+    say("11. The device is enterprise-wiped in UEM (the device itself says nothing)");
     let wiped_at = Instant::now();
     uem.update(DEVICE, Change::EnterpriseWipe)?;
     let cut = harness::within(STEP, "the stream to be cut", async {
@@ -290,7 +348,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         "   UEM posted the change event; the gateway cut the open stream {cut_after:.0?} after the wipe"
     ));
 
-    say("11. ENS retries: Subscribe through the gateway");
+    say("12. ENS retries: Subscribe through the gateway");
     let before = exchange.server.requests().len();
     let response = exchange.client.send(through_gateway(subscribe)?).await?;
     let status = response.status();
@@ -315,12 +373,12 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         "   requests of the blocked device that reached Exchange: {reached}"
     ));
 
-    say("12. UEM marks EASDEV1 compliant again; its next Subscribe passes");
+    say("13. UEM marks EASDEV1 compliant again; its next Subscribe passes");
     uem.update(DEVICE, Change::Compliant)?;
     let readmitted = wait_for_status(&exchange.client, || through_gateway(subscribe)).await?;
     say(&format!("   Subscribe: {readmitted}"));
 
-    say("13. Registering bob's phone (push) and alice's tablet (streaming) with mock-ens");
+    say("14. Registering bob's phone (push) and alice's tablet (streaming) with mock-ens");
     let before = exchange.server.subscription_count();
     for (device, user, mode) in [
         (PUSH_DEVICE, BOB, "push"),
@@ -336,7 +394,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     .await?;
 
     say(
-        "14. Mail for bob and for alice: mock-ens fetches each preview with GetItem through the gateway",
+        "15. Mail for bob and for alice: mock-ens fetches each preview with GetItem through the gateway",
     );
     exchange.server.deliver(BOB, "Team lunch")?;
     exchange.server.deliver(USER, "Board minutes")?;
@@ -347,7 +405,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         "   EASDEV2 notified: \"Team lunch\" (push); EASDEV3 notified: \"Board minutes\" (streaming)",
     );
 
-    say("15. UEM enterprise-wipes bob's phone; Exchange would keep pushing to ENS directly");
+    say("16. UEM enterprise-wipes bob's phone; Exchange would keep pushing to ENS directly");
     let wiped_at = Instant::now();
     uem.update(PUSH_DEVICE, Change::EnterpriseWipe)?;
     api.wait_for_state(PUSH_DEVICE, "blocked").await?;
@@ -376,7 +434,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     );
 
     say(
-        "16. UEM marks bob's phone compliant again: mock-ens resubscribes without a new registration",
+        "17. UEM marks bob's phone compliant again: mock-ens resubscribes without a new registration",
     );
     uem.update(PUSH_DEVICE, Change::Compliant)?;
     api.wait_for_state(PUSH_DEVICE, "active").await?;
@@ -390,7 +448,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         .await?;
     say("   EASDEV2 is active again and notified: \"Welcome back\"");
 
-    say("17. mock-ens restarts: registrations, states and notifications come back from its store");
+    say("18. mock-ens restarts: registrations, states and notifications come back from its store");
     ens.shutdown().await;
     ens = MockEns::start(ens_config).await?;
     let view = api.device(PUSH_DEVICE).await?;
@@ -426,16 +484,20 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         let _ = write!(seen, " {operation}");
     }
     say(&format!(
-        "18. Exchange saw from EASDEV1, each with the gateway's X-Forwarded-For:{seen}"
+        "19. Exchange saw from EASDEV1, each with the gateway's X-Forwarded-For:{seen}"
     ));
 
     ens.shutdown().await;
     gateway.shutdown().await;
     exchange.server.shutdown().await;
     uem.shutdown().await;
-    say("Stopped mock-ens, seg-proxy (drained), the test UEM and the test Exchange server.");
+    tokio::task::spawn_blocking(move || drop(kdc)).await?;
+    say(
+        "Stopped mock-ens, seg-proxy (drained), the test UEM, the test Exchange server and the KDC.",
+    );
     Ok(Outcome {
         subject,
+        kerberos_user,
         forwarded_operations,
         cut_after,
         refusal,
@@ -603,6 +665,7 @@ mod tests {
         let mut narration = Vec::new();
         let outcome = run(|line| narration.push(line.to_owned())).await.unwrap();
         assert_eq!(outcome.subject, "Quarterly numbers");
+        assert_eq!(outcome.kerberos_user.as_deref(), Some("alice@test.local"));
         assert_eq!(
             outcome.forwarded_operations,
             [

@@ -195,7 +195,7 @@ fn main() -> ExitCode {
                  after the wipe the stream was cut in {:.0?}, the next request got {:?}, and after \
                  UEM's unblock the device got {}. mock-ens showed the push device {} ({}) {:.0?} \
                  after its wipe, notified it {:?} and the streaming device {:?}, and kept it {} across a \
-                 restart.",
+                 restart. The certificate device reached Exchange by Kerberos (KCD) as {}.",
                 outcome.subject,
                 outcome.forwarded_operations.len(),
                 outcome.cut_after,
@@ -207,6 +207,7 @@ fn main() -> ExitCode {
                 outcome.push_notifications,
                 outcome.streaming_notifications,
                 outcome.state_after_restart,
+                outcome.kerberos_user.as_deref().unwrap_or("nobody"),
             );
             Ok(())
         }),

@@ -35,6 +35,10 @@
 //!   | anything else | `kcd-failed` |
 //! - **Extended Protection**: with a [`ChannelBindingSource`], the token is bound to the
 //!   gateway's TLS connection to Exchange (RFC 5929 `tls-server-end-point`).
+//!   [`PresentedCertificateBinding`] follows the certificate Exchange presented on the
+//!   gateway's latest connection to it: after a renewal, the first token (made before the
+//!   connection that saw the new certificate) is refused with a `401` and the retry, bound to
+//!   the new certificate, goes through. [`StaticChannelBinding`] stays on one certificate.
 //! - **Mutual authentication** (off by default; [`KcdAuthLayer::verifying_mutual_authentication`]):
 //!   Exchange's answer must prove that it read the ticket. A `WWW-Authenticate: Negotiate
 //!   <token>` on any answer but a `401` must carry an AP-REP that [`kcd_client::verify_mutual`]
@@ -90,15 +94,18 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ews_proxy_core::body::BoxError;
 use ews_proxy_core::fault::{FaultCode, SoapFault};
 use ews_proxy_core::identity::{ClientIdentity, IdentitySource};
+use ews_proxy_core::upstream::PresentedCertificates;
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Extensions, HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use kcd_client::{KcdClient, KcdError, KcdRequest, NegotiateToken, TokenContext, UserName};
 use pin_project_lite::pin_project;
+use rustls_pki_types::CertificateDer;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
@@ -162,6 +169,69 @@ impl ChannelBindingSource for StaticChannelBinding {
     fn certificate_hash(&self) -> Option<Vec<u8>> {
         Some(self.0.clone())
     }
+}
+
+/// A [`ChannelBindingSource`] that follows the certificate one Exchange host presented on the
+/// gateway's latest TLS connection to it, as the upstream client's pools record it
+/// ([`PresentedCertificates`]); until a connection has been made, the `initial` hash (if
+/// any). The hash is computed once per certificate.
+#[derive(Clone, Debug)]
+pub struct PresentedCertificateBinding {
+    presented: PresentedCertificates,
+    authority: Authority,
+    /// The last certificate seen and its hash; the initial hash with no certificate.
+    last: Arc<Mutex<Seen>>,
+}
+
+/// What [`PresentedCertificateBinding`] last saw: a certificate (none before the first
+/// connection) and its hash (the initial one before the first connection).
+type Seen = (Option<CertificateDer<'static>>, Option<Vec<u8>>);
+
+impl PresentedCertificateBinding {
+    /// Binds to what `authority` (the Exchange host's `host:port`) presented, as recorded in
+    /// `presented`.
+    pub fn new(presented: PresentedCertificates, authority: Authority) -> Self {
+        PresentedCertificateBinding {
+            presented,
+            authority,
+            last: Arc::new(Mutex::new((None, None))),
+        }
+    }
+
+    /// Uses `hash` until the first connection to the host has been recorded (e.g. from a
+    /// probe at start, so that the first request needs no retry).
+    pub fn with_initial(self, hash: Vec<u8>) -> Self {
+        lock(&self.last).1 = Some(hash);
+        self
+    }
+}
+
+impl ChannelBindingSource for PresentedCertificateBinding {
+    fn certificate_hash(&self) -> Option<Vec<u8>> {
+        let current = self.presented.get(&self.authority);
+        let mut last = lock(&self.last);
+        let Some(certificate) = current else {
+            return last.1.clone();
+        };
+        if last.0.as_ref() != Some(&certificate) {
+            let hash = match kcd_client::tls_server_end_point_hash(&certificate) {
+                Ok(hash) => Some(hash),
+                Err(error) => {
+                    tracing::warn!(authority = %self.authority, %error, "cannot hash the certificate exchange presents; tokens go unbound");
+                    None
+                }
+            };
+            *last = (Some(certificate), hash);
+        }
+        last.1.clone()
+    }
+}
+
+/// Locks a mutex, going on with the data a panicking holder left.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The layer's settings, shared by every service it makes.
@@ -1595,5 +1665,38 @@ mod tests {
             }
             Poll::Ready(None)
         }
+    }
+
+    /// A self-signed certificate for `name`, as DER.
+    fn certificate(name: &str) -> rustls_pki_types::CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    #[test]
+    fn presented_certificate_binding_follows_the_latest_certificate_of_its_host() {
+        let presented = PresentedCertificates::default();
+        let exchange: Authority = "exchange.corp.example:443".parse().unwrap();
+        let other: Authority = "other.corp.example:443".parse().unwrap();
+        let binding = PresentedCertificateBinding::new(presented.clone(), exchange.clone())
+            .with_initial(vec![0xab; 32]);
+        let (old, renewed) = (certificate("exchange"), certificate("exchange"));
+        let hash = |der: &rustls_pki_types::CertificateDer<'_>| {
+            kcd_client::tls_server_end_point_hash(der).unwrap()
+        };
+
+        assert_eq!(binding.certificate_hash(), Some(vec![0xab; 32]));
+        presented.record(&other, certificate("other"));
+        assert_eq!(binding.certificate_hash(), Some(vec![0xab; 32]));
+        presented.record(&exchange, old.clone());
+        assert_eq!(binding.certificate_hash(), Some(hash(&old)));
+        presented.record(&exchange, renewed.clone());
+        assert_eq!(binding.certificate_hash(), Some(hash(&renewed)));
+        assert_ne!(hash(&old), hash(&renewed));
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! - [`ntlm`]: refuses NTLM (directly or inside `Negotiate`) with `401`, never forwarding it;
 //! - [`schemes`]: refuses Basic or Bearer credentials when that mode is not enabled;
+//! - [`bearer`]: with the issuer's keys configured, refuses bearer tokens whose signature or
+//!   claims do not verify;
 //! - [`identity`]: learns the user from Basic or Bearer credentials and passes it on as an
 //!   [`ews_proxy_core::identity::ClientIdentity`], the contract with the compliance layer;
 //! - [`client_cert`]: learns the user from the UPN of the connection's valid client certificate
@@ -31,6 +33,7 @@
 //! # let _ = stack;
 //! ```
 
+pub mod bearer;
 pub mod challenges;
 pub mod client_cert;
 pub mod identity;

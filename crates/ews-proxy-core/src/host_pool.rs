@@ -45,7 +45,7 @@
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::proxy::Upstream;
-use crate::upstream::{PoolSettings, UpstreamClient};
+use crate::upstream::{PoolSettings, PresentedCertificates, UpstreamClient};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
@@ -126,6 +126,8 @@ struct Target {
 struct Shared {
     target: Target,
     settings: PoolSettings,
+    /// Where each TLS connection's certificate is recorded.
+    presented: PresentedCertificates,
     /// Idle HTTP/1.1 connections, most recently used last.
     idle: Mutex<Vec<IdleConnection>>,
     /// Open HTTP/2 connections.
@@ -221,6 +223,7 @@ impl HostPool {
                     tls,
                 },
                 settings: client.settings().clone(),
+                presented: client.presented_certificates().clone(),
                 idle: Mutex::new(Vec::new()),
                 h2: Mutex::new(Vec::new()),
                 h2_opening: tokio::sync::Mutex::new(()),
@@ -379,6 +382,15 @@ impl Shared {
                 authority: target.authority.clone(),
                 source,
             })?;
+        if let Some(certificate) = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+        {
+            self.presented
+                .record(&target.authority, certificate.clone().into_owned());
+        }
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         self.speaks_h2.store(h2, Ordering::Relaxed);
         if !h2 {

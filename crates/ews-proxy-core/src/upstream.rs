@@ -7,6 +7,10 @@
 //! `X-BackEndOverrideCookie`) keeps working because the gateway forwards the cookie and headers
 //! untouched; it never pins connections itself.
 //!
+//! Every TLS connection a [`crate::host_pool::HostPool`] opens records the certificate the host
+//! presented in the client's [`PresentedCertificates`]: Extended Protection binds Kerberos
+//! tokens to it, and follows a renewed certificate without a restart.
+//!
 //! ```
 //! use ews_proxy_core::tls::UpstreamTrust;
 //! use ews_proxy_core::upstream::{PoolSettings, UpstreamClient};
@@ -20,12 +24,15 @@
 
 use crate::body::UpstreamBody;
 use crate::tls::{self, TlsError, UpstreamTrust};
+use http::uri::Authority;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How connections to Exchange are pooled.
@@ -70,6 +77,56 @@ pub struct UpstreamClient {
     /// The TLS configuration with ALPN set, for [`crate::host_pool::HostPool`].
     tls: Arc<rustls::ClientConfig>,
     settings: PoolSettings,
+    presented: PresentedCertificates,
+}
+
+/// The end-entity certificate each upstream host presented on the latest TLS connection the
+/// gateway opened to it, by the host's authority (`host:port` as in its URL). Cheap to clone:
+/// clones share the record.
+///
+/// The pools of an [`UpstreamClient`] record every handshake here; what reads it (the channel
+/// bindings of Extended Protection) sees a renewed certificate as soon as a connection to the
+/// host has been opened since the renewal.
+///
+/// ```
+/// use ews_proxy_core::upstream::PresentedCertificates;
+/// use rustls_pki_types::CertificateDer;
+///
+/// let presented = PresentedCertificates::default();
+/// let exchange = "mail.corp.example:443".parse().unwrap();
+/// assert!(presented.get(&exchange).is_none());
+/// presented.record(&exchange, CertificateDer::from(vec![0x30, 0x00]));
+/// assert_eq!(presented.get(&exchange).unwrap().as_ref(), &[0x30, 0x00]);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PresentedCertificates {
+    by_host: Arc<Mutex<HashMap<Authority, CertificateDer<'static>>>>,
+}
+
+impl PresentedCertificates {
+    /// The certificate `authority` presented last, if a connection to it was recorded.
+    pub fn get(&self, authority: &Authority) -> Option<CertificateDer<'static>> {
+        self.lock().get(authority).cloned()
+    }
+
+    /// Records that `authority` presented `certificate` (its end-entity certificate); the pools
+    /// call this on every TLS connection they open, and a probe at start may too.
+    pub fn record(&self, authority: &Authority, certificate: CertificateDer<'static>) {
+        let mut by_host = self.lock();
+        if by_host.get(authority) != Some(&certificate) {
+            if by_host.contains_key(authority) {
+                tracing::info!(%authority, "the upstream presents a new certificate");
+            }
+            by_host.insert(authority.clone(), certificate);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, CertificateDer<'static>>> {
+        // A panic while holding the lock leaves a whole map behind: keep using it.
+        self.by_host
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl UpstreamClient {
@@ -95,6 +152,7 @@ impl UpstreamClient {
             client,
             tls: Arc::new(with_alpn),
             settings: pool.clone(),
+            presented: PresentedCertificates::default(),
         })
     }
 
@@ -137,5 +195,10 @@ impl UpstreamClient {
     /// The pool settings.
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    /// The certificates the hosts of this client's pools presented, shared by every clone.
+    pub fn presented_certificates(&self) -> &PresentedCertificates {
+        &self.presented
     }
 }

@@ -293,6 +293,39 @@ impl TestExchange {
         })
     }
 
+    /// Stops the server and starts it again on the same address with a new server certificate
+    /// from the same CA (a renewed certificate, as Exchange gets one), letting `configure` set
+    /// up the configuration as [`TestExchange::start`] did: mailboxes and subscriptions start
+    /// empty, the token issuer and the trusting client stay.
+    ///
+    /// # Errors
+    ///
+    /// Any error issuing the certificate or binding the address again.
+    pub async fn restart_with_new_certificate(
+        self,
+        configure: impl FnOnce(&mut ExchangeConfig),
+    ) -> Result<Self> {
+        let addr = self.server.addr();
+        self.server.shutdown().await;
+        let names: Vec<&str> = crate::pki::DEFAULT_SERVER_NAMES.to_vec();
+        let (cert, key) = self.pki.issue_server_cert(&names)?;
+        let tls = crate::pki::server_config_from_pem(&cert, &key)?;
+        let mut config = ExchangeConfig::new(vec![
+            User::new("alice@test.local", TEST_PASSWORD),
+            User::new("bob@test.local", TEST_PASSWORD),
+        ]);
+        config.token_verifier = Some(self.tokens.verifier());
+        configure(&mut config);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let server = ExchangeServer::spawn(listener, Some(tls), config)?;
+        Ok(Self { server, ..self })
+    }
+
     /// Posts an EWS operation (wrapped by [`soap_envelope`]) to the server with the given
     /// `Authorization` and extra headers.
     ///

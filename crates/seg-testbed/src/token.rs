@@ -132,6 +132,18 @@ impl TokenIssuer {
         write(path, &self.public_key_pem)
     }
 
+    /// The public key as a JSON Web Key Set (`{"keys": [{"kty": "EC", "crv": "P-256", ...}]}`,
+    /// RFC 7517), as an issuer publishes it; the key has no `kid`, as issued tokens have none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenSigning`] if the key cannot be expressed as a JWK.
+    pub fn jwks(&self) -> Result<String> {
+        let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&self.encoding, Algorithm::ES256)
+            .map_err(Error::TokenSigning)?;
+        Ok(json!({ "keys": [jwk] }).to_string())
+    }
+
     /// Writes the private key PEM to `path`.
     ///
     /// # Errors

@@ -7,6 +7,11 @@
 //! "subject"}`) delivers a message to a mailbox's Inbox, raising `NewMailEvent` and
 //! `CreatedEvent`, and `GET /testbed/requests` lists the EWS requests received.
 //!
+//! The ActiveSync virtual directory (`/Microsoft-Server-ActiveSync`, any case) is there only as
+//! far as authentication goes: it authenticates as EWS does and answers an authenticated
+//! `OPTIONS` as MS-ASHTTP 2.2.4 describes (`MS-Server-ActiveSync`, `MS-ASProtocolVersions`,
+//! `MS-ASProtocolCommands`); any other method gets `501` (no ActiveSync command is served).
+//!
 //! Authentication is IIS's: Basic against the users, Bearer JWTs against the configured
 //! verifier, Negotiate (Kerberos in SPNEGO) accepted by the system GSSAPI with a keytab when
 //! [`ExchangeConfig::negotiate`] is set, optionally requiring channel bindings (Extended
@@ -70,6 +75,8 @@ pub use negotiate::NegotiateConfig;
 pub const EWS_PATH: &str = "/EWS/Exchange.asmx";
 /// The WSDL path, compared case-insensitively.
 pub const WSDL_PATH: &str = "/EWS/Services.wsdl";
+/// The ActiveSync path, compared case-insensitively (a prefix of a path segment).
+pub const ACTIVESYNC_PATH: &str = "/Microsoft-Server-ActiveSync";
 /// The name of Exchange's back-end affinity cookie.
 pub const AFFINITY_COOKIE: &str = "X-BackEndOverrideCookie";
 
@@ -498,7 +505,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         .as_ref()
         .and_then(|e| e.as_ref().ok())
         .and_then(soap::operation_name);
-    let is_service = path.starts_with("/ews/");
+    let is_service = path.starts_with("/ews/") || is_activesync_path(&path);
     let authenticated = if is_service {
         Some(
             auth::authenticate(
@@ -553,7 +560,47 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     response
 }
 
-/// Serves an authenticated request under `/EWS/`.
+/// Whether a lower-case `path` is the ActiveSync virtual directory or under it.
+fn is_activesync_path(path: &str) -> bool {
+    let prefix = ACTIVESYNC_PATH.to_ascii_lowercase();
+    path.strip_prefix(prefix.as_str())
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// An authenticated ActiveSync request: the `OPTIONS` answer of MS-ASHTTP 2.2.4 (Exchange
+/// 2016's protocol versions and commands), `501` for anything else.
+fn activesync(method: &Method) -> Response<Body> {
+    if method != Method::OPTIONS {
+        return respond(
+            StatusCode::NOT_IMPLEMENTED,
+            "text/plain",
+            "this stand-in serves only OPTIONS on ActiveSync",
+        );
+    }
+    let mut response = respond(StatusCode::OK, "text/plain", "");
+    for (name, value) in [
+        ("allow", "OPTIONS,POST"),
+        ("ms-server-activesync", "15.1"),
+        (
+            "ms-asprotocolversions",
+            "2.0,2.1,2.5,12.0,12.1,14.0,14.1,16.0,16.1",
+        ),
+        (
+            "ms-asprotocolcommands",
+            "Sync,SendMail,SmartForward,SmartReply,GetAttachment,GetHierarchy,CreateCollection,\
+             DeleteCollection,MoveCollection,FolderSync,FolderCreate,FolderDelete,FolderUpdate,\
+             MoveItems,GetItemEstimate,MeetingResponse,Search,Settings,Ping,ItemOperations,\
+             Provision,ResolveRecipients,ValidateCert,Find",
+        ),
+    ] {
+        response
+            .headers_mut()
+            .insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Serves an authenticated request under `/EWS/` or ActiveSync's directory.
 async fn serve(
     shared: &Arc<Shared>,
     parts: &http::request::Parts,
@@ -563,6 +610,9 @@ async fn serve(
 ) -> Response<Body> {
     let is_ews = path == EWS_PATH.to_ascii_lowercase();
     let is_wsdl = path == WSDL_PATH.to_ascii_lowercase();
+    if is_activesync_path(path) {
+        return activesync(&parts.method);
+    }
     match (&parts.method, envelope) {
         (&Method::POST, Some(envelope)) => {
             ops::handle(shared, principal, &parts.headers, envelope).await
