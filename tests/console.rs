@@ -1,8 +1,10 @@
 //! The admin console end to end, over real sockets: the test UEM console (its webhook aimed at
 //! the gateway) and Exchange, and a gateway with `[compliance]`, `[audit]` and a named operator.
-//! Sign-in and sign-out, the CSRF check, an override made on a device's page (recorded with the
-//! operator's name), a wipe in UEM reaching the console's event stream, the configuration page
-//! without secrets, and (ignored by default) the screenshots in `docs/`.
+//! Sign-in and sign-out, the CSRF checks (the sign-in form's too), overrides made on a device's
+//! and on a user's page (recorded with the operator's name), exact and substring device searches,
+//! the overview's decisions per second and Redis reachability, a wipe in UEM reaching the
+//! console's event stream, the configuration page without secrets, and (ignored by default) the
+//! screenshots in `docs/`.
 
 mod support;
 
@@ -109,6 +111,37 @@ async fn sign_in_opens_the_pages_and_sign_out_closes_them() {
 }
 
 #[tokio::test]
+async fn a_cross_site_sign_in_without_the_forms_csrf_token_is_refused() {
+    let stand = Stand::with_console().await;
+    let gateway = &stand.gateway;
+    let token = format!("token={}", form_encode(OPERATOR_TOKEN));
+
+    // Another site's page posting the sign-in form: the browser sends no SameSite=Strict
+    // cookie, and that site cannot read the form's token. The right token does not help it.
+    let (status, headers, page) = console_request(gateway, "/ui/login", None, Some(&token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert_eq!(set_cookie(&headers, "seg_console"), None);
+    assert!(page.contains("not issued to this browser"), "{page}");
+
+    // A real form's token without its cookie, or its cookie without the token: refused too.
+    let (form_cookie, csrf) = console_sign_in_form(gateway).await;
+    let with_csrf = format!("csrf={csrf}&{token}");
+    let (status, _, _) = console_request(gateway, "/ui/login", None, Some(&with_csrf)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) =
+        console_request(gateway, "/ui/login", Some(&form_cookie), Some(&token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Both, as the browser that opened the form sends them: signed in.
+    let (status, headers, _) =
+        console_request(gateway, "/ui/login", Some(&form_cookie), Some(&with_csrf)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let session = set_cookie(&headers, "seg_console").expect("a session cookie");
+    let (status, _, _) = console_request(gateway, "/ui/", Some(&session), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_override_by_form_needs_the_csrf_token_and_is_recorded_with_the_operator() {
     let stand = Stand::with_console().await;
     let gateway = &stand.gateway;
@@ -179,6 +212,248 @@ async fn an_override_by_form_needs_the_csrf_token_and_is_recorded_with_the_opera
         "{page}"
     );
     assert!(page.contains("carol set block on device EASDEV1"), "{page}");
+}
+
+#[tokio::test]
+async fn a_user_override_by_form_covers_the_users_devices_and_is_recorded_with_the_operator() {
+    let stand = Stand::with_console().await;
+    let gateway = &stand.gateway;
+    let cookie = console_sign_in(gateway, OPERATOR_TOKEN).await.unwrap();
+    // From the device's page to its user's page, as an operator clicks.
+    let (_, _, device_page) = console_request(
+        gateway,
+        &format!("/ui/devices/{DEVICE}"),
+        Some(&cookie),
+        None,
+    )
+    .await;
+    let user_page = "/ui/users/alice%40test.local";
+    assert!(
+        device_page.contains(&format!(r#"<a href="{user_page}">alice@test.local</a>"#)),
+        "{device_page}"
+    );
+    let (status, _, page) = console_request(gateway, user_page, Some(&cookie), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(DEVICE) && !page.contains(OTHER), "{page}");
+    let form_path = format!("{user_page}/override");
+
+    let (status, _, _) = console_request(
+        gateway,
+        &form_path,
+        Some(&cookie),
+        Some("action=block&reason=left"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(stand.decision(DEVICE).await.0, "allowed");
+
+    let csrf = console_csrf(&page);
+    let form = format!(
+        "csrf={csrf}&action=block&reason={}",
+        form_encode("left the company")
+    );
+    let (status, headers, _) =
+        console_request(gateway, &form_path, Some(&cookie), Some(&form)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], user_page);
+    assert_eq!(
+        stand.decision(DEVICE).await,
+        ("blocked".to_owned(), "user-override".to_owned())
+    );
+    assert_eq!(stand.decision(OTHER).await.0, "allowed", "bob's device");
+
+    let form = format!(
+        "csrf={csrf}&action=clear&reason={}",
+        form_encode("came back")
+    );
+    let (status, _, _) = console_request(gateway, &form_path, Some(&cookie), Some(&form)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(stand.decision(DEVICE).await.0, "allowed");
+
+    let entries = || async {
+        let (_, body) = admin_request(
+            gateway,
+            http::Method::GET,
+            "/audit?user=alice@test.local",
+            Some(ADMIN_TOKEN),
+            "",
+        )
+        .await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_until(STEP, "both overrides in the audit trail", || async {
+        entries()
+            .await
+            .iter()
+            .any(|e| e["kind"] == "override-cleared")
+    })
+    .await
+    .unwrap();
+    let entries = entries().await;
+    let find = |kind: &str| {
+        entries
+            .iter()
+            .find(|e| e["kind"] == kind && e["target"]["user"] == "alice@test.local")
+            .unwrap_or_else(|| panic!("an {kind} entry: {entries:?}"))
+    };
+    let set = find("override-set");
+    assert_eq!(set["actor"], OPERATOR);
+    assert_eq!(set["action"], "block");
+    assert_eq!(set["reason"], "left the company");
+    let cleared = find("override-cleared");
+    assert_eq!(cleared["actor"], OPERATOR);
+    assert_eq!(cleared["reason"], "came back");
+
+    // The user's page shows both, newest first.
+    let (_, _, page) = console_request(gateway, user_page, Some(&cookie), None).await;
+    let cleared_at = page.find("carol cleared the override of user alice@test.local");
+    let set_at = page.find("carol set block on user alice@test.local");
+    assert!(
+        cleared_at.is_some() && set_at.is_some() && cleared_at < set_at,
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn an_exact_device_id_or_user_is_found_by_lookup_and_a_part_by_search() {
+    let stand = Stand::with_console().await;
+    let gateway = &stand.gateway;
+    let cookie = console_sign_in(gateway, OPERATOR_TOKEN).await.unwrap();
+    for exact in ["easdev1", "Alice%40Test.Local"] {
+        let (status, _, page) = console_request(
+            gateway,
+            &format!("/ui/devices?q={exact}"),
+            Some(&cookie),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains(r#"<p id="exact-match">"#), "{exact}: {page}");
+        assert!(
+            page.contains("1 devices;") && page.contains(&format!(">{DEVICE}<")),
+            "{exact}: {page}"
+        );
+    }
+    // A part of both ids: a search, not a lookup.
+    let (_, _, page) = console_request(gateway, "/ui/devices?q=easdev", Some(&cookie), None).await;
+    assert!(!page.contains(r#"id="exact-match""#), "{page}");
+    assert!(page.contains("2 devices;"), "{page}");
+    // An exact id asked as a part: every id containing it (EASDEV1 alone here).
+    let (_, _, page) = console_request(
+        gateway,
+        "/ui/devices?q=EASDEV1&match=contains",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        !page.contains(r#"id="exact-match""#) && page.contains("1 devices;"),
+        "{page}"
+    );
+}
+
+/// What follows `marker` in `page` up to its `</dd>` (tags included).
+fn overview_value<'a>(page: &'a str, marker: &str) -> &'a str {
+    page.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split("</dd>").next())
+        .unwrap_or_else(|| panic!("{marker} in {page}"))
+}
+
+#[tokio::test]
+async fn the_overview_shows_the_decisions_per_second_of_the_gateways_traffic() {
+    let stand = Stand::with_console().await;
+    let gateway = &stand.gateway;
+    let cookie = console_sign_in(gateway, OPERATOR_TOKEN).await.unwrap();
+    let (_, _, page) = console_request(gateway, "/ui/", Some(&cookie), None).await;
+    assert!(
+        !page.contains("data-reachability"),
+        "neither Redis nor KCD: {page}"
+    );
+
+    // Twenty EWS requests from a known device, each decided by the compliance layer.
+    let url = format!("{}/EWS/Exchange.asmx", http_base(gateway));
+    for _ in 0..20 {
+        let request = seg_testbed::harness::ews_request(
+            &url,
+            Some(&stand.exchange.basic("alice@test.local")),
+            &[("X-Device-Id", DEVICE)],
+            soap("<m:GetFolder/>"),
+        )
+        .unwrap();
+        let response = stand.exchange.client.send(request).await.unwrap();
+        assert_ne!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "alice's device is allowed"
+        );
+    }
+    // The console samples the count once a second: the rate shows once a sample has it.
+    let rate = || async {
+        let (_, _, page) = console_request(gateway, "/ui/", Some(&cookie), None).await;
+        let value = overview_value(&page, r#"<dd id="decisions-per-second">"#).to_owned();
+        value
+            .split(' ')
+            .next()
+            .and_then(|rate| rate.parse::<f64>().ok())
+    };
+    wait_until(
+        STEP,
+        "a decision rate above zero on the overview",
+        || async { rate().await.is_some_and(|rate| rate > 0.0) },
+    )
+    .await
+    .unwrap();
+    let (_, _, page) = console_request(gateway, "/ui/", Some(&cookie), None).await;
+    assert!(
+        overview_value(&page, r#"<dd id="decisions-per-second">"#).ends_with("(over the last 10s)"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn the_overview_shows_whether_redis_answers() {
+    let mut redis = tokio::task::spawn_blocking(seg_testbed::redis::RedisServer::start)
+        .await
+        .unwrap()
+        .expect("redis-server starts (scripts/install-deps.sh installs it)");
+    let url = redis.url();
+    let stand = ComplianceStand::start(
+        vec![seg_testbed::uem::Device::new(DEVICE, 1, "alice@test.local")],
+        |config, _| {
+            share_through_redis(
+                config,
+                &url,
+                std::time::Duration::from_secs(2),
+                "seg-console-redis",
+            );
+        },
+    )
+    .await;
+    let gateway = &stand.gateway;
+    let cookie = console_sign_in(gateway, ADMIN_TOKEN).await.unwrap();
+    let redis_state = || async {
+        let (_, _, page) = console_request(gateway, "/ui/", Some(&cookie), None).await;
+        overview_value(&page, r#"<dd data-reachability="Redis">"#).to_owned()
+    };
+    wait_until(STEP, "Redis reachable on the overview", || async {
+        redis_state()
+            .await
+            .starts_with(r#"<strong class="allowed">reachable</strong>"#)
+    })
+    .await
+    .unwrap();
+    redis.stop();
+    wait_until(STEP, "Redis unreachable on the overview", || async {
+        redis_state()
+            .await
+            .starts_with(r#"<strong class="blocked">unreachable</strong>"#)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -335,16 +335,36 @@ pub async fn console_request(
     (status, headers, text(response).await)
 }
 
-/// Signs in to the admin console with `token`: the session cookie (`name=value`), or `None`
-/// when refused.
+/// Opens the admin console's sign-in page as a browser does: its cookie (`name=value`) and the
+/// form's CSRF token that goes with it.
+pub async fn console_sign_in_form(gateway: &Gateway) -> (String, String) {
+    let (status, headers, page) = console_request(gateway, "/ui/login", None, None).await;
+    assert_eq!(status, http::StatusCode::OK, "{page}");
+    let cookie = set_cookie(&headers, "seg_console_sign_in").expect("a sign-in form cookie");
+    (cookie, console_csrf(&page))
+}
+
+/// The `name=value` of a response's `Set-Cookie` for `name`.
+pub fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with(&format!("{name}=")))
+        .and_then(|value| Some(value.split(';').next()?.to_owned()))
+}
+
+/// Signs in to the admin console with `token` through its sign-in form (fetched first, as a
+/// browser does): the session cookie (`name=value`), or `None` when refused.
 pub async fn console_sign_in(gateway: &Gateway, token: &str) -> Option<String> {
-    let form = format!("token={}", form_encode(token));
-    let (status, headers, _) = console_request(gateway, "/ui/login", None, Some(&form)).await;
+    let (form_cookie, csrf) = console_sign_in_form(gateway).await;
+    let form = format!("csrf={csrf}&token={}", form_encode(token));
+    let (status, headers, _) =
+        console_request(gateway, "/ui/login", Some(&form_cookie), Some(&form)).await;
     if status != http::StatusCode::SEE_OTHER {
         return None;
     }
-    let cookie = headers.get("set-cookie")?.to_str().ok()?;
-    Some(cookie.split(';').next()?.to_owned())
+    set_cookie(&headers, "seg_console")
 }
 
 /// The CSRF token of the first form of a console page.

@@ -3,8 +3,14 @@
 //! is) and the admin console at `/ui/` (signing in with `admin.token` or `admin.operators`),
 //! else only health, readiness (a plain EWS proxy is ready as soon as it listens) and
 //! metrics. `/metrics` is open either way, and serves the gateway's one registry.
+//!
+//! The console's overview shows the reachability of Redis (with `compliance.backend = "redis"`:
+//! the shared view's own `seg_compliance_redis_up`, which says whether Redis answered its last
+//! command) and of the KDC (with `cba-kcd`: a TCP connection to the KDCs of `auth.kcd.krb5_conf`,
+//! tried in order, each for at most a second).
 
 use crate::config::Config;
+use admin_console::health::{Reachability, probe};
 use admin_console::{Console, ConsoleSettings};
 use audit_trail::AuditTrail;
 use audit_trail::entry::Record;
@@ -16,6 +22,7 @@ use compliance_policy::sync::SyncHandle;
 use ews_proxy_core::server::ConnectionInfo;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The admin router for this configuration, serving `registry` on `/metrics`, and `audit`'s
 /// queries (recording the overrides made through it there).
@@ -42,7 +49,7 @@ pub fn router(
         compliance_policy::uem::parse_change_event,
     )
     .with_sync(sync.clone())
-    .with_registry(registry);
+    .with_registry(registry.clone());
     if let Some(token) = &config.admin.token {
         state = state.with_admin_token(token);
     }
@@ -64,7 +71,7 @@ pub fn router(
     if let Some(audit_routes) = audit_routes {
         router = router.merge(audit_routes);
     }
-    router = router.merge(console(config, compliance, sync, audit).router());
+    router = router.merge(console(config, compliance, sync, audit, &registry).router());
     // axum's extractors read the peer address as `ConnectInfo`; the listener records it as
     // `ConnectionInfo`. The webhook logs who sent each event with it.
     router.layer(tower::util::MapRequestLayer::new(
@@ -80,13 +87,15 @@ pub fn router(
 }
 
 /// The admin console over `compliance`: signing in with `admin.token` or an operator's token,
-/// showing `sync` and `config` (redacted as `check-config` prints it), reading and writing
-/// `audit` when configured.
+/// showing `sync` and `config` (redacted as `check-config` prints it), the reachability of Redis
+/// (read from `registry`) and the KDC when they are configured, reading and writing `audit` when
+/// configured.
 fn console(
     config: &Config,
     compliance: &Compliance,
     sync: &SyncHandle,
     audit: Option<&AuditTrail>,
+    registry: &Arc<Registry>,
 ) -> Console {
     let mut settings = ConsoleSettings::new(env!("CARGO_PKG_VERSION"))
         .session_ttl(config.admin.session_ttl)
@@ -97,11 +106,180 @@ fn console(
     for operator in &config.admin.operators {
         settings = settings.with_operator(&operator.name, &operator.token);
     }
-    let console = Console::new(compliance.clone(), settings)
+    let mut console = Console::new(compliance.clone(), settings)
         .with_sync(sync.clone())
         .with_configuration(config.to_redacted_toml());
+    if config
+        .compliance
+        .as_ref()
+        .is_some_and(|c| c.backend == crate::config::ComplianceBackend::Redis)
+    {
+        let registry = registry.clone();
+        console = console.with_reachability(
+            "Redis",
+            probe(move || {
+                let up = gauge(&registry, "seg_compliance_redis_up");
+                async move { redis_reachability(up) }
+            }),
+        );
+    }
+    if let Some(kcd) = config.auth.kcd.as_ref().filter(|_| config.auth.cba_kcd()) {
+        let kdcs: Arc<[String]> = match kcd_client::krb5_conf::Krb5Conf::read(&kcd.krb5_conf) {
+            Ok(conf) => kdcs_of(conf).into(),
+            Err(error) => {
+                tracing::warn!(%error, "the console cannot read auth.kcd.krb5_conf to probe the KDC");
+                Arc::from([])
+            }
+        };
+        console = console.with_reachability(
+            "KDC",
+            probe(move || {
+                let kdcs = kdcs.clone();
+                async move { kdc_reachability(&kdcs, KDC_PROBE_TIMEOUT).await }
+            }),
+        );
+    }
     match audit {
         Some(audit) => console.with_audit(audit.store().clone(), audit.sink()),
         None => console,
+    }
+}
+
+/// How long the console waits for one KDC to accept a connection.
+const KDC_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The value of the gauge `name` (without labels) in `registry`, if it has one.
+fn gauge(registry: &Registry, name: &str) -> Option<f64> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Redis's reachability from the shared view's `seg_compliance_redis_up` gauge.
+fn redis_reachability(up: Option<f64>) -> Reachability {
+    match up {
+        Some(up) if up >= 1.0 => Reachability::Reachable("it answered the last command".into()),
+        Some(_) => Reachability::Unreachable("it did not answer the last command".into()),
+        None => Reachability::Unreachable("the shared view reports nothing".into()),
+    }
+}
+
+/// The KDCs of `conf`, its default realm's first, each as `host:port` (port 88 when the file
+/// names none).
+fn kdcs_of(mut conf: kcd_client::krb5_conf::Krb5Conf) -> Vec<String> {
+    if let Some(default) = &conf.default_realm
+        && let Some(index) = conf.realms.iter().position(|r| &r.realm == default)
+    {
+        let realm = conf.realms.remove(index);
+        conf.realms.insert(0, realm);
+    }
+    conf.realms
+        .into_iter()
+        .flat_map(|realm| realm.kdcs)
+        .map(|kdc| with_kdc_port(&kdc))
+        .collect()
+}
+
+/// `kdc` with port 88 when it names none (`host`, `[v6]`, or a bare IPv6 address).
+fn with_kdc_port(kdc: &str) -> String {
+    if kdc.parse::<std::net::SocketAddr>().is_ok() {
+        return kdc.to_owned();
+    }
+    if let Ok(ip) = kdc.parse::<std::net::Ipv6Addr>() {
+        return format!("[{ip}]:88");
+    }
+    match kdc.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => kdc.to_owned(),
+        _ => format!("{kdc}:88"),
+    }
+}
+
+/// Whether one of `kdcs` (`host:port`, tried in order) accepts a TCP connection within
+/// `timeout`; the connection is closed at once.
+async fn kdc_reachability(kdcs: &[String], timeout: Duration) -> Reachability {
+    if kdcs.is_empty() {
+        return Reachability::Unreachable("auth.kcd.krb5_conf names no KDC".into());
+    }
+    let mut failures = Vec::new();
+    for kdc in kdcs {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(kdc.as_str())).await {
+            Ok(Ok(_)) => return Reachability::Reachable(format!("{kdc} accepted a connection")),
+            Ok(Err(error)) => failures.push(format!("{kdc}: {error}")),
+            Err(_) => failures.push(format!(
+                "{kdc}: no connection within {} ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+    Reachability::Unreachable(failures.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kdc_that_accepts_is_reachable_and_one_that_refuses_is_not() {
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listening.local_addr().unwrap().to_string();
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let timeout = Duration::from_secs(5);
+        assert_eq!(
+            kdc_reachability(&[closed.clone(), open.clone()], timeout).await,
+            Reachability::Reachable(format!("{open} accepted a connection"))
+        );
+        match kdc_reachability(std::slice::from_ref(&closed), timeout).await {
+            Reachability::Unreachable(why) => {
+                assert!(why.starts_with(&format!("{closed}: ")), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            kdc_reachability(&[], timeout).await,
+            Reachability::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn kdcs_come_from_krb5_conf_default_realm_first_with_port_88_when_unnamed() {
+        let conf = kcd_client::krb5_conf::Krb5Conf::parse(
+            "[libdefaults]\n default_realm = CORP.EXAMPLE\n\
+             [realms]\n OTHER.EXAMPLE = {\n  kdc = kdc.other.example\n }\n\
+             CORP.EXAMPLE = {\n  kdc = 127.0.0.1:8888\n  kdc = kdc2.corp.example\n }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            kdcs_of(conf),
+            [
+                "127.0.0.1:8888",
+                "kdc2.corp.example:88",
+                "kdc.other.example:88"
+            ]
+        );
+        assert_eq!(with_kdc_port("::1"), "[::1]:88");
+        assert_eq!(with_kdc_port("[::1]:750"), "[::1]:750");
+    }
+
+    #[test]
+    fn redis_is_reachable_while_the_shared_view_says_it_answers() {
+        let mut registry = Registry::default();
+        let up = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        registry.register("seg_compliance_redis_up", "up", up.clone());
+        up.set(1);
+        assert!(matches!(
+            redis_reachability(gauge(&registry, "seg_compliance_redis_up")),
+            Reachability::Reachable(_)
+        ));
+        up.set(0);
+        assert!(matches!(
+            redis_reachability(gauge(&registry, "seg_compliance_redis_up")),
+            Reachability::Unreachable(_)
+        ));
+        assert_eq!(gauge(&registry, "seg_compliance_redis"), None);
     }
 }

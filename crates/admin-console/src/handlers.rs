@@ -2,8 +2,12 @@
 //! stream.
 
 use crate::pages::{self, AuditFilter, DeviceRow, DevicesQuery, Overview};
+use crate::search::{self, Search, decide, now_for};
 use crate::session::Session;
-use crate::{Console, ConsoleError, DEVICES_PER_PAGE, MAX_REASON_LEN, SESSION_COOKIE};
+use crate::{
+    Console, ConsoleError, DEVICES_PER_PAGE, MAX_REASON_LEN, SESSION_COOKIE, SIGN_IN_COOKIE,
+    SIGN_IN_FORM_TTL,
+};
 use audit_trail::entry::{Entry, Event as AuditEvent, Record};
 use audit_trail::store::Query;
 use axum::Router;
@@ -14,15 +18,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use compliance_policy::admin::{Operator, OverrideChange, OverrideTarget};
-use compliance_policy::device::{DeviceId, DeviceRecord};
-use compliance_policy::policy::{Decision, Override, PolicySettings};
-use compliance_policy::view::View;
+use compliance_policy::device::DeviceId;
+use compliance_policy::policy::Override;
 use futures_util::Stream;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 /// The largest form a request may carry.
@@ -52,6 +54,8 @@ pub(crate) fn router(console: Console) -> Router {
         .route("/ui/devices", get(devices))
         .route("/ui/devices/{device_id}", get(device))
         .route("/ui/devices/{device_id}/override", post(set_override))
+        .route("/ui/users/{user}", get(user))
+        .route("/ui/users/{user}/override", post(set_user_override))
         .route("/ui/audit", get(audit))
         .route("/ui/config", get(configuration))
         .route("/ui/events", get(events))
@@ -68,17 +72,22 @@ pub(crate) fn router(console: Console) -> Router {
 // ---------------------------------------------------------------------------------------------
 // Sessions
 
-/// The value of the session cookie, if the request carries one.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of the cookie `name`, if the request carries one.
+fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE).then_some(value)
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
         })
+}
+
+/// The value of the session cookie, if the request carries one.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    request_cookie(headers, SESSION_COOKIE)
 }
 
 /// Lets a request with an open session through, with [`SignedIn`] in its extensions; sends
@@ -105,13 +114,28 @@ async fn require_session(
 }
 
 fn cookie(console: &Console, value: &str, max_age: u64) -> HeaderValue {
+    named_cookie(console, SESSION_COOKIE, "/ui", value, max_age)
+}
+
+/// The sign-in form's cookie, sent back only to `/ui/login`.
+fn sign_in_cookie(console: &Console, value: &str, max_age: u64) -> HeaderValue {
+    named_cookie(console, SIGN_IN_COOKIE, "/ui/login", value, max_age)
+}
+
+fn named_cookie(
+    console: &Console,
+    name: &str,
+    path: &str,
+    value: &str,
+    max_age: u64,
+) -> HeaderValue {
     let secure = if console.secure_cookies {
         "; Secure"
     } else {
         ""
     };
     let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        "{name}={value}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     );
     HeaderValue::try_from(cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -144,25 +168,76 @@ fn check_csrf(form: &[(String, String)], session: &Session) -> Result<(), Consol
     }
 }
 
-async fn login_page() -> Html<String> {
-    Html(pages::login(None).into_string())
+/// The sign-in page with `error` (answered with `status`): its form carries the CSRF field of
+/// the sign-in cookie the browser holds, or of a new one set with the answer.
+fn sign_in_form(
+    console: &Console,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let held = request_cookie(headers, SIGN_IN_COOKIE)
+        .and_then(|cookie| console.sign_in.field_for(cookie));
+    let (new_cookie, field) = match held {
+        Some(field) => (None, field),
+        None => {
+            let (cookie, field) = console.sign_in.issue();
+            (Some(cookie), field)
+        }
+    };
+    let mut response = (status, Html(pages::login(error, &field).into_string())).into_response();
+    if let Some(cookie) = new_cookie {
+        response.headers_mut().append(
+            SET_COOKIE,
+            sign_in_cookie(console, &cookie, SIGN_IN_FORM_TTL.as_secs()),
+        );
+    }
+    response
+}
+
+async fn login_page(State(console): State<Console>, headers: HeaderMap) -> Response {
+    sign_in_form(&console, &headers, StatusCode::OK, None)
 }
 
 async fn login(State(console): State<Console>, request: Request) -> Result<Response, ConsoleError> {
+    let headers = request.headers().clone();
     let form = read_form(request.into_body()).await?;
+    // The form's own CSRF check first: a forged sign-in learns nothing about the token.
+    if !console.sign_in.check(
+        request_cookie(&headers, SIGN_IN_COOKIE),
+        field(&form, "csrf"),
+    ) {
+        tracing::warn!("console sign-in without its form's CSRF token refused");
+        return Ok(sign_in_form(
+            &console,
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some(
+                "This sign-in form was not issued to this browser (another site sent it, or it expired): sign in again.",
+            ),
+        ));
+    }
     let token = field(&form, "token").unwrap_or("");
     let Some(operator) = console.credentials.check(token) else {
         tracing::warn!("console sign-in with a wrong token refused");
-        let page = pages::login(Some("That token is not valid."));
-        return Ok((StatusCode::UNAUTHORIZED, Html(page.into_string())).into_response());
+        return Ok(sign_in_form(
+            &console,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            Some("That token is not valid."),
+        ));
     };
     tracing::info!(operator = &*operator, "console sign-in");
     let (id, _) = console.sessions.open(operator);
     let mut response = Redirect::to("/ui/").into_response();
-    response.headers_mut().insert(
+    response.headers_mut().append(
         SET_COOKIE,
         cookie(&console, &id, console.sessions.ttl().as_secs()),
     );
+    // The form is used: its cookie goes.
+    response
+        .headers_mut()
+        .append(SET_COOKIE, sign_in_cookie(&console, "", 0));
     Ok(response)
 }
 
@@ -201,28 +276,6 @@ async fn js() -> impl IntoResponse {
 // ---------------------------------------------------------------------------------------------
 // Reading the view
 
-/// The clock the decisions are made at, as `Compliance::decide` reads it (only the inactivity
-/// policy needs it).
-fn now_for(policy: &PolicySettings) -> u64 {
-    if policy.inactivity_days > 0 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    } else {
-        0
-    }
-}
-
-fn decide(view: &View, policy: &PolicySettings, now: u64, record: &DeviceRecord) -> Decision {
-    policy.decide_for(
-        Some(record.device_id.as_str()),
-        Some(record),
-        None,
-        view.overrides(),
-        now,
-    )
-}
-
 /// Runs `work` off the async threads (it scans the view or reads the audit store).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ConsoleError> + Send + 'static,
@@ -252,14 +305,10 @@ async fn overview(
 ) -> Result<Html<String>, ConsoleError> {
     let compliance = console.compliance.clone();
     let store = console.audit.as_ref().map(|(store, _)| store.clone());
+    let counts = console.blocked_count.clone();
     let (view_size, blocked, loaded, recent) = blocking(move || {
         let view = compliance.view();
-        let policy = compliance.policy();
-        let now = now_for(&policy);
-        let blocked = view
-            .devices()
-            .filter(|record| !decide(&view, &policy, now, record).is_allowed())
-            .count();
+        let blocked = counts.get(&compliance);
         let recent = match store {
             Some(store) => Some(recent_transitions(&store)?),
             None => None,
@@ -267,11 +316,20 @@ async fn overview(
         Ok((view.len(), blocked, view.is_loaded(), recent))
     })
     .await?;
+    let reachability = futures_util::future::join_all(
+        console
+            .probes
+            .iter()
+            .map(|(name, probe)| async move { (name.clone(), crate::health::ask(probe).await) }),
+    )
+    .await;
     let overview = Overview {
         ready: loaded,
         sync: console.sync.as_ref().map(|sync| sync.status()),
         view_size,
         blocked,
+        decisions_per_second: console.decision_rate.as_ref().map(|rate| rate.per_second()),
+        reachability,
         version: &console.version,
         recent,
     };
@@ -317,6 +375,17 @@ async fn devices(
                     }
                 }
             }
+            "match" => {
+                query.contains = match &*value {
+                    "" | "exact" => false,
+                    "contains" => true,
+                    _ => {
+                        return Err(ConsoleError::BadForm(
+                            "match is exact, contains or empty".into(),
+                        ));
+                    }
+                }
+            }
             "page" => {
                 query.page = value
                     .parse::<usize>()
@@ -329,45 +398,21 @@ async fn devices(
     }
     query.page = query.page.max(1);
     let compliance = console.compliance.clone();
-    let scan = query.clone();
-    let (total, rows) = blocking(move || {
-        // A linear scan of the view: fine for tens of thousands of devices.
+    let asked = Search {
+        q: query.q.clone(),
+        contains: query.contains,
+        filter: query.filter,
+        page: query.page,
+        per_page: DEVICES_PER_PAGE,
+    };
+    let found = blocking(move || {
         let view = compliance.view();
         let policy = compliance.policy();
-        let now = now_for(&policy);
-        let needle = scan.q.to_lowercase();
-        let contains =
-            |value: Option<&str>| value.is_some_and(|value| value.to_lowercase().contains(&needle));
-        let mut matches: Vec<DeviceRow> = view
-            .devices()
-            .filter(|record| {
-                needle.is_empty()
-                    || record.device_id.as_str().to_lowercase().contains(&needle)
-                    || contains(record.user.as_deref())
-                    || contains(record.model.as_deref())
-                    || contains(record.platform.as_deref())
-            })
-            .map(|record| DeviceRow {
-                decision: decide(&view, &policy, now, record),
-                record: record.clone(),
-            })
-            .filter(|row| {
-                scan.filter
-                    .is_none_or(|allowed| row.decision.is_allowed() == allowed)
-            })
-            .collect();
-        let total = matches.len();
-        matches.sort_unstable_by(|a, b| a.record.device_id.cmp(&b.record.device_id));
-        let rows = matches
-            .into_iter()
-            .skip((scan.page - 1) * DEVICES_PER_PAGE)
-            .take(DEVICES_PER_PAGE)
-            .collect::<Vec<_>>();
-        Ok((total, rows))
+        Ok(search::search(&view, &policy, now_for(&policy), &asked))
     })
     .await?;
     Ok(Html(
-        pages::devices(&signed_in.session, &query, total, &rows).into_string(),
+        pages::devices(&signed_in.session, &query, &found).into_string(),
     ))
 }
 
@@ -437,8 +482,17 @@ async fn device(
 
 /// `/ui/devices/{id}` with the id made safe for a path.
 pub(crate) fn device_path(id: &str) -> String {
-    let mut path = String::from("/ui/devices/");
-    for byte in id.bytes() {
+    escaped_path("/ui/devices/", id)
+}
+
+/// `/ui/users/{upn}` with the UPN made safe for a path.
+pub(crate) fn user_path(user: &str) -> String {
+    escaped_path("/ui/users/", user)
+}
+
+fn escaped_path(prefix: &str, name: &str) -> String {
+    let mut path = String::from(prefix);
+    for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             path.push(byte as char);
         } else {
@@ -446,6 +500,50 @@ pub(crate) fn device_path(id: &str) -> String {
         }
     }
     path
+}
+
+/// The action and reason of an override form (`action` = `allow`, `block` or `clear`).
+fn override_form(
+    form: &[(String, String)],
+) -> Result<(Option<Override>, Option<String>), ConsoleError> {
+    let action = match field(form, "action") {
+        Some("allow") => Some(Override::Allow),
+        Some("block") => Some(Override::Block),
+        Some("clear") => None,
+        _ => {
+            return Err(ConsoleError::BadForm(
+                "action is allow, block or clear".into(),
+            ));
+        }
+    };
+    let reason = field(form, "reason").unwrap_or("").trim();
+    if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(ConsoleError::BadForm(format!(
+            "the reason is at most {MAX_REASON_LEN} bytes, without control characters"
+        )));
+    }
+    Ok((action, (!reason.is_empty()).then(|| reason.to_owned())))
+}
+
+fn action_name(action: Option<Override>) -> &'static str {
+    action.map_or("clear", |a| match a {
+        Override::Allow => "allow",
+        Override::Block => "block",
+    })
+}
+
+/// Records the override `operator` made on `target` in the audit trail, if there is one.
+fn record_override(
+    console: &Console,
+    operator: &str,
+    target: OverrideTarget,
+    action: Option<Override>,
+    reason: Option<String>,
+) {
+    if let Some((_, sink)) = &console.audit {
+        let change = OverrideChange::new(Operator::named(operator), target, action, reason);
+        sink.record(Record::override_change(&change));
+    }
 }
 
 async fn set_override(
@@ -460,45 +558,120 @@ async fn set_override(
     if id.as_str().is_empty() {
         return Err(ConsoleError::BadForm("the device id is empty".into()));
     }
-    let action = match field(&form, "action") {
-        Some("allow") => Some(Override::Allow),
-        Some("block") => Some(Override::Block),
-        Some("clear") => None,
-        _ => {
-            return Err(ConsoleError::BadForm(
-                "action is allow, block or clear".into(),
-            ));
-        }
-    };
-    let reason = field(&form, "reason").unwrap_or("").trim();
-    if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
-        return Err(ConsoleError::BadForm(format!(
-            "the reason is at most {MAX_REASON_LEN} bytes, without control characters"
-        )));
-    }
-    let reason = (!reason.is_empty()).then(|| reason.to_owned());
-    let operator = signed_in.session.operator().to_owned();
+    let (action, reason) = override_form(&form)?;
+    let operator = signed_in.session.operator();
     let transitions = console.compliance.set_device_override(id.as_str(), action);
-    if let Some((_, sink)) = &console.audit {
-        let change = OverrideChange::new(
-            Operator::named(operator.as_str()),
-            OverrideTarget::Device(id.clone()),
-            action,
-            reason,
-        );
-        sink.record(Record::override_change(&change));
-    }
+    record_override(
+        &console,
+        operator,
+        OverrideTarget::Device(id.clone()),
+        action,
+        reason,
+    );
     tracing::info!(
-        operator = %operator,
+        operator,
         device = %id,
-        action = action.map_or("clear", |a| match a {
-            Override::Allow => "allow",
-            Override::Block => "block",
-        }),
+        action = action_name(action),
         transitions = transitions.len(),
         "device override changed on the console"
     );
     Ok(Redirect::to(&device_path(id.as_str())).into_response())
+}
+
+/// A user (UPN) from a path: checked, not empty, lower case (as overrides keep it).
+fn user_name(user: &str) -> Result<String, ConsoleError> {
+    let user = checked_name("the user", user)?.to_ascii_lowercase();
+    if user.is_empty() {
+        return Err(ConsoleError::BadForm("the user is empty".into()));
+    }
+    Ok(user)
+}
+
+/// `/ui/users/{upn}`: the user's override, their devices with decisions, their audit entries,
+/// and the form to allow, block or clear the user's override.
+async fn user(
+    State(console): State<Console>,
+    axum::Extension(signed_in): axum::Extension<SignedIn>,
+    Path(user): Path<String>,
+) -> Result<Response, ConsoleError> {
+    let user = user_name(&user)?;
+    let compliance = console.compliance.clone();
+    let store = console.audit.as_ref().map(|(store, _)| store.clone());
+    let name = user.clone();
+    let (user_override, rows, trail) = blocking(move || {
+        let view = compliance.view();
+        let policy = compliance.policy();
+        let now = now_for(&policy);
+        let mut rows: Vec<DeviceRow> = view
+            .devices_of_user(&name)
+            .into_iter()
+            .map(|record| DeviceRow {
+                decision: decide(&view, &policy, now, record),
+                record: record.clone(),
+            })
+            .collect();
+        rows.sort_unstable_by(|a, b| a.record.device_id.cmp(&b.record.device_id));
+        let trail = match store {
+            Some(store) => Some(
+                store
+                    .query(&Query {
+                        user: Some(name.clone()),
+                        limit: 50,
+                        ..Query::default()
+                    })
+                    .map(|page| page.entries)
+                    .map_err(ConsoleError::Audit)?,
+            ),
+            None => None,
+        };
+        Ok((view.overrides().for_user(&name), rows, trail))
+    })
+    .await?;
+    let known = user_override.is_some() || !rows.is_empty();
+    let page = pages::user(
+        &signed_in.session,
+        &pages::UserPage {
+            user: &user,
+            user_override,
+            devices: &rows,
+            trail: trail.as_deref(),
+        },
+    );
+    let status = if known {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    Ok((status, Html(page.into_string())).into_response())
+}
+
+async fn set_user_override(
+    State(console): State<Console>,
+    axum::Extension(signed_in): axum::Extension<SignedIn>,
+    Path(user): Path<String>,
+    request: Request,
+) -> Result<Response, ConsoleError> {
+    let form = read_form(request.into_body()).await?;
+    check_csrf(&form, &signed_in.session)?;
+    let user = user_name(&user)?;
+    let (action, reason) = override_form(&form)?;
+    let operator = signed_in.session.operator();
+    let transitions = console.compliance.set_user_override(&user, action);
+    record_override(
+        &console,
+        operator,
+        OverrideTarget::User(user.clone()),
+        action,
+        reason,
+    );
+    tracing::info!(
+        operator,
+        user = %user,
+        action = action_name(action),
+        transitions = transitions.len(),
+        "user override changed on the console"
+    );
+    Ok(Redirect::to(&user_path(&user)).into_response())
 }
 
 async fn audit(

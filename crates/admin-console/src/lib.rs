@@ -3,8 +3,10 @@
 //!
 //! It sits beside the compliance admin API (`compliance_policy::admin`) on the same listener and
 //! works on the same [`Compliance`] state: the overview (readiness, UEM sync, view size, blocked
-//! count, version), a device search, a device's page with its UEM record, decision, audit trail
-//! and forms to allow, block or clear an override, the audit trail, the gateway's effective
+//! count, decisions per second, the reachability of Redis and the KDC as [probed](health), version),
+//! a device search, a device's page with its UEM record, decision, audit trail
+//! and forms to allow, block or clear an override, a user's page with the same for the user's
+//! override, the audit trail, the gateway's effective
 //! configuration (as [given](Console::with_configuration), secrets already redacted), and live
 //! decision changes by server-sent events. Pages are rendered on the server ([`maud`]); the one
 //! style sheet and the few lines of script are compiled into the binary. Nothing is fetched from
@@ -12,7 +14,8 @@
 //!
 //! Operators sign in at `/ui/login` with the admin token or a named operator's token and get a
 //! session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` when [configured](ConsoleSettings::secure_cookies));
-//! every form that changes state carries the session's CSRF token. See `docs/console.md`.
+//! every form that changes state carries the session's CSRF token, and the sign-in form its own
+//! ([`session::SignInGuard`]). See `docs/console.md`.
 //!
 //! ```
 //! use admin_console::{Console, ConsoleSettings};
@@ -35,14 +38,26 @@
 //! assert_eq!(response.status(), StatusCode::SEE_OTHER);
 //! assert_eq!(response.headers()[header::LOCATION], "/ui/login");
 //!
-//! // Carol signs in and gets a session cookie.
+//! // Carol opens the sign-in form: a cookie, and the form's CSRF field that goes with it.
+//! let response = app.clone().oneshot(Request::get("/ui/login").body(Body::empty()).unwrap()).await.unwrap();
+//! let form_cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+//! let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+//! let page = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+//! let page = String::from_utf8(page.to_vec()).unwrap();
+//! let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap().split('"').next().unwrap();
+//!
+//! // She signs in with it and gets a session cookie.
 //! let request = Request::post("/ui/login")
 //!     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-//!     .body(Body::from("token=carols-own-token-0001"))
+//!     .header(header::COOKIE, form_cookie)
+//!     .body(Body::from(format!("csrf={csrf}&token=carols-own-token-0001")))
 //!     .unwrap();
 //! let response = app.clone().oneshot(request).await.unwrap();
 //! assert_eq!(response.status(), StatusCode::SEE_OTHER);
-//! let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+//! let cookie = response.headers().get_all(header::SET_COOKIE).iter()
+//!     .map(|value| value.to_str().unwrap())
+//!     .find(|value| value.starts_with("seg_console="))
+//!     .unwrap();
 //! assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
 //! let session = cookie.split(';').next().unwrap().to_owned();
 //!
@@ -52,7 +67,9 @@
 //! ```
 
 mod handlers;
+pub mod health;
 mod pages;
+mod search;
 pub mod session;
 
 use audit_trail::AuditSink;
@@ -61,8 +78,9 @@ use axum::Router;
 use axum::response::{IntoResponse, Response};
 use compliance_policy::state::Compliance;
 use compliance_policy::sync::SyncHandle;
+use health::{DecisionRate, Probe};
 use http::StatusCode;
-use session::{Credentials, Sessions};
+use session::{Credentials, Sessions, SignInGuard};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +90,13 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 
 /// The name of the session cookie.
 pub const SESSION_COOKIE: &str = "seg_console";
+
+/// The name of the sign-in form's cookie (its CSRF protection before a session exists; see
+/// [`session::SignInGuard`]), sent only to `/ui/login`.
+pub const SIGN_IN_COOKIE: &str = "seg_console_sign_in";
+
+/// How long a sign-in form stays usable in the browser that fetched it.
+pub const SIGN_IN_FORM_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// Devices per page of the device list.
 pub const DEVICES_PER_PAGE: usize = 50;
@@ -209,16 +234,39 @@ impl fmt::Debug for ConsoleSettings {
 
 /// The console: its state and its [router](Console::router). Cheap to clone; clones share the
 /// sessions.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Console {
     compliance: Compliance,
     sync: Option<SyncHandle>,
     audit: Option<(Store, AuditSink)>,
     credentials: Credentials,
     sessions: Sessions,
+    sign_in: SignInGuard,
     version: String,
     secure_cookies: bool,
     configuration: Option<Arc<str>>,
+    decision_rate: Option<Arc<DecisionRate>>,
+    probes: Vec<(Arc<str>, Probe)>,
+    blocked_count: search::BlockedCount,
+}
+
+impl fmt::Debug for Console {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Console")
+            .field("compliance", &self.compliance)
+            .field("sync", &self.sync.is_some())
+            .field("audit", &self.audit.is_some())
+            .field("credentials", &self.credentials)
+            .field("sessions", &self.sessions)
+            .field("version", &self.version)
+            .field("secure_cookies", &self.secure_cookies)
+            .field("decision_rate", &self.decision_rate)
+            .field(
+                "probes",
+                &self.probes.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Console {
@@ -236,15 +284,20 @@ impl Console {
                 "the admin console has no admin.token and no admin.operators: nobody can sign in"
             );
         }
+        let decision_rate = compliance.metrics().map(DecisionRate::of);
         Console {
             compliance,
             sync: None,
             audit: None,
             credentials,
             sessions: Sessions::new(settings.session_ttl),
+            sign_in: SignInGuard::new(),
             version: settings.version,
             secure_cookies: settings.secure_cookies,
             configuration: None,
+            decision_rate,
+            probes: Vec::new(),
+            blocked_count: search::BlockedCount::default(),
         }
     }
 
@@ -269,6 +322,13 @@ impl Console {
         self
     }
 
+    /// The overview shows whether `name` (e.g. `Redis`, `KDC`) can be reached, as `probe`
+    /// says each time it is shown (for at most [`health::PROBE_TIMEOUT`]). In the order given.
+    pub fn with_reachability(mut self, name: impl Into<String>, probe: Probe) -> Self {
+        self.probes.push((Arc::from(name.into()), probe));
+        self
+    }
+
     /// The open sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
@@ -276,7 +336,14 @@ impl Console {
 
     /// The console's routes, every one under `/ui`, to merge into the admin listener's router.
     /// It has no fallback of its own.
+    ///
+    /// When the compliance state has [metrics](Compliance::with_metrics), this also starts (on
+    /// the current Tokio runtime) the task that reads their decision count once a second for
+    /// the overview's decisions per second; it ends once the router is dropped.
     pub fn router(self) -> Router {
+        if let Some(rate) = &self.decision_rate {
+            DecisionRate::keep_sampling(rate);
+        }
         handlers::router(self)
     }
 }

@@ -1,7 +1,9 @@
 //! The pages, as maud templates: every value they insert is HTML-escaped.
 
 use crate::DEVICES_PER_PAGE;
-use crate::handlers::device_path;
+use crate::handlers::{device_path, user_path};
+use crate::health::{RATE_WINDOW, Reachability};
+use crate::search::Found;
 use crate::session::Session;
 use audit_trail::entry::{Entry, Event, Target};
 use audit_trail::store::Page;
@@ -98,8 +100,9 @@ fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
     }
 }
 
-/// The sign-in page, with `error` above the form when the last attempt failed.
-pub(crate) fn login(error: Option<&str>) -> Markup {
+/// The sign-in page, with `error` above the form when the last attempt failed, and `csrf` (the
+/// sign-in cookie's HMAC) in its hidden field.
+pub(crate) fn login(error: Option<&str>, csrf: &str) -> Markup {
     layout(
         "Sign in",
         None,
@@ -108,6 +111,7 @@ pub(crate) fn login(error: Option<&str>) -> Markup {
                 p class="error" role="alert" { (error) }
             }
             form method="post" action="/ui/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 label for="token" { "Admin or operator token" }
                 input id="token" name="token" type="password" autocomplete="current-password" required autofocus;
                 div { button class="primary" type="submit" { "Sign in" } }
@@ -154,6 +158,9 @@ pub(crate) struct Overview<'a> {
     pub(crate) sync: Option<SyncStatus>,
     pub(crate) view_size: usize,
     pub(crate) blocked: usize,
+    /// `None`: decisions are not counted; `Some(None)`: not measured for a second yet.
+    pub(crate) decisions_per_second: Option<Option<f64>>,
+    pub(crate) reachability: Vec<(Arc<str>, Reachability)>,
     pub(crate) version: &'a str,
     pub(crate) recent: Option<Vec<Entry>>,
 }
@@ -199,6 +206,25 @@ pub(crate) fn overview(session: &Session, overview: &Overview<'_>) -> Markup {
                 dd { (overview.view_size) }
                 dt { "Blocked" }
                 dd { a href="/ui/devices?filter=blocked" { (overview.blocked) } }
+                dt { "Decisions per second" }
+                dd id="decisions-per-second" {
+                    @match overview.decisions_per_second {
+                        None => { "not counted (the compliance state has no metrics)" }
+                        Some(None) => { "measuring…" }
+                        Some(Some(rate)) => {
+                            (format!("{rate:.1}")) " (over the last " (humantime::format_duration(RATE_WINDOW)) ")"
+                        }
+                    }
+                }
+                @for (name, reachability) in &overview.reachability {
+                    dt { (name) }
+                    dd data-reachability=(name) {
+                        @match reachability {
+                            Reachability::Reachable(detail) => { strong class="allowed" { "reachable" } ": " (detail) }
+                            Reachability::Unreachable(detail) => { strong class="blocked" { "unreachable" } ": " (detail) }
+                        }
+                    }
+                }
                 dt { "Version" }
                 dd { (overview.version) }
             }
@@ -230,6 +256,8 @@ pub(crate) fn overview(session: &Session, overview: &Overview<'_>) -> Markup {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DevicesQuery {
     pub(crate) q: String,
+    /// Substring matches only (`match=contains`), even for an exact device id or UPN.
+    pub(crate) contains: bool,
     /// `Some(true)`: allowed only; `Some(false)`: blocked only.
     pub(crate) filter: Option<bool>,
     pub(crate) page: usize,
@@ -240,6 +268,9 @@ impl DevicesQuery {
         let mut query = form_urlencoded::Serializer::new(String::new());
         if !self.q.is_empty() {
             query.append_pair("q", &self.q);
+        }
+        if self.contains {
+            query.append_pair("match", "contains");
         }
         match self.filter {
             Some(true) => {
@@ -261,13 +292,15 @@ pub(crate) struct DeviceRow {
     pub(crate) decision: Decision,
 }
 
-pub(crate) fn devices(
-    session: &Session,
-    query: &DevicesQuery,
-    total: usize,
-    rows: &[DeviceRow],
-) -> Markup {
+pub(crate) fn devices(session: &Session, query: &DevicesQuery, found: &Found) -> Markup {
+    let total = found.total;
+    let rows = &found.rows;
     let pages = total.div_ceil(DEVICES_PER_PAGE).max(1);
+    let substring_search = DevicesQuery {
+        contains: true,
+        page: 1,
+        ..query.clone()
+    };
     layout(
         "Devices",
         Some(session),
@@ -288,29 +321,11 @@ pub(crate) fn devices(
                 div { button type="submit" { "Search" } }
             }
             p { (total) " devices; page " (query.page) " of " (pages) "." }
-            div class="scroll" {
-                table {
-                    caption class="visually-hidden" { "Devices and their decisions" }
-                    thead { tr {
-                        th scope="col" { "Device id" }
-                        th scope="col" { "User" }
-                        th scope="col" { "Platform" }
-                        th scope="col" { "Model" }
-                        th scope="col" { "Decision" }
-                    } }
-                    tbody {
-                        @for row in rows {
-                            tr data-device=(row.record.device_id.as_str()) {
-                                td { a href=(device_path(row.record.device_id.as_str())) { (row.record.device_id.as_str()) } }
-                                td { (row.record.user.as_deref().unwrap_or("")) }
-                                td { (row.record.platform.as_deref().unwrap_or("")) }
-                                td { (row.record.model.as_deref().unwrap_or("")) }
-                                td { (decision_badge(&row.decision)) }
-                            }
-                        }
-                    }
-                }
+            @if found.exact {
+                p id="exact-match" { "The exact device id or user “" (query.q) "”. "
+                    a href=(substring_search.link(1)) { "Devices whose id, user, model or platform contains it" } }
             }
+            (device_table(rows))
             nav aria-label="Pages" {
                 @if query.page > 1 {
                     a href=(query.link(query.page - 1)) rel="prev" { "Previous page" } " "
@@ -321,6 +336,35 @@ pub(crate) fn devices(
             }
         },
     )
+}
+
+/// A table of devices with their decisions.
+fn device_table(rows: &[DeviceRow]) -> Markup {
+    html! {
+        div class="scroll" {
+            table {
+                caption class="visually-hidden" { "Devices and their decisions" }
+                thead { tr {
+                    th scope="col" { "Device id" }
+                    th scope="col" { "User" }
+                    th scope="col" { "Platform" }
+                    th scope="col" { "Model" }
+                    th scope="col" { "Decision" }
+                } }
+                tbody {
+                    @for row in rows {
+                        tr data-device=(row.record.device_id.as_str()) {
+                            td { a href=(device_path(row.record.device_id.as_str())) { (row.record.device_id.as_str()) } }
+                            td { @if let Some(user) = row.record.user.as_deref() { a href=(user_path(user)) { (user) } } }
+                            td { (row.record.platform.as_deref().unwrap_or("")) }
+                            td { (row.record.model.as_deref().unwrap_or("")) }
+                            td { (decision_badge(&row.decision)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What a device's page shows.
@@ -366,15 +410,10 @@ pub(crate) fn device(session: &Session, page: &DevicePage<'_>) -> Markup {
             }
             section aria-labelledby="override-heading" {
                 h2 id="override-heading" { "Override" }
-                form method="post" action={ (device_path(id)) "/override" } {
-                    input type="hidden" name="csrf" value=(session.csrf());
-                    label for="reason" { "Reason (recorded in the audit trail)" }
-                    input id="reason" name="reason" type="text" maxlength="1024" size="40";
-                    div {
-                        button type="submit" name="action" value="allow" { "Allow" }
-                        button type="submit" name="action" value="block" { "Block" }
-                        button type="submit" name="action" value="clear" { "Clear override" }
-                    }
+                (override_form(session, &format!("{}/override", device_path(id))))
+                @if let Some(user) = page.record.and_then(|r| r.user.as_deref()) {
+                    p { "To allow or block every device of " (user) ": "
+                        a href=(user_path(user)) { "the user's page" } "." }
                 }
             }
             section aria-labelledby="record-heading" {
@@ -385,7 +424,10 @@ pub(crate) fn device(session: &Session, page: &DevicePage<'_>) -> Markup {
                         dl {
                             dt { "EAS device id" } dd { (record.device_id.as_str()) }
                             dt { "UEM device id" } dd { (record.uem_id.map_or("—".into(), |id| id.to_string())) }
-                            dt { "User" } dd { (optional(record.user.as_deref())) }
+                            dt { "User" } dd { @match record.user.as_deref() {
+                                Some(user) => { a href=(user_path(user)) { (user) } }
+                                None => { "—" }
+                            } }
                             dt { "E-mail" } dd { (optional(record.email.as_deref())) }
                             dt { "Platform" } dd { (optional(record.platform.as_deref())) }
                             dt { "Model" } dd { (optional(record.model.as_deref())) }
@@ -411,6 +453,63 @@ pub(crate) fn device(session: &Session, page: &DevicePage<'_>) -> Markup {
                     Some(entries) => { (entries_table(entries)) }
                 }
                 p { a href={ "/ui/audit?device=" (id) } { "All of this device's entries" } }
+            }
+        },
+    )
+}
+
+/// The form to allow, block or clear an override, posted to `action`.
+fn override_form(session: &Session, action: &str) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            input type="hidden" name="csrf" value=(session.csrf());
+            label for="reason" { "Reason (recorded in the audit trail)" }
+            input id="reason" name="reason" type="text" maxlength="1024" size="40";
+            div {
+                button type="submit" name="action" value="allow" { "Allow" }
+                button type="submit" name="action" value="block" { "Block" }
+                button type="submit" name="action" value="clear" { "Clear override" }
+            }
+        }
+    }
+}
+
+/// What a user's page shows.
+pub(crate) struct UserPage<'a> {
+    /// The lower-case UPN.
+    pub(crate) user: &'a str,
+    pub(crate) user_override: Option<Override>,
+    pub(crate) devices: &'a [DeviceRow],
+    pub(crate) trail: Option<&'a [Entry]>,
+}
+
+pub(crate) fn user(session: &Session, page: &UserPage<'_>) -> Markup {
+    let user = page.user;
+    layout(
+        &format!("User {user}"),
+        Some(session),
+        html! {
+            section aria-labelledby="user-override-heading" {
+                h2 id="user-override-heading" { "User override" }
+                p id="user-override" { "User override: " strong { (override_name(page.user_override)) } }
+                p { "A user override applies to every device of the user, unless the device has an override of its own." }
+                (override_form(session, &format!("{}/override", user_path(user))))
+            }
+            section aria-labelledby="devices-heading" {
+                h2 id="devices-heading" { "Devices" }
+                @if page.devices.is_empty() {
+                    p { "The UEM console lists no device of this user." }
+                } @else {
+                    (device_table(page.devices))
+                }
+            }
+            section aria-labelledby="trail-heading" {
+                h2 id="trail-heading" { "Audit trail" }
+                @match page.trail {
+                    None => { p { "No audit trail is configured." } }
+                    Some(entries) => { (entries_table(entries)) }
+                }
+                p { a href={ "/ui/audit?user=" (user) } { "All of this user's entries" } }
             }
         },
     )

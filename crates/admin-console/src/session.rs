@@ -6,6 +6,10 @@
 //! CSRF tokens are 32 random bytes from the operating system's generator, written as hex; the
 //! store is keyed by the digest of the id, so a lookup does not compare the id itself.
 //!
+//! The sign-in form has no session yet: [`SignInGuard`] protects it by a signed double submit (a
+//! random value in a `SameSite=Strict` cookie, and in a hidden field its HMAC under a key only
+//! this process knows).
+//!
 //! ```
 //! use admin_console::session::{Credentials, Sessions};
 //! use std::time::Duration;
@@ -22,6 +26,7 @@
 //! assert!(sessions.get(&id).is_none());
 //! ```
 
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -42,7 +47,93 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+/// `bytes` as lower-case hex.
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sign-in form's CSRF protection, before any session exists: a signed double submit.
+///
+/// The sign-in page gets a random value ([`issue`](Self::issue)) that the console sets as a
+/// cookie (`SameSite=Strict`, so a browser never sends it with a request another site starts)
+/// and, in a hidden field, that value's HMAC-SHA256 under a random key of this guard. A sign-in
+/// is accepted only when both came back and [match](Self::check): another site can neither
+/// read the cookie nor compute the field, not even for a cookie it managed to plant. Cheap to
+/// clone; clones share the key. A restart (a new key) invalidates the forms already shown.
+///
+/// ```
+/// use admin_console::session::SignInGuard;
+///
+/// let guard = SignInGuard::new();
+/// let (cookie, field) = guard.issue();
+/// assert!(guard.check(Some(&cookie), Some(&field)));
+/// assert!(!guard.check(None, Some(&field)), "a cross-site post carries no cookie");
+/// assert!(!guard.check(Some(&cookie), None));
+/// assert!(!SignInGuard::new().check(Some(&cookie), Some(&field)), "another key");
+/// ```
+#[derive(Clone)]
+pub struct SignInGuard {
+    key: Arc<[u8; 32]>,
+}
+
+impl Default for SignInGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SignInGuard {
+    /// A guard with a fresh random key.
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        SignInGuard { key: Arc::new(key) }
+    }
+
+    /// A new pair for a sign-in form: the cookie's value (64 hex digits) and the hidden field's.
+    pub fn issue(&self) -> (String, String) {
+        let cookie = random_hex();
+        let field = self.mac(&cookie);
+        (cookie, field)
+    }
+
+    /// The hidden field's value for the cookie `cookie` a browser already holds, so that a
+    /// second sign-in page (another tab) keeps the first one valid; `None` when `cookie` is not
+    /// a value [`issue`](Self::issue) could have made.
+    pub fn field_for(&self, cookie: &str) -> Option<String> {
+        let well_formed = cookie.len() == 64 && cookie.bytes().all(|b| b.is_ascii_hexdigit());
+        well_formed.then(|| self.mac(cookie))
+    }
+
+    /// The sign-in form's `field` belongs to the `cookie` that came with it (in constant time).
+    pub fn check(&self, cookie: Option<&str>, field: Option<&str>) -> bool {
+        let (Some(cookie), Some(field)) = (cookie, field) else {
+            return false;
+        };
+        let Some(expected) = self.field_for(cookie) else {
+            return false;
+        };
+        bool::from(digest(field.as_bytes()).ct_eq(&digest(expected.as_bytes())))
+    }
+
+    fn mac(&self, cookie: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..])
+            .expect("HMAC takes a key of any length");
+        mac.update(b"seg-console sign-in form\0");
+        mac.update(cookie.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+}
+
+impl fmt::Debug for SignInGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignInGuard")
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The tokens that sign in: the admin token and the named operators' tokens, as digests.
@@ -257,5 +348,30 @@ mod tests {
         assert!(!sa.csrf_matches(sb.csrf()));
         assert!(!sa.csrf_matches(""));
         assert!(sessions.get(&a[..63]).is_none());
+    }
+
+    #[test]
+    fn a_sign_in_form_is_valid_only_with_its_own_cookie() {
+        let guard = SignInGuard::new();
+        let (cookie, field) = guard.issue();
+        let (other_cookie, other_field) = guard.issue();
+        assert_eq!(cookie.len(), 64);
+        assert_ne!(cookie, other_cookie);
+        assert_ne!(field, cookie, "the field is not the cookie itself");
+        assert!(guard.check(Some(&cookie), Some(&field)));
+        assert!(guard.check(Some(&other_cookie), Some(&other_field)));
+        assert!(!guard.check(Some(&cookie), Some(&other_field)));
+        assert!(
+            !guard.check(Some(&cookie), Some(&cookie)),
+            "plain double submit"
+        );
+        assert!(!guard.check(Some(&cookie), Some("")));
+        assert!(!guard.check(None, None));
+        assert_eq!(guard.field_for(&cookie).as_deref(), Some(field.as_str()));
+        assert_eq!(guard.field_for("not-hex"), None);
+        let planted = "a".repeat(64);
+        let forged = hex(&Sha256::digest(planted.as_bytes()));
+        assert!(!guard.check(Some(&planted), Some(&forged)));
+        assert!(!format!("{guard:?}").contains(&hex(&guard.key[..])));
     }
 }

@@ -43,11 +43,46 @@ async fn send(app: &Router, request: Request<Body>) -> (StatusCode, http::Header
     (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
-/// `token=<token>`, encoded as a browser encodes it.
-fn token_form(token: &str) -> String {
+/// `csrf=<csrf>&token=<token>`, encoded as a browser encodes it.
+fn token_form(csrf: &str, token: &str) -> String {
     form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf", csrf)
         .append_pair("token", token)
         .finish()
+}
+
+/// The `name=value` of the `Set-Cookie` for `name`.
+fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .find(|value| value.starts_with(&format!("{name}=")))
+        .map(|value| value.split(';').next().unwrap().to_owned())
+}
+
+/// The value of the first hidden `csrf` field of `page`.
+fn csrf_field(page: &str) -> String {
+    page.split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field")
+        .to_owned()
+}
+
+/// Opens the sign-in page as a browser does: its cookie (`name=value`) and its form's CSRF field.
+async fn sign_in_page(app: &Router) -> (String, String) {
+    let (status, headers, page) =
+        send(app, Request::get("/ui/login").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = set_cookie(&headers, SIGN_IN_COOKIE).expect("a sign-in cookie");
+    (cookie, csrf_field(&page))
+}
+
+/// The sign-in form posted with `token`, as the browser that opened the sign-in page sends it.
+async fn login_request(app: &Router, token: &str) -> Request<Body> {
+    let (cookie, csrf) = sign_in_page(app).await;
+    form("/ui/login", Some(&cookie), &token_form(&csrf, token))
 }
 
 fn form(uri: &str, cookie: Option<&str>, body: &str) -> Request<Body> {
@@ -68,27 +103,25 @@ fn get(uri: &str, cookie: &str) -> Request<Body> {
 
 /// Signs in with `token`: the cookie (`name=value`) and the CSRF token of the overview's form.
 async fn sign_in(app: &Router, token: &str) -> (String, String) {
-    let (status, headers, _) = send(app, form("/ui/login", None, &token_form(token))).await;
+    let (status, headers, _) = send(app, login_request(app, token).await).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let cookie = set_cookie(&headers, SESSION_COOKIE).expect("a session cookie");
     let (status, _, page) = send(app, get("/ui/", &cookie)).await;
     assert_eq!(status, StatusCode::OK);
-    let csrf = page
-        .split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF field")
-        .to_owned();
-    (cookie, csrf)
+    (cookie, csrf_field(&page))
 }
 
 #[tokio::test]
 async fn the_session_cookie_is_http_only_and_strict_and_secure_only_when_asked() {
     let (_, app) = app(vec![]);
-    let (_, headers, _) = send(&app, form("/ui/login", None, &token_form(ADMIN))).await;
-    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
-    assert!(cookie.starts_with("seg_console="), "{cookie}");
+    let (_, headers, _) = send(&app, login_request(&app, ADMIN).await).await;
+    let cookie = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .find(|value| value.starts_with("seg_console="))
+        .unwrap();
+    assert!(cookie.contains("; Path=/ui;"), "{cookie}");
     assert!(cookie.contains("; HttpOnly") && cookie.contains("; SameSite=Strict"));
     assert!(cookie.contains("; Max-Age=28800"), "{cookie}");
     assert!(!cookie.contains("Secure"));
@@ -101,22 +134,93 @@ async fn the_session_cookie_is_http_only_and_strict_and_secure_only_when_asked()
             .secure_cookies(true),
     )
     .router();
-    let (_, headers, _) = send(&secure, form("/ui/login", None, &token_form(ADMIN))).await;
-    assert!(
-        headers[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .ends_with("; Secure")
+    let (_, headers, _) = send(&secure, login_request(&secure, ADMIN).await).await;
+    let cookies: Vec<_> = headers.get_all(header::SET_COOKIE).iter().collect();
+    assert_eq!(
+        cookies.len(),
+        2,
+        "the session's, and the used form's cleared"
     );
+    assert!(
+        cookies
+            .iter()
+            .all(|cookie| cookie.to_str().unwrap().ends_with("; Secure"))
+    );
+}
+
+#[tokio::test]
+async fn the_sign_in_form_sets_a_strict_cookie_only_for_itself() {
+    let (_, app) = app(vec![]);
+    let (_, headers, page) =
+        send(&app, Request::get("/ui/login").body(Body::empty()).unwrap()).await;
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("seg_console_sign_in="), "{cookie}");
+    assert!(
+        cookie.ends_with("; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=43200"),
+        "{cookie}"
+    );
+    assert!(page.contains(r#"<input type="hidden" name="csrf" value=""#));
+    // A second sign-in page in the same browser keeps its cookie, so both forms stay valid.
+    let held = set_cookie(&headers, SIGN_IN_COOKIE).unwrap();
+    let (_, again, second) = send(
+        &app,
+        Request::get("/ui/login")
+            .header(header::COOKIE, &held)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(again.get(header::SET_COOKIE).is_none());
+    assert_eq!(csrf_field(&second), csrf_field(&page));
+}
+
+#[tokio::test]
+async fn a_cross_site_sign_in_without_the_forms_csrf_token_is_refused() {
+    let console = Console::new(
+        Compliance::new(PolicySettings::default()),
+        ConsoleSettings::new("1").with_admin_token(ADMIN),
+    );
+    let app = console.clone().router();
+    let (cookie, csrf) = sign_in_page(&app).await;
+    let (other_cookie, _) = sign_in_page(&app).await;
+    let right_token = token_form("", ADMIN);
+    for (what, cookie, body) in [
+        // Another site's form: the browser sends no SameSite=Strict cookie, and the site
+        // cannot know the field.
+        ("no cookie, no field", None, format!("token={ADMIN}")),
+        ("no cookie", None, token_form(&csrf, ADMIN)),
+        ("no field", Some(cookie.as_str()), right_token),
+        (
+            "another form's cookie",
+            Some(other_cookie.as_str()),
+            token_form(&csrf, ADMIN),
+        ),
+        ("the cookie as the field", Some(cookie.as_str()), {
+            let value = cookie.split_once('=').unwrap().1;
+            token_form(value, ADMIN)
+        }),
+    ] {
+        let (status, headers, page) = send(&app, form("/ui/login", cookie, &body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+        assert!(set_cookie(&headers, SESSION_COOKIE).is_none(), "{what}");
+        assert!(
+            page.contains("not issued to this browser"),
+            "{what}: {page}"
+        );
+        assert!(
+            page.contains(r#"name="csrf""#),
+            "{what}: a new form to sign in with"
+        );
+    }
+    assert!(console.sessions().is_empty(), "no session opened");
 }
 
 #[tokio::test]
 async fn a_wrong_token_is_refused_without_a_cookie() {
     let (_, app) = app(vec![]);
-    let (status, headers, page) =
-        send(&app, form("/ui/login", None, "token=not-a-token-at-all")).await;
+    let (status, headers, page) = send(&app, login_request(&app, "not-a-token-at-all").await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(headers.get(header::SET_COOKIE).is_none());
+    assert!(set_cookie(&headers, SESSION_COOKIE).is_none());
     assert!(page.contains("not valid"));
 }
 
@@ -129,6 +233,7 @@ async fn pages_without_a_session_send_to_the_sign_in_page() {
         "/ui/devices/X",
         "/ui/audit",
         "/ui/events",
+        "/ui/users/alice%40test.local",
     ] {
         let (status, headers, _) = send(&app, get(uri, "seg_console=forged")).await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{uri}");
@@ -377,4 +482,193 @@ async fn the_configuration_page_is_closed_without_a_session_and_says_when_none_w
     let (status, _, page) = send(&app, get("/ui/config", &cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("gave the console no configuration"), "{page}");
+}
+
+#[tokio::test]
+async fn a_user_override_by_form_needs_its_csrf_token_and_covers_every_device_of_the_user() {
+    let (compliance, app) = app(vec![
+        record("A1", "alice@test.local", "iPhone"),
+        record("A2", "alice@test.local", "Pixel"),
+        record("B1", "bob@test.local", "Pixel"),
+    ]);
+    let (cookie, csrf) = sign_in(&app, CAROL).await;
+    let (status, _, page) = send(&app, get("/ui/users/Alice%40test.local", &cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(r#"<form method="post" action="/ui/users/alice%40test.local/override">"#),
+        "{page}"
+    );
+    assert!(page.contains(">A1<") && page.contains(">A2<") && !page.contains(">B1<"));
+
+    let path = "/ui/users/ALICE%40test.local/override";
+    let (status, _, _) = send(&app, form(path, Some(&cookie), "action=block")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(compliance.decide(Some("A1"), None).is_allowed());
+
+    let body = format!("csrf={csrf}&action=block&reason=left+the+company");
+    let (status, headers, _) = send(&app, form(path, Some(&cookie), &body)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/ui/users/alice%40test.local");
+    for device in ["A1", "A2"] {
+        assert_eq!(
+            compliance.decide(Some(device), None).reason(),
+            "user-override",
+            "{device}"
+        );
+    }
+    assert!(compliance.decide(Some("B1"), None).is_allowed());
+    let (_, _, page) = send(&app, get("/ui/users/alice%40test.local", &cookie)).await;
+    assert!(
+        page.contains("User override: <strong>block</strong>"),
+        "{page}"
+    );
+    let (_, _, page) = send(&app, get("/ui/devices/A1", &cookie)).await;
+    assert!(page.contains("user override: block"), "{page}");
+    assert!(
+        page.contains(r#"<a href="/ui/users/alice%40test.local">"#),
+        "{page}"
+    );
+
+    let body = format!("csrf={csrf}&action=clear");
+    let (status, _, _) = send(&app, form(path, Some(&cookie), &body)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(compliance.decide(Some("A1"), None).is_allowed());
+    let body = format!("csrf={csrf}&action=maybe");
+    let (status, _, _) = send(&app, form(path, Some(&cookie), &body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_unknown_user_without_an_override_is_not_found_but_can_be_blocked() {
+    let (compliance, app) = app(vec![]);
+    let (cookie, csrf) = sign_in(&app, ADMIN).await;
+    let (status, _, page) = send(&app, get("/ui/users/nobody%40test.local", &cookie)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("lists no device of this user"), "{page}");
+    let body = format!("csrf={csrf}&action=block");
+    let (status, _, _) = send(
+        &app,
+        form(
+            "/ui/users/nobody%40test.local/override",
+            Some(&cookie),
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        compliance.decide(None, Some("nobody@test.local")).reason(),
+        "user-override"
+    );
+    let (status, _, _) = send(&app, get("/ui/users/nobody%40test.local", &cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overview_shows_decisions_per_second_and_reachability() {
+    use crate::health::{Reachability, probe};
+    use compliance_policy::enforce::ComplianceLayer;
+    use compliance_policy::metrics::ComplianceMetrics;
+    use tower::Service;
+
+    let compliance = Compliance::with_metrics(PolicySettings::default(), ComplianceMetrics::new());
+    compliance.replace_all(
+        vec![record("DEV1", "alice@test.local", "iPhone")],
+        ChangeSource::FullSync,
+    );
+    let app = Console::new(
+        compliance.clone(),
+        ConsoleSettings::new("1").with_admin_token(ADMIN),
+    )
+    .with_reachability(
+        "Redis",
+        probe(|| async { Reachability::Reachable("answered the last command".into()) }),
+    )
+    .with_reachability(
+        "KDC",
+        probe(|| async { Reachability::Unreachable("kdc.test:88: connection refused".into()) }),
+    )
+    .router();
+    let (cookie, _) = sign_in(&app, ADMIN).await;
+    let (_, _, page) = send(&app, get("/ui/", &cookie)).await;
+    assert!(
+        page.contains(r#"<dd id="decisions-per-second">measuring…</dd>"#),
+        "{page}"
+    );
+
+    // 30 requests decided by the enforcement layer within two seconds.
+    let mut enforce = tower::ServiceBuilder::new()
+        .layer(ComplianceLayer::new(compliance.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+        }));
+    for _ in 0..30 {
+        let request = Request::post("/EWS/Exchange.asmx")
+            .header("x-device-id", "DEV1")
+            .body(Body::empty())
+            .unwrap();
+        let response = enforce.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    let (_, _, page) = send(&app, get("/ui/", &cookie)).await;
+    assert!(
+        page.contains(r#"<dd id="decisions-per-second">15.0 (over the last 10s)</dd>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            r#"<dt>Redis</dt><dd data-reachability="Redis"><strong class="allowed">reachable</strong>: answered the last command</dd>"#
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            r#"<dt>KDC</dt><dd data-reachability="KDC"><strong class="blocked">unreachable</strong>: kdc.test:88: connection refused</dd>"#
+        ),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn without_metrics_or_probes_the_overview_says_so() {
+    let (_, app) = app(vec![]);
+    let (cookie, _) = sign_in(&app, ADMIN).await;
+    let (_, _, page) = send(&app, get("/ui/", &cookie)).await;
+    assert!(page.contains("not counted"), "{page}");
+    assert!(!page.contains("data-reachability"), "{page}");
+}
+
+#[tokio::test]
+async fn an_exact_device_id_or_user_finds_just_it_with_a_link_to_the_substring_search() {
+    let (_, app) = app(vec![
+        record("DEV1", "alice@test.local", "iPhone"),
+        record("DEV10", "alice@test.local.example", "Pixel"),
+        record("DEV2", "bob@test.local", "Pixel"),
+    ]);
+    let (cookie, _) = sign_in(&app, ADMIN).await;
+    let (_, _, page) = send(&app, get("/ui/devices?q=dev1", &cookie)).await;
+    assert!(
+        page.contains("1 devices;") && page.contains(">DEV1<"),
+        "{page}"
+    );
+    assert!(!page.contains(">DEV10<"), "{page}");
+    assert!(
+        page.contains(r#"<a href="/ui/devices?q=dev1&amp;match=contains&amp;page=1">"#),
+        "{page}"
+    );
+    let (_, _, page) = send(&app, get("/ui/devices?q=dev1&match=contains", &cookie)).await;
+    assert!(
+        page.contains("2 devices;") && page.contains(">DEV10<"),
+        "{page}"
+    );
+    assert!(!page.contains(r#"id="exact-match""#), "{page}");
+    let (_, _, page) = send(&app, get("/ui/devices?q=ALICE%40test.local", &cookie)).await;
+    assert!(page.contains(r#"id="exact-match""#), "{page}");
+    assert!(
+        page.contains("1 devices;") && page.contains(">DEV1<"),
+        "{page}"
+    );
+    let (status, _, _) = send(&app, get("/ui/devices?q=x&match=fuzzy", &cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
