@@ -77,8 +77,8 @@ fn record(i: usize, now: u64) -> DeviceRecord {
     DeviceRecord {
         device_id: DeviceId::new(&id(i)),
         uem_id: Some(i as u64),
-        user: Some(format!("user{i:06}@test.local")),
-        email: Some(format!("user{i:06}@test.local")),
+        user: Some(format!("user{i:06}@test.local").into()),
+        email: Some(format!("user{i:06}@test.local").into()),
         platform: Some(platform.into()),
         model: Some(model.into()),
         os_version: Some(os.into()),

@@ -124,7 +124,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         // As `Syncer::full_sync`: swap in the new view; the transitions are returned (and
         // broadcast) as the gateway gets them.
-        let transitions = compliance.replace_all(records, ChangeSource::FullSync);
+        let transitions = compliance.replace_all_shared(records, ChangeSource::FullSync);
         let total = started.elapsed();
         let transition_count = transitions.len();
         drop(transitions);

@@ -92,6 +92,10 @@ pub enum ComplianceStatus {
 }
 
 /// One device, as the management console describes it.
+///
+/// The strings are shared (`Arc<str>`): a full sync of a million devices has a few distinct
+/// platforms, models, OS versions, device types and mail clients, and most users' UPN is their
+/// e-mail address; the sync keeps one copy of each (see [`crate::uem`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeviceRecord {
@@ -100,19 +104,19 @@ pub struct DeviceRecord {
     /// The console's own id for the device.
     pub uem_id: Option<u64>,
     /// The user's UPN, e.g. `alice@corp.example`.
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
     /// The user's e-mail address.
-    pub email: Option<String>,
+    pub email: Option<Arc<str>>,
     /// `iOS`, `Android`, `WinRT`…
-    pub platform: Option<String>,
+    pub platform: Option<Arc<str>>,
     /// Device model, e.g. `iPhone15,2`.
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     /// Operating system version, dotted numbers.
-    pub os_version: Option<String>,
+    pub os_version: Option<Arc<str>>,
     /// The EAS device type the mail client reports (`iPhone`, `Android`, `Boxer`…).
-    pub eas_device_type: Option<String>,
+    pub eas_device_type: Option<Arc<str>>,
     /// The mail client (user agent family), e.g. `Boxer`, `Outlook`.
-    pub mail_client: Option<String>,
+    pub mail_client: Option<Arc<str>>,
     /// Enrollment state.
     pub enrollment: Enrollment,
     /// Jailbroken or rooted.

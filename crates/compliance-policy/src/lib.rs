@@ -44,6 +44,7 @@ pub mod snapshot;
 pub mod state;
 mod streams;
 pub mod sync;
+mod table;
 pub mod uem;
 pub mod view;
 

@@ -138,8 +138,21 @@ impl Overrides {
         if self.users.is_empty() {
             return None;
         }
-        match self.users.get(user) {
-            Some(found) => Some(*found),
+        if let Some(found) = self.users.get(user) {
+            return Some(*found);
+        }
+        if !user.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        // Keys are lower-cased: look up a lower-cased copy, on the stack when it fits.
+        let mut buffer = [0u8; 128];
+        match buffer.get_mut(..user.len()) {
+            Some(lower) => {
+                lower.copy_from_slice(user.as_bytes());
+                lower.make_ascii_lowercase();
+                let lower = std::str::from_utf8(lower).ok()?;
+                self.users.get(lower).copied()
+            }
             None => self.users.get(&user.to_ascii_lowercase()).copied(),
         }
     }
@@ -360,6 +373,53 @@ impl PolicySettings {
         overrides: &Overrides,
         now: u64,
     ) -> Decision {
+        let known = device.map(|record| (self.record_verdict(record), record.last_seen));
+        self.decide_from(
+            device_id,
+            known,
+            user,
+            || device.and_then(|d| d.user.as_deref()),
+            overrides,
+            now,
+        )
+    }
+
+    /// What this policy decides from a device's record alone: every check but the ones that
+    /// depend on the time (inactivity), on the request's user, or on the overrides. Computed
+    /// once per record when a view is built, so that a decision reads no string of the record.
+    pub(crate) fn record_verdict(&self, record: &DeviceRecord) -> RecordVerdict {
+        RecordVerdict {
+            before_inactivity: self.checks_before_inactivity(record),
+            mail_client: (!passes_lists(
+                record.mail_client.as_deref(),
+                &self.allowed_mail_clients,
+                &self.blocked_mail_clients,
+            ))
+            .then_some(BlockReason::MailClient),
+            record_user_passes: passes_lists(
+                record.user.as_deref(),
+                &self.allowed_users,
+                &self.blocked_users,
+            ),
+            after_user: self.checks_after_user(record),
+        }
+    }
+
+    /// The decision from a record's [`RecordVerdict`] and `last_seen` (`known`; `None`: the
+    /// console does not know the device). `record_user` gives the record's user, and is called
+    /// only when the request names none and a user override might apply.
+    ///
+    /// Order: device override, user override, wipe and unenrollment, unknown device, then the
+    /// policies in the order the struct lists them; the first that blocks gives the reason.
+    pub(crate) fn decide_from<'a>(
+        &self,
+        device_id: Option<&str>,
+        known: Option<(RecordVerdict, Option<u64>)>,
+        user: Option<&str>,
+        record_user: impl FnOnce() -> Option<&'a str>,
+        overrides: &Overrides,
+        now: u64,
+    ) -> Decision {
         if let Some(id) = device_id.filter(|_| !overrides.devices.is_empty()) {
             match overrides.devices.get(id) {
                 Some(Override::Allow) => return Decision::Allow(AllowReason::DeviceOverride),
@@ -367,38 +427,59 @@ impl PolicySettings {
                 None => {}
             }
         }
-        let user = user.or_else(|| device.and_then(|d| d.user.as_deref()));
-        if let Some(user) = user {
-            match overrides.for_user(user) {
+        if !overrides.users.is_empty() {
+            let user = match user {
+                Some(user) => Some(user),
+                None if known.is_some() => record_user(),
+                None => None,
+            };
+            match user.and_then(|user| overrides.for_user(user)) {
                 Some(Override::Allow) => return Decision::Allow(AllowReason::UserOverride),
                 Some(Override::Block) => return Decision::Block(BlockReason::UserOverride),
                 None => {}
             }
         }
-        let Some(record) = device else {
+        let Some((verdict, last_seen)) = known else {
             return match self.unknown_device {
                 UnknownDevice::Block => Decision::Block(BlockReason::UnknownDevice),
                 UnknownDevice::Allow => Decision::Allow(AllowReason::UnknownDeviceAllowed),
             };
         };
-        match record.enrollment {
-            Enrollment::EnterpriseWiped => return Decision::Block(BlockReason::EnterpriseWiped),
-            Enrollment::DeviceWiped => return Decision::Block(BlockReason::DeviceWiped),
-            Enrollment::Unenrolled => return Decision::Block(BlockReason::Unenrolled),
-            Enrollment::Enrolled | Enrollment::Unknown => {}
+        if let Some(reason) = verdict.before_inactivity {
+            return Decision::Block(reason);
         }
-        match self.check_policies(record, user, now) {
+        if self.inactivity_days > 0 {
+            let limit = u64::from(self.inactivity_days) * 86_400;
+            match last_seen {
+                Some(seen) if now.saturating_sub(seen) <= limit => {}
+                _ => return Decision::Block(BlockReason::Inactive),
+            }
+        }
+        if let Some(reason) = verdict.mail_client {
+            return Decision::Block(reason);
+        }
+        let user_passes = match user {
+            Some(user) => passes_lists(Some(user), &self.allowed_users, &self.blocked_users),
+            None => verdict.record_user_passes,
+        };
+        if !user_passes {
+            return Decision::Block(BlockReason::User);
+        }
+        match verdict.after_user {
             Some(reason) => Decision::Block(reason),
             None => Decision::Allow(AllowReason::Compliant),
         }
     }
 
-    fn check_policies(
-        &self,
-        record: &DeviceRecord,
-        user: Option<&str>,
-        now: u64,
-    ) -> Option<BlockReason> {
+    /// Wipe, unenrollment, and the checks of the record's flags, in the order of
+    /// [`PolicySettings::decide`].
+    fn checks_before_inactivity(&self, record: &DeviceRecord) -> Option<BlockReason> {
+        match record.enrollment {
+            Enrollment::EnterpriseWiped => return Some(BlockReason::EnterpriseWiped),
+            Enrollment::DeviceWiped => return Some(BlockReason::DeviceWiped),
+            Enrollment::Unenrolled => return Some(BlockReason::Unenrolled),
+            Enrollment::Enrolled | Enrollment::Unknown => {}
+        }
         if self.managed_devices_only
             && (!record.managed || record.enrollment != Enrollment::Enrolled)
         {
@@ -416,23 +497,11 @@ impl PolicySettings {
         if self.require_activesync_profile && record.activesync_profile != Some(true) {
             return Some(BlockReason::NoActiveSyncProfile);
         }
-        if self.inactivity_days > 0 {
-            let limit = u64::from(self.inactivity_days) * 86_400;
-            match record.last_seen {
-                Some(seen) if now.saturating_sub(seen) <= limit => {}
-                _ => return Some(BlockReason::Inactive),
-            }
-        }
-        if !passes_lists(
-            record.mail_client.as_deref(),
-            &self.allowed_mail_clients,
-            &self.blocked_mail_clients,
-        ) {
-            return Some(BlockReason::MailClient);
-        }
-        if !passes_lists(user, &self.allowed_users, &self.blocked_users) {
-            return Some(BlockReason::User);
-        }
+        None
+    }
+
+    /// The checks that follow the user's: device type, platform, model, OS version.
+    fn checks_after_user(&self, record: &DeviceRecord) -> Option<BlockReason> {
         if !passes_lists(
             record.eas_device_type.as_deref(),
             &self.allowed_device_types,
@@ -464,6 +533,19 @@ impl PolicySettings {
         }
         None
     }
+}
+
+/// What a policy decides from a device's record alone (see [`PolicySettings::record_verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordVerdict {
+    /// Wipe, unenrollment, managed, compliant, compromised, encryption, ActiveSync profile.
+    pub(crate) before_inactivity: Option<BlockReason>,
+    /// The mail client lists.
+    pub(crate) mail_client: Option<BlockReason>,
+    /// The record's own user passes the user lists (used when the request names no user).
+    pub(crate) record_user_passes: bool,
+    /// Device type, platform, model, OS version.
+    pub(crate) after_user: Option<BlockReason>,
 }
 
 /// An allow list (empty: anything) and a block list, compared without ASCII case. A missing value

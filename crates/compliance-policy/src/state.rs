@@ -52,7 +52,8 @@ pub struct Transition {
 #[derive(Debug)]
 struct Shared {
     view: ArcSwap<View>,
-    policy: ArcSwap<PolicySettings>,
+    /// Fixed for the state's life: every view is prepared for it (see [`View::prepared`]).
+    policy: Arc<PolicySettings>,
     /// Serialises writers; readers never take it.
     writer: Mutex<()>,
     streams: StreamRegistry,
@@ -110,7 +111,7 @@ impl Compliance {
         Compliance {
             shared: Arc::new(Shared {
                 view: ArcSwap::from_pointee(View::default()),
-                policy: ArcSwap::from_pointee(policy),
+                policy: Arc::new(policy),
                 writer: Mutex::new(()),
                 streams: StreamRegistry::default(),
                 transitions,
@@ -126,15 +127,13 @@ impl Compliance {
     #[inline]
     pub fn decide(&self, device_id: Option<&str>, user: Option<&str>) -> Decision {
         let view = self.shared.view.load();
-        let policy = self.shared.policy.load();
-        let id = device_id.map(upper_case);
-        let record = id.as_deref().and_then(|id| view.device(id)).map(|r| &**r);
+        let policy = &self.shared.policy;
         let now = if policy.inactivity_days > 0 {
             now_secs()
         } else {
             0
         };
-        policy.decide_for(id.as_deref(), record, user, view.overrides(), now)
+        view.decide(policy, device_id, user, now)
     }
 
     /// The current view.
@@ -144,7 +143,7 @@ impl Compliance {
 
     /// The current policy.
     pub fn policy(&self) -> Arc<PolicySettings> {
-        self.shared.policy.load_full()
+        self.shared.policy.clone()
     }
 
     /// Receives every transition from now on. A receiver that falls behind by more than 4096
@@ -177,7 +176,7 @@ impl Compliance {
     pub fn apply_replicated(&self, update: Update, source: ChangeSource) -> Vec<Transition> {
         match update {
             Update::Changes(changes) => self.apply_changes(changes, source, false),
-            Update::Full(view) => self.update(source, Scope::All, |_| (*view).clone(), |_| None),
+            Update::Full(view) => self.update(source, Scope::All, |_, _| (*view).clone(), |_| None),
             Update::DeviceOverride { device_id, action } => {
                 self.device_override(device_id, action, false)
             }
@@ -194,8 +193,9 @@ impl Compliance {
         self.update(
             ChangeSource::Snapshot,
             Scope::All,
-            move |_| {
-                let view = View::from_records(saved.devices, saved.overrides);
+            move |_, policy| {
+                let records = saved.devices.into_iter().map(Arc::new).collect();
+                let view = View::from_shared_records(records, saved.overrides, Some(policy));
                 match synced_at {
                     Some(at) => view.synced(at),
                     None => view,
@@ -221,10 +221,23 @@ impl Compliance {
 
     /// Replaces every device (a full sync or a loaded snapshot); overrides are kept.
     pub fn replace_all(&self, records: Vec<DeviceRecord>, source: ChangeSource) -> Vec<Transition> {
+        self.replace_all_shared(records.into_iter().map(Arc::new).collect(), source)
+    }
+
+    /// [`Compliance::replace_all`] with records in their `Arc`s already (as
+    /// [`crate::sync::DeviceSource::full`] gives them: a million records are not copied again).
+    pub fn replace_all_shared(
+        &self,
+        records: Vec<Arc<DeviceRecord>>,
+        source: ChangeSource,
+    ) -> Vec<Transition> {
         self.update(
             source,
             Scope::All,
-            |old| View::from_records(records, old.overrides().clone()).synced(SystemTime::now()),
+            |old, policy| {
+                View::from_shared_records(records, old.overrides().clone(), Some(policy))
+                    .synced(SystemTime::now())
+            },
             |new| Some(Update::Full(new.clone())),
         )
     }
@@ -256,7 +269,7 @@ impl Compliance {
         self.update(
             source,
             Scope::Devices(touched),
-            |old| old.with_changes(&changes),
+            |old, _| old.with_changes(&changes),
             |_| published,
         )
     }
@@ -279,7 +292,7 @@ impl Compliance {
         self.update(
             ChangeSource::Override,
             Scope::Devices(vec![id.clone()]),
-            |old| {
+            |old, _| {
                 let mut overrides = old.overrides().clone();
                 match action {
                     Some(action) => overrides.devices.insert(id.clone(), action),
@@ -311,7 +324,7 @@ impl Compliance {
         self.update(
             ChangeSource::Override,
             Scope::User(user.clone()),
-            |old| {
+            |old, _| {
                 let mut overrides = old.overrides().clone();
                 match action {
                     Some(action) => overrides.users.insert(user.clone(), action),
@@ -333,7 +346,7 @@ impl Compliance {
         self.update(
             ChangeSource::Snapshot,
             Scope::All,
-            |old| old.with_overrides(overrides),
+            |old, _| old.with_overrides(overrides),
             |_| None,
         )
     }
@@ -345,7 +358,7 @@ impl Compliance {
         &self,
         source: ChangeSource,
         scope: Scope,
-        change: impl FnOnce(&View) -> View,
+        change: impl FnOnce(&View, &Arc<PolicySettings>) -> View,
         replicate: impl FnOnce(&Arc<View>) -> Option<Update>,
     ) -> Vec<Transition> {
         let _writer = self
@@ -354,8 +367,9 @@ impl Compliance {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let old = self.shared.view.load_full();
-        let new = Arc::new(change(&old));
-        let policy = self.shared.policy.load();
+        let policy = self.shared.policy.clone();
+        // Every view served is prepared for the policy (a no-op for views built with it).
+        let new = Arc::new(change(&old, &policy).prepared(&policy));
         // The first view is not a change of any device: before it, every device was unknown
         // only because nothing was loaded yet. Announcing it would tell ENS about every device.
         let transitions = if old.is_loaded() {
@@ -428,7 +442,7 @@ enum Scope {
 fn transitions(
     old: &View,
     new: &View,
-    policy: &PolicySettings,
+    policy: &Arc<PolicySettings>,
     source: ChangeSource,
     scope: &Scope,
 ) -> Vec<Transition> {
@@ -439,13 +453,13 @@ fn transitions(
     };
     let mut out = Vec::new();
     let mut check = |id: &DeviceId| {
-        let before_record = old.device(id.as_str()).map(|r| &**r);
-        let after_record = new.device(id.as_str()).map(|r| &**r);
-        let before =
-            policy.decide_for(Some(id.as_str()), before_record, None, old.overrides(), now);
-        let after = policy.decide_for(Some(id.as_str()), after_record, None, new.overrides(), now);
+        let before = old.decide(policy, Some(id.as_str()), None, now);
+        let after = new.decide(policy, Some(id.as_str()), None, now);
         if before != after {
-            let user = after_record.or(before_record).and_then(|r| r.user.clone());
+            let user = new
+                .device(id.as_str())
+                .or_else(|| old.device(id.as_str()))
+                .and_then(|r| r.user.as_deref().map(str::to_owned));
             out.push(Transition {
                 device_id: id.clone(),
                 user,
@@ -500,15 +514,6 @@ fn transitions(
         }
     }
     out
-}
-
-/// The id upper-cased, copying only when it has lower-case letters.
-fn upper_case(id: &str) -> std::borrow::Cow<'_, str> {
-    if id.bytes().any(|b| b.is_ascii_lowercase()) {
-        std::borrow::Cow::Owned(id.to_ascii_uppercase())
-    } else {
-        std::borrow::Cow::Borrowed(id)
-    }
 }
 
 #[cfg(test)]

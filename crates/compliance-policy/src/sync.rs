@@ -48,8 +48,9 @@ pub enum SourceError {
 
 /// Where devices come from: the management console, or a shared store of the view.
 pub trait DeviceSource: Send + Sync + 'static {
-    /// Every device.
-    fn full(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, SourceError>> + Send;
+    /// Every device (each in its own `Arc`, so that a million of them become the view without
+    /// being copied again).
+    fn full(&self) -> impl Future<Output = Result<Vec<Arc<DeviceRecord>>, SourceError>> + Send;
     /// The devices changed since `since`.
     fn changed_since(
         &self,
@@ -336,7 +337,9 @@ impl<S: DeviceSource> Syncer<S> {
             )));
         }
         let count = records.len();
-        let transitions = self.compliance.replace_all(records, ChangeSource::FullSync);
+        let transitions = self
+            .compliance
+            .replace_all_shared(records, ChangeSource::FullSync);
         tracing::info!(
             devices = count,
             transitions = transitions.len(),
@@ -392,12 +395,12 @@ mod tests {
     }
 
     impl DeviceSource for Counting {
-        async fn full(&self) -> Result<Vec<DeviceRecord>, SourceError> {
+        async fn full(&self) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
             self.full.fetch_add(1, Ordering::SeqCst);
-            Ok(vec![DeviceRecord {
+            Ok(vec![Arc::new(DeviceRecord {
                 device_id: DeviceId::new("A1"),
                 ..Default::default()
-            }])
+            })])
         }
 
         async fn changed_since(&self, _: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {

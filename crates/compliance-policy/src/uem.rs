@@ -6,12 +6,19 @@
 //! page before that is a truncated answer, refused); delta syncs add `modifiedsince=<RFC 3339>`.
 //! Each `MEMDevice` becomes a [`DeviceRecord`]; fields the console leaves out take the values that
 //! keep the gate shut (unknown enrollment and compliance, not managed).
+//!
+//! Once the first page has told how many devices there are, the next pages are asked for
+//! [`PAGES_IN_FLIGHT`] at a time, so that the console prepares pages while the gateway parses
+//! the ones it has (a million devices: ≈ 2,000 pages at the default size). The strings a sync
+//! sees again and again (platform, model, OS version, device type, mail client, and a UPN that
+//! is also the e-mail address) are kept once ([`Interner`]).
 
 use crate::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
 use crate::sync::{DeviceSource, SourceError};
 use crate::view::Change;
 use bytes::Bytes;
 use ews_proxy_core::upstream::UpstreamClient;
+use futures_util::{StreamExt, stream};
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::{Deserialize, Serialize};
@@ -62,6 +69,9 @@ impl std::fmt::Debug for UemSettings {
             .finish()
     }
 }
+
+/// Pages asked for at once after the first.
+pub const PAGES_IN_FLIGHT: usize = 4;
 
 /// Search answers larger than this are refused (a page of 500 devices is about 400 KiB).
 const MAX_PAGE_BYTES: usize = 16 << 20;
@@ -119,30 +129,44 @@ impl UemClient {
         })
     }
 
-    async fn search(&self, since: Option<SystemTime>) -> Result<Vec<DeviceRecord>, SourceError> {
-        let mut devices = Vec::new();
-        let mut page = 0u32;
-        loop {
-            let result = self.page(page, since).await?;
-            let received = result.devices.len();
+    async fn search(
+        &self,
+        since: Option<SystemTime>,
+    ) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
+        let page_size = u64::from(self.settings.page_size);
+        let first = self.page(0, since).await?;
+        let total = first.total;
+        let pages = u32::try_from(total.div_ceil(page_size).max(1)).map_err(|_| {
+            SourceError::Garbage(format!("{total} devices announced: too many pages"))
+        })?;
+        // Capped: the announced total is the console's word, not yet a fact.
+        let mut devices = Vec::with_capacity(total.min(1 << 22) as usize);
+        let mut interner = Interner::default();
+        let mut keep = |page: u32, result: SearchResult| {
+            let received = result.devices.len() as u64;
+            let read = u64::from(page) * page_size + received;
+            if read < total && received < page_size {
+                return Err(SourceError::Garbage(format!(
+                    "page {page} holds {received} devices, but {read} of {total} were read"
+                )));
+            }
             devices.extend(
                 result
                     .devices
                     .into_iter()
-                    .filter_map(MemDevice::into_record),
+                    .filter_map(|device| device.into_record(&mut interner))
+                    .map(Arc::new),
             );
-            let read = u64::from(page) * u64::from(self.settings.page_size) + received as u64;
-            if read >= result.total {
-                return Ok(devices);
-            }
-            if received < self.settings.page_size as usize {
-                return Err(SourceError::Garbage(format!(
-                    "page {page} holds {received} devices, but {read} of {} were read",
-                    result.total
-                )));
-            }
-            page += 1;
+            Ok(())
+        };
+        keep(0, first)?;
+        let mut rest = stream::iter(1..pages)
+            .map(|page| async move { (page, self.page(page, since).await) })
+            .buffered(PAGES_IN_FLIGHT);
+        while let Some((page, result)) = rest.next().await {
+            keep(page, result?)?;
         }
+        Ok(devices)
     }
 
     async fn page(
@@ -210,12 +234,13 @@ impl UemClient {
 }
 
 impl DeviceSource for UemClient {
-    async fn full(&self) -> Result<Vec<DeviceRecord>, SourceError> {
+    async fn full(&self) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
         self.search(None).await
     }
 
     async fn changed_since(&self, since: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {
-        self.search(Some(since)).await
+        let changed = self.search(Some(since)).await?;
+        Ok(changed.into_iter().map(Arc::unwrap_or_clone).collect())
     }
 }
 
@@ -276,9 +301,31 @@ fn normalized(text: &str) -> String {
         .collect()
 }
 
+/// One shared copy of each string a sync meets many times.
+#[derive(Debug, Default)]
+pub(crate) struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    /// Past this many distinct strings, new ones are no longer kept (a console sending a
+    /// different model on every device must not grow the set without end).
+    const MAX: usize = 65_536;
+
+    fn share(&mut self, text: Option<String>) -> Option<Arc<str>> {
+        let text = text?;
+        if let Some(shared) = self.0.get(text.as_str()) {
+            return Some(shared.clone());
+        }
+        let shared: Arc<str> = text.into();
+        if self.0.len() < Self::MAX {
+            self.0.insert(shared.clone());
+        }
+        Some(shared)
+    }
+}
+
 impl MemDevice {
     /// The record, or `None` for an entry without an EAS device id (not a mail device).
-    fn into_record(self) -> Option<DeviceRecord> {
+    fn into_record(self, interner: &mut Interner) -> Option<DeviceRecord> {
         let id = self.eas_device_id.filter(|id| !id.trim().is_empty())?;
         let enrollment = match self.enrollment_status.as_deref().map(normalized).as_deref() {
             Some("enrolled") => Enrollment::Enrolled,
@@ -310,18 +357,23 @@ impl MemDevice {
             })
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs());
+        let email: Option<Arc<str>> = self.email_address.map(Arc::from);
+        // Most UPNs are the e-mail address: one string for both then.
+        let user = match self.user_principal_name {
+            Some(upn) if email.as_deref() == Some(upn.as_str()) => email.clone(),
+            Some(upn) => Some(upn.into()),
+            None => email.clone(),
+        };
         Some(DeviceRecord {
             device_id: DeviceId::new(id.trim()),
             uem_id: self.device_id.or(self.mem_device_id),
-            user: self
-                .user_principal_name
-                .or_else(|| self.email_address.clone()),
-            email: self.email_address,
-            platform: self.platform,
-            model: self.model,
-            os_version: self.operating_system,
-            eas_device_type: self.eas_device_type,
-            mail_client: self.mail_client,
+            user,
+            email,
+            platform: interner.share(self.platform),
+            model: interner.share(self.model),
+            os_version: interner.share(self.operating_system),
+            eas_device_type: interner.share(self.eas_device_type),
+            mail_client: interner.share(self.mail_client),
             enrollment,
             compromised: self.compromised_status.unwrap_or(false),
             compliance,
@@ -346,10 +398,11 @@ impl MemDevice {
 pub fn parse_search_page(body: &[u8]) -> Result<(Vec<DeviceRecord>, u64), String> {
     let page: SearchResult =
         serde_json::from_slice(body).map_err(|e| format!("not a search page: {e}"))?;
+    let mut interner = Interner::default();
     let records = page
         .devices
         .into_iter()
-        .filter_map(MemDevice::into_record)
+        .filter_map(|device| device.into_record(&mut interner))
         .collect();
     Ok((records, page.total))
 }
@@ -381,7 +434,7 @@ pub fn parse_change_event(body: &[u8]) -> Result<Vec<Change>, String> {
         .device
         .ok_or_else(|| format!("{} without a device", event.event_type))?;
     let record = device
-        .into_record()
+        .into_record(&mut Interner::default())
         .ok_or("the device has no EASDeviceID")?;
     Ok(vec![Change::Upsert(record)])
 }
@@ -428,7 +481,7 @@ mod tests {
             eas_device_id: Some("D".into()),
             ..Default::default()
         }
-        .into_record()
+        .into_record(&mut Interner::default())
         .unwrap();
         assert_eq!(record.enrollment, Enrollment::Unknown);
         assert_eq!(record.compliance, ComplianceStatus::Unknown);

@@ -7,7 +7,8 @@
 //! it into a new base.
 
 use crate::device::{DeviceId, DeviceRecord};
-use crate::policy::Overrides;
+use crate::policy::{Decision, Overrides, PolicySettings};
+use crate::table::{DeviceTable, IdKey, user_key};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,11 +26,14 @@ pub enum Change {
 /// An immutable view of the devices and overrides.
 #[derive(Clone, Debug, Default)]
 pub struct View {
-    base: Arc<HashMap<DeviceId, Arc<DeviceRecord>>>,
+    base: Arc<DeviceTable>,
     /// The base's devices by user (UPN), for O(1) access by account.
     users: Arc<UserIndex>,
     overlay: Arc<HashMap<DeviceId, Option<Arc<DeviceRecord>>>>,
     overrides: Arc<Overrides>,
+    /// [`user_key`]s of the users with an override, sorted: a decision reads a record's user
+    /// (one more memory access) only when its key is among them.
+    override_user_keys: Arc<[u64]>,
     loaded: bool,
     synced_at: Option<SystemTime>,
     len: usize,
@@ -44,40 +48,99 @@ impl View {
         records: impl IntoIterator<Item = DeviceRecord>,
         overrides: Overrides,
     ) -> Self {
-        let base: HashMap<DeviceId, Arc<DeviceRecord>> = records
-            .into_iter()
-            .map(|r| (r.device_id.clone(), Arc::new(r)))
-            .collect();
-        let len = base.len();
+        Self::from_shared_records(records.into_iter().map(Arc::new).collect(), overrides, None)
+    }
+
+    /// A view of exactly `records`, marked loaded, prepared for deciding by `policy` when given
+    /// (see [`View::prepared`]).
+    pub(crate) fn from_shared_records(
+        records: Vec<Arc<DeviceRecord>>,
+        overrides: Overrides,
+        policy: Option<&Arc<PolicySettings>>,
+    ) -> Self {
+        let base = DeviceTable::build(records, policy);
         View {
-            users: Arc::new(UserIndex::of(&base)),
+            users: Arc::new(UserIndex::of(base.records())),
+            len: base.len(),
             base: Arc::new(base),
             overlay: Arc::default(),
+            override_user_keys: override_user_keys(&overrides),
             overrides: Arc::new(overrides),
             loaded: true,
             synced_at: None,
-            len,
         }
+    }
+
+    /// This view with what `policy` decides from each record alone computed once, so that
+    /// [`View::decide`] by `policy` reads one table slot per decision. A no-op when the view is
+    /// prepared for this very policy (the same `Arc`) already; otherwise a pass over every
+    /// record.
+    pub fn prepared(self, policy: &Arc<PolicySettings>) -> View {
+        if self.base.prepared_for(policy) {
+            return self;
+        }
+        View {
+            base: Arc::new(self.base.with_policy(policy)),
+            ..self
+        }
+    }
+
+    /// The decision of `policy` for a request from `device_id` (none: unknown) by `user` (when
+    /// the authentication names one), at `now` (Unix seconds): what
+    /// [`PolicySettings::decide_for`] says of this view's record, faster when the view is
+    /// [prepared](View::prepared) for `policy`.
+    #[inline]
+    pub fn decide(
+        &self,
+        policy: &Arc<PolicySettings>,
+        device_id: Option<&str>,
+        user: Option<&str>,
+        now: u64,
+    ) -> Decision {
+        let Some(asked) = device_id else {
+            return policy.decide_for(None, None, user, &self.overrides, now);
+        };
+        let key = IdKey::new(asked);
+        // The id upper-cased as a string: the one asked when it has no lower case (most do).
+        let id = if asked.bytes().any(|b| b.is_ascii_lowercase()) {
+            key.as_str()
+        } else {
+            asked
+        };
+        let changed = !self.overlay.is_empty() && self.overlay.contains_key(id);
+        if !changed
+            && self.base.prepared_for(policy)
+            && let IdKey::Inline { .. } = key
+        {
+            let slot = self.base.slot(&key);
+            let known = slot.map(|slot| (slot.verdict(), slot.last_seen()));
+            let record_user = || {
+                let slot = slot?;
+                self.override_user_keys
+                    .binary_search(&slot.user_key())
+                    .ok()?;
+                self.base.record_of(slot).user.as_deref()
+            };
+            return policy.decide_from(Some(id), known, user, record_user, &self.overrides, now);
+        }
+        let record = self.lookup(&key).map(|r| &**r);
+        policy.decide_for(Some(id), record, user, &self.overrides, now)
     }
 
     /// The record of a device, by EAS id in any case.
     #[inline]
     pub fn device(&self, id: &str) -> Option<&Arc<DeviceRecord>> {
-        if id.bytes().any(|b| b.is_ascii_lowercase()) {
-            let upper = id.to_ascii_uppercase();
-            return self.lookup(&upper);
-        }
-        self.lookup(id)
+        self.lookup(&IdKey::new(id))
     }
 
     #[inline]
-    fn lookup(&self, id: &str) -> Option<&Arc<DeviceRecord>> {
+    fn lookup(&self, key: &IdKey) -> Option<&Arc<DeviceRecord>> {
         if !self.overlay.is_empty()
-            && let Some(entry) = self.overlay.get(id)
+            && let Some(entry) = self.overlay.get(key.as_str())
         {
             return entry.as_ref();
         }
-        self.base.get(id)
+        self.base.get(key)
     }
 
     /// The explicit overrides.
@@ -110,9 +173,9 @@ impl View {
     pub fn devices(&self) -> impl Iterator<Item = &Arc<DeviceRecord>> {
         let overlay = &self.overlay;
         self.base
+            .records()
             .iter()
-            .filter(move |(id, _)| !overlay.contains_key(*id))
-            .map(|(_, record)| record)
+            .filter(move |record| overlay.is_empty() || !overlay.contains_key(&record.device_id))
             .chain(self.overlay.values().flatten())
     }
 
@@ -132,12 +195,12 @@ impl View {
                 .is_some_and(|u| u.eq_ignore_ascii_case(user))
         };
         let overlay = &self.overlay;
+        let records = self.base.records();
         let mut found: Vec<&Arc<DeviceRecord>> = self
             .users
             .get(user)
-            .iter()
-            .filter(|id| !overlay.contains_key(*id))
-            .filter_map(|id| self.base.get(id))
+            .map(|at| &records[at])
+            .filter(|record| !overlay.contains_key(&record.device_id))
             .filter(|record| matches(record, false))
             .collect();
         found.extend(
@@ -193,26 +256,25 @@ impl View {
     ) -> bool {
         match overlay.get(id) {
             Some(entry) => entry.is_some(),
-            None => self.base.contains_key(id),
+            None => self.base.get(&IdKey::new(id.as_str())).is_some(),
         }
     }
 
     /// The same view with the overlay merged into a new base.
     fn folded(&self) -> View {
-        let mut base = (*self.base).clone();
-        for (id, entry) in self.overlay.iter() {
-            match entry {
-                Some(record) => {
-                    base.insert(id.clone(), record.clone());
-                }
-                None => {
-                    base.remove(id);
-                }
-            }
-        }
+        let overlay = &self.overlay;
+        let records: Vec<Arc<DeviceRecord>> = self
+            .base
+            .records()
+            .iter()
+            .filter(|record| !overlay.contains_key(&record.device_id))
+            .chain(overlay.values().flatten())
+            .cloned()
+            .collect();
+        let base = DeviceTable::build(records, self.base.policy());
         View {
             len: base.len(),
-            users: Arc::new(UserIndex::of(&base)),
+            users: Arc::new(UserIndex::of(base.records())),
             base: Arc::new(base),
             overlay: Arc::default(),
             ..self.clone()
@@ -222,6 +284,7 @@ impl View {
     /// This view with other overrides.
     pub fn with_overrides(&self, overrides: Overrides) -> View {
         View {
+            override_user_keys: override_user_keys(&overrides),
             overrides: Arc::new(overrides),
             ..self.clone()
         }
@@ -234,60 +297,40 @@ impl View {
     }
 }
 
-/// Device ids by user, keyed by a hash of the lower-cased UPN so the index holds no copy of
-/// the names. Most users have one device, kept inline (no allocation per entry: about 30 bytes
-/// a device). A hash collision only adds a device that [`View::devices_of_user`] then filters out
-/// by comparing the name itself.
+/// The base's devices by user: pairs of a hash of the lower-cased UPN and the record's position
+/// in the base table, sorted by hash (16 bytes a device, no allocation per user). A hash
+/// collision only adds a device that [`View::devices_of_user`] then filters out by comparing the
+/// name itself.
 #[derive(Debug, Default)]
-struct UserIndex(HashMap<u64, UserDevices>);
-
-#[derive(Debug)]
-enum UserDevices {
-    One(DeviceId),
-    Many(Box<[DeviceId]>),
-}
+struct UserIndex(Box<[(u64, u32)]>);
 
 impl UserIndex {
-    fn of(base: &HashMap<DeviceId, Arc<DeviceRecord>>) -> Self {
-        let mut index: HashMap<u64, UserDevices> = HashMap::with_capacity(base.len());
-        for record in base.values() {
-            let Some(user) = record.user.as_deref() else {
-                continue;
-            };
-            let id = record.device_id.clone();
-            match index.entry(user_key(user)) {
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(UserDevices::One(id));
-                }
-                std::collections::hash_map::Entry::Occupied(mut slot) => {
-                    let ids = match slot.get() {
-                        UserDevices::One(first) => vec![first.clone(), id],
-                        UserDevices::Many(ids) => ids.iter().cloned().chain([id]).collect(),
-                    };
-                    slot.insert(UserDevices::Many(ids.into_boxed_slice()));
-                }
-            }
-        }
-        UserIndex(index)
+    fn of(records: &[Arc<DeviceRecord>]) -> Self {
+        let mut entries: Vec<(u64, u32)> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(at, record)| Some((user_key(record.user.as_deref()?), at as u32)))
+            .collect();
+        entries.sort_unstable();
+        UserIndex(entries.into_boxed_slice())
     }
 
-    fn get(&self, user: &str) -> &[DeviceId] {
-        match self.0.get(&user_key(user)) {
-            Some(UserDevices::One(id)) => std::slice::from_ref(id),
-            Some(UserDevices::Many(ids)) => ids,
-            None => &[],
-        }
+    /// Positions in the base table of the records whose user may be `user`.
+    fn get(&self, user: &str) -> impl Iterator<Item = usize> + '_ {
+        let key = user_key(user);
+        let start = self.0.partition_point(|&(k, _)| k < key);
+        self.0[start..]
+            .iter()
+            .take_while(move |&&(k, _)| k == key)
+            .map(|&(_, at)| at as usize)
     }
 }
 
-/// A stable hash of `user` lower-cased, computed without allocating.
-fn user_key(user: &str) -> u64 {
-    use std::hash::Hasher;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for byte in user.bytes() {
-        hasher.write_u8(byte.to_ascii_lowercase());
-    }
-    hasher.finish()
+/// The sorted [`user_key`]s of the users `overrides` names.
+fn override_user_keys(overrides: &Overrides) -> Arc<[u64]> {
+    let mut keys: Vec<u64> = overrides.users.keys().map(|user| user_key(user)).collect();
+    keys.sort_unstable();
+    keys.into()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ fn phone(id: &str, user: &str, device_type: &str, client: &str) -> DeviceRecord 
     DeviceRecord {
         device_id: DeviceId::new(id),
         user: Some(user.into()),
-        email: Some(user.replace("@test.local", "@corp.example")),
+        email: Some(user.replace("@test.local", "@corp.example").into()),
         eas_device_type: Some(device_type.into()),
         mail_client: Some(client.into()),
         enrollment: Enrollment::Enrolled,

@@ -50,15 +50,15 @@ fn record() -> impl Strategy<Value = DeviceRecord> {
         .prop_map(
             |(id, user, enrollment, compliance, flags, platform, os)| DeviceRecord {
                 device_id: DeviceId::new(id),
-                user: user.map(str::to_owned),
+                user: user.map(Into::into),
                 enrollment,
                 compliance,
                 managed: flags.0,
                 compromised: flags.1,
                 encrypted: flags.2,
                 activesync_profile: flags.3,
-                platform: platform.map(str::to_owned),
-                os_version: os.map(str::to_owned),
+                platform: platform.map(Into::into),
+                os_version: os.map(Into::into),
                 ..DeviceRecord::default()
             },
         )
@@ -244,6 +244,109 @@ proptest! {
     }
 }
 
+/// Ids for the served-decision property: short ones kept inline in the device table, and one
+/// longer than a table slot holds.
+const TABLE_IDS: [&str; 4] = [
+    "EASDEV1",
+    "androidc3",
+    "ApplDNPXQ1234567890ABCDEFGHIJKLM",
+    "A-DEVICE-ID-LONGER-THAN-THIRTY-TWO-BYTES",
+];
+
+/// A record with every field a policy reads, `last_seen` far past, far future or missing.
+fn full_record() -> impl Strategy<Value = DeviceRecord> {
+    let name = |names: &'static [&'static str]| prop::option::of(prop::sample::select(names));
+    (
+        (record(), prop::sample::select(&TABLE_IDS[..])),
+        name(&["Boxer", "outlook", "Gmail"]),
+        name(&["iPhone", "Android", "BlackBerry"]),
+        name(&["iPhone15,2", "Nexus 5"]),
+        prop::option::of(prop_oneof![Just(0u64), Just(4_000_000_000u64)]),
+    )
+        .prop_map(
+            |((record, id), client, device_type, model, seen)| DeviceRecord {
+                device_id: DeviceId::new(id),
+                mail_client: client.map(Into::into),
+                eas_device_type: device_type.map(Into::into),
+                model: model.map(Into::into),
+                last_seen: seen,
+                ..record
+            },
+        )
+}
+
+/// A policy with every family, lists included.
+fn full_policy() -> impl Strategy<Value = PolicySettings> {
+    let list = |names: &'static [&'static str]| {
+        prop::collection::vec(prop::sample::select(names).prop_map(str::to_owned), 0..2)
+    };
+    (
+        policy(),
+        (list(&["BOXER", "Outlook"]), list(&["gmail"])),
+        (
+            list(&["alice@test.local", "carol@test.local"]),
+            list(&["BOB@test.local"]),
+        ),
+        (list(&["iphone", "Android"]), list(&["BlackBerry"])),
+        (list(&["Apple", "winrt"]), list(&["nexus 5"])),
+    )
+        .prop_map(
+            |(policy, clients, users, types, platform_model)| PolicySettings {
+                allowed_mail_clients: clients.0,
+                blocked_mail_clients: clients.1,
+                allowed_users: users.0,
+                blocked_users: users.1,
+                allowed_device_types: types.0,
+                blocked_device_types: types.1,
+                allowed_platforms: platform_model.0,
+                blocked_models: platform_model.1,
+                ..policy
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The decision served (from the device table's precomputed verdicts, or the overlay of
+    /// recent changes) is the policy's own decision on the current record, for any policy,
+    /// history, overrides, request user and case of the id.
+    #[test]
+    fn served_decision_is_the_policys_decision_on_the_record(
+        policy in full_policy(),
+        base in prop::collection::vec(full_record(), 0..5),
+        changes in prop::collection::vec(prop_oneof![
+            3 => full_record().prop_map(Step::Upsert),
+            1 => prop::sample::select(&TABLE_IDS[..]).prop_map(Step::Remove),
+        ], 0..4),
+        overrides in overrides(),
+        long_id_override in prop::option::of(action()),
+        user in prop::option::of(prop::sample::select(&["ALICE@test.local", "bob@test.local", "dave@test.local"][..])),
+    ) {
+        let compliance = Compliance::new(policy.clone());
+        compliance.replace_all(base, ChangeSource::FullSync);
+        for step in &changes {
+            apply(&compliance, step);
+        }
+        for (id, action) in &overrides.devices {
+            compliance.set_device_override(id.as_str(), Some(*action));
+        }
+        compliance.set_device_override(TABLE_IDS[3], long_id_override);
+        for (user, action) in &overrides.users {
+            compliance.set_user_override(user, Some(*action));
+        }
+        let view = compliance.view();
+        for id in TABLE_IDS.iter().copied().chain(["UNKNOWN1"]) {
+            for asked in [id.to_owned(), id.to_ascii_lowercase()] {
+                let record = view.device(&asked).map(|r| &**r);
+                let upper = asked.to_ascii_uppercase();
+                let expected = policy.decide_for(Some(&upper), record, user, view.overrides(), 1_800_000_000);
+                prop_assert_eq!(compliance.decide(Some(&asked), user), expected, "{} {:?}", asked, user);
+            }
+        }
+    }
+}
+
 /// What the fake console answers, one answer per sync, in order; then it is down for good.
 #[derive(Clone, Debug)]
 enum Answer {
@@ -277,8 +380,8 @@ impl ScriptedConsole {
 }
 
 impl DeviceSource for ScriptedConsole {
-    async fn full(&self) -> Result<Vec<DeviceRecord>, SourceError> {
-        self.next()
+    async fn full(&self) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
+        Ok(self.next()?.into_iter().map(Arc::new).collect())
     }
 
     async fn changed_since(&self, _since: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {
