@@ -18,7 +18,6 @@
 //! ```
 
 use compliance_policy::metrics::ComplianceMetrics;
-use prometheus_client::registry::Registry;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -69,42 +68,9 @@ pub(crate) async fn ask(probe: &Probe) -> Reachability {
     }
 }
 
-/// The decision count of a state's compliance metrics: its own registry holding only them, read
-/// through the text exposition (the metrics have no public getter).
-struct DecisionCount {
-    registry: Registry,
-}
-
-impl DecisionCount {
-    fn of(metrics: &ComplianceMetrics) -> Self {
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        DecisionCount { registry }
-    }
-
-    /// Requests decided so far, allowed and blocked, every reason.
-    fn read(&self) -> Option<u64> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).ok()?;
-        Some(decisions_in(&text))
-    }
-}
-
-/// The sum of every `seg_compliance_decisions_total` series of a text exposition.
-fn decisions_in(exposition: &str) -> u64 {
-    exposition
-        .lines()
-        .filter_map(|line| line.strip_prefix("seg_compliance_decisions_total"))
-        .filter(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        .filter_map(|rest| rest.rsplit(' ').next())
-        .filter_map(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
-}
-
 /// Decisions per second over the last [`RATE_WINDOW`], from samples of the decision count.
 pub(crate) struct DecisionRate {
-    count: DecisionCount,
+    metrics: ComplianceMetrics,
     samples: Mutex<VecDeque<(Instant, u64)>>,
 }
 
@@ -112,7 +78,7 @@ impl DecisionRate {
     /// The rate of `metrics`' decisions, not sampled yet.
     pub(crate) fn of(metrics: &ComplianceMetrics) -> Arc<Self> {
         Arc::new(DecisionRate {
-            count: DecisionCount::of(metrics),
+            metrics: metrics.clone(),
             samples: Mutex::new(VecDeque::new()),
         })
     }
@@ -120,9 +86,7 @@ impl DecisionRate {
     /// Reads the count now; forgets the samples older than the window (but the newest of them,
     /// the start of the window).
     pub(crate) fn sample(&self) {
-        let Some(count) = self.count.read() else {
-            return;
-        };
+        let count = self.metrics.decisions_total();
         let now = Instant::now();
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.push_back((now, count));
@@ -179,16 +143,6 @@ impl fmt::Debug for DecisionRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_decision_count_sums_every_result_and_reason() {
-        let text = "# TYPE seg_compliance_decisions counter\n\
-                    seg_compliance_decisions_total{result=\"allowed\",reason=\"compliant\"} 5\n\
-                    seg_compliance_decisions_total{result=\"blocked\",reason=\"enterprise-wiped\"} 2\n\
-                    seg_compliance_decisions_totally_other 100\n\
-                    seg_compliance_sync_total{kind=\"full\",outcome=\"success\"} 7\n";
-        assert_eq!(decisions_in(text), 7);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_is_averaged_over_the_window() {

@@ -252,6 +252,18 @@ impl ComplianceMetrics {
         }
     }
 
+    /// Requests decided so far, allowed and blocked, every reason: the sum of
+    /// `seg_compliance_decisions_total` (relaxed atomic reads, no lock), for rates such as the
+    /// console's decisions per second.
+    pub fn decisions_total(&self) -> u64 {
+        self.inner
+            .allowed
+            .iter()
+            .chain(self.inner.blocked.iter())
+            .map(Counter::get)
+            .sum()
+    }
+
     /// Counts one sync; a successful full sync also sets the last-full-sync time.
     pub(crate) fn sync(&self, kind: SyncKind, success: bool) {
         let kind_index = match kind {
