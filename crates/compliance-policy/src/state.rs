@@ -231,6 +231,23 @@ impl Compliance {
         records: Vec<Arc<DeviceRecord>>,
         source: ChangeSource,
     ) -> Vec<Transition> {
+        // A periodic full sync mostly repeats what the view holds: keep the view's own record
+        // where the new one is equal, so that the copy is freed now, outside the writer lock,
+        // and the old view's drop later frees only what changed. Done before taking the lock
+        // (an equal record is as good as another, whichever view it came from).
+        let current = self.shared.view.load_full();
+        let records = if current.is_empty() {
+            records
+        } else {
+            records
+                .into_iter()
+                .map(|record| match current.device(record.device_id.as_str()) {
+                    Some(held) if **held == *record => held.clone(),
+                    _ => record,
+                })
+                .collect()
+        };
+        drop(current);
         self.update(
             source,
             Scope::All,
@@ -531,6 +548,35 @@ mod tests {
             managed: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_full_sync_keeps_the_views_own_record_where_nothing_changed() {
+        let compliance = loaded();
+        let before = compliance.view();
+        let mut changed = phone("A2", "alice@test.local");
+        changed.enrollment = Enrollment::EnterpriseWiped;
+        compliance.replace_all(
+            vec![
+                phone("A1", "alice@test.local"),
+                changed,
+                phone("B1", "bob@test.local"),
+            ],
+            ChangeSource::FullSync,
+        );
+        let after = compliance.view();
+        assert!(Arc::ptr_eq(
+            before.device("A1").unwrap(),
+            after.device("A1").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            before.device("A2").unwrap(),
+            after.device("A2").unwrap()
+        ));
+        assert_eq!(
+            after.device("A2").unwrap().enrollment,
+            Enrollment::EnterpriseWiped
+        );
     }
 
     fn loaded() -> Compliance {
