@@ -1,7 +1,7 @@
 //! Building the compliance view from a full sync (issue 3; target: 1,000,000 devices in under
 //! 5 s, peak RSS under 500 MB). Used by `bench/compliance-full-sync.sh`.
 //!
-//! Does what the gateway's full sync does (`Syncer::full_sync`): `UemClient::full()` against a
+//! Does what the gateway's full sync does (`Syncer::full_sync`): `UemClient::full_reusing(current view)` against a
 //! running UEM (`seg-testbed uem`, in its own process), page by page, then
 //! `Compliance::replace_all` of the records. Prints one `RESULT key=value …` line: the wall
 //! time of fetch + parse (`fetch_ms`) and of building and swapping in the view (`build_ms`),
@@ -113,7 +113,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for sync in 1..=args.syncs {
         let rss_before = status_kib("VmRSS");
         let started = Instant::now();
-        let records = uem.full().await?;
+        let records = uem.full_reusing(compliance.view()).await?;
         let fetched = started.elapsed();
         let rss_fetched = status_kib("VmRSS");
         let count = records.len();

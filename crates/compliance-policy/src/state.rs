@@ -220,34 +220,32 @@ impl Compliance {
     }
 
     /// Replaces every device (a full sync or a loaded snapshot); overrides are kept.
+    ///
+    /// A periodic full sync mostly repeats what the view holds: where a record equals the
+    /// view's, the view's own is kept, so that the old view's drop frees only what changed.
     pub fn replace_all(&self, records: Vec<DeviceRecord>, source: ChangeSource) -> Vec<Transition> {
-        self.replace_all_shared(records.into_iter().map(Arc::new).collect(), source)
+        let held = self.shared.view.load_full();
+        let records = records
+            .into_iter()
+            .map(|record| match held.device(record.device_id.as_str()) {
+                Some(same) if **same == record => same.clone(),
+                _ => Arc::new(record),
+            })
+            .collect();
+        drop(held);
+        self.replace_all_shared(records, source)
     }
 
     /// [`Compliance::replace_all`] with records in their `Arc`s already (as
     /// [`crate::sync::DeviceSource::full`] gives them: a million records are not copied again).
+    /// Unchanged devices should come as the view's own `Arc`s (as
+    /// [`crate::sync::DeviceSource::full_reusing`] gives them): their decisions are then not
+    /// worked out again, and the old view's drop frees only what changed.
     pub fn replace_all_shared(
         &self,
         records: Vec<Arc<DeviceRecord>>,
         source: ChangeSource,
     ) -> Vec<Transition> {
-        // A periodic full sync mostly repeats what the view holds: keep the view's own record
-        // where the new one is equal, so that the copy is freed now, outside the writer lock,
-        // and the old view's drop later frees only what changed. Done before taking the lock
-        // (an equal record is as good as another, whichever view it came from).
-        let current = self.shared.view.load_full();
-        let records = if current.is_empty() {
-            records
-        } else {
-            records
-                .into_iter()
-                .map(|record| match current.device(record.device_id.as_str()) {
-                    Some(held) if **held == *record => held.clone(),
-                    _ => record,
-                })
-                .collect()
-        };
-        drop(current);
         self.update(
             source,
             Scope::All,
@@ -489,7 +487,14 @@ fn transitions(
     match scope {
         // Each id is visited once by construction: no set of a million ids to dedup them.
         Scope::All => {
+            // A record the new view shares with the old (the same `Arc`), under the same
+            // overrides, has the same decision: skip working it out twice.
+            let same_overrides = old.overrides() == new.overrides();
             for record in new.devices() {
+                let id = record.device_id.as_str();
+                if same_overrides && old.device(id).is_some_and(|held| Arc::ptr_eq(held, record)) {
+                    continue;
+                }
                 check(&record.device_id);
             }
             for record in old.devices() {

@@ -18,7 +18,7 @@
 use crate::device::DeviceRecord;
 use crate::snapshot::Snapshot;
 use crate::state::{ChangeSource, Compliance};
-use crate::view::Change;
+use crate::view::{Change, View};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,16 @@ pub trait DeviceSource: Send + Sync + 'static {
     /// Every device (each in its own `Arc`, so that a million of them become the view without
     /// being copied again).
     fn full(&self) -> impl Future<Output = Result<Vec<Arc<DeviceRecord>>, SourceError>> + Send;
+    /// Every device, like [`DeviceSource::full`], giving back `held`'s own record for each
+    /// device whose record is unchanged: a periodic full sync then never holds a second copy
+    /// of the devices that did not change. By default, [`DeviceSource::full`].
+    fn full_reusing(
+        &self,
+        held: Arc<View>,
+    ) -> impl Future<Output = Result<Vec<Arc<DeviceRecord>>, SourceError>> + Send {
+        let _ = held;
+        self.full()
+    }
     /// The devices changed since `since`.
     fn changed_since(
         &self,
@@ -328,7 +338,7 @@ impl<S: DeviceSource> Syncer<S> {
     }
 
     async fn full_sync(&self) -> Result<(), SourceError> {
-        let records = self.source.full().await?;
+        let records = self.source.full_reusing(self.compliance.view()).await?;
         let current = self.compliance.view();
         if records.is_empty() && !current.is_empty() {
             return Err(SourceError::Implausible(format!(

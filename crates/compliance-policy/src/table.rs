@@ -401,15 +401,23 @@ impl DeviceTable {
     }
 }
 
-/// A stable hash of `user` lower-cased, computed without allocating; never 0 (0 means "no
-/// user" in a slot).
+/// A hash of `user` lower-cased, the same for the process's life; never 0 (0 means "no user" in
+/// a slot). Lower-cased on the stack when short enough.
 pub(crate) fn user_key(user: &str) -> u64 {
-    use std::hash::Hasher;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for byte in user.bytes() {
-        hasher.write_u8(byte.to_ascii_lowercase());
-    }
-    hasher.finish().max(1)
+    use std::hash::BuildHasher;
+    // Fixed, so that keys from different views compare; only the process sees them.
+    const SEED: u64 = 0x5e9_c0de_u64;
+    let hasher = foldhash::fast::FixedState::with_seed(SEED);
+    let mut buffer = [0u8; 128];
+    let key = match buffer.get_mut(..user.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(user.as_bytes());
+            lower.make_ascii_lowercase();
+            hasher.hash_one(&*lower)
+        }
+        None => hasher.hash_one(user.to_ascii_lowercase().as_bytes()),
+    };
+    key.max(1)
 }
 
 #[cfg(test)]

@@ -15,13 +15,14 @@
 
 use crate::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
 use crate::sync::{DeviceSource, SourceError};
-use crate::view::Change;
+use crate::view::{Change, View};
 use bytes::Bytes;
 use ews_proxy_core::upstream::UpstreamClient;
 use futures_util::{StreamExt, stream};
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -132,17 +133,23 @@ impl UemClient {
     async fn search(
         &self,
         since: Option<SystemTime>,
+        held: Option<&View>,
     ) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
         let page_size = u64::from(self.settings.page_size);
         let first = self.page(0, since).await?;
-        let total = first.total;
+        let total = page_total(0, &first)?;
         let pages = u32::try_from(total.div_ceil(page_size).max(1)).map_err(|_| {
             SourceError::Garbage(format!("{total} devices announced: too many pages"))
         })?;
         // Capped: the announced total is the console's word, not yet a fact.
         let mut devices = Vec::with_capacity(total.min(1 << 22) as usize);
         let mut interner = Interner::default();
-        let mut keep = |page: u32, result: SearchResult| {
+        // Each page is parsed where it is kept, its strings borrowed from its body.
+        let mut keep = |page: u32, body: Option<Bytes>| {
+            let result = match &body {
+                Some(body) => parse_page(page, body)?,
+                None => SearchResult::default(),
+            };
             let received = result.devices.len() as u64;
             let read = u64::from(page) * page_size + received;
             if read < total && received < page_size {
@@ -155,7 +162,12 @@ impl UemClient {
                     .devices
                     .into_iter()
                     .filter_map(|device| device.into_record(&mut interner))
-                    .map(Arc::new),
+                    .map(
+                        |record| match held.and_then(|v| v.device(record.device_id.as_str())) {
+                            Some(same) if **same == record => same.clone(),
+                            _ => Arc::new(record),
+                        },
+                    ),
             );
             Ok(())
         };
@@ -173,7 +185,7 @@ impl UemClient {
         &self,
         page: u32,
         since: Option<SystemTime>,
-    ) -> Result<SearchResult, SourceError> {
+    ) -> Result<Option<Bytes>, SourceError> {
         let base = self.settings.url.trim_end_matches('/');
         let mut url = format!(
             "{base}/API/mem/memdevices/search?page={page}&pagesize={}",
@@ -206,10 +218,7 @@ impl UemClient {
             let status = response.status();
             // The console answers a search that matches nothing with 204 and no body.
             if status == StatusCode::NO_CONTENT {
-                return Ok(SearchResult {
-                    devices: Vec::new(),
-                    total: 0,
-                });
+                return Ok(None);
             }
             if status != StatusCode::OK {
                 return Err(SourceError::Status {
@@ -221,8 +230,7 @@ impl UemClient {
                 .await
                 .map_err(SourceError::Unreachable)?
                 .to_bytes();
-            serde_json::from_slice::<SearchResult>(&body)
-                .map_err(|e| SourceError::Garbage(format!("page {page}: {e}")))
+            Ok(Some(body))
         };
         match tokio::time::timeout(self.settings.timeout, exchange).await {
             Ok(result) => result,
@@ -235,51 +243,89 @@ impl UemClient {
 
 impl DeviceSource for UemClient {
     async fn full(&self) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
-        self.search(None).await
+        self.search(None, None).await
+    }
+
+    async fn full_reusing(&self, held: Arc<View>) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
+        self.search(None, Some(&held)).await
     }
 
     async fn changed_since(&self, since: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {
-        let changed = self.search(Some(since)).await?;
+        let changed = self.search(Some(since), None).await?;
         Ok(changed.into_iter().map(Arc::unwrap_or_clone).collect())
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct SearchResult {
-    #[serde(rename = "MEMDevices", default)]
-    devices: Vec<MemDevice>,
+/// A search page (no body: an empty page, as a 204 answers).
+fn parse_page(page: u32, body: &[u8]) -> Result<SearchResult<'_>, SourceError> {
+    serde_json::from_slice(body).map_err(|e| SourceError::Garbage(format!("page {page}: {e}")))
+}
+
+/// The total a page announces.
+fn page_total(page: u32, body: &Option<Bytes>) -> Result<u64, SourceError> {
+    #[derive(Deserialize)]
+    struct Total {
+        #[serde(rename = "Total")]
+        total: u64,
+    }
+    match body {
+        // Read apart from the devices (a skim: serde_json skips the rest without building it).
+        Some(body) => serde_json::from_slice::<Total>(body)
+            .map(|t| t.total)
+            .map_err(|e| SourceError::Garbage(format!("page {page}: {e}"))),
+        None => Ok(0),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SearchResult<'a> {
+    #[serde(rename = "MEMDevices", default, borrow)]
+    devices: Vec<MemDevice<'a>>,
     #[serde(rename = "Total")]
     total: u64,
 }
 
-/// A MEMDevice record as the console sends it; every field optional.
+/// A string as the console sent it: borrowed from the page's body unless it had escapes.
+type Text<'a> = Option<Cow<'a, str>>;
+
+/// `Managed` arrives as a boolean or as `"TRUE"`/`"false"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Flag<'a> {
+    Bool(bool),
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+/// A MEMDevice record as the console sends it; every field optional. Its strings borrow from
+/// the page's body: a full sync of a million devices allocates only what the records keep.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct MemDevice {
-    #[serde(rename = "EASDeviceID")]
-    eas_device_id: Option<String>,
+struct MemDevice<'a> {
+    #[serde(rename = "EASDeviceID", borrow)]
+    eas_device_id: Text<'a>,
     #[serde(rename = "MEMDeviceID")]
     mem_device_id: Option<u64>,
     #[serde(rename = "DeviceId")]
     device_id: Option<u64>,
-    #[serde(rename = "EmailAddress")]
-    email_address: Option<String>,
-    #[serde(rename = "UserPrincipalName")]
-    user_principal_name: Option<String>,
-    #[serde(rename = "Managed")]
-    managed: Option<serde_json::Value>,
-    #[serde(rename = "EasDeviceType")]
-    eas_device_type: Option<String>,
-    #[serde(rename = "Platform")]
-    platform: Option<String>,
-    #[serde(rename = "Model")]
-    model: Option<String>,
-    #[serde(rename = "OperatingSystem")]
-    operating_system: Option<String>,
-    #[serde(rename = "EnrollmentStatus")]
-    enrollment_status: Option<String>,
-    #[serde(rename = "ComplianceStatus")]
-    compliance_status: Option<String>,
+    #[serde(rename = "EmailAddress", borrow)]
+    email_address: Text<'a>,
+    #[serde(rename = "UserPrincipalName", borrow)]
+    user_principal_name: Text<'a>,
+    #[serde(rename = "Managed", borrow)]
+    managed: Option<Flag<'a>>,
+    #[serde(rename = "EasDeviceType", borrow)]
+    eas_device_type: Text<'a>,
+    #[serde(rename = "Platform", borrow)]
+    platform: Text<'a>,
+    #[serde(rename = "Model", borrow)]
+    model: Text<'a>,
+    #[serde(rename = "OperatingSystem", borrow)]
+    operating_system: Text<'a>,
+    #[serde(rename = "EnrollmentStatus", borrow)]
+    enrollment_status: Text<'a>,
+    #[serde(rename = "ComplianceStatus", borrow)]
+    compliance_status: Text<'a>,
     #[serde(rename = "CompromisedStatus")]
     compromised_status: Option<bool>,
     #[serde(rename = "ManagedEmailClient")]
@@ -288,31 +334,44 @@ struct MemDevice {
     is_encrypted: Option<bool>,
     #[serde(rename = "ActiveSyncProfileInstalled")]
     activesync_profile_installed: Option<bool>,
-    #[serde(rename = "LastSeen")]
-    last_seen: Option<String>,
-    #[serde(rename = "MailClient")]
-    mail_client: Option<String>,
+    #[serde(rename = "LastSeen", borrow)]
+    last_seen: Text<'a>,
+    #[serde(rename = "MailClient", borrow)]
+    mail_client: Text<'a>,
 }
 
-fn normalized(text: &str) -> String {
-    text.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
+/// Whether `text`, ignoring case and everything but letters and digits, is one of `names`
+/// (lower-case letters and digits): `Enterprise Wiped`, `enterprise_wiped` and
+/// `EnterpriseWiped` are the same state.
+fn is_one_of(text: &str, names: &[&str]) -> bool {
+    let mut letters = text
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase());
+    let mut buffer = [0u8; 32];
+    let mut len = 0;
+    for byte in letters.by_ref() {
+        let Some(slot) = buffer.get_mut(len) else {
+            return false;
+        };
+        *slot = byte;
+        len += 1;
+    }
+    names.iter().any(|name| name.as_bytes() == &buffer[..len])
 }
 
 /// One shared copy of each string a sync meets many times.
 #[derive(Debug, Default)]
-pub(crate) struct Interner(std::collections::HashSet<Arc<str>>);
+pub(crate) struct Interner(std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>);
 
 impl Interner {
     /// Past this many distinct strings, new ones are no longer kept (a console sending a
     /// different model on every device must not grow the set without end).
     const MAX: usize = 65_536;
 
-    fn share(&mut self, text: Option<String>) -> Option<Arc<str>> {
+    fn share(&mut self, text: Text<'_>) -> Option<Arc<str>> {
         let text = text?;
-        if let Some(shared) = self.0.get(text.as_str()) {
+        if let Some(shared) = self.0.get(&*text) {
             return Some(shared.clone());
         }
         let shared: Arc<str> = text.into();
@@ -323,28 +382,32 @@ impl Interner {
     }
 }
 
-impl MemDevice {
+impl MemDevice<'_> {
     /// The record, or `None` for an entry without an EAS device id (not a mail device).
     fn into_record(self, interner: &mut Interner) -> Option<DeviceRecord> {
         let id = self.eas_device_id.filter(|id| !id.trim().is_empty())?;
-        let enrollment = match self.enrollment_status.as_deref().map(normalized).as_deref() {
-            Some("enrolled") => Enrollment::Enrolled,
-            Some("unenrolled") | Some("unenrolledbyuser") | Some("unenrolledbyadmin") => {
+        let enrollment = match self.enrollment_status.as_deref() {
+            Some(s) if is_one_of(s, &["enrolled"]) => Enrollment::Enrolled,
+            Some(s) if is_one_of(s, &["unenrolled", "unenrolledbyuser", "unenrolledbyadmin"]) => {
                 Enrollment::Unenrolled
             }
-            Some("enterprisewiped") | Some("enterprisewipe") => Enrollment::EnterpriseWiped,
-            Some("devicewiped") | Some("devicewipe") => Enrollment::DeviceWiped,
+            Some(s) if is_one_of(s, &["enterprisewiped", "enterprisewipe"]) => {
+                Enrollment::EnterpriseWiped
+            }
+            Some(s) if is_one_of(s, &["devicewiped", "devicewipe"]) => Enrollment::DeviceWiped,
             _ => Enrollment::Unknown,
         };
-        let compliance = match self.compliance_status.as_deref().map(normalized).as_deref() {
-            Some("compliant") => ComplianceStatus::Compliant,
-            Some("noncompliant") => ComplianceStatus::NonCompliant,
-            Some("pending") | Some("pendingcompliancecheck") => ComplianceStatus::Pending,
+        let compliance = match self.compliance_status.as_deref() {
+            Some(s) if is_one_of(s, &["compliant"]) => ComplianceStatus::Compliant,
+            Some(s) if is_one_of(s, &["noncompliant"]) => ComplianceStatus::NonCompliant,
+            Some(s) if is_one_of(s, &["pending", "pendingcompliancecheck"]) => {
+                ComplianceStatus::Pending
+            }
             _ => ComplianceStatus::Unknown,
         };
         let managed = match self.managed {
-            Some(serde_json::Value::Bool(b)) => b,
-            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            Some(Flag::Bool(b)) => b,
+            Some(Flag::Text(s)) => s.eq_ignore_ascii_case("true"),
             _ => false,
         };
         let last_seen = self
@@ -360,7 +423,7 @@ impl MemDevice {
         let email: Option<Arc<str>> = self.email_address.map(Arc::from);
         // Most UPNs are the e-mail address: one string for both then.
         let user = match self.user_principal_name {
-            Some(upn) if email.as_deref() == Some(upn.as_str()) => email.clone(),
+            Some(upn) if email.as_deref() == Some(&*upn) => email.clone(),
             Some(upn) => Some(upn.into()),
             None => email.clone(),
         };
@@ -396,7 +459,7 @@ impl MemDevice {
 ///
 /// A description of why the body is not a search page.
 pub fn parse_search_page(body: &[u8]) -> Result<(Vec<DeviceRecord>, u64), String> {
-    let page: SearchResult =
+    let page: SearchResult<'_> =
         serde_json::from_slice(body).map_err(|e| format!("not a search page: {e}"))?;
     let mut interner = Interner::default();
     let records = page
@@ -408,12 +471,12 @@ pub fn parse_search_page(body: &[u8]) -> Result<(Vec<DeviceRecord>, u64), String
 }
 
 #[derive(Debug, Deserialize)]
-struct ChangeEvent {
+struct ChangeEvent<'a> {
     event_type: String,
     #[serde(default)]
     device_id: Option<String>,
-    #[serde(default)]
-    device: Option<MemDevice>,
+    #[serde(default, borrow)]
+    device: Option<MemDevice<'a>>,
 }
 
 /// Turns a change event from the console's webhook into view changes.
@@ -421,12 +484,16 @@ struct ChangeEvent {
 /// `{"event_type": "device.wiped", "device_id": "…", "device": {MEMDevice}}`; a
 /// `device.deleted` event removes the device.
 pub fn parse_change_event(body: &[u8]) -> Result<Vec<Change>, String> {
-    let event: ChangeEvent =
+    let event: ChangeEvent<'_> =
         serde_json::from_slice(body).map_err(|e| format!("not a change event: {e}"))?;
     if event.event_type == "device.deleted" {
         let id = event
             .device_id
-            .or_else(|| event.device.and_then(|d| d.eas_device_id))
+            .or_else(|| {
+                event
+                    .device
+                    .and_then(|d| d.eas_device_id.map(Cow::into_owned))
+            })
             .ok_or("device.deleted without a device_id")?;
         return Ok(vec![Change::Remove(DeviceId::new(&id))]);
     }
@@ -472,6 +539,38 @@ mod tests {
         assert!(parse_change_event(br#"{"event_type":"device.wiped"}"#).is_err());
         assert!(
             parse_change_event(br#"{"event_type":"device.wiped","device":{"Model":"x"}}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn a_page_is_read_with_escapes_spellings_and_shared_strings() {
+        let body = br#"{"Total":3,"MEMDevices":[
+            {"EASDeviceID":"a\u0031","EmailAddress":"al\u0069ce@x","UserPrincipalName":"alice@x",
+             "Managed":"TRUE","Platform":"Apple","EnrollmentStatus":"Enterprise Wiped","ComplianceStatus":"non_compliant"},
+            {"EASDeviceID":"B2","EmailAddress":"bob@x","UserPrincipalName":"Bob@Corp","Managed":true,
+             "Platform":"Apple","EnrollmentStatus":"enrolled","ComplianceStatus":"PendingComplianceCheck"},
+            {"EASDeviceID":"C3","Managed":{"odd":1},"EnrollmentStatus":"a-very-long-status-name-that-fits-no-buffer-at-all"}
+        ]}"#;
+        let (records, total) = parse_search_page(body).unwrap();
+        assert_eq!(total, 3);
+        let [a, b, c] = &records[..] else {
+            panic!("{records:?}")
+        };
+        assert_eq!(a.device_id.as_str(), "A1", "escaped, then upper-cased");
+        assert_eq!(a.user.as_deref(), Some("alice@x"));
+        assert!(
+            Arc::ptr_eq(a.user.as_ref().unwrap(), a.email.as_ref().unwrap()),
+            "a UPN equal to the e-mail address is the same string"
+        );
+        assert!(a.managed && b.managed && !c.managed);
+        assert_eq!(a.enrollment, Enrollment::EnterpriseWiped);
+        assert_eq!(a.compliance, ComplianceStatus::NonCompliant);
+        assert_eq!(b.compliance, ComplianceStatus::Pending);
+        assert_eq!(b.user.as_deref(), Some("Bob@Corp"));
+        assert_eq!(c.enrollment, Enrollment::Unknown);
+        assert!(
+            Arc::ptr_eq(a.platform.as_ref().unwrap(), b.platform.as_ref().unwrap()),
+            "a platform is kept once per page"
         );
     }
 
