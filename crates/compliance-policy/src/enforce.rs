@@ -120,6 +120,8 @@ pub struct Enforce<S> {
 struct Subject<'a> {
     device: Option<Cow<'a, str>>,
     user: Option<Cow<'a, str>>,
+    /// ActiveSync's `DeviceType`.
+    device_type: Option<Cow<'a, str>>,
     long_lived: bool,
 }
 
@@ -133,12 +135,15 @@ impl<S> Enforce<S> {
             let mut subject = Subject {
                 device: None,
                 user: identity,
+                device_type: None,
                 long_lived: false,
             };
             let query = request.uri().query().unwrap_or("").as_bytes();
             for (key, value) in form_urlencoded::parse(query) {
                 if key.eq_ignore_ascii_case("DeviceId") {
                     subject.device = Some(value);
+                } else if key.eq_ignore_ascii_case("DeviceType") {
+                    subject.device_type = Some(value);
                 } else if key.eq_ignore_ascii_case("User") && subject.user.is_none() {
                     subject.user = Some(value);
                 } else if key.eq_ignore_ascii_case("Cmd") {
@@ -161,6 +166,7 @@ impl<S> Enforce<S> {
         Subject {
             device,
             user: identity,
+            device_type: None,
             long_lived,
         }
     }
@@ -233,7 +239,11 @@ impl<S> Enforce<S> {
         let guard = subject.long_lived.then(|| {
             compliance.register_stream(subject.device.as_deref(), subject.user.as_deref())
         });
-        let decision = compliance.decide(subject.device.as_deref(), subject.user.as_deref());
+        let decision = compliance.decide_request(
+            subject.device.as_deref(),
+            subject.user.as_deref(),
+            subject.device_type.as_deref(),
+        );
         if let Some(metrics) = compliance.metrics() {
             metrics.decision(decision);
         }
@@ -485,6 +495,43 @@ mod tests {
             response.headers()[COMPLIANCE_STATUS],
             "blocked; reason=user-override"
         );
+    }
+
+    #[tokio::test]
+    async fn activesync_device_type_meets_the_device_type_policy() {
+        let compliance = Compliance::new(PolicySettings {
+            blocked_device_types: vec!["BlackBerry".into()],
+            ..PolicySettings::default()
+        });
+        let phone = DeviceRecord {
+            device_id: DeviceId::new("EASDEV1"),
+            enrollment: Enrollment::Enrolled,
+            compliance: ComplianceStatus::Compliant,
+            managed: true,
+            ..Default::default()
+        };
+        compliance.replace_all(vec![phone], ChangeSource::FullSync);
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        let request = |device_type: &str| {
+            Request::post(format!(
+                "/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId=EASDEV1&DeviceType={device_type}"
+            ))
+            .body(Full::default())
+            .unwrap()
+        };
+        let refused = service
+            .clone()
+            .oneshot(request("blackberry"))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.headers()[COMPLIANCE_STATUS],
+            "blocked; reason=device-type"
+        );
+        assert_eq!(*calls.lock().unwrap(), 0, "nothing of it reached Exchange");
+        let passed = service.oneshot(request("iPhone")).await.unwrap();
+        assert_eq!(passed.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -373,11 +373,27 @@ impl PolicySettings {
         overrides: &Overrides,
         now: u64,
     ) -> Decision {
+        self.decide_request(device_id, device, user, None, overrides, now)
+    }
+
+    /// [`PolicySettings::decide_for`] for a request that also says its EAS device type
+    /// (ActiveSync's `DeviceType` parameter). The device-type lists then apply to it as well as
+    /// to the console's: both must pass; when the console knows no type, the request's decides.
+    pub fn decide_request(
+        &self,
+        device_id: Option<&str>,
+        device: Option<&DeviceRecord>,
+        user: Option<&str>,
+        device_type: Option<&str>,
+        overrides: &Overrides,
+        now: u64,
+    ) -> Decision {
         let known = device.map(|record| (self.record_verdict(record), record.last_seen));
+        let asked = Asked { user, device_type };
         self.decide_from(
             device_id,
             known,
-            user,
+            asked,
             || device.and_then(|d| d.user.as_deref()),
             overrides,
             now,
@@ -401,6 +417,13 @@ impl PolicySettings {
                 &self.allowed_users,
                 &self.blocked_users,
             ),
+            record_type_passes: record.eas_device_type.as_deref().map(|device_type| {
+                passes_lists(
+                    Some(device_type),
+                    &self.allowed_device_types,
+                    &self.blocked_device_types,
+                )
+            }),
             after_user: self.checks_after_user(record),
         }
     }
@@ -415,7 +438,7 @@ impl PolicySettings {
         &self,
         device_id: Option<&str>,
         known: Option<(RecordVerdict, Option<u64>)>,
-        user: Option<&str>,
+        asked: Asked<'_>,
         record_user: impl FnOnce() -> Option<&'a str>,
         overrides: &Overrides,
         now: u64,
@@ -427,6 +450,7 @@ impl PolicySettings {
                 None => {}
             }
         }
+        let user = asked.user;
         if !overrides.users.is_empty() {
             let user = match user {
                 Some(user) => Some(user),
@@ -465,6 +489,23 @@ impl PolicySettings {
         if !user_passes {
             return Decision::Block(BlockReason::User);
         }
+        let asked_type_passes = asked.device_type.map(|device_type| {
+            passes_lists(
+                Some(device_type),
+                &self.allowed_device_types,
+                &self.blocked_device_types,
+            )
+        });
+        let type_passes = match (verdict.record_type_passes, asked_type_passes) {
+            (Some(record), Some(asked)) => record && asked,
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => {
+                passes_lists(None, &self.allowed_device_types, &self.blocked_device_types)
+            }
+        };
+        if !type_passes {
+            return Decision::Block(BlockReason::DeviceType);
+        }
         match verdict.after_user {
             Some(reason) => Decision::Block(reason),
             None => Decision::Allow(AllowReason::Compliant),
@@ -500,15 +541,8 @@ impl PolicySettings {
         None
     }
 
-    /// The checks that follow the user's: device type, platform, model, OS version.
+    /// The checks that follow the user's and the device type's: platform, model, OS version.
     fn checks_after_user(&self, record: &DeviceRecord) -> Option<BlockReason> {
-        if !passes_lists(
-            record.eas_device_type.as_deref(),
-            &self.allowed_device_types,
-            &self.blocked_device_types,
-        ) {
-            return Some(BlockReason::DeviceType);
-        }
         if !passes_lists(record.platform.as_deref(), &self.allowed_platforms, &[]) {
             return Some(BlockReason::Platform);
         }
@@ -544,8 +578,19 @@ pub(crate) struct RecordVerdict {
     pub(crate) mail_client: Option<BlockReason>,
     /// The record's own user passes the user lists (used when the request names no user).
     pub(crate) record_user_passes: bool,
-    /// Device type, platform, model, OS version.
+    /// The record's EAS device type passes the device-type lists (`None`: it has none).
+    pub(crate) record_type_passes: Option<bool>,
+    /// Platform, model, OS version.
     pub(crate) after_user: Option<BlockReason>,
+}
+
+/// What a request says of itself beyond its device id.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Asked<'a> {
+    /// The user its authentication names.
+    pub(crate) user: Option<&'a str>,
+    /// Its EAS device type (ActiveSync's `DeviceType` parameter).
+    pub(crate) device_type: Option<&'a str>,
 }
 
 /// An allow list (empty: anything) and a block list, compared without ASCII case. A missing value
@@ -852,6 +897,42 @@ mod tests {
             ..compliant()
         };
         assert!(decide(&policy, &record).is_allowed());
+    }
+
+    #[test]
+    fn a_requests_device_type_is_checked_with_the_consoles() {
+        let policy = PolicySettings {
+            allowed_device_types: vec!["iPhone".into(), "iPad".into()],
+            ..PolicySettings::default()
+        };
+        let overrides = Overrides::default();
+        let decide = |record_type: Option<&str>, asked: Option<&str>| {
+            let mut record = compliant();
+            record.eas_device_type = record_type.map(Into::into);
+            policy.decide_request(Some("EASDEV1"), Some(&record), None, asked, &overrides, 0)
+        };
+        let blocked = Decision::Block(BlockReason::DeviceType);
+        assert!(decide(Some("iPhone"), Some("ipad")).is_allowed());
+        assert!(decide(Some("iPhone"), None).is_allowed());
+        assert!(
+            decide(None, Some("iPhone")).is_allowed(),
+            "the console knows no type: the request's decides"
+        );
+        assert_eq!(
+            decide(None, None),
+            blocked,
+            "no type at all fails an allow list"
+        );
+        assert_eq!(
+            decide(Some("iPhone"), Some("Android")),
+            blocked,
+            "both must pass"
+        );
+        assert_eq!(
+            decide(Some("Android"), Some("iPhone")),
+            blocked,
+            "both must pass"
+        );
     }
 
     #[test]

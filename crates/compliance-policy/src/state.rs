@@ -126,6 +126,19 @@ impl Compliance {
     /// authentication names one). Lock-free; the hot path of every request.
     #[inline]
     pub fn decide(&self, device_id: Option<&str>, user: Option<&str>) -> Decision {
+        self.decide_request(device_id, user, None)
+    }
+
+    /// [`Compliance::decide`] for a request that also says its EAS device type (ActiveSync's
+    /// `DeviceType`): the device-type policy then applies to it too (see
+    /// [`PolicySettings::decide_request`]).
+    #[inline]
+    pub fn decide_request(
+        &self,
+        device_id: Option<&str>,
+        user: Option<&str>,
+        device_type: Option<&str>,
+    ) -> Decision {
         let view = self.shared.view.load();
         let policy = &self.shared.policy;
         let now = if policy.inactivity_days > 0 {
@@ -133,7 +146,7 @@ impl Compliance {
         } else {
             0
         };
-        view.decide(policy, device_id, user, now)
+        view.decide_request(policy, device_id, user, device_type, now)
     }
 
     /// The current view.

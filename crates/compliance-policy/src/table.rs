@@ -83,6 +83,8 @@ impl Slot<'_> {
             mail_client: decode_reason(self.0[34]),
             after_user: decode_reason(self.0[35]),
             record_user_passes: self.0[36] & FLAG_USER_PASSES != 0,
+            record_type_passes: (self.0[36] & FLAG_HAS_TYPE != 0)
+                .then_some(self.0[36] & FLAG_TYPE_PASSES != 0),
         }
     }
 
@@ -105,6 +107,8 @@ impl Slot<'_> {
 
 const FLAG_USER_PASSES: u8 = 1;
 const FLAG_LAST_SEEN: u8 = 2;
+const FLAG_HAS_TYPE: u8 = 4;
+const FLAG_TYPE_PASSES: u8 = 8;
 
 fn u64_at(slot: &[u8; SLOT], at: usize) -> u64 {
     let mut bytes = [0u8; 8];
@@ -316,6 +320,11 @@ impl DeviceTable {
             slot[35] = encode_reason(verdict.after_user);
             if verdict.record_user_passes {
                 slot[36] |= FLAG_USER_PASSES;
+            }
+            match verdict.record_type_passes {
+                Some(true) => slot[36] |= FLAG_HAS_TYPE | FLAG_TYPE_PASSES,
+                Some(false) => slot[36] |= FLAG_HAS_TYPE,
+                None => {}
             }
         }
         if let Some(seen) = record.last_seen {

@@ -7,7 +7,7 @@
 //! it into a new base.
 
 use crate::device::{DeviceId, DeviceRecord};
-use crate::policy::{Decision, Overrides, PolicySettings};
+use crate::policy::{Asked, Decision, Overrides, PolicySettings};
 use crate::table::{DeviceTable, IdKey, user_key};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,8 +97,22 @@ impl View {
         user: Option<&str>,
         now: u64,
     ) -> Decision {
+        self.decide_request(policy, device_id, user, None, now)
+    }
+
+    /// [`View::decide`] for a request that also says its EAS device type (see
+    /// [`PolicySettings::decide_request`]).
+    #[inline]
+    pub fn decide_request(
+        &self,
+        policy: &Arc<PolicySettings>,
+        device_id: Option<&str>,
+        user: Option<&str>,
+        device_type: Option<&str>,
+        now: u64,
+    ) -> Decision {
         let Some(asked) = device_id else {
-            return policy.decide_for(None, None, user, &self.overrides, now);
+            return policy.decide_request(None, None, user, device_type, &self.overrides, now);
         };
         let key = IdKey::new(asked);
         // The id upper-cased as a string: the one asked when it has no lower case (most do).
@@ -121,10 +135,11 @@ impl View {
                     .ok()?;
                 self.base.record_of(slot).user.as_deref()
             };
-            return policy.decide_from(Some(id), known, user, record_user, &self.overrides, now);
+            let request = Asked { user, device_type };
+            return policy.decide_from(Some(id), known, request, record_user, &self.overrides, now);
         }
         let record = self.lookup(&key).map(|r| &**r);
-        policy.decide_for(Some(id), record, user, &self.overrides, now)
+        policy.decide_request(Some(id), record, user, device_type, &self.overrides, now)
     }
 
     /// The record of a device, by EAS id in any case.

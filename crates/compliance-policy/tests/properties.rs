@@ -262,17 +262,34 @@ fn full_record() -> impl Strategy<Value = DeviceRecord> {
         name(&["iPhone", "Android", "BlackBerry"]),
         name(&["iPhone15,2", "Nexus 5"]),
         prop::option::of(prop_oneof![Just(0u64), Just(4_000_000_000u64)]),
+        any::<bool>(),
     )
-        .prop_map(
-            |((record, id), client, device_type, model, seen)| DeviceRecord {
+        .prop_map(|((record, id), client, device_type, model, seen, clean)| {
+            let record = DeviceRecord {
                 device_id: DeviceId::new(id),
                 mail_client: client.map(Into::into),
                 eas_device_type: device_type.map(Into::into),
                 model: model.map(Into::into),
                 last_seen: seen,
                 ..record
-            },
-        )
+            };
+            // Half the records pass every flag check, so that the later checks (lists,
+            // types, versions) decide often.
+            if clean {
+                DeviceRecord {
+                    enrollment: Enrollment::Enrolled,
+                    compliance: ComplianceStatus::Compliant,
+                    managed: true,
+                    compromised: false,
+                    encrypted: Some(true),
+                    activesync_profile: Some(true),
+                    last_seen: Some(4_000_000_000),
+                    ..record
+                }
+            } else {
+                record
+            }
+        })
 }
 
 /// A policy with every family, lists included.
@@ -322,6 +339,7 @@ proptest! {
         overrides in overrides(),
         long_id_override in prop::option::of(action()),
         user in prop::option::of(prop::sample::select(&["ALICE@test.local", "bob@test.local", "dave@test.local"][..])),
+        device_type in prop::option::of(prop::sample::select(&["iPhone", "blackberry", "Outlook"][..])),
     ) {
         let compliance = Compliance::new(policy.clone());
         compliance.replace_all(base, ChangeSource::FullSync);
@@ -340,8 +358,10 @@ proptest! {
             for asked in [id.to_owned(), id.to_ascii_lowercase()] {
                 let record = view.device(&asked).map(|r| &**r);
                 let upper = asked.to_ascii_uppercase();
-                let expected = policy.decide_for(Some(&upper), record, user, view.overrides(), 1_800_000_000);
-                prop_assert_eq!(compliance.decide(Some(&asked), user), expected, "{} {:?}", asked, user);
+                let expected = policy.decide_request(Some(&upper), record, user, device_type, view.overrides(), 1_800_000_000);
+                prop_assert_eq!(compliance.decide_request(Some(&asked), user, device_type), expected, "{} {:?} {:?}", asked, user, device_type);
+                let without_type = policy.decide_for(Some(&upper), record, user, view.overrides(), 1_800_000_000);
+                prop_assert_eq!(compliance.decide(Some(&asked), user), without_type, "{} {:?}", asked, user);
             }
         }
     }
