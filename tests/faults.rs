@@ -738,6 +738,11 @@ struct KdcStand {
 
 impl KdcStand {
     async fn start() -> KdcStand {
+        KdcStand::start_with(|_| {}).await
+    }
+
+    /// [`KdcStand::start`] with `configure` applied to `[auth.kcd]` before the gateway starts.
+    async fn start_with(configure: impl FnOnce(&mut seg_proxy::config::Kcd)) -> KdcStand {
         use seg_testbed::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig};
         let dir = tempfile::tempdir().unwrap();
         let kdc = tokio::task::spawn_blocking(|| Kdc::start(KdcConfig::temporary()))
@@ -776,6 +781,7 @@ impl KdcStand {
         );
         kcd.target_spn = Some(EXCHANGE_SERVICE.into());
         kcd.timeout = KCD_TIMEOUT;
+        configure(&mut kcd);
         config.auth.kcd = Some(kcd);
         let gateway = start(config).await;
         KdcStand {
@@ -791,10 +797,15 @@ impl KdcStand {
     /// A GetFolder without credentials over the TLS listener, with a certificate naming
     /// `alice@TEST.LOCAL`.
     async fn get_folder(&self) -> http::Response<hyper::body::Incoming> {
+        self.get_folder_as("alice@TEST.LOCAL").await
+    }
+
+    /// The same with a certificate naming `upn`.
+    async fn get_folder_as(&self, upn: &str) -> http::Response<hyper::body::Incoming> {
         let cert = self
             .exchange
             .pki
-            .issue_client_cert(&seg_testbed::pki::ClientCertSpec::upn("alice@TEST.LOCAL"))
+            .issue_client_cert(&seg_testbed::pki::ClientCertSpec::upn(upn))
             .unwrap();
         let client = seg_testbed::client::HttpClient::with_config(
             cert.client_config(self.exchange.pki.root_store()).unwrap(),
@@ -879,4 +890,425 @@ async fn kdc_stalling_is_a_503_within_the_timeout_and_recovers_without_restart()
         .set(Direction::ServerToClient, Fault::StallAfter(0));
     stand.assert_kcd_fault(&["kcd-timeout"]).await;
     stand.assert_recovers().await;
+}
+
+/// Asserts a `503` KCD fault (`X-Seg-Fault: reason`, EWS response code `code`) for a request
+/// with a certificate naming `upn`, and that nothing reached Exchange.
+async fn assert_kdc_refusal(stand: &KdcStand, upn: &str, reason: &str, code: &str) {
+    let response = stand.get_folder_as(upn).await;
+    assert_gateway_fault(response, StatusCode::SERVICE_UNAVAILABLE, reason, code).await;
+    assert!(
+        stand.exchange.server.requests().is_empty(),
+        "a request the gateway could not authenticate reached Exchange"
+    );
+    assert!(
+        stand.faults.accepted() > 0,
+        "the KDC was asked, through the proxy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kdc_not_knowing_the_user_is_a_503_naming_why_and_other_users_are_served() {
+    let stand = KdcStand::start().await;
+    // The real KDC answers S4U2Self for a user it does not have with KRB-ERROR
+    // KDC_ERR_C_PRINCIPAL_UNKNOWN.
+    assert_kdc_refusal(
+        &stand,
+        "mallory@TEST.LOCAL",
+        "kcd-unknown-user",
+        "ErrorAccessDenied",
+    )
+    .await;
+    stand.assert_recovers().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kdc_refusing_the_delegation_is_a_503_naming_why_never_a_forward() {
+    // A target the gateway may not delegate to: the real KDC answers S4U2Proxy with KRB-ERROR
+    // KDC_ERR_BADOPTION.
+    let stand = KdcStand::start_with(|kcd| {
+        kcd.target_spn = Some(seg_testbed::kdc::OTHER_SERVICE.into());
+    })
+    .await;
+    assert_kdc_refusal(
+        &stand,
+        "alice@TEST.LOCAL",
+        "kcd-delegation-refused",
+        "ErrorAccessDenied",
+    )
+    .await;
+    stand.gateway.shutdown().await;
+    let kdc = stand.kdc;
+    tokio::task::spawn_blocking(move || drop(kdc))
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway's own files
+
+/// A tmpfs of `size` mounted on a directory of its own, unmounted when dropped: a disk that
+/// fills up for real. `None` (the test is skipped, and says so) where mounting is not allowed.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left of the disk with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The status of an EWS request of alice's on `device` through `gateway`.
+async fn device_status(gateway: &Gateway, exchange: &TestExchange, device: &str) -> StatusCode {
+    let request = harness::ews_request(
+        &format!("{}/EWS/Exchange.asmx", http_base(gateway)),
+        Some(&exchange.basic(ALICE)),
+        &[("X-Device-Id", device)],
+        soap(GET_FOLDER),
+    )
+    .unwrap();
+    send(&exchange.client, request).await.status()
+}
+
+/// The snapshot at `path`: it must read back whole (never a half-written file).
+fn saved_view(path: &std::path::Path) -> compliance_policy::snapshot::Saved {
+    compliance_policy::snapshot::Snapshot::new(path)
+        .load()
+        .expect("the snapshot on disk reads back whole")
+        .expect("a snapshot on disk")
+}
+
+/// Whether `device` has an override in `saved`.
+fn has_override(saved: &compliance_policy::snapshot::Saved, device: &str) -> bool {
+    serde_json::to_string(&saved.overrides)
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains(&device.to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_snapshot_and_audit_keeps_serving_counts_the_loss_and_recovers() {
+    let Some(disk) = SmallDisk::mount("512k") else {
+        return;
+    };
+    const TOGGLED: &str = "EASDEV3";
+    let (snapshot, audit) = (
+        disk.path().join("view.snapshot"),
+        disk.path().join("audit.redb"),
+    );
+    let stand = ComplianceStand::start(
+        vec![
+            Device::new(KEPT, 1, ALICE),
+            Device::new(WIPED, 2, ALICE),
+            Device::new(TOGGLED, 3, ALICE),
+        ],
+        |config, _| {
+            config.compliance.as_mut().unwrap().snapshot = Some(snapshot.clone());
+            with_audit(config, audit.clone(), "seg-disk-test");
+        },
+    )
+    .await;
+    let gateway = &stand.gateway;
+    stand.uem.update(WIPED, Change::EnterpriseWipe).unwrap();
+    wait_until(STEP, "the wipe to be applied and saved", || async {
+        device_status(gateway, &stand.exchange, WIPED).await == StatusCode::FORBIDDEN
+            && snapshot.exists()
+    })
+    .await
+    .unwrap();
+    let lost = r#"seg_audit_entries_lost_total{cause="write-failed"}"#;
+    let written = "seg_audit_entries_written_total";
+
+    // The disk fills up. Each change now writes audit entries and a snapshot, and fails.
+    let filler = disk.fill();
+    let mut block = true;
+    wait_until(STEP, "an audit write to fail", || {
+        let action = block.then_some("block");
+        block = !block;
+        async move {
+            assert!(
+                admin_device_override(gateway, TOGGLED, action)
+                    .await
+                    .is_success()
+            );
+            admin_metric(gateway, lost).await.unwrap_or(0.0) > 0.0
+        }
+    })
+    .await
+    .unwrap();
+
+    // Traffic goes on from memory, decided as before; the snapshot on disk is a whole one.
+    assert_eq!(
+        device_status(gateway, &stand.exchange, KEPT).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        device_status(gateway, &stand.exchange, WIPED).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        admin_request(gateway, http::Method::GET, "/readyz", None, "")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    saved_view(&snapshot);
+
+    // Space again: the next change is written to both.
+    std::fs::remove_file(&filler).unwrap();
+    let written_before = admin_metric(gateway, written).await.unwrap();
+    assert!(
+        admin_device_override(gateway, TOGGLED, Some("block"))
+            .await
+            .is_success()
+    );
+    wait_until(STEP, "the audit trail to write again", || async {
+        admin_metric(gateway, written).await.unwrap_or(0.0) > written_before
+    })
+    .await
+    .unwrap();
+    wait_until(STEP, "the snapshot to be saved again", || async {
+        has_override(&saved_view(&snapshot), TOGGLED)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        device_status(gateway, &stand.exchange, TOGGLED).await,
+        StatusCode::FORBIDDEN
+    );
+    stand.gateway.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// What the load of [`redis_killed_under_load_decides_from_the_last_view_and_reconciles`]
+/// saw: requests answered as expected, and every other outcome, described.
+#[derive(Default)]
+struct Load {
+    answered: std::sync::atomic::AtomicUsize,
+    wrong: std::sync::Mutex<Vec<String>>,
+}
+
+/// Sends alice's `GetFolder`s through `gateway` (`http://…`), alternating between the kept
+/// device (expecting `200`) and the wiped one (`403`), until `stop`; records them in `load`.
+async fn generate_load(
+    base: String,
+    exchange: std::sync::Arc<TestExchange>,
+    load: std::sync::Arc<Load>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    for round in 0usize.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let (device, expected) = if round % 2 == 0 {
+            (KEPT, StatusCode::OK)
+        } else {
+            (WIPED, StatusCode::FORBIDDEN)
+        };
+        let request = harness::ews_request(
+            &format!("{base}/EWS/Exchange.asmx"),
+            Some(&exchange.basic(ALICE)),
+            &[("X-Device-Id", device)],
+            soap(GET_FOLDER),
+        )
+        .unwrap();
+        match harness::within(STEP, "an answer", exchange.client.send(request)).await {
+            Ok(Ok(response)) if response.status() == expected => {
+                load.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(response)) => load.wrong.lock().unwrap().push(format!(
+                "{device}: {} instead of {expected}",
+                response.status()
+            )),
+            Ok(Err(error)) => load
+                .wrong
+                .lock()
+                .unwrap()
+                .push(format!("{device}: {error}")),
+            Err(error) => load
+                .wrong
+                .lock()
+                .unwrap()
+                .push(format!("{device}: {error}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_decides_from_the_last_view_and_reconciles() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CHANGED: &str = "EASCHANGED";
+    let mut redis = tokio::task::spawn_blocking(seg_testbed::redis::RedisServer::start)
+        .await
+        .unwrap()
+        .expect("redis-server starts (scripts/install-deps.sh installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Arc::new(TestExchange::start(|_| {}).await.unwrap());
+    let ens = uem::WebhookReceiver::start().await.unwrap();
+    let uem = UemServer::spawn(
+        harness::local_listener().await.unwrap(),
+        None,
+        UemConfig::new(vec![
+            Device::new(KEPT, 1, ALICE),
+            Device::new(WIPED, 2, ALICE),
+            Device::new(CHANGED, 3, ALICE),
+        ]),
+    )
+    .unwrap();
+    uem.update(WIPED, Change::EnterpriseWipe).unwrap();
+    let mut nodes = Vec::new();
+    for index in 0..2 {
+        let mut config = gateway_config(
+            &exchange,
+            &uem,
+            &format!("{}/gateway/compliance", ens.url()),
+            reserve_port().unwrap(),
+            dir.path().join(format!("unused-{index}.snapshot")),
+            dir.path(),
+        );
+        share_through_redis(
+            &mut config,
+            &redis.url(),
+            Duration::from_secs(1),
+            &format!("node-{index}"),
+        );
+        let node = start(config).await;
+        wait_ready(&node).await;
+        nodes.push(node);
+    }
+    let blocked_on = |node: &Gateway, device: &str| {
+        !node
+            .compliance()
+            .unwrap()
+            .0
+            .decide(Some(device), None)
+            .is_allowed()
+    };
+    wait_until(STEP, "the wiped device blocked on both nodes", || {
+        let blocked = nodes.iter().all(|node| blocked_on(node, WIPED));
+        async move { blocked }
+    })
+    .await
+    .unwrap();
+
+    // Load: two clients per node.
+    let load = Arc::new(Load::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for node in nodes.iter().chain(nodes.iter()) {
+        clients.spawn(generate_load(
+            http_base(node),
+            exchange.clone(),
+            load.clone(),
+            stop.clone(),
+        ));
+    }
+    let answered_after = |n: usize| {
+        let target = load.answered.load(Ordering::Relaxed) + n;
+        let load = load.clone();
+        move || {
+            let reached = load.answered.load(Ordering::Relaxed) >= target;
+            async move { reached }
+        }
+    };
+    wait_until(STEP, "load", answered_after(20)).await.unwrap();
+
+    // Redis is killed (SIGKILL) while the requests go on.
+    redis.stop();
+    for node in &nodes {
+        wait_until(STEP, "the node to notice redis is down", || async {
+            admin_metric(node, "seg_compliance_redis_up").await == Some(0.0)
+                && admin_metric(node, "seg_compliance_redis_errors_total")
+                    .await
+                    .unwrap_or(0.0)
+                    > 0.0
+        })
+        .await
+        .unwrap();
+    }
+    wait_until(STEP, "load while redis is down", answered_after(40))
+        .await
+        .unwrap();
+    // A change made meanwhile on one node holds there at once, queued for the others.
+    assert_eq!(
+        admin_device_override(&nodes[0], CHANGED, Some("block")).await,
+        StatusCode::OK
+    );
+    assert!(blocked_on(&nodes[0], CHANGED));
+    assert!(!blocked_on(&nodes[1], CHANGED));
+
+    // Redis returns: the change reaches the other node; nothing was undone.
+    tokio::task::block_in_place(|| redis.restart()).unwrap();
+    wait_until(STEP, "the change to reach the other node", || {
+        let reconciled = blocked_on(&nodes[1], CHANGED);
+        async move { reconciled }
+    })
+    .await
+    .unwrap();
+    wait_until(STEP, "load after redis is back", answered_after(20))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    while let Some(client) = clients.join_next().await {
+        client.unwrap();
+    }
+
+    let wrong = load.wrong.lock().unwrap().clone();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests not answered as before: {wrong:?}",
+        wrong.len(),
+        load.answered.load(Ordering::Relaxed) + wrong.len()
+    );
+    for node in &nodes {
+        assert!(blocked_on(node, WIPED));
+        assert_eq!(
+            admin_metric(node, "seg_compliance_redis_up").await,
+            Some(1.0)
+        );
+    }
+    eprintln!(
+        "{} requests answered as before across the outage",
+        load.answered.load(Ordering::Relaxed)
+    );
 }

@@ -530,3 +530,202 @@ async fn connections_beyond_the_cap_from_one_address_wait_and_idle_ones_are_cut(
     assert_eq!(served, 10);
     assert_eq!(stand.requests().len(), 10);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow bodies
+
+/// How often a trickling client sends its next byte: well within the idle timeout below, so
+/// the connection is never idle.
+const TRICKLE: Duration = Duration::from_millis(50);
+
+/// A gateway whose header timeout (`SLOW_HEADER_TIMEOUT`) and idle timeout (`SLOW_IDLE`) are
+/// short, and whose Exchange timeout is `SLOW_EXCHANGE_TIMEOUT`.
+async fn slow_body_stand() -> Stand {
+    Stand::start(|config| {
+        config.server.header_timeout = SLOW_HEADER_TIMEOUT;
+        config.server.idle_timeout = SLOW_IDLE;
+        config.exchange.timeout = SLOW_EXCHANGE_TIMEOUT;
+    })
+    .await
+}
+const SLOW_HEADER_TIMEOUT: Duration = Duration::from_millis(600);
+const SLOW_IDLE: Duration = Duration::from_millis(400);
+const SLOW_EXCHANGE_TIMEOUT: Duration = Duration::from_millis(800);
+/// What a busy machine may add to a bound.
+const SLACK: Duration = Duration::from_millis(1500);
+
+/// Opens a plain connection, writes `sent` at once, then the rest of `request` one byte every
+/// [`TRICKLE`] (until the gateway stops reading); reads until the gateway closes the
+/// connection. The responses, and how long after the first write the connection closed.
+async fn trickle(stand: &Stand, request: &[u8], sent: usize) -> (Vec<RawResponse>, Duration) {
+    let stream = tokio::net::TcpStream::connect(stand.gateway.http_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let started = tokio::time::Instant::now();
+    writer.write_all(&request[..sent]).await.unwrap();
+    let rest = request[sent..].to_vec();
+    let writing = tokio::spawn(async move {
+        for byte in rest {
+            tokio::time::sleep(TRICKLE).await; // the client's pace, not synchronisation
+            if writer.write_all(&[byte]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut received = Vec::new();
+    let read = seg_testbed::harness::within(STEP, "the gateway to close the connection", async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let closed = started.elapsed();
+    writing.abort();
+    assert!(
+        read.is_ok(),
+        "the gateway kept a trickling client's connection open; it sent: {}",
+        String::from_utf8_lossy(&received)
+    );
+    (parse_responses(&received), closed)
+}
+
+/// A `GetFolder` request whose body starts with `padding` bytes of XML comment, so that its
+/// operation comes late.
+fn padded_request(padding: usize) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\"?><!--{}-->{}",
+        "x".repeat(padding),
+        get_folder()
+    );
+    format!(
+        "{}{body}",
+        head(&format!("Content-Length: {}\r\n", body.len()))
+    )
+}
+
+#[tokio::test]
+async fn a_body_trickled_before_its_operation_gets_a_408_within_the_header_timeout() {
+    let stand = slow_body_stand().await;
+    let request = padded_request(4096);
+    let head_len = request.find("\r\n\r\n").unwrap() + 4;
+
+    // The headers at once, then the body a byte at a time: at 20 bytes a second its operation
+    // would arrive after more than three minutes.
+    let trickler = trickle(&stand, request.as_bytes(), head_len + 10);
+    // Another client, meanwhile, is served as usual.
+    let other = async {
+        let body = get_folder();
+        stand
+            .plain(
+                format!(
+                    "{}{body}",
+                    head(&format!(
+                        "Content-Length: {}\r\nConnection: close\r\n",
+                        body.len()
+                    ))
+                )
+                .as_bytes(),
+            )
+            .await
+    };
+    let ((responses, closed), other) = tokio::join!(trickler, other);
+
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].status, 200);
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].status, 408);
+    assert!(
+        responses[0]
+            .head
+            .contains("x-seg-fault: request-body-timeout"),
+        "{}",
+        responses[0].head
+    );
+    assert!(
+        String::from_utf8_lossy(&responses[0].body).contains("ErrorTimeoutExpired"),
+        "{responses:?}"
+    );
+    assert!(
+        closed >= SLOW_HEADER_TIMEOUT && closed < SLOW_HEADER_TIMEOUT + SLACK,
+        "closed after {closed:?}"
+    );
+    // Only the other client's request reached Exchange.
+    assert_eq!(stand.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_body_trickled_after_its_operation_gets_a_408_within_the_exchange_timeout() {
+    let stand = slow_body_stand().await;
+    let body = format!("{}{}", get_folder(), " ".repeat(4096));
+    let request = format!(
+        "{}{body}",
+        head(&format!("Content-Length: {}\r\n", body.len()))
+    );
+    let head_len = request.find("\r\n\r\n").unwrap() + 4;
+
+    // The operation arrives at once; the rest of the body (whitespace after the envelope)
+    // trickles on. The gateway forwards the request as it comes, and Exchange waits for the
+    // whole body before it answers: the Exchange timeout ends it, blaming the client.
+    let (responses, closed) =
+        trickle(&stand, request.as_bytes(), head_len + get_folder().len()).await;
+
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].status, 408);
+    assert!(
+        responses[0]
+            .head
+            .contains("x-seg-fault: request-body-timeout"),
+        "{}",
+        responses[0].head
+    );
+    assert!(
+        closed >= SLOW_EXCHANGE_TIMEOUT && closed < SLOW_EXCHANGE_TIMEOUT + SLACK,
+        "closed after {closed:?}"
+    );
+    // Exchange never got a whole request, and the gateway serves the next client.
+    assert!(stand.requests().is_empty(), "{:?}", stand.requests());
+    let responses = stand
+        .plain(
+            format!(
+                "{}{}",
+                head(&format!(
+                    "Content-Length: {}\r\nConnection: close\r\n",
+                    get_folder().len()
+                )),
+                get_folder()
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(responses[0].status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_mid_body_is_cut_by_the_idle_timeout() {
+    let stand = slow_body_stand().await;
+    let request = padded_request(0);
+    let stream = tokio::net::TcpStream::connect(stand.gateway.http_addr().unwrap())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+
+    // The headers and half of the body, then silence.
+    let responses = exchange_bytes(stream, &request.as_bytes()[..request.len() - 40]).await;
+    let closed = started.elapsed();
+
+    // Whatever comes first, the idle timeout or the body's read timeout, ends it.
+    assert!(
+        responses.is_empty() || responses[0].status == 408,
+        "{responses:?}"
+    );
+    assert!(
+        closed >= SLOW_IDLE && closed < SLOW_HEADER_TIMEOUT + SLACK,
+        "closed after {closed:?}"
+    );
+    assert!(stand.requests().is_empty(), "{:?}", stand.requests());
+}

@@ -103,6 +103,13 @@ pub enum AuditError {
         #[source]
         source: serde_json::Error,
     },
+    /// The store's file was closed after a failed write and could not be opened again yet;
+    /// the writer tries again with its next batch.
+    #[error("audit store {path} is closed after a failure and not open again yet")]
+    Closed {
+        /// The store's file.
+        path: PathBuf,
+    },
     /// The blocking task reading or writing the store died.
     #[error("audit store task failed: {0}")]
     Task(String),
@@ -299,8 +306,8 @@ async fn write(
 async fn store_batch(store: &Store, node: &Arc<str>, sink: &AuditSink, batch: &mut Vec<Record>) {
     let records = std::mem::take(batch);
     let count = records.len() as u64;
-    let (store, node) = (store.clone(), node.clone());
-    let written = tokio::task::spawn_blocking(move || store.append(&node, records))
+    let (writer, node) = (store.clone(), node.clone());
+    let written = tokio::task::spawn_blocking(move || writer.append(&node, records))
         .await
         .map_err(|error| AuditError::Task(error.to_string()))
         .and_then(|result| result);
@@ -309,7 +316,25 @@ async fn store_batch(store: &Store, node: &Arc<str>, sink: &AuditSink, batch: &m
         Err(error) => {
             tracing::error!(error = %error_chain(&error), records = count, "audit batch not written");
             sink.lost(Loss::WriteFailed, count, "batch");
+            if matches!(error, AuditError::Store { .. } | AuditError::Closed { .. }) {
+                reopen(store.clone()).await;
+            }
         }
+    }
+}
+
+/// Closes and opens the store again after a failed write (redb refuses every transaction
+/// after an I/O error until then), so that the next batch is written once the disk is back.
+async fn reopen(store: Store) {
+    let path = store.path().to_owned();
+    match tokio::task::spawn_blocking(move || store.reopen()).await {
+        Ok(Ok(())) => {
+            tracing::info!(path = %path.display(), "audit store opened again after a failed write")
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error_chain(&error), "audit store not opened again yet; trying with the next batch")
+        }
+        Err(error) => tracing::error!(%error, "the audit store's reopen task failed"),
     }
 }
 

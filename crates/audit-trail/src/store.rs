@@ -9,6 +9,10 @@
 //! query walks one index backwards from its upper bound: newest first, with a cursor that is
 //! the last id seen.
 //!
+//! After a failed write (a full disk, an I/O error) redb refuses every later transaction until
+//! the file is closed and opened again: the writer then calls [`Store::reopen`], so that the
+//! trail writes again once the disk does.
+//!
 //! Every method blocks on the disk: call them from a blocking thread
 //! ([`tokio::task::spawn_blocking`]), as the writer, the retention task and the API do.
 
@@ -19,7 +23,7 @@ use redb::{
     TableDefinition,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
@@ -66,7 +70,8 @@ pub struct Page {
 /// The store; cheap to clone, every clone shares the open file.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// The open file; `None` between a close and a reopen that failed.
+    db: Arc<RwLock<Option<Arc<Database>>>>,
     path: Arc<PathBuf>,
 }
 
@@ -88,25 +93,63 @@ fn db(error: impl Into<redb::Error>) -> redb::Error {
     error.into()
 }
 
+/// Opens (creating it when missing) the redb file at `path` with every table.
+fn open_database(path: &Path) -> Result<Database, AuditError> {
+    let fail = store_error(path);
+    let database = Database::create(path).map_err(|e| fail(db(e)))?;
+    let txn = database.begin_write().map_err(|e| fail(db(e)))?;
+    txn.open_table(ENTRIES).map_err(|e| fail(db(e)))?;
+    txn.open_table(BY_TIME).map_err(|e| fail(db(e)))?;
+    txn.open_table(BY_DEVICE).map_err(|e| fail(db(e)))?;
+    txn.open_table(BY_USER).map_err(|e| fail(db(e)))?;
+    txn.open_table(META).map_err(|e| fail(db(e)))?;
+    txn.commit().map_err(|e| fail(db(e)))?;
+    Ok(database)
+}
+
 impl Store {
     /// Opens the store at `path`, creating it (not its directory) when missing.
     ///
     /// Fails when the file cannot be created or read, is not a redb file, or is held by
     /// another process.
     pub fn open(path: &Path) -> Result<Store, AuditError> {
-        let fail = store_error(path);
-        let database = Database::create(path).map_err(|e| fail(db(e)))?;
-        let txn = database.begin_write().map_err(|e| fail(db(e)))?;
-        txn.open_table(ENTRIES).map_err(|e| fail(db(e)))?;
-        txn.open_table(BY_TIME).map_err(|e| fail(db(e)))?;
-        txn.open_table(BY_DEVICE).map_err(|e| fail(db(e)))?;
-        txn.open_table(BY_USER).map_err(|e| fail(db(e)))?;
-        txn.open_table(META).map_err(|e| fail(db(e)))?;
-        txn.commit().map_err(|e| fail(db(e)))?;
         Ok(Store {
-            db: Arc::new(database),
+            db: Arc::new(RwLock::new(Some(Arc::new(open_database(path)?)))),
             path: Arc::new(path.to_owned()),
         })
+    }
+
+    /// Closes the file and opens it again (redb repairs what a failed commit left): after a
+    /// failed write redb refuses every transaction until then.
+    ///
+    /// Fails when the file cannot be opened now (the store then answers
+    /// [`AuditError::Closed`] until a later call succeeds), or while a query still reads the
+    /// old one (the store stays as it was).
+    pub fn reopen(&self) -> Result<(), AuditError> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = slot.take() {
+            match Arc::try_unwrap(open) {
+                // Its error is the one that made us reopen, already reported.
+                Ok(database) => drop(database.close()),
+                Err(shared) => {
+                    *slot = Some(shared);
+                    return Err(self.fail(redb::Error::DatabaseAlreadyOpen));
+                }
+            }
+        }
+        *slot = Some(Arc::new(open_database(&self.path)?));
+        Ok(())
+    }
+
+    /// The open file, or [`AuditError::Closed`].
+    fn database(&self) -> Result<Arc<Database>, AuditError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| AuditError::Closed {
+                path: self.path.as_ref().clone(),
+            })
     }
 
     /// The file.
@@ -120,7 +163,8 @@ impl Store {
 
     /// Appends `records` in one transaction, as entries of `node`; returns them with their ids.
     pub fn append(&self, node: &str, records: Vec<Record>) -> Result<Vec<Entry>, AuditError> {
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let database = self.database()?;
+        let txn = database.begin_write().map_err(|e| self.fail(e))?;
         let mut written = Vec::with_capacity(records.len());
         {
             let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
@@ -182,7 +226,8 @@ impl Store {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let database = self.database()?;
+        let txn = database.begin_read().map_err(|e| self.fail(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.fail(e))?;
         let by_time = txn.open_table(BY_TIME).map_err(|e| self.fail(e))?;
         // The id range: below the cursor, within the times.
@@ -274,7 +319,8 @@ impl Store {
     /// Deletes up to `batch` of the oldest entries from before `cutoff`, in one transaction;
     /// returns how many it deleted (fewer than `batch`: none older is left).
     pub fn purge_before(&self, cutoff: SystemTime, batch: usize) -> Result<usize, AuditError> {
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let database = self.database()?;
+        let txn = database.begin_write().map_err(|e| self.fail(e))?;
         let mut purged = 0;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.fail(e))?;
@@ -315,7 +361,8 @@ impl Store {
 
     /// How many entries the trail holds.
     pub fn len(&self) -> Result<u64, AuditError> {
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let database = self.database()?;
+        let txn = database.begin_read().map_err(|e| self.fail(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.fail(e))?;
         entries.len().map_err(|e| self.fail(e))
     }

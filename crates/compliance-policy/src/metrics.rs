@@ -18,6 +18,7 @@
 //! | `seg_compliance_transitions_total` | counter | `to` (`blocked`\|`allowed`), `source` (`full-sync`\|`delta-sync`\|`change-event`\|`override`\|`snapshot`) |
 //! | `seg_compliance_webhook_events_total` | counter | `outcome` (`applied`\|`refused`\|`malformed`) |
 //! | `seg_ens_callbacks_total` | counter | `outcome` (`delivered`\|`failed`) |
+//! | `seg_compliance_snapshot_saves_total` | counter | `outcome` (`success`\|`failure`): saves of the view to `compliance.snapshot` |
 //!
 //! Counting a decision is on the path of every request, so it takes no lock, allocates nothing
 //! and hashes nothing: every labelled counter is created up front in its [`Family`] (whose
@@ -129,6 +130,9 @@ struct Inner {
     ens: Family<Labels<1>, Counter>,
     /// `[delivered, failed]`.
     ens_outcomes: [Counter; 2],
+    snapshot_saves: Family<Labels<1>, Counter>,
+    /// `[success, failure]`.
+    snapshot_outcomes: [Counter; 2],
     /// The state whose view the scrape-time gauges read; weak, as that state holds these metrics.
     view: OnceLock<WeakCompliance>,
 }
@@ -174,6 +178,12 @@ impl ComplianceMetrics {
         let ens = Family::<Labels<1>, Counter>::default();
         let ens_outcomes = ["delivered", "failed"]
             .map(|outcome| ens.get_or_create(&[("outcome", outcome)]).clone());
+        let snapshot_saves = Family::<Labels<1>, Counter>::default();
+        let snapshot_outcomes = ["success", "failure"].map(|outcome| {
+            snapshot_saves
+                .get_or_create(&[("outcome", outcome)])
+                .clone()
+        });
         ComplianceMetrics {
             inner: Arc::new(Inner {
                 decisions,
@@ -188,6 +198,8 @@ impl ComplianceMetrics {
                 webhook_outcomes,
                 ens,
                 ens_outcomes,
+                snapshot_saves,
+                snapshot_outcomes,
                 view: OnceLock::new(),
             }),
         }
@@ -228,6 +240,11 @@ impl ComplianceMetrics {
             "Transitions told to ENS (delivered) or given up on or missed (failed)",
             inner.ens.clone(),
         );
+        registry.register(
+            "seg_compliance_snapshot_saves",
+            "Saves of the view to the snapshot file, by outcome",
+            inner.snapshot_saves.clone(),
+        );
         registry.register_collector(Box::new(ViewGauges(self.inner.clone())));
     }
 
@@ -262,6 +279,16 @@ impl ComplianceMetrics {
             .chain(self.inner.blocked.iter())
             .map(Counter::get)
             .sum()
+    }
+
+    /// Counts one save of the view to the snapshot file.
+    pub(crate) fn snapshot_save(&self, success: bool) {
+        self.inner.snapshot_outcomes[usize::from(!success)].inc();
+    }
+
+    /// Saves of the view counted so far that succeeded (`true`) or failed (`false`).
+    pub fn snapshot_saves(&self, success: bool) -> u64 {
+        self.inner.snapshot_outcomes[usize::from(!success)].get()
     }
 
     /// Counts one sync; a successful full sync also sets the last-full-sync time.

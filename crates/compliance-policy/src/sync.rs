@@ -239,10 +239,11 @@ impl<S: DeviceSource> Syncer<S> {
     /// Runs until `shutdown` completes: full sync, then delta and full syncs on their intervals.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
-        let saver = self
-            .snapshot
-            .clone()
-            .map(|snapshot| tokio::spawn(save_on_change(self.compliance.clone(), snapshot)));
+        let saver = self.snapshot.clone().map(|snapshot| {
+            // Subscribed here, before the task runs: no change made meanwhile is missed.
+            let changes = self.compliance.watch_changes();
+            tokio::spawn(save_on_change(self.compliance.clone(), changes, snapshot))
+        });
         let mut backoff = self.settings.min_backoff;
         let mut next_full = tokio::time::Instant::now();
         let mut next_delta = next_full + self.settings.delta_sync_interval;
@@ -372,21 +373,59 @@ impl<S: DeviceSource> Syncer<S> {
     }
 }
 
+/// First wait before saving again after a failed save; doubles up to [`SAVE_RETRY_MAX`].
+const SAVE_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to save after failures.
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Saves the view after each change, coalescing bursts: at most one save runs at a time, and a
-/// change made during a save is saved right after it.
-async fn save_on_change(compliance: Compliance, snapshot: Snapshot) {
-    let mut changes = compliance.watch_changes();
-    while changes.changed().await.is_ok() {
-        let view = compliance.view();
-        let snapshot = snapshot.clone();
-        let saved = tokio::task::spawn_blocking(move || snapshot.save(&view)).await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(%error, "cannot save the compliance view; serving from memory")
+/// change made during a save is saved right after it. A failed save (a full or read-only disk)
+/// is counted and tried again with backoff even when nothing changes, so that the file on disk
+/// catches up once the disk is back: a restart must not load a view older than the one served
+/// (an administrator's block set meanwhile would be lost).
+async fn save_on_change(
+    compliance: Compliance,
+    mut changes: watch::Receiver<u64>,
+    snapshot: Snapshot,
+) {
+    let mut retry: Option<Duration> = None;
+    loop {
+        match retry {
+            None => {
+                if changes.changed().await.is_err() {
+                    return;
+                }
             }
-            Err(error) => tracing::error!(%error, "the snapshot writer failed"),
+            Some(wait) => {
+                // Whichever comes first: the backoff, or a change (saved at once).
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
         }
+        changes.mark_unchanged();
+        let view = compliance.view();
+        let to = snapshot.clone();
+        let saved = match tokio::task::spawn_blocking(move || to.save(&view)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot save the compliance view; serving from memory, trying again");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "the snapshot writer failed; trying again");
+                false
+            }
+        };
+        if let Some(metrics) = compliance.metrics() {
+            metrics.snapshot_save(saved);
+        }
+        retry = match (saved, retry) {
+            (true, _) => None,
+            (false, None) => Some(SAVE_RETRY_MIN),
+            (false, Some(wait)) => Some((wait * 2).min(SAVE_RETRY_MAX)),
+        };
     }
 }
 
@@ -396,6 +435,49 @@ mod tests {
     use crate::device::DeviceId;
     use crate::policy::PolicySettings;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_failed_snapshot_save_is_counted_and_tried_again_without_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        // The snapshot's directory is a regular file: every save fails until it is a directory.
+        let parent = dir.path().join("state");
+        std::fs::write(&parent, b"not a directory").unwrap();
+        let path = parent.join("view.json");
+        let metrics = crate::metrics::ComplianceMetrics::new();
+        let compliance = Compliance::with_metrics(PolicySettings::default(), metrics.clone());
+        let changes = compliance.watch_changes();
+        let saver = tokio::spawn(save_on_change(
+            compliance.clone(),
+            changes,
+            Snapshot::new(&path),
+        ));
+        compliance.replace_all(
+            vec![DeviceRecord {
+                device_id: DeviceId::new("A1"),
+                ..Default::default()
+            }],
+            ChangeSource::FullSync,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.snapshot_saves(false) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no failed save counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!path.exists());
+        // The disk comes back; nothing changes in the view, yet the file is written.
+        std::fs::remove_file(&parent).unwrap();
+        std::fs::create_dir(&parent).unwrap();
+        while metrics.snapshot_saves(true) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never saved again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let saved = Snapshot::new(&path).load().unwrap().expect("a saved view");
+        assert_eq!(saved.devices.len(), 1);
+        saver.abort();
+    }
 
     /// A console of one device, counting full and delta syncs.
     #[derive(Debug, Default, Clone)]

@@ -297,16 +297,20 @@ impl fmt::Display for EwsOperation {
 struct Config {
     prefix_limit: usize,
     require_soap: bool,
+    /// How long the prefix may take to arrive; `None`: as long as the body takes.
+    read_timeout: Option<std::time::Duration>,
 }
 
 impl Config {
     const LENIENT: Config = Config {
         prefix_limit: DEFAULT_PREFIX_LIMIT,
         require_soap: false,
+        read_timeout: None,
     };
     const REQUIRING_SOAP: Config = Config {
         prefix_limit: DEFAULT_PREFIX_LIMIT,
         require_soap: true,
+        read_timeout: None,
     };
 }
 
@@ -343,6 +347,17 @@ impl EwsOperationLayer {
     /// request takes before it is forwarded (plus one frame: a frame is never split).
     pub fn with_prefix_limit(mut self, bytes: usize) -> Self {
         self.config.prefix_limit = bytes;
+        self
+    }
+
+    /// Bounds the time the prefix may take to arrive, from the call on: a client that sends
+    /// its headers and then trickles (or stops sending) the start of its body is answered with
+    /// a `408 Request Timeout` SOAP fault (`X-Seg-Fault: request-body-timeout`) once `timeout`
+    /// has passed, without calling the inner service; the connection is then closed, its body
+    /// unread. Without it, only the listener's idle timeout ends such a request, and a client
+    /// that sends a byte now and then is never idle.
+    pub fn with_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.read_timeout = Some(timeout);
         self
     }
 }
@@ -394,6 +409,12 @@ impl<S> SniffOperation<S> {
     /// Sets the prefix limit, as [`EwsOperationLayer::with_prefix_limit`] does.
     pub fn with_prefix_limit(mut self, bytes: usize) -> Self {
         self.config.prefix_limit = bytes;
+        self
+    }
+
+    /// Sets the read timeout, as [`EwsOperationLayer::with_read_timeout`] does.
+    pub fn with_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.read_timeout = Some(timeout);
         self
     }
 
@@ -451,6 +472,10 @@ where
             seen: 0,
             sniffer: Sniffer::new(),
             body_done: false,
+            deadline: self
+                .config
+                .read_timeout
+                .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
         };
         ResponseFuture {
             state: State::Sniffing {
@@ -541,6 +566,8 @@ enum Outcome {
     Ended,
     LimitReached,
     BodyError(BoxError),
+    /// The prefix did not arrive within the read timeout.
+    TimedOut,
 }
 
 /// A `POST` whose prefix is being read.
@@ -560,6 +587,8 @@ struct Pending<S, B> {
     sniffer: Sniffer,
     /// The body returned its last frame.
     body_done: bool,
+    /// When the read timeout expires, if one is set.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S, B> Pending<S, B>
@@ -575,7 +604,14 @@ where
             if self.body_done || self.body.is_end_stream() {
                 return Poll::Ready(Outcome::Ended);
             }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let polled = Pin::new(&mut self.body).poll_frame(cx);
+            if polled.is_pending()
+                && let Some(deadline) = self.deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Outcome::TimedOut);
+            }
+            let frame = match ready!(polled) {
                 None => {
                     self.body_done = true;
                     return Poll::Ready(Outcome::Ended);
@@ -643,6 +679,20 @@ where
                     "the request body could not be read",
                 )
                 .with_reason("request-body-unreadable")
+                .into_response());
+            }
+            Outcome::TimedOut => {
+                tracing::warn!(
+                    timeout = ?config.read_timeout,
+                    read = frames_len,
+                    "request body too slow: its EWS operation did not arrive in time"
+                );
+                return Err(SoapFault::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    FaultCode::TimeoutExpired,
+                    "the request body did not arrive in time",
+                )
+                .with_reason("request-body-timeout")
                 .into_response());
             }
             Outcome::NotSoap => Err("the request body is not a SOAP request".to_owned()),

@@ -6,7 +6,10 @@
 //! The timeout covers the wait for Exchange's response headers only, never a streaming body.
 //!
 //! Failures never escape as errors: they become SOAP faults (`502` unreachable or TLS failure,
-//! `504` timeout, `413` body over the limit set by [`crate::body_limit`]) and a log line.
+//! `504` timeout, `413` body over the limit set by [`crate::body_limit`]) and a log line. A
+//! timeout that finds the proxy waiting for the next bytes of the client's request body is the
+//! client's slowness, not Exchange's (Exchange answers once it has the whole request): `408
+//! request-body-timeout`.
 //!
 //! ```no_run
 //! use ews_proxy_core::proxy::{ReverseProxy, Upstream};
@@ -42,6 +45,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -190,12 +194,24 @@ where
         parts
             .headers
             .insert(header::HOST, self.upstream.host.clone());
-        let body = body.map_err(Into::into).boxed_unsync();
+        // Whether the upstream connection is waiting for the client's next bytes, for a
+        // timeout to tell whose it is; not tracked (no allocation) for a complete body.
+        let (body, awaiting_client) = if body.is_end_stream() {
+            (body.map_err(Into::into).boxed_unsync(), None)
+        } else {
+            let awaiting = Arc::new(AtomicBool::new(false));
+            let body = AwaitTracked {
+                inner: body,
+                awaiting: awaiting.clone(),
+            };
+            (body.map_err(Into::into).boxed_unsync(), Some(awaiting))
+        };
         let request = Request::from_parts(parts, body);
         ResponseFuture {
             response: self.pool.send(request),
             deadline: tokio::time::sleep(self.upstream.timeout),
             timeout: self.upstream.timeout,
+            awaiting_client,
         }
     }
 }
@@ -207,6 +223,41 @@ pin_project! {
         #[pin]
         deadline: Sleep,
         timeout: Duration,
+        // Set while the request body waits for the client's next bytes; `None`: the body was
+        // complete from the start.
+        awaiting_client: Option<Arc<AtomicBool>>,
+    }
+}
+
+pin_project! {
+    /// A request body that records whether its last poll waited for the client.
+    struct AwaitTracked<B> {
+        #[pin]
+        inner: B,
+        awaiting: Arc<AtomicBool>,
+    }
+}
+
+impl<B: Body> Body for AwaitTracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        this.awaiting.store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -222,6 +273,20 @@ impl Future for ResponseFuture {
             }));
         }
         ready!(this.deadline.poll(cx));
+        if this
+            .awaiting_client
+            .as_ref()
+            .is_some_and(|awaiting| awaiting.load(Ordering::Relaxed))
+        {
+            tracing::info!(timeout = ?this.timeout, "the client's request body did not arrive before the timeout");
+            return Poll::Ready(Ok(SoapFault::new(
+                StatusCode::REQUEST_TIMEOUT,
+                FaultCode::TimeoutExpired,
+                "the request body did not arrive in time",
+            )
+            .with_reason("request-body-timeout")
+            .into_response()));
+        }
         tracing::warn!(timeout = ?this.timeout, "exchange did not answer in time");
         Poll::Ready(Ok(SoapFault::new(
             StatusCode::GATEWAY_TIMEOUT,

@@ -143,7 +143,9 @@ impl PeerCertificate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Time allowed for the TLS handshake and for each request's headers to arrive.
+    /// Time allowed for the TLS handshake and for each request's headers to arrive. (seg-proxy
+    /// also allows this long for the start of an EWS body it reads to learn the operation: see
+    /// [`crate::operation::EwsOperationLayer::with_read_timeout`].)
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// A connection with no traffic either way for this long is closed.

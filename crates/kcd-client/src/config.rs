@@ -11,7 +11,9 @@ use crate::transport::TransportMode;
 pub struct RealmConfig {
     /// The realm (`CORP.EXAMPLE`).
     pub realm: String,
-    /// Its KDCs as `host` or `host:port` (port 88 by default), tried in order.
+    /// Its KDCs as `host` or `host:port` (port 88 by default), tried in order; `tcp/host:port`
+    /// (as MIT's krb5.conf writes it) is reached over TCP only, `udp/host:port` as without
+    /// the prefix.
     pub kdcs: Vec<String>,
 }
 

@@ -1,9 +1,12 @@
 //! Reading the realms and KDCs out of an MIT `krb5.conf`, for operators who already have one
 //! (the `seg-proxy kcd-token` check command, deployments moving from a system Kerberos set-up).
 //!
-//! Only what [`crate::KcdConfig`] needs is read: `[libdefaults] default_realm` and, per realm in
-//! `[realms]`, its `kdc` lines in order. Everything else (including `include` directives and
-//! DNS lookups) is ignored; the client never reads the system's configuration by itself.
+//! Only what [`crate::KcdConfig`] needs is read: `[libdefaults] default_realm` and
+//! `udp_preference_limit`, and, per realm in `[realms]`, its `kdc` lines in order, each
+//! `host[:port]` optionally prefixed `tcp/` (that KDC is reached over TCP only) or `udp/` (the
+//! default: UDP first), as MIT writes them. Everything else (including `include` directives
+//! and DNS lookups) is ignored; the client never reads the system's configuration by itself.
+//! [`Krb5Conf::kcd_config`] makes the client's configuration from it.
 //!
 //! ```
 //! let text = "[libdefaults]\n default_realm = TEST.LOCAL\n[realms]\n TEST.LOCAL = {\n  kdc = 127.0.0.1:8800\n }\n";
@@ -12,7 +15,7 @@
 //! assert_eq!(conf.realms[0].kdcs, ["127.0.0.1:8800"]);
 //! ```
 
-use crate::config::RealmConfig;
+use crate::config::{Credentials, KcdConfig, RealmConfig};
 use crate::error::KcdError;
 use std::path::Path;
 
@@ -21,6 +24,9 @@ use std::path::Path;
 pub struct Krb5Conf {
     /// `[libdefaults] default_realm`.
     pub default_realm: Option<String>,
+    /// `[libdefaults] udp_preference_limit`: requests longer than this many bytes go to the
+    /// KDC over TCP (`1`: always TCP); `None` when the file does not set it.
+    pub udp_preference_limit: Option<usize>,
     /// The realms of `[realms]` that name at least one KDC, in file order.
     pub realms: Vec<RealmConfig>,
 }
@@ -94,6 +100,14 @@ impl Krb5Conf {
             }
             match (section.as_str(), depth, key) {
                 ("libdefaults", 0, "default_realm") => conf.default_realm = Some(value.to_owned()),
+                ("libdefaults", 0, "udp_preference_limit") => {
+                    let limit = value.parse().map_err(|_| {
+                        error(&format!(
+                            "udp_preference_limit {value:?} is not a number of bytes"
+                        ))
+                    })?;
+                    conf.udp_preference_limit = Some(limit);
+                }
                 ("realms", 1, "kdc") => {
                     if let Some(realm) = realm.as_mut() {
                         realm.kdcs.push(value.to_owned());
@@ -106,6 +120,43 @@ impl Krb5Conf {
             return Err(KcdError::Config("unclosed '{' at the end".into()));
         }
         Ok(conf)
+    }
+
+    /// The client's configuration for `service_principal` with `credentials` and these realms
+    /// (the default realm first: a principal without `@REALM` belongs to it), with
+    /// `udp_preference_limit` when the file sets it; the rest is [`KcdConfig::new`]'s defaults.
+    pub fn kcd_config(
+        self,
+        service_principal: impl Into<String>,
+        credentials: Credentials,
+    ) -> KcdConfig {
+        let mut realms = self.realms;
+        if let Some(default) = &self.default_realm
+            && let Some(index) = realms.iter().position(|r| &r.realm == default)
+        {
+            let realm = realms.remove(index);
+            realms.insert(0, realm);
+        }
+        let mut config = KcdConfig::new(realms, service_principal, credentials);
+        if let Some(limit) = self.udp_preference_limit {
+            config.udp_preference_limit = limit;
+        }
+        config
+    }
+}
+
+/// The `host[:port]` of a `kdc` value, without its `tcp/` or `udp/` prefix (any case).
+pub fn kdc_address(kdc: &str) -> &str {
+    transport_prefix(kdc).1
+}
+
+/// Whether a `kdc` value asks for TCP only (`tcp/host`), and its `host[:port]`.
+pub(crate) fn transport_prefix(kdc: &str) -> (bool, &str) {
+    let kdc = kdc.trim();
+    match kdc.get(..4).map(str::to_ascii_lowercase).as_deref() {
+        Some("tcp/") => (true, &kdc[4..]),
+        Some("udp/") => (false, &kdc[4..]),
+        _ => (false, kdc),
     }
 }
 
@@ -152,6 +203,36 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn udp_preference_limit_and_transport_prefixes_are_read() {
+        let text = "[libdefaults]\n default_realm = B\n udp_preference_limit = 1\n[realms]\n A = {\n  kdc = a:88\n }\n B = {\n  kdc = tcp/127.0.0.1:8800\n  kdc = UDP/b2\n }\n";
+        let conf = Krb5Conf::parse(text).unwrap();
+        assert_eq!(conf.udp_preference_limit, Some(1));
+        assert_eq!(conf.realms[1].kdcs, ["tcp/127.0.0.1:8800", "UDP/b2"]);
+        assert_eq!(kdc_address(&conf.realms[1].kdcs[0]), "127.0.0.1:8800");
+        assert_eq!(
+            transport_prefix("tcp/127.0.0.1:8800"),
+            (true, "127.0.0.1:8800")
+        );
+        assert_eq!(transport_prefix("UDP/b2"), (false, "b2"));
+        assert_eq!(
+            transport_prefix("kdc.tcp.example"),
+            (false, "kdc.tcp.example")
+        );
+        let config = conf.kcd_config("HTTP/seg", Credentials::Password("x".into()));
+        assert_eq!(config.udp_preference_limit, 1);
+        assert_eq!(config.realms[0].realm, "B", "the default realm first");
+        let unset = Krb5Conf::parse("[realms]\n A = {\n  kdc = a\n }\n").unwrap();
+        assert_eq!(unset.udp_preference_limit, None);
+        assert_eq!(
+            unset
+                .kcd_config("HTTP/seg", Credentials::Password("x".into()))
+                .udp_preference_limit,
+            1465
+        );
+        assert!(Krb5Conf::parse("[libdefaults]\n udp_preference_limit = lots\n").is_err());
     }
 
     #[test]

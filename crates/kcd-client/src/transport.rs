@@ -66,16 +66,22 @@ pub(crate) struct Transport {
 pub(crate) struct KdcEndpoint {
     /// `host` or `host:port`.
     pub(crate) address: String,
+    /// Configured as `tcp/host[:port]`: never reached over UDP.
+    tcp_only: bool,
     slots: Semaphore,
     max_in_flight: usize,
 }
 
 impl KdcEndpoint {
-    /// `address` with at most `max_in_flight` requests outstanding (at least one).
+    /// `address` (`host[:port]`, optionally prefixed `tcp/` or `udp/` as in krb5.conf) with at
+    /// most `max_in_flight` requests outstanding (at least one).
     pub(crate) fn new(address: impl Into<String>, max_in_flight: usize) -> Self {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let address = address.into();
+        let (tcp_only, host) = crate::krb5_conf::transport_prefix(&address);
         Self {
-            address: address.into(),
+            tcp_only,
+            address: host.to_owned(),
             slots: Semaphore::new(max_in_flight),
             max_in_flight,
         }
@@ -166,6 +172,7 @@ impl Transport {
             };
             for addr in addrs {
                 let use_udp = self.mode == TransportMode::UdpThenTcp
+                    && !endpoint.tcp_only
                     && request.len() <= self.udp_preference_limit;
                 if use_udp {
                     attempts += 1;

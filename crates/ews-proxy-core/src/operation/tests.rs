@@ -524,3 +524,38 @@ async fn quoted_closing_brackets_do_not_end_a_tag_whatever_the_frames() {
         assert_eq!(seen.body, xml.as_bytes());
     }
 }
+
+/// A body that sends `head` and then nothing, forever (a client that stopped mid-body).
+struct Stalled {
+    head: Option<Bytes>,
+}
+
+impl Body for Stalled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.head.take() {
+            Some(head) => Poll::Ready(Some(Ok(Frame::data(head)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_slower_than_the_read_timeout_is_a_408_fault_without_calling_inner() {
+    let head = format!(r#"<s:Envelope xmlns:s="{SOAP_11}"><s:Header>"#);
+    let body = Stalled {
+        head: Some(Bytes::from(head)),
+    };
+    let layer = EwsOperationLayer::new().with_read_timeout(std::time::Duration::from_secs(3));
+    let started = tokio::time::Instant::now();
+    let (response, seen) = send(layer, post(body)).await;
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(response.headers()[SEG_FAULT_HEADER], "request-body-timeout");
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(3));
+    assert_eq!(seen.calls, 0);
+}
