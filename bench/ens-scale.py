@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""The driver of bench/ens-scale.sh: registers devices with mock-ens, waits for their streams,
-then measures delivery and wipe latencies from outside every process.
+"""The driver of bench/ens-scale.sh: registers devices with mock-ens, waits for their
+subscriptions, then measures delivery and wipe latencies from outside every process.
 
 usage:
-  ens-scale.py register ENS_URL API_TOKEN N PASSWORD            # N streaming devices, 32 at a time
+  ens-scale.py register ENS_URL API_TOKEN N PASSWORD MODE       # N devices (streaming|push|pull), 32 at a time
   ens-scale.py wait-streams METRICS_URL N DEADLINE_S           # until the gateway holds N streams
+  ens-scale.py wait-subscribed ENS_URL API_TOKEN N DEADLINE_S  # until mock-ens shows N subscribed
+  ens-scale.py subscribed ENS_URL API_TOKEN                     # how many mock-ens shows subscribed
   ens-scale.py deliver EXCHANGE_URL ENS_URL API_TOKEN N SAMPLES RATE
   ens-scale.py wipe UEM_URL ENS_URL API_TOKEN N SAMPLES RATE
+  ens-scale.py deliver-wiped EXCHANGE_URL ENS_URL API_TOKEN N SAMPLES RATE GRACE_S
 
 Devices are EASDEV000001… for user000001@test.local…, as bench/ens-scale.sh writes them.
 `deliver` and `wipe` print one JSON line: {"samples": n, "p50_ms": …, "p99_ms": …, "max_ms": …,
 "missing": k}. Latency is the mock-ens timestamp (a notification's `at`, a state's `state_since`)
 minus the wall-clock time just before the delivery or wipe request was sent.
+`deliver-wiped` delivers mail to the devices `wipe` wiped (the same random choice), waits until
+a control device that was not wiped is notified of a mail delivered after them and at least
+GRACE_S seconds, and prints {"delivered": n, "notified": k}: k must be 0 (a push device's
+SendNotification is answered Unsubscribe, a stream is cut, polling has stopped).
 """
 import concurrent.futures
 import datetime
@@ -68,10 +75,10 @@ def user(i):
     return f"user{i:06d}@test.local"
 
 
-def register(ens, token, n, password):
+def register(ens, token, n, password, mode):
     def one(i):
         status, body = call(ens, "POST", "/devices", {
-            "device_id": device_id(i), "user": user(i), "mailbox": user(i), "mode": "streaming",
+            "device_id": device_id(i), "user": user(i), "mailbox": user(i), "mode": mode,
             "auth": {"basic": {"user": user(i), "password": password}},
         }, {"ApiToken": token})
         if status not in (200, 201):
@@ -107,6 +114,28 @@ def wait_streams(metrics_url, n, deadline):
             return
         time.sleep(0.5)
     raise SystemExit(f"only {open_streams} of {n} streams open after {deadline} s")
+
+
+def subscribed_count(ens, token):
+    status, body = call(ens, "GET", "/devices", headers={"ApiToken": token})
+    if status != 200:
+        raise SystemExit(f"GET /devices: {status}")
+    return sum(1 for device in json.loads(body) if device.get("subscribed"))
+
+
+def wait_subscribed(ens, token, n, deadline):
+    started, subscribed = time.time(), 0
+    while time.time() - started < deadline:
+        try:
+            subscribed = subscribed_count(ens, token)
+        except (OSError, http.client.HTTPException):
+            continue
+        if subscribed >= n:
+            print(json.dumps({"subscribed": subscribed,
+                              "seconds": round(time.time() - started, 1)}))
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"only {subscribed} of {n} devices subscribed after {deadline} s")
 
 
 def parse_time(text):
@@ -185,12 +214,45 @@ def wipe(uem, ens, token, n, samples, rate):
     collect(paced(n, samples, rate, act), found, 60)
 
 
+def deliver_wiped(exchange, ens, token, n, samples, rate, grace):
+    subject = lambda i: f"bench mail after the wipe {i}"
+
+    def deliver_to(i):
+        status, body = call(exchange, "POST", "/testbed/deliver",
+                            {"mailbox": user(i), "subject": subject(i)})
+        if status != 200:
+            raise SystemExit(f"deliver to {user(i)}: {status} {body[:200]!r}")
+    # The same choice as `wipe` (same seed): the wiped devices.
+    sent = paced(n, samples, rate, deliver_to)
+    control = next(i for i in range(1, n + 1) if i not in sent)
+    deliver_to(control)
+    end, started = time.time() + 60, time.time()
+    while not any(note["subject"] == subject(control)
+                  for note in device_view(ens, token, control)["notifications"]):
+        if time.time() > end:
+            raise SystemExit(f"the control device {device_id(control)} was never notified")
+        time.sleep(0.2)
+    if time.time() - started < grace:
+        time.sleep(grace - (time.time() - started))
+    notified = sum(1 for i in sent
+                   if any(note["subject"] == subject(i)
+                          for note in device_view(ens, token, i)["notifications"]))
+    print(json.dumps({"delivered": len(sent), "notified": notified}))
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     if command == "register":
-        register(args[0], args[1], int(args[2]), args[3])
+        register(args[0], args[1], int(args[2]), args[3], args[4])
     elif command == "wait-streams":
         wait_streams(args[0], int(args[1]), float(args[2]))
+    elif command == "wait-subscribed":
+        wait_subscribed(args[0], args[1], int(args[2]), float(args[3]))
+    elif command == "subscribed":
+        print(subscribed_count(args[0], args[1]))
+    elif command == "deliver-wiped":
+        deliver_wiped(args[0], args[1], args[2], int(args[3]), int(args[4]), float(args[5]),
+                      float(args[6]))
     elif command == "deliver":
         deliver(args[0], args[1], args[2], int(args[3]), int(args[4]), float(args[5]))
     elif command == "wipe":

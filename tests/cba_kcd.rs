@@ -9,13 +9,12 @@ mod support;
 use http::StatusCode;
 use http::header::WWW_AUTHENTICATE;
 use seg_proxy::Gateway;
-use seg_proxy::config::{AuthMode, Config, Kcd};
+use seg_proxy::config::Config;
 use seg_testbed::client::HttpClient;
 use seg_testbed::exchange::NegotiateConfig;
 use seg_testbed::harness::TestExchange;
-use seg_testbed::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE, Kdc, KdcConfig, RunningKdc};
+use seg_testbed::kdc::{EXCHANGE_SERVICE, RunningKdc};
 use seg_testbed::pki::ClientCertSpec;
-use std::time::Duration;
 use support::*;
 
 const GET_FOLDER: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
@@ -44,10 +43,7 @@ impl Stand {
     /// [`Stand::start`] with `configure` making its changes to the gateway's configuration.
     async fn start_with(binding: Binding, configure: impl FnOnce(&mut Config)) -> Stand {
         let dir = tempfile::tempdir().unwrap();
-        let kdc = tokio::task::spawn_blocking(|| Kdc::start(KdcConfig::temporary()))
-            .await
-            .unwrap()
-            .expect("the test KDC starts");
+        let kdc = start_kdc().await;
         let exchange_keytab = kdc.keytab(EXCHANGE_SERVICE).unwrap().to_path_buf();
         let exchange = TestExchange::start(|config| {
             let negotiate = NegotiateConfig::new(exchange_keytab);
@@ -64,16 +60,7 @@ impl Stand {
         config.exchange.trust_store = Some(ca);
         config.ews.remove_unsupported_auth = true;
         with_client_certificates(&mut config, &exchange, dir.path());
-        config.auth.modes = vec![AuthMode::Basic, AuthMode::Oauth, AuthMode::CbaKcd];
-        let mut kcd = Kcd::new(
-            kdc.krb5_conf(),
-            kdc.keytab(GATEWAY_SERVICE).unwrap(),
-            GATEWAY_SERVICE,
-        );
-        kcd.target_spn = Some(EXCHANGE_SERVICE.into());
-        kcd.channel_binding = binding == Binding::Required;
-        kcd.timeout = Duration::from_secs(10);
-        config.auth.kcd = Some(kcd);
+        with_cba_kcd(&mut config, &kdc, binding == Binding::Required);
         configure(&mut config);
         let gateway = start(config).await;
         Stand {
@@ -138,10 +125,7 @@ impl Stand {
 
     async fn stop(self) {
         self.gateway.shutdown().await;
-        let kdc = self.kdc;
-        tokio::task::spawn_blocking(move || drop(kdc))
-            .await
-            .unwrap();
+        stop_kdc(self.kdc).await;
     }
 }
 

@@ -10,12 +10,15 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use mock_ens::MockEns;
-use mock_ens::api::DeviceView;
+use mock_ens::api::{DeviceSummary, DeviceView};
 use mock_ens::config::{Config as EnsConfig, SubscriptionTiming};
 use mock_ens::store::DeviceState;
 use seg_proxy::Gateway;
 use seg_testbed::client::HttpClient;
+use seg_testbed::exchange::NegotiateConfig;
 use seg_testbed::harness::{self, TEST_PASSWORD, TestExchange, reserve_port, wait_until};
+use seg_testbed::kdc::{EXCHANGE_SERVICE, RunningKdc};
+use seg_testbed::pki::ClientCertSpec;
 use seg_testbed::uem::{self, Change, Device, UemConfig, UemHandle, UemServer};
 use std::time::{Duration, Instant};
 use support::*;
@@ -40,11 +43,21 @@ struct Stand {
 
 impl Stand {
     async fn start() -> Stand {
+        Stand::start_with(None).await
+    }
+
+    /// [`Stand::start`], and with `kdc` certificate-based authentication: Exchange accepts
+    /// Kerberos with its keytab from `kdc`, the gateway listens on TLS too, asking for client
+    /// certificates of Exchange's test CA and answering Exchange's Negotiate by KCD through
+    /// `kdc`, and mock-ens reaches the gateway over that TLS listener.
+    async fn start_with(kdc: Option<&RunningKdc>) -> Stand {
         let dir = tempfile::tempdir().unwrap();
+        let keytab = kdc.map(|kdc| kdc.keytab(EXCHANGE_SERVICE).unwrap().to_path_buf());
         let exchange = TestExchange::start(|config| {
             // One EWS "minute" lasts a second, so heartbeats and stream timeouts are quick.
             config.minute = Duration::from_secs(1);
             config.keepalive_interval = Duration::from_secs(2);
+            config.negotiate = keytab.map(NegotiateConfig::new);
         })
         .await
         .unwrap();
@@ -60,7 +73,7 @@ impl Stand {
         ));
         let uem =
             UemServer::spawn(harness::local_listener().await.unwrap(), None, uem_config).unwrap();
-        let config = gateway_config(
+        let mut config = gateway_config(
             &exchange,
             &uem,
             &format!("http://{ens_addr}/gateway/compliance"),
@@ -68,10 +81,23 @@ impl Stand {
             dir.path().join("view.snapshot"),
             dir.path(),
         );
+        if let Some(kdc) = kdc {
+            with_client_certificates(&mut config, &exchange, dir.path());
+            with_cba_kcd(&mut config, kdc, false);
+        }
         let gateway = start(config).await;
+        let (gateway_url, gateway_trust_store) = match kdc {
+            // gateway_config wrote Exchange's CA, which also signs the gateway's certificate.
+            Some(_) => (
+                https_ews_url(&gateway),
+                Some(dir.path().join("exchange-ca.pem")),
+            ),
+            None => (format!("{}/EWS/Exchange.asmx", http_base(&gateway)), None),
+        };
         let ens_config = EnsConfig {
             listen: ens_addr,
-            gateway_url: format!("{}/EWS/Exchange.asmx", http_base(&gateway)),
+            gateway_url,
+            gateway_trust_store,
             public_url: None,
             store: dir.path().join("ens.redb"),
             key_file: None,
@@ -128,21 +154,32 @@ impl Stand {
     }
 
     async fn register(&self, device_id: &str, user: &str, mode: &str) {
-        let (status, body) = self
-            .api(
-                Method::POST,
-                "/devices",
-                Some(API_TOKEN),
-                Some(serde_json::json!({
-                    "device_id": device_id,
-                    "user": user,
-                    "mailbox": user,
-                    "mode": mode,
-                    "auth": {"basic": {"user": user, "password": TEST_PASSWORD}},
-                })),
-            )
-            .await;
+        let auth = serde_json::json!({"basic": {"user": user, "password": TEST_PASSWORD}});
+        let (status, body) = self.register_with(device_id, user, mode, auth).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// `POST /devices` with `auth` as the credentials: the answer's status and body.
+    async fn register_with(
+        &self,
+        device_id: &str,
+        user: &str,
+        mode: &str,
+        auth: serde_json::Value,
+    ) -> (StatusCode, String) {
+        self.api(
+            Method::POST,
+            "/devices",
+            Some(API_TOKEN),
+            Some(serde_json::json!({
+                "device_id": device_id,
+                "user": user,
+                "mailbox": user,
+                "mode": mode,
+                "auth": auth,
+            })),
+        )
+        .await
     }
 
     async fn device(&self, device_id: &str) -> DeviceView {
@@ -386,6 +423,17 @@ async fn a_blocked_device_stays_blocked_across_a_restart_until_allowed() {
     let mut stand = Stand::start().await;
     stand.register(STREAMING_DEVICE, ALICE, "streaming").await;
     stand.wait_for_subscriptions(1).await;
+    // The list shows whether each device is subscribed (the scale benchmark waits on it).
+    wait_until(STEP, "the list to show EASDEV1 subscribed", || async {
+        let (status, body) = stand
+            .api(Method::GET, "/devices", Some(API_TOKEN), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let list: Vec<DeviceSummary> = serde_json::from_str(&body).unwrap();
+        list.len() == 1 && list[0].device_id == STREAMING_DEVICE && list[0].subscribed
+    })
+    .await
+    .unwrap();
     stand
         .uem
         .update(STREAMING_DEVICE, Change::DeviceWipe)
@@ -414,4 +462,175 @@ async fn a_blocked_device_stays_blocked_across_a_restart_until_allowed() {
     stand
         .wait_for_notification(STREAMING_DEVICE, "welcome back")
         .await;
+}
+
+/// The registration body of a device presenting `cert` as its client certificate.
+fn certificate_auth(cert: &seg_testbed::pki::ClientCert) -> serde_json::Value {
+    serde_json::json!({"certificate": {"cert_pem": cert.cert_pem, "key_pem": cert.key_pem}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_device_is_notified_through_kcd_and_stops_when_wiped() {
+    let kdc = start_kdc().await;
+    let stand = Stand::start_with(Some(&kdc)).await;
+    let cert = stand
+        .exchange
+        .pki
+        .issue_client_cert(&ClientCertSpec::upn("alice@TEST.LOCAL"))
+        .unwrap();
+    let (status, body) = stand
+        .register_with(
+            STREAMING_DEVICE,
+            ALICE,
+            "streaming",
+            certificate_auth(&cert),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    stand.wait_for_subscriptions(1).await;
+
+    stand
+        .exchange
+        .server
+        .deliver(ALICE, "for alice's certificate")
+        .unwrap();
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "for alice's certificate")
+        .await;
+
+    // Exchange served the subscription, the stream and the preview as alice, by the Kerberos
+    // ticket the gateway obtained for her certificate; ENS sent no credentials of its own.
+    let requests = stand.exchange.server.requests();
+    for operation in ["Subscribe", "GetStreamingEvents", "GetItem"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.operation.as_deref() == Some(operation)
+                    && r.authenticated_user.as_deref() == Some(ALICE)),
+            "no {operation} authenticated as {ALICE}"
+        );
+    }
+    for request in &requests {
+        let authorization = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|value| value.to_str().unwrap().to_owned());
+        assert!(
+            authorization
+                .as_deref()
+                .is_none_or(|value| value.starts_with("Negotiate ")),
+            "{:?} reached Exchange with {authorization:?}",
+            request.operation
+        );
+    }
+    // The private key is sealed in the store like a password.
+    let store = std::fs::read(&stand.ens_config.store).unwrap();
+    let key_line = cert
+        .key_pem
+        .lines()
+        .nth(1)
+        .expect("a base64 line of the key");
+    assert!(
+        !store
+            .windows(key_line.len())
+            .any(|w| w == key_line.as_bytes()),
+        "the private key is in the store in the clear"
+    );
+
+    // UEM wipes the device: its stream through the gateway is cut and mock-ens blocks it.
+    stand
+        .uem
+        .update(STREAMING_DEVICE, Change::EnterpriseWipe)
+        .unwrap();
+    stand
+        .wait_for_state(
+            STREAMING_DEVICE,
+            DeviceState::Blocked,
+            Duration::from_secs(1),
+        )
+        .await;
+    assert_eq!(
+        stand.device(STREAMING_DEVICE).await.reason.as_deref(),
+        Some("enterprise-wiped")
+    );
+    stand.exchange.server.deliver(ALICE, "while wiped").unwrap();
+
+    // Compliant again: it subscribes anew with its certificate and is notified again; the mail
+    // that came while it was blocked was never turned into a notification.
+    stand
+        .uem
+        .update(STREAMING_DEVICE, Change::Compliant)
+        .unwrap();
+    stand
+        .wait_for_state(STREAMING_DEVICE, DeviceState::Active, STEP)
+        .await;
+    stand.wait_for_subscription(STREAMING_DEVICE).await;
+    stand.exchange.server.deliver(ALICE, "back again").unwrap();
+    stand
+        .wait_for_notification(STREAMING_DEVICE, "back again")
+        .await;
+    let subjects: Vec<String> = stand
+        .device(STREAMING_DEVICE)
+        .await
+        .notifications
+        .into_iter()
+        .map(|n| n.subject)
+        .collect();
+    assert_eq!(subjects, ["for alice's certificate", "back again"]);
+    drop(stand);
+    stop_kdc(kdc).await;
+}
+
+#[tokio::test]
+async fn a_certificate_whose_key_does_not_fit_is_refused_at_registration() {
+    let stand = Stand::start().await;
+    let pki = &stand.exchange.pki;
+    let cert = pki
+        .issue_client_cert(&ClientCertSpec::upn("alice@TEST.LOCAL"))
+        .unwrap();
+    let other = pki
+        .issue_client_cert(&ClientCertSpec::upn("bob@TEST.LOCAL"))
+        .unwrap();
+    let mismatched = serde_json::json!({"certificate": {
+        "cert_pem": cert.cert_pem, "key_pem": other.key_pem}});
+    let (status, body) = stand
+        .register_with(STREAMING_DEVICE, ALICE, "streaming", mismatched)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("the key does not fit the certificate"),
+        "{body}"
+    );
+    let (status, _) = stand
+        .api(Method::GET, "/devices/EASDEV1", Some(API_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_certificate_device_over_plain_http_is_in_error_not_active() {
+    let stand = Stand::start().await;
+    let cert = stand
+        .exchange
+        .pki
+        .issue_client_cert(&ClientCertSpec::upn("alice@TEST.LOCAL"))
+        .unwrap();
+    let (status, body) = stand
+        .register_with(
+            STREAMING_DEVICE,
+            ALICE,
+            "streaming",
+            certificate_auth(&cert),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    stand
+        .wait_for_state(STREAMING_DEVICE, DeviceState::Error, STEP)
+        .await;
+    let view = stand.device(STREAMING_DEVICE).await;
+    assert_eq!(
+        view.reason.as_deref(),
+        Some("a certificate device needs an https:// gateway_url")
+    );
+    assert_eq!(stand.exchange.server.subscription_count(), 0);
 }

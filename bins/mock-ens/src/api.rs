@@ -26,7 +26,9 @@ pub struct Registration {
     pub mailbox: Option<String>,
     /// How to watch it.
     pub mode: Mode,
-    /// The credentials.
+    /// The credentials: `{"basic":{"user","password"}}`, `{"oauth":{"token"}}` or
+    /// `{"certificate":{"cert_pem","key_pem"}}` (a client certificate presented on the TLS
+    /// connection to the gateway, with no `Authorization` header).
     pub auth: DeviceAuth,
 }
 
@@ -68,6 +70,9 @@ pub struct DeviceSummary {
     pub state: DeviceState,
     /// Why, when blocked or in error.
     pub reason: Option<String>,
+    /// Whether its watch holds an EWS subscription now (subscribed since the last start).
+    #[serde(default)]
+    pub subscribed: bool,
 }
 
 /// The gateway's callback body (see compliance-policy's `notify` module).
@@ -173,25 +178,32 @@ async fn register(State(runtime): State<Runtime>, body: axum::body::Bytes) -> Re
             } else {
                 StatusCode::OK
             };
-            (status, Json(summary(&device))).into_response()
+            (status, Json(summary(&runtime, &device))).into_response()
         }
         Err(error) => store_failed(error),
     }
 }
 
-fn summary(device: &crate::store::StoredDevice) -> DeviceSummary {
+fn summary(runtime: &Runtime, device: &crate::store::StoredDevice) -> DeviceSummary {
     DeviceSummary {
         device_id: device.device_id.clone(),
         user: device.user.clone(),
         mode: device.mode,
         state: device.state,
         reason: device.reason.clone(),
+        subscribed: runtime.subscription_id(&device.device_id).is_some(),
     }
 }
 
 async fn list(State(runtime): State<Runtime>) -> Response {
     match runtime.store().all().await {
-        Ok(devices) => Json(devices.iter().map(summary).collect::<Vec<_>>()).into_response(),
+        Ok(devices) => Json(
+            devices
+                .iter()
+                .map(|device| summary(&runtime, device))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(error) => store_failed(error),
     }
 }

@@ -58,25 +58,32 @@ impl DeviceAuth {
         Some(value)
     }
 
-    /// Why these credentials cannot be used, if they cannot.
-    pub fn problem(&self) -> Option<&'static str> {
+    /// Why these credentials cannot be used, if they cannot. A certificate's PEM is parsed and
+    /// its key checked to fit it (see [`crate::tls::check_identity`]).
+    pub fn problem(&self) -> Option<String> {
         match self {
             DeviceAuth::Basic { user, .. } if user.is_empty() || user.contains(':') => {
-                Some("auth.basic.user must be non-empty and without ':'")
+                Some("auth.basic.user must be non-empty and without ':'".into())
             }
             DeviceAuth::Oauth { token } if token.is_empty() => {
-                Some("auth.oauth.token must be non-empty")
+                Some("auth.oauth.token must be non-empty".into())
             }
-            DeviceAuth::Certificate { cert_pem, key_pem }
-                if !cert_pem.contains("-----BEGIN") || !key_pem.contains("-----BEGIN") =>
-            {
-                Some("auth.certificate needs cert_pem and key_pem in PEM")
+            DeviceAuth::Certificate { cert_pem, key_pem } => {
+                crate::tls::check_identity(cert_pem, key_pem)
+                    .err()
+                    .map(|error| seg_config::error_chain(&error))
             }
-            _ if self.authorization().is_none()
-                && !matches!(self, DeviceAuth::Certificate { .. }) =>
-            {
-                Some("auth contains characters not allowed in an HTTP header")
+            _ if self.authorization().is_none() => {
+                Some("auth contains characters not allowed in an HTTP header".into())
             }
+            _ => None,
+        }
+    }
+
+    /// The client certificate and key a certificate device presents to the gateway.
+    pub fn certificate(&self) -> Option<(&str, &str)> {
+        match self {
+            DeviceAuth::Certificate { cert_pem, key_pem } => Some((cert_pem, key_pem)),
             _ => None,
         }
     }
@@ -106,5 +113,29 @@ mod tests {
         let json: DeviceAuth =
             serde_json::from_str(r#"{"basic":{"user":"alice","password":"pw"}}"#).unwrap();
         assert!(json.problem().is_none());
+    }
+
+    #[test]
+    fn a_certificate_device_sends_no_authorization_and_its_pem_is_checked() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["alice".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let auth = DeviceAuth::Certificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        assert_eq!(format!("{auth:?}"), "Certificate(..)");
+        assert!(auth.authorization().is_none());
+        assert_eq!(auth.problem(), None);
+        let garbled = DeviceAuth::Certificate {
+            cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: key.serialize_pem(),
+        };
+        assert_eq!(
+            garbled.problem().as_deref(),
+            Some("auth.certificate.cert_pem holds no PEM certificate")
+        );
     }
 }

@@ -15,8 +15,14 @@ use std::time::Duration;
 pub struct Config {
     /// Where the registration API, the push callback and the gateway callback listen.
     pub listen: SocketAddr,
-    /// The EWS URL of seg-proxy, e.g. `http://127.0.0.1:8080/EWS/Exchange.asmx`.
+    /// The EWS URL of seg-proxy, e.g. `http://127.0.0.1:8080/EWS/Exchange.asmx`, or
+    /// `https://…` (required by devices registered with a client certificate, which they
+    /// present on the TLS connection).
     pub gateway_url: String,
+    /// A PEM file of the CA certificates that sign an `https://` gateway's certificate; the
+    /// system's roots when absent.
+    #[serde(default)]
+    pub gateway_trust_store: Option<PathBuf>,
     /// The base URL at which the gateway and Exchange reach this process (push callbacks are
     /// `{public_url}/push/{token}`); defaults to `http://{listen}`.
     #[serde(default)]
@@ -139,6 +145,20 @@ impl Config {
             message,
         };
         check_url(&self.gateway_url).map_err(|m| invalid("gateway_url", m))?;
+        if let Some(path) = &self.gateway_trust_store {
+            if !path.is_file() {
+                return Err(invalid(
+                    "gateway_trust_store",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            if !self.gateway_url.starts_with("https://") {
+                return Err(invalid(
+                    "gateway_trust_store",
+                    "is only used with an https:// gateway_url".into(),
+                ));
+            }
+        }
         if let Some(url) = &self.public_url {
             check_url(url).map_err(|m| invalid("public_url", m))?;
         }
@@ -256,6 +276,32 @@ api_token = "0123456789abcdef"
             .unwrap_err()
             .to_string();
         assert!(error.contains("colour"), "{error}");
+    }
+
+    #[test]
+    fn trust_store_must_exist_and_go_with_an_https_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{MINIMAL}gateway_trust_store = \"/nonexistent/ca.pem\"\n");
+        let error = Config::load_from(&write(&dir, &text), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("gateway_trust_store (from TOML file"),
+            "{error}"
+        );
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        let text = format!(
+            "{MINIMAL}gateway_trust_store = {:?}\n",
+            ca.display().to_string()
+        );
+        let error = Config::load_from(&write(&dir, &text), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("https:// gateway_url"), "{error}");
+        let text = text.replace("http://127.0.0.1:8080", "https://localhost:8443");
+        let config = Config::load_from(&write(&dir, &text), no_env()).unwrap();
+        assert_eq!(config.gateway_trust_store, Some(ca));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!
 //! What it does, composed from the `ens-subscription` crate:
 //! - a registration API ([`api`]) as ENS2 has it (`ApiToken` header), with devices persisted in
-//!   an embedded [`store`] and their credentials [sealed](seal) at rest;
+//!   an embedded [`store`] and their credentials [sealed](seal) at rest (a certificate device's
+//!   private key with them);
+//! - TLS to the gateway ([`tls`]) when `gateway_url` is `https://`; a certificate device
+//!   presents its client certificate on its own connections, with no `Authorization` header;
 //! - one subscription per device ([`runtime`]): streaming, push (Exchange calls
 //!   `{public_url}/push/{token}` directly, not through the gateway) or pull; each new mail's
 //!   subject is fetched with `GetItem` through the gateway and recorded as the notification ENS
@@ -29,6 +32,7 @@ pub mod config;
 pub mod runtime;
 pub mod seal;
 pub mod store;
+pub mod tls;
 pub mod watcher;
 
 use config::Config;

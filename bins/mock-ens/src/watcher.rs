@@ -6,6 +6,7 @@
 use crate::auth::DeviceAuth;
 use crate::config::Config;
 use crate::store::{DeviceState, Mode, Notification, Store, StoredDevice};
+use crate::tls;
 use axum::response::{IntoResponse, Response};
 use ens_subscription::EwsError;
 use ens_subscription::client::EwsClient;
@@ -17,61 +18,76 @@ use ens_subscription::push::{PushAnswer, PushReceiver};
 use ens_subscription::soap::{GetItem, ItemId};
 use http::Uri;
 use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tower::ServiceExt as _;
 use tower::timeout::Timeout;
 
-/// The HTTP service every device's EWS client shares: one pooled client, with a deadline on
-/// each response's headers (never on a streaming body).
-type GatewayService = Timeout<Client<HttpConnector, Full<bytes::Bytes>>>;
+/// The HTTP service of a device's EWS client: a pooled client (plain HTTP or TLS, as
+/// `gateway_url` says), with a deadline on each response's headers (never on a streaming body).
+type GatewayService = Timeout<Client<HttpsConnector<HttpConnector>, Full<bytes::Bytes>>>;
 
 /// What every watch shares: the configuration, the store and the gateway client.
 #[derive(Debug)]
 pub struct WatchContext {
     config: Config,
     store: Store,
+    /// The client of every device without a client certificate.
     gateway: EwsClient<GatewayService>,
+    /// The roots trusting an `https://` gateway; `None` for `http://`.
+    roots: Option<Arc<RootCertStore>>,
 }
 
 impl WatchContext {
-    /// The shared context; errs when the gateway URL cannot be used.
+    /// The shared context; errs when the gateway URL or its trust store cannot be used.
     pub fn new(config: Config, store: Store) -> Result<Self, String> {
         let url: Uri = config
             .gateway_url
             .parse()
             .map_err(|e| format!("gateway_url: {e}"))?;
-        if url.scheme_str() != Some("http") {
-            return Err(
-                "gateway_url: only http:// is supported by mock-ens so far (TLS to the gateway \
-                 comes with client-certificate devices)"
-                    .into(),
-            );
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        let service = Timeout::new(client, config.subscriptions.request_timeout);
-        Ok(WatchContext {
-            gateway: EwsClient::new(service, url),
+        let roots = match url.scheme_str() {
+            Some("http") => None,
+            Some("https") => Some(Arc::new(
+                tls::roots(config.gateway_trust_store.as_deref())
+                    .map_err(|e| format!("gateway_trust_store: {e}"))?,
+            )),
+            _ => return Err("gateway_url: must be http:// or https://".into()),
+        };
+        let context = WatchContext {
+            gateway: EwsClient::new(gateway_service(&config, roots.clone(), None)?, url),
+            roots,
             config,
             store,
-        })
+        };
+        Ok(context)
     }
 
-    /// The device's EWS client: its id header and credentials on every request.
+    /// The device's EWS client: its id header and credentials on every request. A certificate
+    /// device gets a client of its own, whose TLS connections present its certificate.
     fn client_for(
         &self,
         device: &StoredDevice,
         auth: &DeviceAuth,
-    ) -> Result<EwsClient<GatewayService>, EwsError> {
-        let mut client = self
-            .gateway
-            .with_headers(http::HeaderMap::new())
-            .header(&self.config.device_id_header, &device.device_id)?;
+    ) -> Result<EwsClient<GatewayService>, String> {
+        let base = match auth.certificate() {
+            Some((cert_pem, key_pem)) => {
+                let Some(roots) = &self.roots else {
+                    return Err("a certificate device needs an https:// gateway_url".into());
+                };
+                let identity = tls::identity(cert_pem, key_pem).map_err(|e| e.to_string())?;
+                let service = gateway_service(&self.config, Some(roots.clone()), Some(identity))?;
+                EwsClient::new(service, self.gateway.config().url.clone())
+            }
+            None => self.gateway.with_headers(http::HeaderMap::new()),
+        };
+        let mut client = base
+            .header(&self.config.device_id_header, &device.device_id)
+            .map_err(|e| e.to_string())?;
         if let Some(authorization) = auth.authorization() {
             client
                 .headers_mut()
@@ -130,7 +146,7 @@ impl Watch {
             Err(error) => {
                 tracing::error!(device.id = %device_id, %error, "device's credentials cannot be sent");
                 let store = context.store.clone();
-                let message = error.to_string();
+                let message = error;
                 tokio::spawn(async move {
                     let _ = store
                         .update(&device_id, move |d| {
@@ -201,6 +217,35 @@ impl Watch {
             None => PushAnswer::Unsubscribe,
         }
     }
+}
+
+/// A pooled HTTP/1.1 client for the gateway: plain HTTP without `roots`; with them, TLS
+/// trusting them and presenting `identity` when given.
+fn gateway_service(
+    config: &Config,
+    roots: Option<Arc<RootCertStore>>,
+    identity: Option<tls::Identity>,
+) -> Result<GatewayService, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let tls_config = match roots {
+        Some(roots) => tls::client_config(roots, identity).map_err(|e| e.to_string())?,
+        // Roots are needed only for https://, and this client connects to http:// only.
+        None => {
+            tls::client_config(Arc::new(RootCertStore::empty()), None).map_err(|e| e.to_string())?
+        }
+    };
+    let builder = HttpsConnectorBuilder::new().with_tls_config(tls_config);
+    let connector = if config.gateway_url.starts_with("https://") {
+        builder.https_only()
+    } else {
+        builder.https_or_http()
+    }
+    .enable_http1()
+    .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    Ok(Timeout::new(client, config.subscriptions.request_timeout))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
