@@ -9,8 +9,9 @@ set -euo pipefail
 # libkrb5-dev, libclang-dev and clang: the test Exchange's Negotiate acceptor links the system
 # GSSAPI through the libgssapi crate, whose bindings bindgen generates at build time.
 # chromium and chromium-driver: the admin console's real-browser test (tests/console.rs).
+# haproxy: the load balancer in front of three gateway processes (tests/scale_out.rs).
 packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils
-  libkrb5-dev libclang-dev clang redis-server chromium chromium-driver "$@")
+  libkrb5-dev libclang-dev clang redis-server haproxy chromium chromium-driver "$@")
 # A python3 that can create virtual environments (with pip), for the EWS client tests. Any
 # python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

@@ -106,8 +106,10 @@ pub fn gateway_config(
         policy: Default::default(),
         backend: Default::default(),
         redis_url: None,
+        redis_trust_store: None,
         redis_lock_ttl: std::time::Duration::from_secs(10),
         redis_key_prefix: "seg:compliance".into(),
+        redis_not_ready_when_down: false,
     });
     config
 }
@@ -185,10 +187,25 @@ pub async fn admin_request(
     token: Option<&str>,
     body: &str,
 ) -> (http::StatusCode, String) {
-    let url = format!(
-        "http://{}{path_and_query}",
-        gateway.admin_addr().expect("an admin listener")
-    );
+    admin_request_at(
+        gateway.admin_addr().expect("an admin listener"),
+        method,
+        path_and_query,
+        token,
+        body,
+    )
+    .await
+}
+
+/// [`admin_request`] to the admin listener at `admin` (of a gateway process).
+pub async fn admin_request_at(
+    admin: std::net::SocketAddr,
+    method: http::Method,
+    path_and_query: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (http::StatusCode, String) {
+    let url = format!("http://{admin}{path_and_query}");
     let mut request = Request::builder().method(method).uri(url);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -214,6 +231,20 @@ pub async fn wait_ready(gateway: &Gateway) {
     .expect("the gateway becomes ready");
 }
 
+/// The status of `/readyz` on the admin listener at `admin`; `None` while nothing answers
+/// there (a process still starting, or dead).
+pub async fn readyz_at(admin: std::net::SocketAddr) -> Option<http::StatusCode> {
+    let request = Request::get(format!("http://{admin}/readyz"))
+        .body(Full::default())
+        .ok()?;
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    let response = harness::within(STEP, "a readiness answer", client.send(request))
+        .await
+        .ok()?
+        .ok()?;
+    Some(response.status())
+}
+
 /// Shares the compliance view of `config` (from [`gateway_config`]) through the Redis server at
 /// `redis_url`, as node `node`, with a leader lock of `lock_ttl`; no local snapshot.
 pub fn share_through_redis(config: &mut Config, redis_url: &str, lock_ttl: Duration, node: &str) {
@@ -228,7 +259,12 @@ pub fn share_through_redis(config: &mut Config, redis_url: &str, lock_ttl: Durat
 /// The value of one series (name and labels, exactly as exposed) on a gateway's admin
 /// `/metrics`; `None` if the scrape fails or lacks it.
 pub async fn admin_metric(gateway: &Gateway, series: &str) -> Option<f64> {
-    let url = format!("http://{}/metrics", gateway.admin_addr()?);
+    admin_metric_at(gateway.admin_addr()?, series).await
+}
+
+/// [`admin_metric`] from the admin listener at `admin` (of a gateway process).
+pub async fn admin_metric_at(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let url = format!("http://{admin}/metrics");
     let request = Request::get(url).body(Full::default()).ok()?;
     let client = seg_testbed::client::HttpClient::accepting_any_certificate();
     let response = harness::within(STEP, "a metrics scrape", client.send(request))
@@ -666,4 +702,296 @@ impl ComplianceStand {
             dir,
         }
     }
+}
+
+/// The debug `seg-proxy` binary of this workspace, built by cargo (`cargo build -p seg-proxy
+/// --bin seg-proxy`, a no-op when it is current) the first time a test of this process asks:
+/// the umbrella package's tests have no `CARGO_BIN_EXE_seg-proxy`, the binary being another
+/// package's. Panics, with cargo's output, if it does not build.
+pub fn seg_proxy_binary() -> &'static std::path::Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "-p", "seg-proxy", "--bin", "seg-proxy"])
+            .arg("--message-format=json-render-diagnostics")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(std::process::Stdio::inherit());
+        // What the test runner set for this test, not the user for cargo: build scripts that
+        // watch these (the library search path, for bindgen's) would otherwise see a change
+        // and rebuild half the workspace at every run, and again at the next `cargo build`.
+        let keep = [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "CARGO_BUILD_",
+            "CARGO_PROFILE_",
+            "CARGO_NET_",
+            "CARGO_HTTP_",
+            "CARGO_REGISTR",
+            "CARGO_TERM_",
+        ];
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let runner = ["CARGO_", "NEXTEST", "__NEXTEST", "__CARGO", "RUST_TEST_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                || name == "LD_LIBRARY_PATH"
+                || name == "DYLD_FALLBACK_LIBRARY_PATH";
+            if runner && !keep.iter().any(|kept| name.starts_with(kept)) {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let output = cargo.output().expect("cargo runs");
+        assert!(output.status.success(), "cargo build -p seg-proxy failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["target"]["name"] == "seg-proxy")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the seg-proxy executable it built")
+    })
+}
+
+/// A `seg-proxy run` process (the real binary, [`seg_proxy_binary`]) serving `config`, its
+/// configuration file and log in a directory of the test's. Killed (`SIGKILL`) when dropped;
+/// a test that fails meanwhile prints the end of its log.
+pub struct GatewayProcess {
+    name: String,
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Writes `config` (which must name its plain HTTP and admin listeners' ports: nothing else
+    /// learns them) to `dir/<name>.toml` and starts `seg-proxy run` on it, logging to
+    /// `dir/<name>.log`. Does not wait: see [`GatewayProcess::wait_ready`].
+    pub fn spawn(name: &str, config: &Config, dir: &std::path::Path) -> GatewayProcess {
+        let http = config.listen.http.expect("listen.http");
+        let admin = config.admin.listen.expect("admin.listen");
+        assert!(
+            http.port() != 0 && admin.port() != 0,
+            "a process's listeners need fixed ports (harness::reserve_port)"
+        );
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            toml::to_string(config).expect("the configuration as TOML"),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(seg_proxy_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("seg-proxy starts");
+        GatewayProcess {
+            name: name.to_owned(),
+            child,
+            http,
+            admin,
+            log,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of its plain listener.
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Its plain listener.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http
+    }
+
+    /// Its admin listener.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its `/readyz` answers `200`; fails the test, with its log, if it exits first
+    /// or is not ready after [`STEP`].
+    pub async fn wait_ready(&mut self) {
+        let give_up = tokio::time::Instant::now() + STEP;
+        loop {
+            if readyz_at(self.admin).await == Some(http::StatusCode::OK) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "{} not ready after {STEP:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(harness::POLL_INTERVAL).await;
+        }
+    }
+
+    /// Kills it with `SIGKILL` (no shutdown of its own: its leader lock is not released) and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- the end of {}'s log ---\n{}",
+                self.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+/// Debian's HAProxy (`haproxy`, scripts/install-deps.sh) on a free loopback port, in HTTP mode,
+/// balancing requests round robin over gateway processes' plain listeners. A server is used
+/// while its admin `/readyz` answers `200` (checked every 100 ms), and every answer names the
+/// server that gave it in `X-Seg-Node`. Killed when dropped.
+pub struct Haproxy {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Haproxy {
+    /// Starts HAProxy in front of `nodes` (`(name, plain listener, admin listener)`), its
+    /// configuration in `dir`, and waits until it listens. Panics, saying how to install it, if
+    /// `haproxy` is missing: the test must not pass without its balancer.
+    pub async fn start(
+        nodes: &[(&str, std::net::SocketAddr, std::net::SocketAddr)],
+        dir: &std::path::Path,
+    ) -> Haproxy {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let program = std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
+            .map(|dir| dir.join("haproxy"))
+            .find(|path| path.is_file())
+            .expect(
+                "haproxy is not installed: the scale-out test needs it as the load balancer \
+                 (scripts/install-deps.sh installs Debian's `haproxy`)",
+            );
+        let addr = harness::reserve_port().unwrap();
+        let mut config = format!(
+            "global\n  maxconn 1000\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  \
+             option redispatch\n  retries 2\n\
+             frontend gateways\n  bind {addr}\n  default_backend nodes\n\
+             backend nodes\n  balance roundrobin\n  option httpchk GET /readyz\n  \
+             http-check expect status 200\n  http-response set-header X-Seg-Node %s\n"
+        );
+        for (name, http, admin) in nodes {
+            config.push_str(&format!(
+                "  server {name} {http} check port {} inter 100ms fall 1 rise 1\n",
+                admin.port()
+            ));
+        }
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, config).unwrap();
+        let log = dir.join("haproxy.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(program)
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("haproxy starts");
+        let mut haproxy = Haproxy { child, addr };
+        harness::wait_until(STEP, "haproxy to listen", || {
+            let exited = matches!(haproxy.child.try_wait(), Ok(Some(_)));
+            async move { exited || tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await
+        .expect("haproxy listens");
+        if let Ok(Some(status)) = haproxy.child.try_wait() {
+            panic!(
+                "haproxy exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        haproxy
+    }
+
+    /// `http://127.0.0.1:PORT` of its front end.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a real MIT KDC on loopback (on the blocking pool: starting waits for it to listen).
+pub async fn start_kdc() -> seg_testbed::kdc::RunningKdc {
+    tokio::task::spawn_blocking(|| {
+        seg_testbed::kdc::Kdc::start(seg_testbed::kdc::KdcConfig::temporary())
+    })
+    .await
+    .unwrap()
+    .expect("the test KDC starts")
+}
+
+/// Stops a KDC from [`start_kdc`] (on the blocking pool: stopping waits for the process).
+pub async fn stop_kdc(kdc: seg_testbed::kdc::RunningKdc) {
+    tokio::task::spawn_blocking(move || drop(kdc))
+        .await
+        .unwrap();
+}
+
+/// `[auth]` with Basic, OAuth and certificate authentication answered by Kerberos constrained
+/// delegation through `kdc` to the test Exchange's service; `channel_binding` as Exchange's
+/// Extended Protection requires. The TLS listener asking for certificates is
+/// [`with_client_certificates`].
+pub fn with_cba_kcd(
+    config: &mut Config,
+    kdc: &seg_testbed::kdc::RunningKdc,
+    channel_binding: bool,
+) {
+    use seg_testbed::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE};
+    config.auth.modes = vec![
+        seg_proxy::config::AuthMode::Basic,
+        seg_proxy::config::AuthMode::Oauth,
+        seg_proxy::config::AuthMode::CbaKcd,
+    ];
+    let mut kcd = seg_proxy::config::Kcd::new(
+        kdc.krb5_conf(),
+        kdc.keytab(GATEWAY_SERVICE).unwrap(),
+        GATEWAY_SERVICE,
+    );
+    kcd.target_spn = Some(EXCHANGE_SERVICE.into());
+    kcd.channel_binding = channel_binding;
+    kcd.timeout = Duration::from_secs(10);
+    config.auth.kcd = Some(kcd);
 }

@@ -8,6 +8,9 @@
 //! the shared view's own `seg_compliance_redis_up`, which says whether Redis answered its last
 //! command) and of the KDC (with `cba-kcd`: a TCP connection to the KDCs of `auth.kcd.krb5_conf`,
 //! tried in order, each for at most a second).
+//!
+//! With `compliance.redis_not_ready_when_down`, `/readyz` also answers `503` while that gauge
+//! says Redis is unreachable, so that a load balancer leaves the node out meanwhile.
 
 use crate::config::Config;
 use admin_console::health::{Reachability, probe};
@@ -72,6 +75,16 @@ pub fn router(
         router = router.merge(audit_routes);
     }
     router = router.merge(console(config, compliance, sync, audit, &registry).router());
+    if config
+        .compliance
+        .as_ref()
+        .is_some_and(|c| c.redis_not_ready_when_down)
+    {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            registry.clone(),
+            not_ready_while_redis_is_down,
+        ));
+    }
     // axum's extractors read the peer address as `ConnectInfo`; the listener records it as
     // `ConnectionInfo`. The webhook logs who sent each event with it.
     router.layer(tower::util::MapRequestLayer::new(
@@ -157,6 +170,27 @@ fn gauge(registry: &Registry, name: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// With `compliance.redis_not_ready_when_down`: `/readyz` answers `503` while the shared view's
+/// `seg_compliance_redis_up` gauge (read from `registry`) is not 1, i.e. Redis did not answer
+/// its last command (or has not been reached yet); otherwise the request goes on (to the
+/// compliance API's `/readyz`, which still requires a loaded view).
+async fn not_ready_while_redis_is_down(
+    axum::extract::State(registry): axum::extract::State<Arc<Registry>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path() == "/readyz"
+        && gauge(&registry, "seg_compliance_redis_up").is_none_or(|up| up < 1.0)
+    {
+        return axum::response::IntoResponse::into_response((
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"redis is unreachable (compliance.redis_not_ready_when_down)"}"#,
+        ));
+    }
+    next.run(request).await
+}
+
 /// Redis's reachability from the shared view's `seg_compliance_redis_up` gauge.
 fn redis_reachability(up: Option<f64>) -> Reachability {
     match up {
@@ -178,7 +212,7 @@ fn kdcs_of(mut conf: kcd_client::krb5_conf::Krb5Conf) -> Vec<String> {
     conf.realms
         .into_iter()
         .flat_map(|realm| realm.kdcs)
-        .map(|kdc| with_kdc_port(&kdc))
+        .map(|kdc| with_kdc_port(kcd_client::krb5_conf::kdc_address(&kdc)))
         .collect()
 }
 

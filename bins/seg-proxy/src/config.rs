@@ -369,10 +369,14 @@ pub struct ComplianceConfig {
     /// gateway nodes through Redis at `redis_url` (see `docs/scale-out.md`).
     #[serde(default)]
     pub backend: ComplianceBackend,
-    /// With `backend = "redis"`: `redis://[user:password@]host:port[/db]` or
-    /// `redis+unix:///path`. Secret when it holds a password.
+    /// With `backend = "redis"`: `redis://[user:password@]host:port[/db]`, `rediss://…`
+    /// (TLS), or `redis+unix:///path`. Secret when it holds a password.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// With a `rediss://` `redis_url`: the CA certificates (PEM) Redis's certificate must chain
+    /// to, instead of the system's roots.
+    #[serde(default)]
+    pub redis_trust_store: Option<PathBuf>,
     /// With `backend = "redis"`: the leader lock's expiry; a dead leader's syncs are taken
     /// over within it and a third. At least 300ms.
     #[serde(default = "default_redis_lock_ttl", with = "humantime_serde")]
@@ -381,6 +385,11 @@ pub struct ComplianceConfig {
     /// views may share one Redis.
     #[serde(default = "default_redis_key_prefix")]
     pub redis_key_prefix: String,
+    /// With `backend = "redis"`: `/readyz` answers `503` while Redis does not answer, so that
+    /// the load balancer sends requests to the nodes that follow the shared view. Default
+    /// `false`: a node stays ready, deciding from its last view.
+    #[serde(default)]
+    pub redis_not_ready_when_down: bool,
 }
 
 /// Where the compliance view lives (`compliance.backend`).
@@ -1029,6 +1038,10 @@ fn validate_redis(
     invalid: &impl Fn(&'static str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
     match (compliance.backend, &compliance.redis_url) {
+        (ComplianceBackend::Memory, _) if compliance.redis_not_ready_when_down => Err(invalid(
+            "compliance.redis_not_ready_when_down",
+            "is true, but compliance.backend is memory: there is no Redis to wait for".into(),
+        )),
         (ComplianceBackend::Memory, None) => Ok(()),
         (ComplianceBackend::Memory, Some(_)) => Err(invalid(
             "compliance.backend",
@@ -1042,11 +1055,16 @@ fn validate_redis(
         (ComplianceBackend::Redis, Some(url)) => {
             let mut settings = compliance_redis::RedisSettings::new(url.as_str());
             settings.lock_ttl = compliance.redis_lock_ttl;
+            settings.trust_store = compliance.redis_trust_store.clone();
             match settings.validate() {
                 Err(compliance_redis::RedisError::LockTtl(_)) => Err(invalid(
                     "compliance.redis_lock_ttl",
                     "must be at least 300ms".into(),
                 )),
+                Err(
+                    error @ (compliance_redis::RedisError::TrustStore { .. }
+                    | compliance_redis::RedisError::TrustStoreWithoutTls),
+                ) => Err(invalid("compliance.redis_trust_store", error_chain(&error))),
                 Err(error) => Err(invalid(
                     "compliance.redis_url",
                     format!("{}: {}", settings.redacted_url(), error_chain(&error)),
@@ -1667,6 +1685,10 @@ mod tests {
         assert_eq!(compliance.backend, ComplianceBackend::Redis);
         assert_eq!(compliance.redis_lock_ttl, Duration::from_secs(2));
         assert_eq!(compliance.redis_key_prefix, "seg:compliance");
+        assert!(
+            !compliance.redis_not_ready_when_down,
+            "ready while redis is down by default"
+        );
         let default = with_compliance_backend(&dir, "");
         let default = Config::load_from(Some(&default), None, no_env()).unwrap();
         assert_eq!(
@@ -1685,6 +1707,14 @@ mod tests {
                 "compliance.redis_lock_ttl ",
             ),
             ("backend = \"disk\"", "compliance.backend"),
+            (
+                "redis_not_ready_when_down = true",
+                "compliance.redis_not_ready_when_down ",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://127.0.0.1/\"\nredis_trust_store = \"/etc/ssl/redis-ca.pem\"",
+                "compliance.redis_trust_store ",
+            ),
         ];
         for (extra, key) in cases {
             let toml = with_compliance_backend(&dir, extra);

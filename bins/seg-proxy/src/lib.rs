@@ -156,7 +156,8 @@ impl Gateway {
     /// 4. hop-by-hop header removal, both ways;
     /// 5. `X-Forwarded-*`;
     /// 6. request body limit (`413`);
-    /// 7. (EWS only) the operation sniffer;
+    /// 7. (EWS only) the operation sniffer (`408` when the start of the body takes longer than
+    ///    `server.header_timeout`);
     /// 8. NTLM refused with `401`, never forwarded; so are Basic or Bearer credentials when
     ///    `basic` or `oauth` is not in `auth.modes`, and (with `[auth.oauth]`) bearer tokens
     ///    whose signature or claims do not verify;
@@ -247,7 +248,10 @@ impl Gateway {
             } else {
                 EwsOperationLayer::new()
             };
-            let sniffer = sniffer.with_prefix_limit(config.ews.sniff_limit);
+            // A body that trickles its start in gets as long as headers do (`408` after).
+            let sniffer = sniffer
+                .with_prefix_limit(config.ews.sniff_limit)
+                .with_read_timeout(config.server.header_timeout);
             ServiceBuilder::new()
                 .layer(StripHopByHopLayer::new())
                 .layer(ForwardedHeadersLayer::new())
@@ -616,16 +620,9 @@ fn kcd_client_with(
     service: &str,
     adjust: impl FnOnce(&mut KcdConfig),
 ) -> Result<KcdClient, KcdError> {
-    let conf = Krb5Conf::read(krb5_conf)?;
-    let mut realms = conf.realms;
-    if let Some(default) = &conf.default_realm
-        && let Some(index) = realms.iter().position(|r| &r.realm == default)
-    {
-        let realm = realms.remove(index);
-        realms.insert(0, realm);
-    }
-    let mut config = KcdConfig::new(
-        realms,
+    // Realms (the default one first), their KDCs (`tcp/` ones over TCP only) and
+    // `udp_preference_limit`, as krb5.conf says.
+    let mut config = Krb5Conf::read(krb5_conf)?.kcd_config(
         service.to_owned(),
         Credentials::KeytabFile(keytab.to_owned()),
     );
@@ -785,6 +782,7 @@ fn shared_view(
     redis.node_name = format!("{}/{}", config.node_name(), redis.node_name);
     redis.lock_ttl = settings.redis_lock_ttl;
     redis.key_prefix = settings.redis_key_prefix.clone();
+    redis.trust_store = settings.redis_trust_store.clone();
     let metrics = compliance_redis::RedisMetrics::new();
     metrics.register(registry);
     tracing::info!(url = %redis.redacted_url(), node = %redis.node_name, "sharing the compliance view through redis");

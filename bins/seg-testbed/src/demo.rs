@@ -163,8 +163,10 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         policy: Default::default(),
         backend: Default::default(),
         redis_url: None,
+        redis_trust_store: None,
         redis_lock_ttl: std::time::Duration::from_secs(10),
         redis_key_prefix: "seg:compliance".into(),
+        redis_not_ready_when_down: false,
     });
     let gateway = Gateway::start(config).await?;
     let https = gateway
@@ -205,6 +207,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
     let ens_config = EnsConfig {
         listen: ens_addr,
         gateway_url: format!("http://{http_gateway}/EWS/Exchange.asmx"),
+        gateway_trust_store: None,
         public_url: None,
         store: dir.path().join("ens.redb"),
         key_file: None,

@@ -27,13 +27,20 @@
 //!   next entry is not `last + 1`), or Redis went back in time (its version is lower), it reads
 //!   the whole view again. An empty store (new, or restarted without its data) is seeded
 //!   with the view of the first node that finds it so.
-//! - **Leader.** One node, holder of a lock with an expiry (`SET key node NX PX ttl`, renewed
-//!   every third of the ttl by a compare-and-set script, released at shutdown), runs the UEM
+//! - **Leader.** One node, holder of a lock with an expiry (taken only when free by a script
+//!   that also counts the term, renewed every third of the ttl by a compare-and-set script,
+//!   released at shutdown), runs the UEM
 //!   full and delta syncs ([`leadership`](SharedView::leadership) drives
 //!   [`Syncer::with_leadership`](compliance_policy::sync::Syncer::with_leadership)). When the
 //!   leader dies, the lock expires and another node takes it within one ttl and a third; it
 //!   goes on from the shared view (a delta sync since the last full sync). A leader that
 //!   cannot renew steps down before its lock could expire.
+//! - **Fencing.** Each take of the lock is a new term, and the lock's value (`<term> <node>`)
+//!   is the leader's fencing token. A sync's result is written only while the lock still holds
+//!   the token of the term it was made in: a leader paused past its lock's expiry cannot
+//!   overwrite its successor's view when it wakes. Its write is refused, logged and counted
+//!   (`seg_compliance_redis_fenced_total`); it steps down and reads the shared view again.
+//!   Change events and overrides are any node's to write, leader or not.
 //! - **Redis down.** Nodes keep deciding from their last view: nothing opens the gate. The
 //!   outage is logged once, counted ([`RedisMetrics`]: `seg_compliance_redis_up`,
 //!   `…_errors_total`, `…_queued`), and retried with backoff; on return each node writes its
@@ -42,9 +49,11 @@
 //! # Why redis-rs
 //! `redis` (redis-rs) is the maintained client with the smallest footprint for this: tokio
 //! multiplexed connections, streams and scripts, each a feature, nothing else compiled in.
-//! `fred` does as much but brings its own connection management and more dependencies. Its
-//! cluster and sentinel clients are features of the same crate, so adding those URLs later is
-//! configuration plus a connection type, not a new client.
+//! `fred` does as much but brings its own connection management and more dependencies.
+//! `rediss://` (TLS) is its `tokio-rustls-comp` feature, with the workspace's rustls; its
+//! Cluster and Sentinel clients are further features of the same crate, but each is another
+//! client type (no URL of their own), so they take a second way of connecting, not a new
+//! client crate (see `docs/scale-out.md`, "Redis deployments").
 //!
 //! # Example
 //! ```no_run
@@ -82,6 +91,7 @@ use compliance_policy::replicate::AlreadyReplicated;
 use compliance_policy::state::Compliance;
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -102,14 +112,31 @@ pub enum RedisError {
     /// The compliance state is already shared (it has a replicator).
     #[error("the compliance state is already shared")]
     AlreadyShared(#[source] AlreadyReplicated),
+    /// The trust store for Redis's certificate cannot be read.
+    #[error("cannot read the redis trust store {path}")]
+    TrustStore {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trust store was given for a URL without TLS (`redis://`, not `rediss://`).
+    #[error("a redis trust store needs a rediss:// url")]
+    TrustStoreWithoutTls,
 }
 
 /// Where the view is shared and how this node takes part.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` or `redis+unix:///path`. Secret when it
-    /// holds a password (logged with it hidden).
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS, the certificate verified
+    /// against the system's roots or [`trust_store`](Self::trust_store)), or
+    /// `redis+unix:///path`. Secret when it holds a password (logged with it hidden).
     pub url: String,
+    /// With `rediss://`: the CA certificates (PEM) that Redis's certificate must chain to,
+    /// instead of the system's roots. Read when the view is shared (and by
+    /// [`validate`](Self::validate)).
+    pub trust_store: Option<PathBuf>,
     /// The prefix of every key (the hash tag of all of them): several gateways' views may
     /// share one Redis under different prefixes.
     pub key_prefix: String,
@@ -130,6 +157,7 @@ impl RedisSettings {
             std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
         RedisSettings {
             url: url.into(),
+            trust_store: None,
             key_prefix: "seg:compliance".into(),
             node_name: format!("seg-{random:016x}"),
             lock_ttl: Duration::from_secs(10),
@@ -142,13 +170,31 @@ impl RedisSettings {
     ///
     /// # Errors
     ///
-    /// As [`SharedView::new`]: [`RedisError::Url`] or [`RedisError::LockTtl`].
+    /// As [`SharedView::new`]: [`RedisError::Url`], [`RedisError::LockTtl`],
+    /// [`RedisError::TrustStore`] or [`RedisError::TrustStoreWithoutTls`].
     pub fn validate(&self) -> Result<(), RedisError> {
         self.client().map(drop)
     }
 
     fn client(&self) -> Result<redis::Client, RedisError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(RedisError::Url)?;
+        let client = match &self.trust_store {
+            None => redis::Client::open(self.url.as_str()).map_err(RedisError::Url)?,
+            Some(path) => {
+                if !self.url.starts_with("rediss://") {
+                    return Err(RedisError::TrustStoreWithoutTls);
+                }
+                let root_cert = std::fs::read(path).map_err(|source| RedisError::TrustStore {
+                    path: path.clone(),
+                    source,
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(self.url.as_str(), certificates)
+                    .map_err(RedisError::Url)?
+            }
+        };
         if self.lock_ttl < Duration::from_millis(300) {
             return Err(RedisError::LockTtl(self.lock_ttl));
         }
@@ -193,8 +239,10 @@ impl SharedView {
     ///
     /// # Errors
     ///
-    /// [`RedisError::Url`] for a URL the client cannot use, [`RedisError::LockTtl`] for a ttl
-    /// under 300 ms, [`RedisError::AlreadyShared`] if `compliance` is shared already.
+    /// [`RedisError::Url`] for a URL the client cannot use (or a trust store that holds no
+    /// certificate), [`RedisError::LockTtl`] for a ttl under 300 ms, [`RedisError::TrustStore`]
+    /// or [`RedisError::TrustStoreWithoutTls`] for a trust store that cannot be used,
+    /// [`RedisError::AlreadyShared`] if `compliance` is shared already.
     pub fn new(
         compliance: Compliance,
         settings: RedisSettings,
@@ -217,6 +265,7 @@ impl SharedView {
                 caught_up: watch::Sender::new(false),
                 redis: Default::default(),
                 version: Default::default(),
+                stale: Default::default(),
             }),
         })
     }
@@ -276,6 +325,25 @@ mod tests {
             RedisSettings::new("redis://a/").node_name,
             RedisSettings::new("redis://a/").node_name
         );
+    }
+
+    #[test]
+    fn a_trust_store_needs_tls_and_a_readable_file() {
+        let mut settings = RedisSettings::new("redis://127.0.0.1:6379/");
+        settings.trust_store = Some("/nonexistent/redis-ca.pem".into());
+        assert!(matches!(
+            settings.validate(),
+            Err(RedisError::TrustStoreWithoutTls)
+        ));
+        settings.url = "rediss://redis.corp.example:6380/".into();
+        assert!(matches!(
+            settings.validate(),
+            Err(RedisError::TrustStore { .. })
+        ));
+        settings.trust_store = None;
+        settings
+            .validate()
+            .expect("rediss:// with the system's roots");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the shared view counts: whether Redis answers, its errors, the changes written and
-//! read, the full reloads, the changes waiting to be written, and whether this node leads.
+//! read, the full reloads, the changes waiting to be written, whether this node leads, and the
+//! sync results refused because it no longer did.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -10,6 +11,7 @@
 //! | `seg_compliance_redis_reloads_total` | counter | whole views read from Redis |
 //! | `seg_compliance_redis_queued` | gauge | this node's changes not written yet |
 //! | `seg_compliance_redis_leader` | gauge | 1 while this node leads (runs the syncs) |
+//! | `seg_compliance_redis_fenced_total` | counter | this node's sync results refused: it no longer held the leader lock |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,6 +27,7 @@ pub struct RedisMetrics {
     pub(crate) reloads: Counter,
     pub(crate) queued: Gauge,
     pub(crate) leader: Gauge,
+    pub(crate) fenced: Counter,
 }
 
 impl RedisMetrics {
@@ -69,6 +72,11 @@ impl RedisMetrics {
             "seg_compliance_redis_leader",
             "1 while this node leads the shared view (runs the syncs)",
             self.leader.clone(),
+        );
+        registry.register(
+            "seg_compliance_redis_fenced",
+            "Sync results of this node refused because it no longer held the leader lock",
+            self.fenced.clone(),
         );
     }
 }

@@ -8,7 +8,7 @@ use compliance_policy::replicate::{Replicator, Update};
 use compliance_policy::state::{ChangeSource, Compliance};
 use redis::aio::MultiplexedConnection;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -26,11 +26,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// How long commands other than the blocking read may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The fencing token of a sync's result made while this node did not lead: no lock holds it
+/// (a lock's value is `<term> <node>`), so the result is refused.
+const NOT_LEADING: &str = "-";
+
+/// One of this node's changes, queued: the change, its cause, and, for a sync's result, the
+/// fencing token of the leader term it was made in.
+type Queued = (Update, ChangeSource, Option<String>);
 
 /// This node's changes waiting to be written, in order.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     queue: Mutex<Queue>,
+    /// The fencing token (the leader lock's value) while this node leads.
+    term: Mutex<Option<String>>,
     notify: Notify,
     /// Queued plus the one being written.
     pending: watch::Sender<usize>,
@@ -39,7 +48,7 @@ pub(crate) struct Outbox {
 
 #[derive(Debug, Default)]
 struct Queue {
-    items: VecDeque<(Update, ChangeSource)>,
+    items: VecDeque<Queued>,
     /// [`Outbox::next`] handed one out that is not written yet.
     in_flight: bool,
 }
@@ -54,6 +63,7 @@ impl Outbox {
     pub(crate) fn new(metrics: RedisMetrics) -> Self {
         Outbox {
             queue: Mutex::default(),
+            term: Mutex::default(),
             notify: Notify::new(),
             pending: watch::Sender::new(0),
             metrics,
@@ -74,8 +84,23 @@ impl Outbox {
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
+    /// This node's fencing token while it leads.
+    fn term(&self) -> Option<String> {
+        self.term
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_term(&self, term: Option<String>) {
+        *self
+            .term
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = term;
+    }
+
     /// The next change to write (it counts as pending until [`Outbox::written`]).
-    async fn next(&self) -> (Update, ChangeSource) {
+    async fn next(&self) -> Queued {
         loop {
             let notified = self.notify.notified();
             {
@@ -110,18 +135,21 @@ impl Outbox {
 
 impl Replicator for Outbox {
     fn publish(&self, update: Update, source: ChangeSource) {
+        // Only the leader syncs: a sync's result is written only under its leader term.
+        let fence = matches!(source, ChangeSource::FullSync | ChangeSource::DeltaSync)
+            .then(|| self.term().unwrap_or_else(|| NOT_LEADING.to_owned()));
         let mut queue = self.lock();
         if matches!(update, Update::Full(_)) {
             // A new full view holds every device change queued before it: only overrides
             // (kept in their own hash) still need writing.
-            queue.items.retain(|(queued, _)| {
+            queue.items.retain(|(queued, _, _)| {
                 matches!(
                     queued,
                     Update::DeviceOverride { .. } | Update::UserOverride { .. }
                 )
             });
         }
-        queue.items.push_back((update, source));
+        queue.items.push_back((update, source, fence));
         self.count(&queue);
         drop(queue);
         self.notify.notify_one();
@@ -146,6 +174,8 @@ pub(crate) struct Node {
     pub(crate) caught_up: watch::Sender<bool>,
     pub(crate) redis: AtomicU8,
     pub(crate) version: AtomicU64,
+    /// A sync's result of this node was refused: its view must be read again from the store.
+    pub(crate) stale: AtomicBool,
 }
 
 impl Node {
@@ -189,21 +219,36 @@ impl Node {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = MIN_BACKOFF;
         loop {
-            let (update, source) = self.outbox.next().await;
+            let (update, source, fence) = self.outbox.next().await;
             let write = wire::encode(&update, source, &self.settings.node_name);
             loop {
                 if conn.is_none() {
                     conn = self.connect(COMMAND_TIMEOUT).await;
                 }
                 if let Some(c) = conn.as_mut() {
-                    match store::write(c, &self.keys, &write, self.settings.log_length, false).await
-                    {
+                    let written = store::write(
+                        c,
+                        &self.keys,
+                        &write,
+                        self.settings.log_length,
+                        false,
+                        fence.as_deref(),
+                    )
+                    .await;
+                    match written {
                         Ok(store::Written::Empty) => {
                             // This node's view holds the change already: it becomes the store's.
                             let view = self.compliance.view();
                             let seed = wire::encode_seed(&view, &self.settings.node_name);
-                            match store::write(c, &self.keys, &seed, self.settings.log_length, true)
-                                .await
+                            match store::write(
+                                c,
+                                &self.keys,
+                                &seed,
+                                self.settings.log_length,
+                                true,
+                                None,
+                            )
+                            .await
                             {
                                 Ok(_) => {
                                     tracing::warn!(
@@ -220,6 +265,21 @@ impl Node {
                                     conn = None;
                                 }
                             }
+                        }
+                        Ok(store::Written::Fenced) => {
+                            // Paused past the lock's expiry, or stepped down meanwhile: the
+                            // new leader's view stands, and this node reads it again.
+                            tracing::warn!(
+                                ?source,
+                                node = %self.settings.node_name,
+                                "refused this node's sync result: it no longer holds the leader lock; reading the shared view again"
+                            );
+                            self.metrics.fenced.inc();
+                            self.stale.store(true, Ordering::Relaxed);
+                            self.step_down_if(fence.as_deref());
+                            self.up();
+                            backoff = MIN_BACKOFF;
+                            break;
                         }
                         Ok(version) => {
                             self.metrics.written.inc();
@@ -281,9 +341,15 @@ impl Node {
                 let view = self.compliance.view();
                 if view.is_loaded() {
                     let seed = wire::encode_seed(&view, &self.settings.node_name);
-                    if let store::Written::Version(version) =
-                        store::write(conn, &self.keys, &seed, self.settings.log_length, true)
-                            .await?
+                    if let store::Written::Version(version) = store::write(
+                        conn,
+                        &self.keys,
+                        &seed,
+                        self.settings.log_length,
+                        true,
+                        None,
+                    )
+                    .await?
                     {
                         tracing::warn!(
                             version,
@@ -343,6 +409,9 @@ impl Node {
         last: &mut Option<u64>,
     ) -> redis::RedisResult<()> {
         loop {
+            if self.stale.swap(false, Ordering::Relaxed) {
+                self.reload(conn, last).await?;
+            }
             let entries =
                 store::read_log(conn, &self.keys, last.unwrap_or(0), BLOCK, BATCH).await?;
             if entries.is_empty() {
@@ -417,7 +486,8 @@ impl Node {
 
     /// Takes the leader lock when free (after the first catch-up: a node leads from the
     /// shared view, not from nothing), renews it while holding it, and steps down before it
-    /// could expire unrenewed.
+    /// could expire unrenewed. Each take is a new term; its fencing token (the lock's value)
+    /// goes with every sync result written meanwhile.
     pub(crate) async fn lead_loop(self: Arc<Self>) {
         let mut caught_up = self.caught_up.subscribe();
         let _ = caught_up.wait_for(|done| *done).await;
@@ -427,52 +497,68 @@ impl Node {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut renewed_at: Option<Instant> = None;
         loop {
-            let leading = *self.leader.borrow();
+            let term = self.outbox.term();
             if conn.is_none() {
                 conn = self.connect(period.max(Duration::from_millis(50))).await;
             }
-            let result = match conn.as_mut() {
-                Some(c) if leading => Some(store::renew(c, &self.keys, node, ttl).await),
-                Some(c) => Some(store::try_lock(c, &self.keys, node, ttl).await),
-                None => None,
-            };
-            match result {
-                Some(Ok(true)) => {
-                    renewed_at = Some(Instant::now());
-                    if !leading {
-                        tracing::info!(
-                            node,
-                            ?ttl,
-                            "took the leader lock: this node runs the syncs"
-                        );
-                        self.set_leader(true);
+            if let Some(c) = conn.as_mut() {
+                let result = match &term {
+                    Some(token) => store::renew(c, &self.keys, token, ttl)
+                        .await
+                        .map(|renewed| renewed.then(|| token.clone())),
+                    None => store::try_lock(c, &self.keys, node, ttl).await,
+                };
+                match result {
+                    Ok(Some(token)) => {
+                        renewed_at = Some(Instant::now());
+                        if term.is_none() {
+                            tracing::info!(
+                                node,
+                                %token,
+                                ?ttl,
+                                "took the leader lock: this node runs the syncs"
+                            );
+                            self.set_leader(Some(token));
+                        }
+                    }
+                    Ok(None) if term.is_some() => {
+                        tracing::warn!(node, "lost the leader lock: another node runs the syncs");
+                        self.step_down_if(term.as_deref());
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.down("leader lock", &error);
+                        conn = None;
                     }
                 }
-                Some(Ok(false)) if leading => {
-                    tracing::warn!(node, "lost the leader lock: another node runs the syncs");
-                    self.set_leader(false);
-                }
-                Some(Err(error)) => {
-                    self.down("leader lock", &error);
-                    conn = None;
-                }
-                Some(Ok(false)) | None => {}
             }
             // Unrenewed, the lock may expire before the next attempt: stop leading first.
-            if leading
-                && *self.leader.borrow()
+            if term.is_some()
+                && self.outbox.term() == term
                 && renewed_at.is_none_or(|at| at.elapsed() + period >= ttl)
             {
                 tracing::warn!(node, "cannot renew the leader lock: stepping down");
-                self.set_leader(false);
+                self.step_down_if(term.as_deref());
             }
             tokio::time::sleep(period).await;
         }
     }
 
-    fn set_leader(&self, leading: bool) {
+    /// Leads under the fencing token `term`, or (`None`) not at all. The token is set before
+    /// the syncer is told to run and cleared before it is told to stop: a sync result published
+    /// after this node stepped down carries no token the lock could hold.
+    fn set_leader(&self, term: Option<String>) {
+        let leading = term.is_some();
+        self.outbox.set_term(term);
         self.leader.send_replace(leading);
         self.metrics.leader.set(i64::from(leading));
+    }
+
+    /// Stops leading if this node still leads under `term` (a later term of its own stays).
+    pub(crate) fn step_down_if(&self, term: Option<&str>) {
+        if term.is_some() && self.outbox.term().as_deref() == term {
+            self.set_leader(None);
+        }
     }
 
     /// At shutdown: writes what is still queued (briefly) and gives up the leader lock.
@@ -483,10 +569,10 @@ impl Node {
                 "shutting down with changes not yet written to redis"
             );
         }
-        if *self.leader.borrow() {
-            self.set_leader(false);
+        if let Some(token) = self.outbox.term() {
+            self.set_leader(None);
             if let Some(mut conn) = self.connect(Duration::from_millis(500)).await {
-                match store::release(&mut conn, &self.keys, &self.settings.node_name).await {
+                match store::release(&mut conn, &self.keys, &token).await {
                     Ok(_) => tracing::info!("released the leader lock"),
                     Err(error) => self.down("release the leader lock", &error),
                 }

@@ -12,8 +12,14 @@ use std::time::Duration;
 /// version. `ARGV[1]` is the log's approximate length limit, `ARGV[2]` the entry, `ARGV[3]`
 /// `seed` to write only into an empty store (answering 0 otherwise), else empty to write only
 /// into a store that is not (answering -1 otherwise: a change alone must not become the whole
-/// view of a store that lost its data); the steps follow.
+/// view of a store that lost its data); `ARGV[4]` the leader's fencing token for a sync's
+/// result, written only while the lock `KEYS[6]` holds exactly that token (answering -2
+/// otherwise: a leader that lost the lock must not overwrite its successor's view), else
+/// empty; the steps follow.
 const WRITE: &str = r"
+if ARGV[4] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[4] then
+  return -2
+end
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 if ARGV[3] == 'seed' and exists then
   return 0
@@ -22,7 +28,7 @@ if ARGV[3] ~= 'seed' and not exists then
   return -1
 end
 local version = redis.call('INCR', KEYS[1])
-local i = 4
+local i = 5
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'rs' then
@@ -47,7 +53,19 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], version .. '-0', 'e', ARGV[2
 return version
 ";
 
-/// Extends the lock `KEYS[1]` by `ARGV[2]` ms if `ARGV[1]` holds it.
+/// Takes the lock `KEYS[1]` for node `ARGV[1]` for `ARGV[2]` ms if nobody holds it, under the
+/// next term of the counter `KEYS[2]`: the lock's value `<term> <node>` is the new leader's
+/// fencing token. Answers the term, or 0 when the lock is held.
+const TAKE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local term = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], term .. ' ' .. ARGV[1], 'PX', ARGV[2])
+return term
+";
+
+/// Extends the lock `KEYS[1]` by `ARGV[2]` ms if it still holds the token `ARGV[1]`.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -55,7 +73,7 @@ end
 return 0
 ";
 
-/// Deletes the lock `KEYS[1]` if `ARGV[1]` holds it.
+/// Deletes the lock `KEYS[1]` if it still holds the token `ARGV[1]`.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -86,21 +104,26 @@ pub(crate) enum Written {
     NotEmpty,
     /// A change, refused: the store is empty (new, or it lost its data); seed it instead.
     Empty,
+    /// A sync's result, refused: the leader lock no longer holds this node's fencing token.
+    Fenced,
 }
 
-/// Writes `write` (a seed of a whole view when `seed_only`).
+/// Writes `write` (a seed of a whole view when `seed_only`); with a `fence`, only while the
+/// leader lock holds that token.
 pub(crate) async fn write(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
     write: &Write,
     log_length: usize,
     seed_only: bool,
+    fence: Option<&str>,
 ) -> RedisResult<Written> {
     let entry = serde_json::to_string(&write.entry).unwrap_or_default();
     let mut args = vec![
         log_length.to_string(),
         entry,
         if seed_only { "seed" } else { "" }.to_owned(),
+        fence.unwrap_or_default().to_owned(),
     ];
     for op in &write.ops {
         op.push_args(&mut args);
@@ -112,15 +135,17 @@ pub(crate) async fn write(
         .key(&keys.records)
         .key(&keys.overrides)
         .key(&keys.log)
-        .key(&keys.synced_at);
+        .key(&keys.synced_at)
+        .key(&keys.leader);
     for arg in &args {
         invocation.arg(arg);
     }
     let version: i64 = invocation.invoke_async(conn).await?;
-    Ok(match u64::try_from(version) {
-        Ok(0) => Written::NotEmpty,
-        Ok(version) => Written::Version(version),
-        Err(_) => Written::Empty,
+    Ok(match version {
+        0 => Written::NotEmpty,
+        -1 => Written::Empty,
+        -2 => Written::Fenced,
+        version => Written::Version(version.unsigned_abs()),
     })
 }
 
@@ -184,49 +209,49 @@ pub(crate) async fn read_log(
         .collect())
 }
 
-/// Takes the lock for `node` for `ttl` if nobody holds it.
+/// Takes the lock for `node` for `ttl` if nobody holds it: the fencing token of the new term
+/// (the lock's value), or `None`.
 pub(crate) async fn try_lock(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
     node: &str,
     ttl: Duration,
-) -> RedisResult<bool> {
-    let set: Option<String> = redis::cmd("SET")
-        .arg(&keys.leader)
+) -> RedisResult<Option<String>> {
+    let term: u64 = Script::new(TAKE)
+        .key(&keys.leader)
+        .key(&keys.leader_term)
         .arg(node)
-        .arg("NX")
-        .arg("PX")
         .arg(millis(ttl))
-        .query_async(conn)
+        .invoke_async(conn)
         .await?;
-    Ok(set.is_some())
+    Ok((term > 0).then(|| format!("{term} {node}")))
 }
 
-/// Extends the lock for `ttl` if `node` still holds it.
+/// Extends the lock for `ttl` if it still holds `token`.
 pub(crate) async fn renew(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
-    node: &str,
+    token: &str,
     ttl: Duration,
 ) -> RedisResult<bool> {
     let renewed: i64 = Script::new(RENEW)
         .key(&keys.leader)
-        .arg(node)
+        .arg(token)
         .arg(millis(ttl))
         .invoke_async(conn)
         .await?;
     Ok(renewed == 1)
 }
 
-/// Releases the lock if `node` holds it.
+/// Releases the lock if it still holds `token`.
 pub(crate) async fn release(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
-    node: &str,
+    token: &str,
 ) -> RedisResult<bool> {
     let released: i64 = Script::new(RELEASE)
         .key(&keys.leader)
-        .arg(node)
+        .arg(token)
         .invoke_async(conn)
         .await?;
     Ok(released == 1)

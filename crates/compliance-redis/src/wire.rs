@@ -24,8 +24,10 @@ pub(crate) struct Keys {
     pub(crate) log: String,
     /// Integer: when the devices were last fully synced, Unix seconds.
     pub(crate) synced_at: String,
-    /// String: the leader's node name, with an expiry.
+    /// String: the leader's fencing token `<term> <node name>`, with an expiry.
     pub(crate) leader: String,
+    /// Integer: the last leader term handed out (each take of the lock is a new term).
+    pub(crate) leader_term: String,
 }
 
 impl Keys {
@@ -38,6 +40,7 @@ impl Keys {
             log: key("log"),
             synced_at: key("synced-at"),
             leader: key("leader"),
+            leader_term: key("leader-term"),
         }
     }
 }

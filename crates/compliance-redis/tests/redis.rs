@@ -7,6 +7,7 @@ use compliance_policy::state::{ChangeSource, Compliance};
 use compliance_policy::view::Change;
 use compliance_redis::{RedisMetrics, RedisSettings, SharedView};
 use seg_testbed::harness::wait_until;
+use seg_testbed::pki::TestPki;
 use seg_testbed::redis::RedisServer;
 use std::time::Duration;
 
@@ -25,15 +26,61 @@ fn phone(id: &str) -> DeviceRecord {
 
 /// A node on `redis`: its state and the stop of its shared view.
 fn node(redis: &RedisServer, name: &str) -> (Compliance, tokio::sync::oneshot::Sender<()>) {
+    let (compliance, _, _, stop) = node_with_metrics(redis, name);
+    (compliance, stop)
+}
+
+/// [`node`], with its shared view's handle and metrics.
+fn node_with_metrics(
+    redis: &RedisServer,
+    name: &str,
+) -> (
+    Compliance,
+    SharedView,
+    RedisMetrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    node_with(redis, name, |_| {})
+}
+
+/// [`node_with_metrics`], with `configure` changing its settings first.
+fn node_with(
+    redis: &RedisServer,
+    name: &str,
+    configure: impl FnOnce(&mut RedisSettings),
+) -> (
+    Compliance,
+    SharedView,
+    RedisMetrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let compliance = Compliance::new(PolicySettings::default());
     let mut settings = RedisSettings::new(redis.url());
     settings.node_name = name.into();
     settings.lock_ttl = Duration::from_millis(500);
-    let shared = SharedView::new(compliance.clone(), settings, RedisMetrics::new()).unwrap();
+    configure(&mut settings);
+    let metrics = RedisMetrics::new();
+    let shared = SharedView::new(compliance.clone(), settings, metrics.clone()).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(shared.run(async move {
+    tokio::spawn(shared.clone().run(async move {
         let _ = stopped.await;
     }));
+    (compliance, shared, metrics, stop)
+}
+
+/// `metrics` as `/metrics` shows them.
+fn scrape(metrics: &RedisMetrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+/// The first node on `redis`, once it leads (only the leader's syncs are written).
+async fn leader(redis: &RedisServer, name: &str) -> (Compliance, tokio::sync::oneshot::Sender<()>) {
+    let (compliance, shared, _, stop) = node_with_metrics(redis, name);
+    wait_for("the first node to lead", || shared.status().leader).await;
     (compliance, stop)
 }
 
@@ -49,7 +96,7 @@ async fn wait_for(what: &str, condition: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_its_data_is_seeded_again_from_a_node() {
     let redis = RedisServer::start().expect("redis-server (scripts/install-deps.sh)");
-    let (a, _stop_a) = node(&redis, "a");
+    let (a, _stop_a) = leader(&redis, "a").await;
     let (b, _stop_b) = node(&redis, "b");
     a.replace_all(vec![phone("A1"), phone("A2")], ChangeSource::FullSync);
     wait_for("b to read a's full sync", || b.view().len() == 2).await;
@@ -92,7 +139,7 @@ async fn a_redis_that_lost_its_data_is_seeded_again_from_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_trimmed_from_the_log_are_caught_up_by_reading_everything() {
     let redis = RedisServer::start().expect("redis-server (scripts/install-deps.sh)");
-    let (a, _stop_a) = node(&redis, "a");
+    let (a, _stop_a) = leader(&redis, "a").await;
     let (b, _stop_b) = node(&redis, "b");
     a.replace_all(vec![phone("A1"), phone("A2")], ChangeSource::FullSync);
     wait_for("b to read a's full sync", || b.view().len() == 2).await;
@@ -120,4 +167,112 @@ async fn entries_trimmed_from_the_log_are_caught_up_by_reading_everything() {
     })
     .await;
     wait_for("a too", || !a.decide(Some("A2"), None).is_allowed()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_lock_cannot_overwrite_its_successors_view() {
+    let redis = RedisServer::start().expect("redis-server (scripts/install-deps.sh)");
+    let (a, a_shared, a_metrics, _stop_a) = node_with_metrics(&redis, "a");
+    wait_for("a to lead", || a_shared.status().leader).await;
+    let (b, _stop_b) = node(&redis, "b");
+    a.replace_all(vec![phone("A1"), phone("A2")], ChangeSource::FullSync);
+    wait_for("b to read a's full sync", || b.view().len() == 2).await;
+
+    // a is paused past its lock's expiry; meanwhile the lock expires and another node takes it
+    // (a new term: what the lock script does, done here directly so that a cannot notice).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let term: u64 = redis::cmd("INCR")
+        .arg("{seg:compliance}:leader-term")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg("{seg:compliance}:leader")
+        .arg(format!("{term} b"))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let version: u64 = redis::cmd("GET")
+        .arg("{seg:compliance}:version")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // a wakes up and finishes its sync with what it fetched before: refused.
+    let stale = DeviceRecord {
+        enrollment: Enrollment::EnterpriseWiped,
+        ..phone("A1")
+    };
+    a.replace_all(vec![stale], ChangeSource::FullSync);
+    wait_for("a to read the shared view again", || {
+        a.view().len() == 2 && a.decide(Some("A1"), None).is_allowed()
+    })
+    .await;
+    wait_for("a to step down", || !a_shared.status().leader).await;
+    let stored: (u64, usize) = redis::pipe()
+        .get("{seg:compliance}:version")
+        .hlen("{seg:compliance}:records")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        (version, 2),
+        "the stale sync left the store as it was"
+    );
+    assert_eq!(b.view().len(), 2);
+    assert!(b.decide(Some("A1"), None).is_allowed());
+    let scraped = scrape(&a_metrics);
+    assert!(
+        scraped.contains("seg_compliance_redis_fenced_total 1"),
+        "{scraped}"
+    );
+
+    // Changes that are not syncs (a webhook event, an override) are any node's to write.
+    a.set_device_override("A2", Some(Override::Block));
+    wait_for("b to see a's override", || {
+        !b.decide(Some("A2"), None).is_allowed()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_the_view_over_tls_and_verify_redis_against_their_trust_store() {
+    let pki = TestPki::in_memory(&[]).unwrap();
+    let (cert, key) = pki.issue_server_cert(&["localhost", "127.0.0.1"]).unwrap();
+    let redis = RedisServer::start_tls(&cert, &key)
+        .expect("redis-server with TLS (Debian's is built with it; scripts/install-deps.sh)");
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let ca = redis.dir().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let trusting = |settings: &mut RedisSettings| settings.trust_store = Some(ca.clone());
+
+    // Without the trust store, Redis's certificate (from a private CA) is refused.
+    let (stranger, _, stranger_metrics, _stop_stranger) = node_with(&redis, "stranger", |_| {});
+    let (a, a_shared, _, _stop_a) = node_with(&redis, "a", trusting);
+    wait_for("a to lead over TLS", || a_shared.status().leader).await;
+    let (b, b_shared, _, _stop_b) = node_with(&redis, "b", trusting);
+    a.replace_all(vec![phone("A1"), phone("A2")], ChangeSource::FullSync);
+    wait_for("b to read a's full sync over TLS", || b.view().len() == 2).await;
+    b.apply(
+        vec![Change::Upsert(DeviceRecord {
+            enrollment: Enrollment::EnterpriseWiped,
+            ..phone("A1")
+        })],
+        ChangeSource::ChangeEvent,
+    );
+    wait_for("a to see b's wipe over TLS", || {
+        !a.decide(Some("A1"), None).is_allowed()
+    })
+    .await;
+    assert!(b_shared.status().redis_up);
+
+    assert!(!stranger.view().is_loaded(), "the stranger read nothing");
+    assert!(
+        !scrape(&stranger_metrics).contains("seg_compliance_redis_errors_total 0"),
+        "the stranger's connections failed"
+    );
 }

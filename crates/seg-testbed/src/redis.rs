@@ -6,6 +6,9 @@
 //! start it again on the same port with its data), and is killed, its directory removed, when
 //! the [`RedisServer`] is dropped.
 //!
+//! [`RedisServer::start_tls`] serves TLS only (`--tls-port`, no plain port) with a given
+//! certificate, for clients of `rediss://` URLs.
+//!
 //! ```no_run
 //! use seg_testbed::redis::RedisServer;
 //!
@@ -35,6 +38,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Serving TLS only, with the certificate and key in `dir`.
+    tls: bool,
 }
 
 /// Where `redis-server` is: `PATH`, then Debian's `/usr/bin`.
@@ -56,6 +61,22 @@ impl RedisServer {
     /// [`Error::RedisMissing`] if `redis-server` is not installed; [`Error::RedisStart`] if it
     /// does not come up, with the end of its log.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts `redis-server` serving TLS only on a free port of 127.0.0.1, with the server
+    /// certificate `cert_pem` (for `localhost` and `127.0.0.1`) and its key `key_pem`, not
+    /// asking clients for certificates, and waits until it accepts connections.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisServer::start`]; [`Error::RedisStart`] also when this `redis-server` was built
+    /// without TLS.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self> {
         let program = find_redis()?;
         let port = crate::harness::reserve_port()?.port();
         let dir = std::env::temp_dir().join(format!(
@@ -67,19 +88,30 @@ impl RedisServer {
             path: dir.clone(),
             source,
         })?;
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.pem", cert), ("server.key", key)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem).map_err(|source| Error::File { path, source })?;
+            }
+        }
         let mut server = RedisServer {
             program,
             port,
             dir,
             child: None,
+            tls: tls.is_some(),
         };
         server.restart()?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/`, or `rediss://localhost:PORT/` when serving TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        if self.tls {
+            format!("rediss://localhost:{}/", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
     }
 
     /// The address it listens on.
@@ -125,8 +157,19 @@ impl RedisServer {
             return Ok(());
         }
         let log = self.dir.join("redis.log");
-        let child = Command::new(&self.program)
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(&self.program);
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--dir"])
             .arg(&self.dir)
@@ -145,7 +188,13 @@ impl RedisServer {
         self.child = Some(child);
         let give_up = Instant::now() + START_DEADLINE;
         loop {
-            if ping(self.addr()) {
+            // Over TLS, accepting a connection is enough: it listens once it is ready.
+            let up = if self.tls {
+                TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
+            } else {
+                ping(self.addr())
+            };
+            if up {
                 return Ok(());
             }
             if !self.is_running() || Instant::now() >= give_up {
