@@ -130,13 +130,17 @@ on_rss=$(awk '/^VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$on_pid/status")
 off_rss=$(awk '/^VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$off_pid/status")
 
 # The layer is really there: the device passes, an unknown one is refused with the 403.
-# The SOAP body of bench/soap-post.lua (the quoted pieces of `wrk.body = … .. …`).
+# The SOAP body of bench/soap-post.lua (the quoted pieces of `wrk.body = … .. …`, with its
+# `operation`: the GetFolder of `local get_folder = …`).
 python3 -c '
 import re, sys
 lua = open(sys.argv[1]).read()
-body = lua[lua.index("wrk.body ="):].split("\n\n")[0]
-print("".join(re.findall(r"\x27([^\x27]*)\x27", body)), end="")
+def quoted(name):
+    text = lua[lua.index(name):].split("\nlocal ")[0].split("\n\n")[0]
+    return "".join(re.findall(r"\x27([^\x27]*)\x27", text))
+print(quoted("wrk.body =").replace("<s:Body></s:Body>", "<s:Body>" + quoted("local get_folder =") + "</s:Body>"), end="")
 ' bench/soap-post.lua >"$work/soap.xml"
+grep -q "<m:GetFolder>" "$work/soap.xml" || die "no GetFolder read from bench/soap-post.lua"
 probe() { # probe PORT DEVICE → HTTP status
   curl -s -o /dev/null -w '%{http_code}' --cacert "$work/pki/ca.pem" \
     -H "Authorization: $BENCH_AUTHORIZATION" -H "X-Device-Id: $2" \
@@ -185,11 +189,12 @@ off_mean=$(mean off rps)
 on_mean=$(mean on rps)
 gap=$(awk -v a="$on_mean" -v b="$off_mean" 'BEGIN { printf "%.3f", (b - a) / b }')
 abs_gap=$(awk -v g="$gap" 'BEGIN { print (g < 0) ? -g : g }')
-pct=$(awk -v g="$gap" 'BEGIN { printf "%.1f%%", g * 100 }')
+# "2.3% fewer" or "1.5% more": the sign said in words.
+pct=$(awk -v g="$gap" 'BEGIN { if (g >= 0) printf "%.1f%% fewer", g * 100; else printf "%.1f%% more", -g * 100 }')
 if awk -v g="$abs_gap" -v m="$max_gap" 'BEGIN { exit !(g < m) }'; then
-  verdict="**met**: with the compliance layer the proxy serves $on_mean requests/s against $off_mean without, $pct fewer (target: under $(awk -v m="$max_gap" 'BEGIN { printf "%g%%", m * 100 }') apart)"
+  verdict="**met**: with the compliance layer the proxy serves $on_mean requests/s against $off_mean without, $pct (target: under $(awk -v m="$max_gap" 'BEGIN { printf "%g%%", m * 100 }') apart)"
 else
-  verdict="**not met**: with the compliance layer the proxy serves $on_mean requests/s against $off_mean without, $pct fewer (target: under $(awk -v m="$max_gap" 'BEGIN { printf "%g%%", m * 100 }') apart)"
+  verdict="**not met**: with the compliance layer the proxy serves $on_mean requests/s against $off_mean without, $pct (target: under $(awk -v m="$max_gap" 'BEGIN { printf "%g%%", m * 100 }') apart)"
 fi
 disturbed=""
 for name in "${names[@]}"; do
