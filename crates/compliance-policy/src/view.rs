@@ -5,6 +5,11 @@
 //! to a view of a million devices costs little, and readers never wait: they hold an `Arc` of
 //! the view they loaded. When the overlay grows past a share of the base, the next change folds
 //! it into a new base.
+//!
+//! The base is a device table laid out for the decision (one 64-byte slot per device holding
+//! the id and what the policy decided from the record, in huge-page memory): a view
+//! [prepared](View::prepared) for a policy decides on a known device with one memory access,
+//! about 135 ns with a million devices on the reference machine (docs/benchmarks.md).
 
 use crate::device::{DeviceId, DeviceRecord};
 use crate::policy::{Asked, Decision, Overrides, PolicySettings};
