@@ -461,6 +461,10 @@ async fn device(
         None => None,
     };
     let known = record.is_some() || device_override.is_some();
+    let recent = console
+        .compliance
+        .recent_requests()
+        .for_device(id.as_str(), RECENT_ON_PAGE);
     let page = pages::device(
         &signed_in.session,
         &pages::DevicePage {
@@ -470,6 +474,7 @@ async fn device(
             device_override,
             user_override,
             trail: trail.as_deref(),
+            recent: &recent,
         },
     );
     let status = if known {
@@ -479,6 +484,9 @@ async fn device(
     };
     Ok((status, Html(page.into_string())).into_response())
 }
+
+/// How many of a device's recent requests its page lists.
+const RECENT_ON_PAGE: usize = 20;
 
 /// `/ui/devices/{id}` with the id made safe for a path.
 pub(crate) fn device_path(id: &str) -> String {

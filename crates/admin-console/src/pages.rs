@@ -10,6 +10,7 @@ use audit_trail::store::Page;
 use axum::response::Response;
 use compliance_policy::device::{DeviceId, DeviceRecord};
 use compliance_policy::policy::{Decision, Override};
+use compliance_policy::recent::{RecentRequest, RecentRequests};
 use compliance_policy::sync::SyncStatus;
 use http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
@@ -375,6 +376,8 @@ pub(crate) struct DevicePage<'a> {
     pub(crate) device_override: Option<Override>,
     pub(crate) user_override: Option<Override>,
     pub(crate) trail: Option<&'a [Entry]>,
+    /// Its last requests through the enforcement layer, newest first.
+    pub(crate) recent: &'a [RecentRequest],
 }
 
 fn optional(value: Option<&str>) -> &str {
@@ -442,6 +445,27 @@ pub(crate) fn device(session: &Session, page: &DevicePage<'_>) -> Markup {
                             dt { "Encrypted" } dd { (yes_no(record.encrypted)) }
                             dt { "ActiveSync profile" } dd { (yes_no(record.activesync_profile)) }
                             dt { "Last seen" } dd { (record.last_seen.map_or("—".into(), |s| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s)))) }
+                        }
+                    }
+                }
+            }
+            section aria-labelledby="recent-heading" {
+                h2 id="recent-heading" { "Recent requests" }
+                @if page.recent.is_empty() {
+                    p { "No request from this device among the gateway's last "
+                        (RecentRequests::CAPACITY) " decisions." }
+                } @else {
+                    table {
+                        caption { "The device's last requests through the gateway, newest first" }
+                        thead { tr { th scope="col" { "Time" } th scope="col" { "EWS operation or ActiveSync command" } th scope="col" { "Decision" } } }
+                        tbody {
+                            @for request in page.recent {
+                                tr {
+                                    td { (rfc3339(request.at)) }
+                                    td { (if request.operation.is_empty() { "—" } else { &request.operation })  }
+                                    td { (decision_badge(&request.decision)) }
+                                }
+                            }
                         }
                     }
                 }

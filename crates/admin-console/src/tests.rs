@@ -289,6 +289,28 @@ async fn an_override_by_form_changes_the_decision() {
 }
 
 #[tokio::test]
+async fn a_device_page_lists_its_recent_requests_by_operation() {
+    use compliance_policy::policy::{AllowReason, BlockReason, Decision};
+    let (compliance, app) = app(vec![record("DEV1", "alice@test.local", "iPhone")]);
+    let recent = compliance.recent_requests();
+    recent.record("DEV1", "GetFolder", Decision::Allow(AllowReason::Compliant));
+    recent.record("OTHER", "GetItem", Decision::Allow(AllowReason::Compliant));
+    recent.record(
+        "dev1",
+        "Subscribe",
+        Decision::Block(BlockReason::EnterpriseWiped),
+    );
+    let (cookie, _) = sign_in(&app, CAROL).await;
+    let (_, _, page) = send(&app, get("/ui/devices/DEV1", &cookie)).await;
+    let listed = |operation: &str| page.find(&format!("<td>{operation}</td>"));
+    let (subscribe, get_folder) = (listed("Subscribe"), listed("GetFolder"));
+    assert!(subscribe.is_some() && get_folder.is_some(), "{page}");
+    assert!(subscribe < get_folder, "newest first");
+    assert!(listed("GetItem").is_none(), "another device's request");
+    assert!(page.contains("enterprise-wiped"));
+}
+
+#[tokio::test]
 async fn sign_out_closes_the_session() {
     let (_, app) = app(vec![]);
     let (cookie, csrf) = sign_in(&app, ADMIN).await;

@@ -122,6 +122,8 @@ struct Subject<'a> {
     user: Option<Cow<'a, str>>,
     /// ActiveSync's `DeviceType`.
     device_type: Option<Cow<'a, str>>,
+    /// The EWS operation or the ActiveSync command, when known.
+    operation: Option<Cow<'a, str>>,
     long_lived: bool,
 }
 
@@ -136,6 +138,7 @@ impl<S> Enforce<S> {
                 device: None,
                 user: identity,
                 device_type: None,
+                operation: None,
                 long_lived: false,
             };
             let query = request.uri().query().unwrap_or("").as_bytes();
@@ -148,6 +151,7 @@ impl<S> Enforce<S> {
                     subject.user = Some(value);
                 } else if key.eq_ignore_ascii_case("Cmd") {
                     subject.long_lived = value.eq_ignore_ascii_case("Ping");
+                    subject.operation = Some(value);
                 }
             }
             return subject;
@@ -159,14 +163,13 @@ impl<S> Enforce<S> {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(Cow::Borrowed);
-        let long_lived = matches!(
-            request.extensions().get::<EwsOperation>(),
-            Some(EwsOperation::GetStreamingEvents)
-        );
+        let operation = request.extensions().get::<EwsOperation>();
+        let long_lived = matches!(operation, Some(EwsOperation::GetStreamingEvents));
         Subject {
             device,
             user: identity,
             device_type: None,
+            operation: operation.map(|operation| Cow::Borrowed(operation.as_str())),
             long_lived,
         }
     }
@@ -246,6 +249,12 @@ impl<S> Enforce<S> {
         );
         if let Some(metrics) = compliance.metrics() {
             metrics.decision(decision);
+        }
+        if let Some(device) = &subject.device {
+            let operation = subject.operation.as_deref().unwrap_or("");
+            compliance
+                .recent_requests()
+                .record(device, operation, decision);
         }
         if let Decision::Block(reason) = decision {
             tracing::info!(
@@ -512,7 +521,7 @@ mod tests {
         };
         compliance.replace_all(vec![phone], ChangeSource::FullSync);
         let calls = Arc::new(Mutex::new(0));
-        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        let service = ComplianceLayer::new(compliance.clone()).layer(counting(calls.clone()));
         let request = |device_type: &str| {
             Request::post(format!(
                 "/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId=EASDEV1&DeviceType={device_type}"
@@ -532,6 +541,13 @@ mod tests {
         assert_eq!(*calls.lock().unwrap(), 0, "nothing of it reached Exchange");
         let passed = service.oneshot(request("iPhone")).await.unwrap();
         assert_eq!(passed.status(), StatusCode::OK);
+        // Both decisions are kept for the console's device page, newest first.
+        let recent = compliance.recent_requests().for_device("easdev1", 10);
+        let seen: Vec<(&str, bool)> = recent
+            .iter()
+            .map(|r| (r.operation.as_str(), r.decision.is_allowed()))
+            .collect();
+        assert_eq!(seen, [("Sync", true), ("Sync", false)]);
     }
 
     #[tokio::test]

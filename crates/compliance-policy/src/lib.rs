@@ -39,6 +39,7 @@ pub mod enforce;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod recent;
 pub mod replicate;
 pub mod snapshot;
 pub mod state;

@@ -9,6 +9,7 @@
 use crate::device::{DeviceId, DeviceRecord};
 use crate::metrics::ComplianceMetrics;
 use crate::policy::{Decision, Override, Overrides, PolicySettings};
+use crate::recent::RecentRequests;
 use crate::replicate::{AlreadyReplicated, Replicator, Update};
 use crate::streams::{StreamGuard, StreamRegistry};
 use crate::view::{Change, View};
@@ -64,6 +65,8 @@ struct Shared {
     metrics: Option<ComplianceMetrics>,
     /// Where this node's own changes go to reach other nodes (see [`crate::replicate`]).
     replicator: OnceLock<Arc<dyn Replicator>>,
+    /// The last decisions of the enforcement layer, for diagnostics.
+    recent: RecentRequests,
 }
 
 /// The compliance state; cheap to clone, every clone shares it.
@@ -118,6 +121,7 @@ impl Compliance {
                 version,
                 metrics,
                 replicator: OnceLock::new(),
+                recent: RecentRequests::default(),
             }),
         }
     }
@@ -147,6 +151,11 @@ impl Compliance {
             0
         };
         view.decide_request(policy, device_id, user, device_type, now)
+    }
+
+    /// The last requests the enforcement layer decided (see [`crate::recent`]).
+    pub fn recent_requests(&self) -> &RecentRequests {
+        &self.shared.recent
     }
 
     /// The current view.
