@@ -39,6 +39,12 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+# cargo-deny: the dependency policy of deny.toml (licenses, bans, sources), checked by
+# scripts/test.sh.
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-deny"
+  cargo install --locked cargo-deny
+fi
 
 # The Python EWS clients the tests drive (tests/ews_client_library.rs), pinned in
 # tests/clients/requirements.txt, in a virtual environment at the workspace root. Reinstalled

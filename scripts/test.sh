@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what it needs, then format check, clippy
-# with warnings as errors, every test (unit, integration over real sockets, doc examples).
+# The whole test suite, on a fresh machine: installs what it needs, then format check, the
+# dependency policy (cargo deny), clippy with warnings as errors, every test (unit, integration
+# over real sockets, doc examples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo deny (licenses, bans, sources; advisories need GitHub, unreachable here)"
+cargo deny --locked check licenses bans sources
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
