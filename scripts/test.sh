@@ -12,6 +12,8 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo deny (licenses, bans, sources; advisories need GitHub, unreachable here)"
+# The licence checks read each crate's files: have every crate downloaded first.
+cargo fetch --locked
 cargo deny --locked check licenses bans sources
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
