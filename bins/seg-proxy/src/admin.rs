@@ -200,34 +200,14 @@ fn redis_reachability(up: Option<f64>) -> Reachability {
     }
 }
 
-/// The KDCs of `conf`, its default realm's first, each as `host:port` (port 88 when the file
-/// names none).
-fn kdcs_of(mut conf: kcd_client::krb5_conf::Krb5Conf) -> Vec<String> {
-    if let Some(default) = &conf.default_realm
-        && let Some(index) = conf.realms.iter().position(|r| &r.realm == default)
-    {
-        let realm = conf.realms.remove(index);
-        conf.realms.insert(0, realm);
-    }
-    conf.realms
+/// The KDCs of `conf`, its default realm's first, each as the `host:port` the Kerberos client
+/// connects to (port 88 when the file names none).
+fn kdcs_of(conf: kcd_client::krb5_conf::Krb5Conf) -> Vec<String> {
+    conf.realms_default_first()
         .into_iter()
         .flat_map(|realm| realm.kdcs)
-        .map(|kdc| with_kdc_port(kcd_client::krb5_conf::kdc_address(&kdc)))
+        .map(|kdc| kcd_client::krb5_conf::kdc_socket_address(&kdc))
         .collect()
-}
-
-/// `kdc` with port 88 when it names none (`host`, `[v6]`, or a bare IPv6 address).
-fn with_kdc_port(kdc: &str) -> String {
-    if kdc.parse::<std::net::SocketAddr>().is_ok() {
-        return kdc.to_owned();
-    }
-    if let Ok(ip) = kdc.parse::<std::net::Ipv6Addr>() {
-        return format!("[{ip}]:88");
-    }
-    match kdc.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() => kdc.to_owned(),
-        _ => format!("{kdc}:88"),
-    }
 }
 
 /// Whether one of `kdcs` (`host:port`, tried in order) accepts a TCP connection within
@@ -295,8 +275,6 @@ mod tests {
                 "kdc.other.example:88"
             ]
         );
-        assert_eq!(with_kdc_port("::1"), "[::1]:88");
-        assert_eq!(with_kdc_port("[::1]:750"), "[::1]:750");
     }
 
     #[test]

@@ -130,6 +130,20 @@ impl Krb5Conf {
         service_principal: impl Into<String>,
         credentials: Credentials,
     ) -> KcdConfig {
+        let limit = self.udp_preference_limit;
+        let mut config =
+            KcdConfig::new(self.realms_default_first(), service_principal, credentials);
+        if let Some(limit) = limit {
+            config.udp_preference_limit = limit;
+        }
+        config
+    }
+}
+
+impl Krb5Conf {
+    /// The realms, the default realm's first (a principal without `@REALM` belongs to it), the
+    /// others in file order.
+    pub fn realms_default_first(self) -> Vec<RealmConfig> {
         let mut realms = self.realms;
         if let Some(default) = &self.default_realm
             && let Some(index) = realms.iter().position(|r| &r.realm == default)
@@ -137,13 +151,29 @@ impl Krb5Conf {
             let realm = realms.remove(index);
             realms.insert(0, realm);
         }
-        let mut config = KcdConfig::new(realms, service_principal, credentials);
-        if let Some(limit) = self.udp_preference_limit {
-            config.udp_preference_limit = limit;
-        }
-        config
+        realms
     }
 }
+
+/// The `host:port` to connect to for a `kdc` value: without its `tcp/` or `udp/` prefix, and
+/// with port 88 when it names none (`host`, `[v6]`, or a bare IPv6 address, which gets its
+/// brackets).
+pub fn kdc_socket_address(kdc: &str) -> String {
+    let kdc = kdc_address(kdc);
+    if kdc.parse::<std::net::SocketAddr>().is_ok() {
+        return kdc.to_owned();
+    }
+    if let Ok(ip) = kdc.parse::<std::net::Ipv6Addr>() {
+        return format!("[{ip}]:{KDC_PORT}");
+    }
+    match kdc.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => kdc.to_owned(),
+        _ => format!("{kdc}:{KDC_PORT}"),
+    }
+}
+
+/// The KDC port when a `kdc` value names none.
+const KDC_PORT: u16 = 88;
 
 /// The `host[:port]` of a `kdc` value, without its `tcp/` or `udp/` prefix (any case).
 pub fn kdc_address(kdc: &str) -> &str {

@@ -124,8 +124,6 @@ impl KdcLink {
 
 /// The largest UDP datagram.
 const MAX_DATAGRAM: usize = 65_535;
-/// The KDC port when an address names none.
-const KDC_PORT: u16 = 88;
 
 impl Transport {
     /// Sends `request` to the KDCs of `realm` (`host[:port]` each) in order and returns the
@@ -206,11 +204,7 @@ impl Transport {
     }
 
     async fn resolve(&self, kdc: &str) -> std::io::Result<Vec<SocketAddr>> {
-        let target = if kdc.parse::<SocketAddr>().is_ok() || has_port(kdc) {
-            kdc.to_string()
-        } else {
-            format!("{kdc}:{KDC_PORT}")
-        };
+        let target = crate::krb5_conf::kdc_socket_address(kdc);
         let addrs = tokio::time::timeout(self.attempt_timeout, tokio::net::lookup_host(target))
             .await
             .map_err(|_| timed_out("resolving the KDC"))??;
@@ -267,16 +261,6 @@ impl Transport {
     }
 }
 
-fn has_port(kdc: &str) -> bool {
-    // `host:port` or `[v6]:port`; a bare IPv6 address has several colons and no brackets.
-    match kdc.rsplit_once(':') {
-        Some((host, port)) => {
-            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
-        }
-        None => false,
-    }
-}
-
 fn timed_out(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out {what}"))
 }
@@ -294,11 +278,18 @@ mod tests {
 
     #[test]
     fn kdc_addresses_get_port_88_unless_they_name_one() {
-        assert!(has_port("dc1.corp.example:88"));
-        assert!(has_port("127.0.0.1:7088"));
-        assert!(has_port("[::1]:88"));
-        assert!(!has_port("dc1.corp.example"));
-        assert!(!has_port("::1"));
+        use crate::krb5_conf::kdc_socket_address as address;
+        assert_eq!(address("dc1.corp.example:88"), "dc1.corp.example:88");
+        assert_eq!(address("127.0.0.1:7088"), "127.0.0.1:7088");
+        assert_eq!(address("[::1]:750"), "[::1]:750");
+        assert_eq!(address("dc1.corp.example"), "dc1.corp.example:88");
+        assert_eq!(
+            address("::1"),
+            "[::1]:88",
+            "a bare IPv6 address gets brackets"
+        );
+        assert_eq!(address("[::1]"), "[::1]:88");
+        assert_eq!(address("TCP/dc1.corp.example"), "dc1.corp.example:88");
     }
 
     fn transport(mode: TransportMode) -> Transport {
