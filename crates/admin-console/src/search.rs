@@ -391,10 +391,10 @@ mod tests {
     }
 
     #[test]
-    fn an_exact_search_in_a_large_view_does_not_walk_it() {
+    fn an_exact_search_in_a_large_view_is_a_lookup_and_a_part_is_a_walk() {
+        // Which path answered is what `exact` says (the lookup returns before any walk); how
+        // long each takes is for a benchmark, not a test.
         let view = view(200_000);
-        // A hundred exact searches of each kind take less time than one walk.
-        let started = std::time::Instant::now();
         for i in 0..100 {
             let found = ask(&view, &format!("DEV{:06}", i * 997), false, None, 1);
             assert!(found.exact && found.total == 1);
@@ -407,14 +407,8 @@ mod tests {
             );
             assert!(found.exact && found.total == 2);
         }
-        let lookups = started.elapsed();
-        let started = std::time::Instant::now();
         let found = ask(&view, "DEV", true, None, 1);
-        let walk = started.elapsed();
+        assert!(!found.exact);
         assert_eq!((found.total, found.rows.len()), (200_000, 50));
-        assert!(
-            lookups < walk,
-            "200 exact searches took {lookups:?}, one walk {walk:?}"
-        );
     }
 }
