@@ -249,10 +249,7 @@ impl Compliance {
         let held = self.shared.view.load_full();
         let records = records
             .into_iter()
-            .map(|record| match held.device(record.device_id.as_str()) {
-                Some(same) if **same == record => same.clone(),
-                _ => Arc::new(record),
-            })
+            .map(|record| held.share(record))
             .collect();
         drop(held);
         self.replace_all_shared(records, source)

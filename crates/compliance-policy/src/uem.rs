@@ -162,12 +162,10 @@ impl UemClient {
                     .devices
                     .into_iter()
                     .filter_map(|device| device.into_record(&mut interner))
-                    .map(
-                        |record| match held.and_then(|v| v.device(record.device_id.as_str())) {
-                            Some(same) if **same == record => same.clone(),
-                            _ => Arc::new(record),
-                        },
-                    ),
+                    .map(|record| match held {
+                        Some(view) => view.share(record),
+                        None => Arc::new(record),
+                    }),
             );
             Ok(())
         };

@@ -147,6 +147,16 @@ impl View {
         policy.decide_request(Some(id), record, user, device_type, &self.overrides, now)
     }
 
+    /// `record` in an `Arc`: this view's own when it holds an equal record, else a new one.
+    /// A full sync mostly repeats the view; sharing the held records keeps one copy of each
+    /// unchanged device, and lets the old view's drop free only what changed.
+    pub fn share(&self, record: DeviceRecord) -> Arc<DeviceRecord> {
+        match self.device(record.device_id.as_str()) {
+            Some(held) if **held == record => held.clone(),
+            _ => Arc::new(record),
+        }
+    }
+
     /// The record of a device, by EAS id in any case.
     #[inline]
     pub fn device(&self, id: &str) -> Option<&Arc<DeviceRecord>> {
