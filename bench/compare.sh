@@ -57,12 +57,7 @@ device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
 
 # --- 1. what it needs --------------------------------------------------------------------------
 scripts/install-deps.sh wrk nginx haproxy python3 curl >&2
-oha_version=1.16.0
-oha=$root/target/bench-tools/bin/oha
-if ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
-  log "installing oha $oha_version (constant-rate load generator) into target/bench-tools"
-  cargo install --locked oha --version "$oha_version" --root "$root/target/bench-tools" >&2
-fi
+oha=$(oha_binary)
 build_release_binaries
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)

@@ -32,6 +32,18 @@ build_release_binaries() {
   [ -x "$seg_proxy" ] && [ -x "$seg_testbed" ] || die "missing $seg_proxy or $seg_testbed"
 }
 
+# Installs oha (a constant-rate load generator; Debian has none) into target/bench-tools when
+# missing, and prints its path.
+oha_version=1.16.0
+oha_binary() {
+  local oha=$root/target/bench-tools/bin/oha
+  if ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
+    log "installing oha $oha_version (constant-rate load generator) into target/bench-tools"
+    cargo install --locked oha --version "$oha_version" --root "$root/target/bench-tools" >&2
+  fi
+  printf '%s\n' "$oha"
+}
+
 # --- processes and cleanup -------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/seg-bench.XXXXXX")
 pids=()
