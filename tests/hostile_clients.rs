@@ -8,7 +8,7 @@
 mod support;
 
 use seg_proxy::Gateway;
-use seg_testbed::fault_proxy::{Direction, FaultHandle, FaultProxy};
+use seg_testbed::fault_proxy::{Direction, Fault, FaultHandle, FaultProxy};
 use seg_testbed::pki::TestPki;
 use seg_testbed::upstream::{ScriptedUpstream, SeenRequest};
 use std::time::Duration;
@@ -529,6 +529,123 @@ async fn connections_beyond_the_cap_from_one_address_wait_and_idle_ones_are_cut(
     }
     assert_eq!(served, 10);
     assert_eq!(stand.requests().len(), 10);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_cap_are_closed_at_once_and_the_slot_comes_back() {
+    let stand = Stand::start(|config| config.server.max_connections_per_address = 2).await;
+    let addr = stand.gateway.http_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The third from 127.0.0.1 is accepted and closed before anything is read from it.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = seg_testbed::harness::within(
+        STEP,
+        "the third connection to be closed",
+        third.read(&mut byte),
+    )
+    .await
+    .expect("the connection beyond the cap is closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert_eq!(stand.requests().len(), 0);
+
+    // One of the two goes: its place is given back, and a new connection is served.
+    drop(held.pop());
+    let body = get_folder();
+    let request = format!(
+        "{}{body}",
+        head(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        ))
+    );
+    seg_testbed::harness::wait_until(STEP, "a connection to be served again", || async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let responses = exchange_bytes(stream, request.as_bytes()).await;
+        responses.first().is_some_and(|r| r.status == 200)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_device_beyond_its_requests_in_flight_gets_503_server_busy_and_others_are_served() {
+    let stand = Stand::start(|config| config.limits.max_requests_per_device = 2).await;
+    let addr = stand.gateway.http_addr().unwrap();
+    let body = get_folder();
+    let request = |device: &str| {
+        format!(
+            "{}{body}",
+            head(&format!(
+                "X-Device-Id: {device}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            ))
+        )
+    };
+    // Exchange's answers are held back: the device's first two requests stay in flight.
+    stand
+        .faults
+        .set(Direction::ServerToClient, Fault::StallAfter(0));
+    let mut in_flight = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let request = request("EASDEV1");
+        in_flight.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            exchange_bytes(stream, request.as_bytes()).await
+        });
+    }
+    seg_testbed::harness::wait_until(STEP, "two requests at Exchange", || async {
+        stand.requests().len() == 2
+    })
+    .await
+    .unwrap();
+
+    // The third of the same device (in another case) is refused by the gateway itself.
+    let refused = stand.plain(request("easdev1").as_bytes()).await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].status, 503);
+    assert!(
+        refused[0].head.contains("retry-after: 1"),
+        "{}",
+        refused[0].head
+    );
+    assert!(
+        refused[0].head.contains("x-seg-fault: device-limit"),
+        "{}",
+        refused[0].head
+    );
+    assert!(
+        String::from_utf8_lossy(&refused[0].body).contains("ErrorServerBusy"),
+        "{:?}",
+        String::from_utf8_lossy(&refused[0].body)
+    );
+    // Another device still reaches Exchange.
+    let other = request("EASDEV2");
+    in_flight.spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        exchange_bytes(stream, other.as_bytes()).await
+    });
+    seg_testbed::harness::wait_until(STEP, "the other device's request at Exchange", || async {
+        stand.requests().len() == 3
+    })
+    .await
+    .unwrap();
+
+    // Exchange answers: every held request completes, and the device has its slots back.
+    stand.faults.set(Direction::ServerToClient, Fault::Pass);
+    while let Some(responses) = in_flight.join_next().await {
+        assert_eq!(responses.unwrap()[0].status, 200);
+    }
+    let again = stand.plain(request("EASDEV1").as_bytes()).await;
+    assert_eq!(again[0].status, 200);
+    assert_eq!(
+        stand.requests().len(),
+        4,
+        "the refused request never reached Exchange"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

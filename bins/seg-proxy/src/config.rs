@@ -39,6 +39,8 @@ pub struct Config {
     pub activesync: ActiveSync,
     /// Limits and timeouts of the listeners.
     pub server: ServerSettings,
+    /// Limits per device.
+    pub limits: Limits,
     /// Logging.
     pub log: Log,
     /// Device compliance; without this section the gateway is a plain EWS proxy.
@@ -565,6 +567,17 @@ impl Default for Ews {
             sniff_limit: 64 * 1024,
         }
     }
+}
+
+/// `[limits]`: what one device may hold at the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Requests one device (EWS: `compliance.device_id_header`; ActiveSync: `DeviceId`) may
+    /// have in flight at once, open `GetStreamingEvents` and `Ping` responses included; beyond
+    /// it `503` with `ErrorServerBusy` and `Retry-After`. `0` (the default): no cap. Exchange's
+    /// own throttling policy allows 27 concurrent EWS requests per user.
+    pub max_requests_per_device: u32,
 }
 
 /// `[activesync]`: ActiveSync proxying to `exchange.url`.

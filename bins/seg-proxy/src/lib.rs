@@ -31,6 +31,7 @@ use auth_negotiation::identity::IdentifyLayer;
 use auth_negotiation::kcd::{KcdAuthLayer, PresentedCertificateBinding};
 use auth_negotiation::ntlm::RefuseNtlmLayer;
 use auth_negotiation::schemes::RefuseSchemesLayer;
+use compliance_policy::device_limit::{DeviceLimitLayer, HoldsSlot};
 use compliance_policy::enforce::{ComplianceLayer, CutOnBlock};
 use compliance_policy::metrics::ComplianceMetrics;
 use compliance_policy::notify::EnsNotifier;
@@ -127,7 +128,7 @@ pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Gatewa
 
 /// The gateway's response body.
 pub type GatewayBody = tower_http::trace::ResponseBody<
-    CutOnBlock<ResponseBody>,
+    CutOnBlock<HoldsSlot<ResponseBody>>,
     tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
 >;
 
@@ -230,17 +231,22 @@ impl Gateway {
             let spn = kcd.activesync_target_spn.as_ref()?;
             Some(kcd.layer(spn, &client, &exchange))
         });
+        let device_header = config
+            .compliance
+            .as_ref()
+            .map_or("x-device-id", |c| c.device_id_header.as_str());
+        let device_header = HeaderName::from_bytes(device_header.as_bytes())
+            .map_err(|_| StartError::Url(device_header.to_owned()))?;
         let enforce = match compliance {
             Some(compliance) => {
-                let header = config
-                    .compliance
-                    .as_ref()
-                    .map_or("x-device-id", |c| c.device_id_header.as_str());
-                let header = HeaderName::from_bytes(header.as_bytes())
-                    .map_err(|_| StartError::Url(header.to_owned()))?;
-                ComplianceLayer::new(compliance.clone()).with_device_header(header)
+                ComplianceLayer::new(compliance.clone()).with_device_header(device_header.clone())
             }
             None => ComplianceLayer::disabled(),
+        };
+        // After the compliance decision: a blocked device's refusals take no slot.
+        let device_limit = match config.limits.max_requests_per_device {
+            0 => DeviceLimitLayer::unlimited(),
+            max => DeviceLimitLayer::new(max).with_device_header(device_header),
         };
         let ews = config.ews.enable_proxy.then(|| {
             let sniffer = if config.ews.require_soap {
@@ -264,6 +270,7 @@ impl Gateway {
                 .option_layer(strip_challenges)
                 .option_layer(identify)
                 .layer(enforce.clone())
+                .layer(device_limit.clone())
                 .option_layer(kcd_auth)
                 .service(ReverseProxy::new(client.clone(), ews_upstream))
         });
@@ -279,6 +286,7 @@ impl Gateway {
                 .option_layer(activesync_strip_challenges)
                 .option_layer(identify)
                 .layer(enforce.clone())
+                .layer(device_limit.clone())
                 .option_layer(activesync_kcd_auth)
                 .service(ReverseProxy::new(client.clone(), exchange))
         });

@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod device;
+pub mod device_limit;
 pub mod enforce;
 pub mod metrics;
 pub mod notify;

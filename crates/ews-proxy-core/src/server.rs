@@ -153,6 +153,10 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Connections served at once; at the cap, new ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections one client address may have open at once; one more is closed as soon as it
+    /// is accepted (before any TLS), and the first refusal of an address is logged. `0` (the
+    /// default): no cap, since mobile carriers put many devices behind one address (NAT).
+    pub max_connections_per_address: usize,
     /// On shutdown, how long in-flight requests may take to finish before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -171,6 +175,7 @@ impl Default for ServerSettings {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
+            max_connections_per_address: 0,
             shutdown_grace: Duration::from_secs(30),
             park_after: Duration::from_millis(250),
         }
@@ -274,6 +279,8 @@ impl Server {
         // Shared by every connection: a connection holds a pointer, not a copy of the stack.
         let service = Arc::new(service);
         let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let per_address = (settings.max_connections_per_address > 0)
+            .then(|| Arc::new(AddressCounts::new(settings.max_connections_per_address)));
         let (stopping, stop) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -302,6 +309,13 @@ impl Server {
                 () = &mut shutdown => break,
             };
             while connections.try_join_next().is_some() {}
+            let address_slot = match &per_address {
+                Some(counts) => match AddressCounts::acquire(counts, remote.ip()) {
+                    Some(slot) => Some(slot),
+                    None => continue, // dropping the stream closes it
+                },
+                None => None,
+            };
             let _ = stream.set_nodelay(true);
             let info = ConnectionInfo::new(remote, tls.is_some());
             let connection = Connection {
@@ -314,6 +328,7 @@ impl Server {
             let tls = tls.clone().map(|acceptor| (acceptor, client_auth.clone()));
             connections.spawn(async move {
                 let _permit = permit;
+                let _address_slot = address_slot;
                 connection.serve(stream, tls).await;
             });
         }
@@ -329,6 +344,73 @@ impl Server {
         }
         connections.shutdown().await;
         Ok(())
+    }
+}
+
+/// Open connections per client address, for `max_connections_per_address`.
+struct AddressCounts {
+    max: usize,
+    /// Per address: open connections, and whether a refusal was logged since it had none.
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (usize, bool)>>,
+}
+
+impl AddressCounts {
+    fn new(max: usize) -> Self {
+        AddressCounts {
+            max,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// A place for one more connection from `ip`, unless it is at the cap.
+    fn acquire(counts: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        // An IPv4 client on a dual-stack socket is the same client as over IPv4.
+        let ip = ip.to_canonical();
+        let mut open = counts.lock();
+        let (count, logged) = open.entry(ip).or_insert((0, false));
+        if *count >= counts.max {
+            if !*logged {
+                *logged = true;
+                tracing::warn!(
+                    client = %ip,
+                    max = counts.max,
+                    "connections from one address at server.max_connections_per_address: closing the new ones"
+                );
+            }
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, (usize, bool)>> {
+        // The map is valid whatever a panicking holder left.
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One connection's place in its address's count, given back when the connection ends.
+struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.lock();
+        if let Some((count, _)) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
