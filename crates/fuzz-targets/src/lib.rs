@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("seg_properties", fuzz_seg_properties),
     ("ens_notification", fuzz_ens_notification),
     ("ens_stream", fuzz_ens_stream),
+    ("admin_api", fuzz_admin_api),
 ];
 
 /// The EWS operation sniffer ([`ews_proxy_core::operation::sniff_operation`]).
@@ -417,4 +418,107 @@ fn read_stream(body: &[u8], size: usize) -> Vec<String> {
         }
     }
     panic!("the stream did not end after 100000 items");
+}
+
+/// The admin API's request bodies and paths ([`compliance_policy::admin::router`]): override
+/// `PUT`s and `DELETE`s for a device or a user, and UEM change events on the webhook, each
+/// with the right token or secret so that the body is read.
+///
+/// The first byte picks the endpoint; the input up to the first NUL byte is the device or user
+/// in the path (percent-encoded), the rest is the body. Besides not panicking: every answer is
+/// a `2xx` or a `4xx`, never a `5xx`; an override request answered `200` set exactly the
+/// override asked for, and one refused left the overrides as they were.
+pub fn fuzz_admin_api(data: &[u8]) {
+    use compliance_policy::admin::{AdminState, WEBHOOK_SECRET_HEADER, router};
+    use compliance_policy::policy::{Override, PolicySettings};
+    use compliance_policy::state::Compliance;
+    use tower::ServiceExt as _;
+
+    const TOKEN: &str = "fuzz-admin-token-0001";
+    const SECRET: &str = "fuzz-webhook-secret";
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let (name, body) = match rest.iter().position(|&b| b == 0) {
+        Some(nul) => (&rest[..nul], &rest[nul + 1..]),
+        None => (rest, &[][..]),
+    };
+    let name: String = form_urlencoded::byte_serialize(name).collect();
+    let (method, path) = match selector % 5 {
+        0 => (http::Method::PUT, format!("/overrides/device/{name}")),
+        1 => (http::Method::DELETE, format!("/overrides/device/{name}")),
+        2 => (http::Method::PUT, format!("/overrides/user/{name}")),
+        3 => (http::Method::DELETE, format!("/overrides/user/{name}")),
+        _ => (http::Method::POST, "/events/compliance".to_owned()),
+    };
+    let compliance = Compliance::new(PolicySettings::default());
+    let state = AdminState::new(
+        compliance.clone(),
+        compliance_policy::uem::parse_change_event,
+    )
+    .with_admin_token(TOKEN)
+    .with_webhook_secret(SECRET);
+    let Ok(request) = http::Request::builder()
+        .method(method.clone())
+        .uri(&path)
+        .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(WEBHOOK_SECRET_HEADER, SECRET)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from(body.to_vec()))
+    else {
+        return;
+    };
+    let before = compliance.view().overrides().clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    let response = runtime
+        .block_on(router(state).oneshot(request))
+        .expect("the router is infallible");
+    let status = response.status();
+    assert!(
+        !status.is_server_error(),
+        "{method} {path} answered {status} for a body of {} bytes",
+        body.len()
+    );
+    if selector % 5 == 4 {
+        return;
+    }
+    let after = compliance.view().overrides().clone();
+    if !status.is_success() {
+        assert_eq!(
+            before, after,
+            "a refused {method} {path} changed the overrides"
+        );
+        return;
+    }
+    if method == http::Method::DELETE {
+        assert!(
+            after.devices.is_empty() && after.users.is_empty(),
+            "a DELETE left an override: {after:?}"
+        );
+        return;
+    }
+    let text = String::from_utf8_lossy(body);
+    let asked = if text.contains("\"allow\"") && !text.contains("\"block\"") {
+        Some(Override::Allow)
+    } else if text.contains("\"block\"") && !text.contains("\"allow\"") {
+        Some(Override::Block)
+    } else {
+        None // both words appear (e.g. in the reason): which one is the action is the parser's call
+    };
+    let set: Vec<Override> = after
+        .devices
+        .values()
+        .chain(after.users.values())
+        .copied()
+        .collect();
+    assert_eq!(set.len(), 1, "a PUT set {} overrides", set.len());
+    if let Some(asked) = asked {
+        assert_eq!(
+            set[0], asked,
+            "{path}: set {:?} for a body asking {asked:?}",
+            set[0]
+        );
+    }
 }
