@@ -98,6 +98,43 @@ async fn assert_gateway_fault(
 }
 
 #[tokio::test]
+async fn exchange_changing_to_an_untrusted_certificate_is_refused_and_a_renewed_one_served() {
+    let mut stand = ExchangeStand::start().await;
+    assert_eq!(stand.ews(GET_FOLDER).await.status(), StatusCode::OK);
+
+    // Exchange comes back on the same address with a certificate of another CA (names right,
+    // issuer unknown to the gateway's trust store): every new connection must be refused, and
+    // the pooled one from before the change is gone with the old server.
+    let impostor = seg_testbed::pki::self_signed(&seg_testbed::pki::DEFAULT_SERVER_NAMES).unwrap();
+    stand.exchange = stand
+        .exchange
+        .restart_with_certificate(impostor.server_config().unwrap(), |_| {})
+        .await
+        .unwrap();
+    stand.faults.cut_connections();
+    let accepted = stand.faults.accepted();
+    assert_gateway_fault(
+        stand.ews(GET_FOLDER).await,
+        StatusCode::BAD_GATEWAY,
+        "upstream-tls",
+        "ErrorConnectionFailed",
+    )
+    .await;
+    assert!(
+        stand.faults.accepted() > accepted,
+        "a new connection was tried"
+    );
+
+    // A renewed certificate from the trusted CA: served again, without a restart.
+    stand.exchange = stand
+        .exchange
+        .restart_with_new_certificate(|_| {})
+        .await
+        .unwrap();
+    assert_eq!(stand.ews(GET_FOLDER).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn exchange_down_gives_a_502_soap_fault_and_recovers_without_restart() {
     let stand = ExchangeStand::start().await;
     assert_eq!(stand.ews(GET_FOLDER).await.status(), StatusCode::OK);

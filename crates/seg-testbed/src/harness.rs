@@ -305,11 +305,26 @@ impl TestExchange {
         self,
         configure: impl FnOnce(&mut ExchangeConfig),
     ) -> Result<Self> {
-        let addr = self.server.addr();
-        self.server.shutdown().await;
         let names: Vec<&str> = crate::pki::DEFAULT_SERVER_NAMES.to_vec();
         let (cert, key) = self.pki.issue_server_cert(&names)?;
         let tls = crate::pki::server_config_from_pem(&cert, &key)?;
+        self.restart_with_certificate(tls, configure).await
+    }
+
+    /// [`restart_with_new_certificate`](Self::restart_with_new_certificate) with the TLS
+    /// configuration given: e.g. a certificate from another CA, which a gateway trusting this
+    /// PKI must refuse.
+    ///
+    /// # Errors
+    ///
+    /// Any error binding the address again.
+    pub async fn restart_with_certificate(
+        self,
+        tls: std::sync::Arc<rustls::ServerConfig>,
+        configure: impl FnOnce(&mut ExchangeConfig),
+    ) -> Result<Self> {
+        let addr = self.server.addr();
+        self.server.shutdown().await;
         let mut config = ExchangeConfig::new(vec![
             User::new("alice@test.local", TEST_PASSWORD),
             User::new("bob@test.local", TEST_PASSWORD),
