@@ -51,9 +51,10 @@
 //! multiplexed connections, streams and scripts, each a feature, nothing else compiled in.
 //! `fred` does as much but brings its own connection management and more dependencies.
 //! `rediss://` (TLS) is its `tokio-rustls-comp` feature, with the workspace's rustls; its
-//! Cluster and Sentinel clients are further features of the same crate, but each is another
-//! client type (no URL of their own), so they take a second way of connecting, not a new
-//! client crate (see `docs/scale-out.md`, "Redis deployments").
+//! Sentinel and Cluster clients are the features `sentinel` and `cluster-async`. They have no
+//! URL of their own: this crate reads `redis+sentinel://s1,s2/master[/db]` and
+//! `redis+cluster://n1,n2` URLs into them, so that the topology is configuration (see
+//! `docs/scale-out.md`, "Redis deployments").
 //!
 //! # Example
 //! ```no_run
@@ -80,6 +81,7 @@
 //! # }
 //! ```
 
+mod connection;
 mod metrics;
 mod node;
 mod store;
@@ -176,40 +178,41 @@ impl RedisSettings {
         self.client().map(drop)
     }
 
-    fn client(&self) -> Result<redis::Client, RedisError> {
-        let client = match &self.trust_store {
-            None => redis::Client::open(self.url.as_str()).map_err(RedisError::Url)?,
-            Some(path) => {
-                if !self.url.starts_with("rediss://") {
-                    return Err(RedisError::TrustStoreWithoutTls);
-                }
-                let root_cert = std::fs::read(path).map_err(|source| RedisError::TrustStore {
+    fn client(&self) -> Result<connection::Connector, RedisError> {
+        let root_cert = match &self.trust_store {
+            None => None,
+            Some(_) if !connection::is_tls(&self.url) => {
+                return Err(RedisError::TrustStoreWithoutTls);
+            }
+            Some(path) => Some(
+                std::fs::read(path).map_err(|source| RedisError::TrustStore {
                     path: path.clone(),
                     source,
-                })?;
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(self.url.as_str(), certificates)
-                    .map_err(RedisError::Url)?
-            }
+                })?,
+            ),
         };
+        let connector =
+            connection::Connector::new(&self.url, root_cert).map_err(RedisError::Url)?;
         if self.lock_ttl < Duration::from_millis(300) {
             return Err(RedisError::LockTtl(self.lock_ttl));
         }
-        Ok(client)
+        Ok(connector)
     }
 
     /// The URL with its password hidden, for logs.
     pub fn redacted_url(&self) -> String {
-        match (self.url.split_once("://"), self.url.rfind('@')) {
-            (Some((scheme, rest)), Some(at)) if at > scheme.len() => {
-                let host = &self.url[at + 1..];
-                let user = rest.split_once(':').map_or("", |(user, _)| user);
-                format!("{scheme}://{user}:***@{host}")
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return self.url.clone();
+        };
+        // The credentials end at the last `@` before the path (a master's name or a database),
+        // whatever the number of servers named.
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        match authority.rsplit_once('@') {
+            Some((userinfo, _)) => {
+                let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+                format!("{scheme}://{user}:***@{}", &rest[userinfo.len() + 1..])
             }
-            _ => self.url.clone(),
+            None => self.url.clone(),
         }
     }
 }
@@ -258,7 +261,7 @@ impl SharedView {
                 compliance,
                 keys: wire::Keys::new(&settings.key_prefix),
                 settings,
-                client,
+                connector: client,
                 metrics,
                 outbox,
                 leader: watch::Sender::new(false),

@@ -1,12 +1,12 @@
 //! The tasks of one node: writing its changes, reading the others', and the leader lock.
 
 use crate::RedisSettings;
+use crate::connection::{Connection, Connector};
 use crate::metrics::RedisMetrics;
 use crate::store;
 use crate::wire::{self, Apply, CatchUp, Keys};
 use compliance_policy::replicate::{Replicator, Update};
 use compliance_policy::state::{ChangeSource, Compliance};
-use redis::aio::MultiplexedConnection;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,7 +165,7 @@ const DOWN: u8 = 2;
 pub(crate) struct Node {
     pub(crate) compliance: Compliance,
     pub(crate) settings: RedisSettings,
-    pub(crate) client: redis::Client,
+    pub(crate) connector: Connector,
     pub(crate) keys: Keys,
     pub(crate) metrics: RedisMetrics,
     pub(crate) outbox: Arc<Outbox>,
@@ -204,8 +204,8 @@ impl Node {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Option<MultiplexedConnection> {
-        match store::connect(&self.client, timeout).await {
+    async fn connect(&self, timeout: Duration) -> Option<Connection> {
+        match self.connector.connect(timeout).await {
             Ok(conn) => Some(conn),
             Err(error) => {
                 self.down("connect", &error);
@@ -216,7 +216,7 @@ impl Node {
 
     /// Writes this node's changes, in order, retrying each until Redis takes it.
     pub(crate) async fn write_loop(self: Arc<Self>) {
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<Connection> = None;
         let mut backoff = MIN_BACKOFF;
         loop {
             let (update, source, fence) = self.outbox.next().await;
@@ -330,7 +330,7 @@ impl Node {
 
     async fn catch_up(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         last: &mut Option<u64>,
     ) -> redis::RedisResult<()> {
         let stored = store::stored_version(conn, &self.keys).await?;
@@ -372,7 +372,7 @@ impl Node {
     /// view read holds them and a change made here is never undone, not even for a moment).
     async fn reload(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         last: &mut Option<u64>,
     ) -> redis::RedisResult<()> {
         self.outbox.drained(DRAIN_WAIT).await;
@@ -405,7 +405,7 @@ impl Node {
 
     async fn follow(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         last: &mut Option<u64>,
     ) -> redis::RedisResult<()> {
         loop {
@@ -494,7 +494,7 @@ impl Node {
         let ttl = self.settings.lock_ttl;
         let period = ttl / 3;
         let node = self.settings.node_name.as_str();
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<Connection> = None;
         let mut renewed_at: Option<Instant> = None;
         loop {
             let term = self.outbox.term();

@@ -1,10 +1,10 @@
-//! The Redis commands of the shared view: connecting, the write script, reading the whole view
+//! The Redis commands of the shared view: the write script, reading the whole view
 //! and the change log, and the leader lock.
 
+use crate::connection::Connection;
 use crate::wire::{Keys, Write};
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Client, RedisResult, Script};
+use redis::{RedisResult, Script};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -81,20 +81,6 @@ end
 return 0
 ";
 
-/// A connection whose commands fail after `response_timeout` (so a Redis that stops
-/// answering is noticed), made within a second.
-pub(crate) async fn connect(
-    client: &Client,
-    response_timeout: Duration,
-) -> RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(response_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-}
-
 /// What became of a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Written {
@@ -111,7 +97,7 @@ pub(crate) enum Written {
 /// Writes `write` (a seed of a whole view when `seed_only`); with a `fence`, only while the
 /// leader lock holds that token.
 pub(crate) async fn write(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     keys: &Keys,
     write: &Write,
     log_length: usize,
@@ -150,10 +136,7 @@ pub(crate) async fn write(
 }
 
 /// The version of the last change the store holds; `None` for an empty store.
-pub(crate) async fn stored_version(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> RedisResult<Option<u64>> {
+pub(crate) async fn stored_version(conn: &mut Connection, keys: &Keys) -> RedisResult<Option<u64>> {
     redis::cmd("GET").arg(&keys.version).query_async(conn).await
 }
 
@@ -166,7 +149,7 @@ pub(crate) type Loaded = (
 );
 
 /// See [`Loaded`].
-pub(crate) async fn load(conn: &mut MultiplexedConnection, keys: &Keys) -> RedisResult<Loaded> {
+pub(crate) async fn load(conn: &mut Connection, keys: &Keys) -> RedisResult<Loaded> {
     redis::pipe()
         .atomic()
         .hgetall(&keys.records)
@@ -179,7 +162,7 @@ pub(crate) async fn load(conn: &mut MultiplexedConnection, keys: &Keys) -> Redis
 
 /// The log entries after version `after`, waiting up to `block` for one: `(id, entry JSON)`.
 pub(crate) async fn read_log(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     keys: &Keys,
     after: u64,
     block: Duration,
@@ -212,7 +195,7 @@ pub(crate) async fn read_log(
 /// Takes the lock for `node` for `ttl` if nobody holds it: the fencing token of the new term
 /// (the lock's value), or `None`.
 pub(crate) async fn try_lock(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     keys: &Keys,
     node: &str,
     ttl: Duration,
@@ -229,7 +212,7 @@ pub(crate) async fn try_lock(
 
 /// Extends the lock for `ttl` if it still holds `token`.
 pub(crate) async fn renew(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     keys: &Keys,
     token: &str,
     ttl: Duration,
@@ -244,11 +227,7 @@ pub(crate) async fn renew(
 }
 
 /// Releases the lock if it still holds `token`.
-pub(crate) async fn release(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    token: &str,
-) -> RedisResult<bool> {
+pub(crate) async fn release(conn: &mut Connection, keys: &Keys, token: &str) -> RedisResult<bool> {
     let released: i64 = Script::new(RELEASE)
         .key(&keys.leader)
         .arg(token)

@@ -1,28 +1,16 @@
 //! Two nodes sharing a view through a real `redis-server`: what one does, the other sees, and
 //! a Redis that lost its data is seeded again from a node's view instead of emptying theirs.
 
-use compliance_policy::device::{ComplianceStatus, DeviceId, DeviceRecord, Enrollment};
-use compliance_policy::policy::{Override, PolicySettings};
+mod support;
+
+use compliance_policy::device::{DeviceRecord, Enrollment};
+use compliance_policy::policy::Override;
 use compliance_policy::state::{ChangeSource, Compliance};
 use compliance_policy::view::Change;
 use compliance_redis::{RedisMetrics, RedisSettings, SharedView};
-use seg_testbed::harness::wait_until;
 use seg_testbed::pki::TestPki;
 use seg_testbed::redis::RedisServer;
-use std::time::Duration;
-
-const STEP: Duration = Duration::from_secs(10);
-
-fn phone(id: &str) -> DeviceRecord {
-    DeviceRecord {
-        device_id: DeviceId::new(id),
-        user: Some("alice@test.local".into()),
-        enrollment: Enrollment::Enrolled,
-        compliance: ComplianceStatus::Compliant,
-        managed: true,
-        ..Default::default()
-    }
-}
+use support::{phone, scrape, wait_for};
 
 /// A node on `redis`: its state and the stop of its shared view.
 fn node(redis: &RedisServer, name: &str) -> (Compliance, tokio::sync::oneshot::Sender<()>) {
@@ -54,27 +42,8 @@ fn node_with(
     RedisMetrics,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let compliance = Compliance::new(PolicySettings::default());
-    let mut settings = RedisSettings::new(redis.url());
-    settings.node_name = name.into();
-    settings.lock_ttl = Duration::from_millis(500);
-    configure(&mut settings);
-    let metrics = RedisMetrics::new();
-    let shared = SharedView::new(compliance.clone(), settings, metrics.clone()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(shared.clone().run(async move {
-        let _ = stopped.await;
-    }));
-    (compliance, shared, metrics, stop)
-}
-
-/// `metrics` as `/metrics` shows them.
-fn scrape(metrics: &RedisMetrics) -> String {
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    text
+    let node = support::spawn_node(redis.url(), name, configure);
+    (node.compliance, node.shared, node.metrics, node.stop)
 }
 
 /// The first node on `redis`, once it leads (only the leader's syncs are written).
@@ -82,15 +51,6 @@ async fn leader(redis: &RedisServer, name: &str) -> (Compliance, tokio::sync::on
     let (compliance, shared, _, stop) = node_with_metrics(redis, name);
     wait_for("the first node to lead", || shared.status().leader).await;
     (compliance, stop)
-}
-
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    wait_until(STEP, what, || {
-        let holds = condition();
-        async move { holds }
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
