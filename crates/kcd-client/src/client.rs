@@ -272,7 +272,8 @@ impl KcdClient {
                 service,
                 secret,
                 link,
-                clock: Clock::with_offset(config.clock_offset_secs),
+                clock: Clock::with_offset(config.clock_offset_secs)
+                    .correcting(config.correct_clock_skew),
                 tgt: TicketCache::new(refresh, 1),
                 evidence: TicketCache::new(refresh, config.max_cached_tickets),
                 tickets: TicketCache::new(refresh, config.max_cached_tickets),

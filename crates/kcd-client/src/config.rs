@@ -87,6 +87,11 @@ pub struct KcdConfig {
     /// A correction to the local clock in seconds, normally 0: the client learns the KDC's
     /// time by itself when the KDC reports skew.
     pub clock_offset_secs: i64,
+    /// Whether the client adopts the KDC's time from a clock-skew error (its `stime`) and
+    /// tries once more (default `true`). Off, a skew beyond the KDC's tolerance is
+    /// [`crate::KcdError::ClockSkew`] naming it: for tests of that error against a real KDC,
+    /// and for a site that wants its clock fixed rather than worked around.
+    pub correct_clock_skew: bool,
 }
 
 impl KcdConfig {
@@ -112,6 +117,7 @@ impl KcdConfig {
             refresh_before_expiry: Duration::from_secs(300),
             max_cached_tickets: 100_000,
             clock_offset_secs: 0,
+            correct_clock_skew: true,
         }
     }
 }
