@@ -350,10 +350,18 @@ pub async fn console_request(
     cookie: Option<&str>,
     form: Option<&str>,
 ) -> (http::StatusCode, http::HeaderMap, String) {
-    let url = format!(
-        "http://{}{path_and_query}",
-        gateway.admin_addr().expect("an admin listener")
-    );
+    let admin = gateway.admin_addr().expect("an admin listener");
+    console_request_at(admin, path_and_query, cookie, form).await
+}
+
+/// [`console_request`] to the admin listener at `admin` (of a gateway process).
+pub async fn console_request_at(
+    admin: std::net::SocketAddr,
+    path_and_query: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (http::StatusCode, http::HeaderMap, String) {
+    let url = format!("http://{admin}{path_and_query}");
     let mut request = match form {
         Some(_) => Request::post(url).header("content-type", "application/x-www-form-urlencoded"),
         None => Request::get(url),
@@ -374,7 +382,12 @@ pub async fn console_request(
 /// Opens the admin console's sign-in page as a browser does: its cookie (`name=value`) and the
 /// form's CSRF token that goes with it.
 pub async fn console_sign_in_form(gateway: &Gateway) -> (String, String) {
-    let (status, headers, page) = console_request(gateway, "/ui/login", None, None).await;
+    console_sign_in_form_at(gateway.admin_addr().expect("an admin listener")).await
+}
+
+/// [`console_sign_in_form`] of the admin listener at `admin` (of a gateway process).
+pub async fn console_sign_in_form_at(admin: std::net::SocketAddr) -> (String, String) {
+    let (status, headers, page) = console_request_at(admin, "/ui/login", None, None).await;
     assert_eq!(status, http::StatusCode::OK, "{page}");
     let cookie = set_cookie(&headers, "seg_console_sign_in").expect("a sign-in form cookie");
     (cookie, console_csrf(&page))
@@ -393,10 +406,15 @@ pub fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
 /// Signs in to the admin console with `token` through its sign-in form (fetched first, as a
 /// browser does): the session cookie (`name=value`), or `None` when refused.
 pub async fn console_sign_in(gateway: &Gateway, token: &str) -> Option<String> {
-    let (form_cookie, csrf) = console_sign_in_form(gateway).await;
+    console_sign_in_at(gateway.admin_addr().expect("an admin listener"), token).await
+}
+
+/// [`console_sign_in`] at the admin listener at `admin` (of a gateway process).
+pub async fn console_sign_in_at(admin: std::net::SocketAddr, token: &str) -> Option<String> {
+    let (form_cookie, csrf) = console_sign_in_form_at(admin).await;
     let form = format!("csrf={csrf}&token={}", form_encode(token));
     let (status, headers, _) =
-        console_request(gateway, "/ui/login", Some(&form_cookie), Some(&form)).await;
+        console_request_at(admin, "/ui/login", Some(&form_cookie), Some(&form)).await;
     if status != http::StatusCode::SEE_OTHER {
         return None;
     }
@@ -606,6 +624,27 @@ impl Browser {
     }
 }
 
+/// `bytes` in standard base64 with padding (RFC 4648), as Basic credentials and PEM bodies are
+/// written.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                text.push(char::from(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
 /// `text` decoded from standard base64 (padding and whitespace ignored), as WebDriver sends
 /// screenshots. Panics on any other character.
 fn decode_base64(text: &str) -> Vec<u8> {
@@ -769,6 +808,16 @@ impl GatewayProcess {
     /// learns them) to `dir/<name>.toml` and starts `seg-proxy run` on it, logging to
     /// `dir/<name>.log`. Does not wait: see [`GatewayProcess::wait_ready`].
     pub fn spawn(name: &str, config: &Config, dir: &std::path::Path) -> GatewayProcess {
+        GatewayProcess::spawn_logging(name, config, dir, "info")
+    }
+
+    /// [`GatewayProcess::spawn`] logging what `filter` (`RUST_LOG`) lets through.
+    pub fn spawn_logging(
+        name: &str,
+        config: &Config,
+        dir: &std::path::Path,
+        filter: &str,
+    ) -> GatewayProcess {
         let http = config.listen.http.expect("listen.http");
         let admin = config.admin.listen.expect("admin.listen");
         assert!(
@@ -787,7 +836,7 @@ impl GatewayProcess {
             .arg("run")
             .arg("--config")
             .arg(&file)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(std::process::Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)

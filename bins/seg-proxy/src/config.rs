@@ -321,8 +321,9 @@ fn http_spn(url: &str) -> Option<String> {
         .map(|host| format!("HTTP/{}", host.trim_matches(['[', ']'])))
 }
 
-/// `[compliance]`: where device compliance comes from and how it is enforced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `[compliance]`: where device compliance comes from and how it is enforced. Its `Debug`
+/// hides the secrets (tenant code, password, webhook secret, Redis password).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComplianceConfig {
     /// The UEM API base, e.g. `https://as123.awmdm.com`.
@@ -394,6 +395,50 @@ pub struct ComplianceConfig {
     pub redis_not_ready_when_down: bool,
 }
 
+/// What `Debug` and `check-config` show in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its user part (`redis://user:password@host`) hidden.
+fn redacted_redis_url(url: &str) -> String {
+    compliance_redis::RedisSettings::new(url).redacted_url()
+}
+
+// By hand, not derived: a derived `Debug` would print the secrets into any log line or panic
+// message that shows the configuration.
+impl std::fmt::Debug for ComplianceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComplianceConfig")
+            .field("uem_url", &self.uem_url)
+            .field("uem_tenant_code", &REDACTED)
+            .field("uem_user", &self.uem_user)
+            .field("uem_password", &REDACTED)
+            .field("uem_organization_group_id", &self.uem_organization_group_id)
+            .field("uem_trust_store", &self.uem_trust_store)
+            .field("uem_page_size", &self.uem_page_size)
+            .field("uem_timeout", &self.uem_timeout)
+            .field("device_id_header", &self.device_id_header)
+            .field("snapshot", &self.snapshot)
+            .field("full_sync_interval", &self.full_sync_interval)
+            .field("delta_sync_interval", &self.delta_sync_interval)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| REDACTED),
+            )
+            .field("unknown_device", &self.unknown_device)
+            .field("policy", &self.policy)
+            .field("backend", &self.backend)
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(redacted_redis_url),
+            )
+            .field("redis_trust_store", &self.redis_trust_store)
+            .field("redis_lock_ttl", &self.redis_lock_ttl)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_not_ready_when_down", &self.redis_not_ready_when_down)
+            .finish()
+    }
+}
+
 /// Where the compliance view lives (`compliance.backend`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -428,8 +473,8 @@ fn default_delta_sync() -> Duration {
     Duration::from_secs(60)
 }
 
-/// `[admin]`: the admin listener.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `[admin]`: the admin listener. Its `Debug` hides the tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Admin {
     /// Address of the admin listener (plain HTTP; keep it on a management network).
@@ -460,6 +505,18 @@ impl Default for Admin {
     }
 }
 
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("operators", &self.operators)
+            .field("session_ttl", &self.session_ttl)
+            .field("secure_cookies", &self.secure_cookies)
+            .finish()
+    }
+}
+
 /// `[[admin.operators]]`: an operator of the admin console.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -474,7 +531,7 @@ impl std::fmt::Debug for AdminOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminOperator")
             .field("name", &self.name)
-            .field("token", &"<redacted>")
+            .field("token", &REDACTED)
             .finish()
     }
 }
@@ -1027,13 +1084,13 @@ impl Config {
     /// `check-config`.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        let redact = |secret: &mut String| *secret = "<redacted>".into();
+        let redact = |secret: &mut String| *secret = REDACTED.into();
         if let Some(compliance) = &mut shown.compliance {
             redact(&mut compliance.uem_tenant_code);
             redact(&mut compliance.uem_password);
             compliance.webhook_secret.as_mut().map(redact);
             if let Some(url) = compliance.redis_url.as_mut() {
-                *url = compliance_redis::RedisSettings::new(url.as_str()).redacted_url();
+                *url = redacted_redis_url(url);
             }
         }
         shown.admin.token.as_mut().map(redact);
@@ -1735,6 +1792,47 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.starts_with(key), "{extra}: {error}");
+        }
+    }
+
+    #[test]
+    fn debug_and_check_config_output_hide_every_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write(
+            &dir,
+            "seg.toml",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[exchange]\nurl = \"https://mail.corp.example\"\n\
+             [compliance]\nuem_url = \"https://uem.corp.example\"\n\
+             uem_tenant_code = \"tenant-code-S3CR3T\"\nuem_user = \"api-user\"\n\
+             uem_password = \"uem-password-S3CR3T\"\nwebhook_secret = \"webhook-S3CR3T\"\n\
+             backend = \"redis\"\nredis_url = \"redis://seg:redis-password-S3CR3T@10.0.0.5:6379/\"\n\
+             [admin]\ntoken = \"admin-token-S3CR3T-0001\"\n\
+             [[admin.operators]]\nname = \"carol\"\ntoken = \"operator-token-S3CR3T-01\"\n",
+        );
+        let config = Config::load_from(Some(&toml), None, no_env())
+            .unwrap()
+            .config;
+        let compliance = config.compliance.as_ref().unwrap();
+        assert_eq!(compliance.uem_password, "uem-password-S3CR3T", "loaded");
+
+        let whole = [
+            ("Debug", format!("{config:?}")),
+            ("Debug, pretty", format!("{config:#?}")),
+            ("check-config", config.to_redacted_toml()),
+        ];
+        for (what, shown) in &whole {
+            assert!(!shown.contains("S3CR3T"), "{what} shows a secret:\n{shown}");
+            // What is not secret is still there, and the secrets' places are marked.
+            for kept in ["api-user", "<redacted>", "seg:***@10.0.0.5:6379", "carol"] {
+                assert!(shown.contains(kept), "{what} lacks {kept}:\n{shown}");
+            }
+        }
+        for (what, shown) in [
+            ("Debug of [compliance]", format!("{compliance:?}")),
+            ("Debug of [admin]", format!("{:?}", config.admin)),
+        ] {
+            assert!(!shown.contains("S3CR3T"), "{what} shows a secret:\n{shown}");
+            assert!(shown.contains("<redacted>"), "{what}:\n{shown}");
         }
     }
 }

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod config;
 pub mod properties;
+pub mod secret_files;
 
 use audit_trail::AuditTrail;
 use audit_trail::metrics::AuditMetrics;

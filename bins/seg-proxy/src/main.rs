@@ -77,10 +77,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Looked at once the configuration is known good: which files hold secrets depends on it.
+    let exposed =
+        seg_proxy::secret_files::exposed_secret_files(&loaded.config, sources.config.as_deref());
     match cli.command {
         Command::CheckConfig(_) => {
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
+            }
+            for file in &exposed {
+                eprintln!("warning: {file}");
             }
             println!("# effective configuration (defaults, file, properties, environment)");
             match &loaded.config.compliance {
@@ -106,6 +112,14 @@ fn main() -> ExitCode {
             init_logging(&loaded.config);
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
+            }
+            for file in &exposed {
+                tracing::warn!(
+                    key = file.key,
+                    file = %file.path.display(),
+                    mode = %format_args!("{:o}", file.mode),
+                    "a file holding a secret is open to other users; chmod 600 it"
+                );
             }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -161,7 +175,12 @@ fn kcd_token(args: &KcdToken) -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: a log file or journald gets plain text that
+    // can be searched.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -221,3 +221,58 @@ fn check_config_refuses_empty_auth_modes() {
     assert!(stderr.contains("auth.modes"), "{stderr}");
     assert!(stderr.contains("no-auth.toml"), "{stderr}");
 }
+
+#[test]
+fn check_config_warns_of_secret_files_open_to_others_naming_key_and_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = seg_testbed::pki::TestPki::generate(dir.path()).unwrap();
+    let files = pki.files().unwrap();
+    let config = write(
+        dir.path(),
+        "seg.toml",
+        &format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [exchange]\nurl = \"https://mail.corp.example\"\n\
+             [admin]\ntoken = \"admin-token-0123456789-S3CR3T\"\n",
+            files.server_cert.display(),
+            files.server_key.display()
+        ),
+    );
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(&config, 0o644);
+    chmod(&files.server_key, 0o640);
+    let check = || {
+        let output = Command::new(BINARY)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(!stdout.contains("S3CR3T"), "{stdout}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    let stderr = check();
+    let config_warning = format!("warning: --config = {} holds a secret", config.display());
+    let key_warning = format!(
+        "warning: tls.key = {} holds a secret",
+        files.server_key.display()
+    );
+    assert!(stderr.contains(&config_warning), "{stderr}");
+    assert!(stderr.contains("(mode 644)"), "{stderr}");
+    assert!(stderr.contains(&key_warning), "{stderr}");
+    assert!(stderr.contains("(mode 640)"), "{stderr}");
+    assert!(
+        !stderr.contains("S3CR3T") && !stderr.contains("PRIVATE KEY"),
+        "{stderr}"
+    );
+
+    chmod(&config, 0o600);
+    chmod(&files.server_key, 0o600);
+    let stderr = check();
+    assert!(!stderr.contains("holds a secret"), "{stderr}");
+}
