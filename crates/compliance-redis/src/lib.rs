@@ -149,11 +149,16 @@ pub struct RedisSettings {
     /// About how many change-log entries Redis keeps (`XADD MAXLEN ~`); a node that was away
     /// for more reads the whole view again.
     pub log_length: usize,
+    /// How many device records a whole view (a full sync, a seed) is written in at a time.
+    /// A bigger view goes to a staging hash in batches of this many, then takes the records'
+    /// place in one atomic step: Redis is never blocked for the whole of a view of hundreds of
+    /// thousands of devices, and no node ever reads half of one.
+    pub full_sync_batch: usize,
 }
 
 impl RedisSettings {
     /// The settings for `url`: prefix `seg:compliance`, a random node name, a lock ttl of
-    /// 10 s, and 10,000 log entries.
+    /// 10 s, 10,000 log entries, and whole views written 5,000 records at a time.
     pub fn new(url: impl Into<String>) -> Self {
         let random =
             std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
@@ -164,6 +169,7 @@ impl RedisSettings {
             node_name: format!("seg-{random:016x}"),
             lock_ttl: Duration::from_secs(10),
             log_length: 10_000,
+            full_sync_batch: 5_000,
         }
     }
 

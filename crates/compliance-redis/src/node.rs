@@ -230,7 +230,7 @@ impl Node {
                         c,
                         &self.keys,
                         &write,
-                        self.settings.log_length,
+                        &self.settings,
                         false,
                         fence.as_deref(),
                     )
@@ -244,7 +244,7 @@ impl Node {
                                 c,
                                 &self.keys,
                                 &seed,
-                                self.settings.log_length,
+                                &self.settings,
                                 true,
                                 None,
                             )
@@ -345,7 +345,7 @@ impl Node {
                         conn,
                         &self.keys,
                         &seed,
-                        self.settings.log_length,
+                        &self.settings,
                         true,
                         None,
                     )

@@ -2,14 +2,16 @@
 //! and the change log, and the leader lock.
 
 use crate::connection::Connection;
-use crate::wire::{Keys, Write};
+use crate::RedisSettings;
+use crate::wire::{Keys, Op, Write};
 use redis::streams::StreamReadReply;
 use redis::{RedisResult, Script};
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// Writes one change: its steps on the hashes and its log entry, atomically, under the next
-/// version. `ARGV[1]` is the log's approximate length limit, `ARGV[2]` the entry, `ARGV[3]`
+/// version. A whole view too big for one call has its records staged in `KEYS[7]` first: the
+/// step `rstaged <count>` puts them in place (and refuses an incomplete staging). `ARGV[1]` is the log's approximate length limit, `ARGV[2]` the entry, `ARGV[3]`
 /// `seed` to write only into an empty store (answering 0 otherwise), else empty to write only
 /// into a store that is not (answering -1 otherwise: a change alone must not become the whole
 /// view of a store that lost its data); `ARGV[4]` the leader's fencing token for a sync's
@@ -41,6 +43,18 @@ while i <= #ARGV do
     redis.call('HDEL', KEYS[3], ARGV[i + 1]); i = i + 2
   elseif op == 'rclear' then
     redis.call('DEL', KEYS[2]); i = i + 1
+  elseif op == 'rstaged' then
+    -- The records staged in KEYS[7] replace them, if all ARGV[i + 1] are there.
+    if redis.call('HLEN', KEYS[7]) ~= tonumber(ARGV[i + 1]) then
+      return redis.error_reply('STAGING the staged records are incomplete')
+    end
+    if redis.call('EXISTS', KEYS[7]) == 1 then
+      redis.call('RENAME', KEYS[7], KEYS[2])
+      redis.call('PERSIST', KEYS[2])
+    else
+      redis.call('DEL', KEYS[2])
+    end
+    i = i + 2
   elseif op == 'oclear' then
     redis.call('DEL', KEYS[3]); i = i + 1
   elseif op == 'synced' then
@@ -94,24 +108,52 @@ pub(crate) enum Written {
     Fenced,
 }
 
+/// How long a staging hash outlives its last batch: the staging of a node that died while
+/// writing is removed by Redis.
+const STAGING_TTL: Duration = Duration::from_secs(120);
+
+/// Tells apart the stagings of one process's writes.
+static STAGING_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Writes `write` (a seed of a whole view when `seed_only`); with a `fence`, only while the
-/// leader lock holds that token.
+/// leader lock holds that token. A whole view of more than `settings.full_sync_batch` records
+/// is staged in batches first (see [`WRITE`]); the step that puts it in place is atomic and
+/// fenced like any other write.
 pub(crate) async fn write(
     conn: &mut Connection,
     keys: &Keys,
     write: &Write,
-    log_length: usize,
+    settings: &RedisSettings,
     seed_only: bool,
     fence: Option<&str>,
 ) -> RedisResult<Written> {
     let entry = serde_json::to_string(&write.entry).unwrap_or_default();
     let mut args = vec![
-        log_length.to_string(),
+        settings.log_length.to_string(),
         entry,
         if seed_only { "seed" } else { "" }.to_owned(),
         fence.unwrap_or_default().to_owned(),
     ];
-    for op in &write.ops {
+    let staging = keys.staging(
+        &settings.node_name,
+        STAGING_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    );
+    let mut ops = write.ops.as_slice();
+    let mut staged = false;
+    let batch = settings.full_sync_batch.max(1);
+    if let [Op::ClearRecords, rest @ ..] = ops {
+        let records = rest
+            .iter()
+            .take_while(|op| matches!(op, Op::SetRecord(..)))
+            .count();
+        if records > batch {
+            stage(conn, &staging, &rest[..records], batch).await?;
+            args.extend(["rstaged".to_owned(), records.to_string()]);
+            ops = &rest[records..];
+            staged = true;
+        }
+    }
+    for op in ops {
         op.push_args(&mut args);
     }
     let script = Script::new(WRITE);
@@ -122,17 +164,53 @@ pub(crate) async fn write(
         .key(&keys.overrides)
         .key(&keys.log)
         .key(&keys.synced_at)
-        .key(&keys.leader);
+        .key(&keys.leader)
+        .key(&staging);
     for arg in &args {
         invocation.arg(arg);
     }
-    let version: i64 = invocation.invoke_async(conn).await?;
-    Ok(match version {
+    let written = invocation.invoke_async::<i64>(conn).await;
+    if staged && !matches!(written, Ok(version) if version > 0) {
+        // Refused (fenced, the store empty or not) or failed: a staging left behind is of no
+        // use, gone now rather than at its expiry.
+        let _: RedisResult<i64> = redis::cmd("DEL").arg(&staging).query_async(conn).await;
+    }
+    Ok(match written? {
         0 => Written::NotEmpty,
         -1 => Written::Empty,
         -2 => Written::Fenced,
         version => Written::Version(version.unsigned_abs()),
     })
+}
+
+/// Writes the records of `ops` (each a [`Op::SetRecord`]) into the hash `staging`, `batch` at a
+/// time, each batch renewing its expiry.
+async fn stage(
+    conn: &mut Connection,
+    staging: &str,
+    ops: &[Op],
+    batch: usize,
+) -> RedisResult<()> {
+    let ttl = u64::try_from(STAGING_TTL.as_millis()).unwrap_or(u64::MAX);
+    for chunk in ops.chunks(batch) {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(staging);
+        for op in chunk {
+            if let Op::SetRecord(field, value) = op {
+                hset.arg(field).arg(value);
+            }
+        }
+        redis::pipe()
+            .add_command(hset)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(staging)
+            .arg(ttl)
+            .ignore()
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The version of the last change the store holds; `None` for an empty store.

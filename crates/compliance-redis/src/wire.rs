@@ -28,6 +28,9 @@ pub(crate) struct Keys {
     pub(crate) leader: String,
     /// Integer: the last leader term handed out (each take of the lock is a new term).
     pub(crate) leader_term: String,
+    /// The prefix of the staging hashes a whole view is written into before it replaces
+    /// [`records`](Self::records) (see [`Keys::staging`]).
+    staging: String,
 }
 
 impl Keys {
@@ -41,7 +44,14 @@ impl Keys {
             synced_at: key("synced-at"),
             leader: key("leader"),
             leader_term: key("leader-term"),
+            staging: key("staging"),
         }
+    }
+
+    /// A staging hash of its own for one write of a whole view by `node` (`id` tells apart
+    /// the writes of one node): in the view's slot, so that the write script may rename it.
+    pub(crate) fn staging(&self, node: &str, id: u64) -> String {
+        format!("{}:{node}:{id}", self.staging)
     }
 }
 

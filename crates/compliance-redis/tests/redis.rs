@@ -236,3 +236,68 @@ async fn nodes_share_the_view_over_tls_and_verify_redis_against_their_trust_stor
         "the stranger's connections failed"
     );
 }
+
+/// `cmdstat_<command>`'s `calls` in Redis's `INFO commandstats`.
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_bigger_than_a_batch_is_staged_in_batches_and_replaces_the_view_at_once() {
+    let redis = RedisServer::start().expect("redis-server (scripts/install-deps.sh)");
+    let (a, a_shared, _, _stop_a) = node_with(&redis, "a", |settings| {
+        settings.full_sync_batch = 100;
+    });
+    wait_for("a to lead", || a_shared.status().leader).await;
+    let (b, _stop_b) = node(&redis, "b");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let hsets_before = calls(&mut conn, "hset").await;
+
+    let phones = |count: usize, prefix: &str| {
+        (0..count)
+            .map(|i| phone(&format!("{prefix}{i:05}")))
+            .collect::<Vec<_>>()
+    };
+    a.replace_all(phones(1_050, "P"), ChangeSource::FullSync);
+    wait_for("b to read a's 1,050 devices", || b.view().len() == 1_050).await;
+    let hsets = calls(&mut conn, "hset").await - hsets_before;
+    assert!(
+        hsets >= 11,
+        "1,050 records in batches of 100 take 11 HSETs, {hsets} seen"
+    );
+    let records: usize = redis::cmd("HLEN")
+        .arg("{seg:compliance}:records")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(records, 1_050);
+    let staging: Vec<String> = redis::cmd("KEYS")
+        .arg("{seg:compliance}:staging*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(staging.is_empty(), "no staging left behind: {staging:?}");
+
+    // A smaller full sync replaces the whole view: none of the old devices is left.
+    a.replace_all(phones(300, "Q"), ChangeSource::FullSync);
+    wait_for("b to hold only the 300 new devices", || {
+        let view = b.view();
+        view.len() == 300 && view.device("Q00299").is_some() && view.device("P00000").is_none()
+    })
+    .await;
+    let records: usize = redis::cmd("HLEN")
+        .arg("{seg:compliance}:records")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(records, 300);
+}
