@@ -400,11 +400,25 @@ async fn credentials_are_not_stored_in_the_clear_and_push_urls_carry_no_credenti
     stand.register(PUSH_DEVICE, BOB, "push").await;
     stand.wait_for_subscriptions(1).await;
     let store = std::fs::read(&stand.ens_config.store).unwrap();
-    let needle = TEST_PASSWORD.as_bytes();
-    assert!(
-        !store.windows(needle.len()).any(|w| w == needle),
-        "the password is in the store in the clear"
-    );
+    // The password as registered and as it travels (Basic's base64), and the API token.
+    let basic = encode_base64(format!("{BOB}:{TEST_PASSWORD}").as_bytes());
+    for (what, needle) in [
+        ("the password", TEST_PASSWORD),
+        ("the Basic credentials", basic.as_str()),
+        ("the API token", API_TOKEN),
+    ] {
+        let needle = needle.as_bytes();
+        assert!(
+            !store.windows(needle.len()).any(|w| w == needle),
+            "{what} is in the store in the clear"
+        );
+    }
+    let (status, listed) = stand.api(Method::GET, "/devices", Some(API_TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert!(listed.contains(PUSH_DEVICE), "{listed}");
+    for needle in [TEST_PASSWORD, basic.as_str(), API_TOKEN] {
+        assert!(!listed.contains(needle), "the device list shows a secret: {listed}");
+    }
     let subscribe = stand
         .exchange
         .server
