@@ -296,10 +296,27 @@ pub fn fuzz_spnego(data: &[u8]) {
 }
 
 /// The KDC reply decoders: AS-REP, TGS-REP and KRB-ERROR ([`kcd_client::decode_kdc_reply`]),
-/// each input read both as the answer to an AS-REQ and to a TGS-REQ.
+/// each input read both as the answer to an AS-REQ and to a TGS-REQ; and the check of the
+/// KDC's PA-S4U-X509-USER in a TGS-REP's padata
+/// ([`PaS4uX509User::verify_reply`](kcd_client::sfu::PaS4uX509User::verify_reply)), each input
+/// read as that answer to an S4U2Self made with an AES and with an RC4 session key, without and
+/// with the encrypted copy of the checksums (the input's second half).
 pub fn fuzz_kdc_reply(data: &[u8]) {
+    use kcd_client::UserName;
+    use kcd_client::crypto::{EncType, Key};
+    use kcd_client::sfu::PaS4uX509User;
     let _ = kcd_client::decode_kdc_reply(data, true);
     let _ = kcd_client::decode_kdc_reply(data, false);
+    let alice = UserName::principal("alice", "TEST.LOCAL").expect("a valid name");
+    for key in [
+        Key::new(EncType::Aes256CtsHmacSha196, &[0x5a; 32]).expect("32 bytes"),
+        Key::new(EncType::Rc4Hmac, &[0x5a; 16]).expect("16 bytes"),
+    ] {
+        let request = PaS4uX509User::for_user(&alice, "TEST.LOCAL", None, 0x1234_5678, &key)
+            .expect("a valid name");
+        let _ = request.verify_reply(&key, Some(data), None);
+        let _ = request.verify_reply(&key, Some(data), Some(&data[data.len() / 2..]));
+    }
 }
 
 /// The keytab reader ([`kcd_client::keytab::Keytab::parse`]).

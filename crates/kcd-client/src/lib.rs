@@ -6,7 +6,8 @@
 //! `Authorization: Negotiate`.
 //!
 //! [`KcdClient`] logs the gateway in with its keytab or password (AS exchange with
-//! PA-ENC-TIMESTAMP), asks for a ticket to itself on the user's behalf (S4U2Self, PA-FOR-USER),
+//! PA-ENC-TIMESTAMP), asks for a ticket to itself on the user's behalf (S4U2Self, with
+//! PA-FOR-USER and PA-S4U-X509-USER, whose signed answer from the KDC it verifies: see [`sfu`]),
 //! exchanges it for a ticket to the target (S4U2Proxy) and wraps an AP-REQ with a fresh
 //! authenticator in SPNEGO, optionally bound to the TLS connection (RFC 5929
 //! `tls-server-end-point`, for Exchange's Extended Protection). Tickets are cached per

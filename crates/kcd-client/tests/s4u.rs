@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use kcd_client::crypto::EncType;
 use kcd_client::keytab::{Keytab, KeytabEntry, Principal};
+use kcd_client::sfu::{PA_S4U_X509_USER, PaS4uX509User, S4U_OPTION_USE_REPLY_KEY_USAGE};
 use kcd_client::spnego::{self, NegotiationToken};
 use kcd_client::{
     ChannelBindings, Credentials, KcdClient, KcdError, KcdRequest, TransportMode, UserName,
@@ -465,4 +466,205 @@ async fn a_stopped_kdc_is_unreachable_and_a_restarted_one_serves_again() {
     tokio::task::spawn_blocking(move || drop(kdc))
         .await
         .unwrap();
+}
+
+/// What passed through a [`relay`]: each request and the reply the client got for it.
+type Passed = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+/// A TCP relay in front of `kdc` (the client is to use TCP only) that keeps every request and
+/// reply, and hands the client each reply after `alter` had it: a man in the middle.
+async fn relay(kdc: std::net::SocketAddr, alter: fn(&mut Vec<u8>)) -> (String, Passed) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let passed = Passed::default();
+    let kept = passed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                // RFC 4120 7.2.2: a 4-byte big-endian length, then the message.
+                let mut len = [0u8; 4];
+                while client.read_exact(&mut len).await.is_ok() {
+                    let mut request = vec![0u8; u32::from_be_bytes(len) as usize];
+                    client.read_exact(&mut request).await.unwrap();
+                    let mut upstream = tokio::net::TcpStream::connect(kdc).await.unwrap();
+                    upstream.write_all(&len).await.unwrap();
+                    upstream.write_all(&request).await.unwrap();
+                    upstream.read_exact(&mut len).await.unwrap();
+                    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+                    upstream.read_exact(&mut reply).await.unwrap();
+                    alter(&mut reply);
+                    kept.lock().unwrap().push((request.clone(), reply.clone()));
+                    let framed = u32::try_from(reply.len()).unwrap().to_be_bytes();
+                    client.write_all(&framed).await.unwrap();
+                    client.write_all(&reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, passed)
+}
+
+/// The gateway's client talking to the KDC through the relay at `addr`, over TCP.
+fn gateway_via(kdc: &seg_testbed::kdc::RunningKdc, addr: String) -> KcdClient {
+    let keytab = kdc.keytab(GATEWAY_SERVICE).unwrap().to_path_buf();
+    let mut config = config(kdc, GATEWAY_SERVICE, Credentials::KeytabFile(keytab));
+    config.realms[0].kdcs = vec![addr];
+    config.transport = TransportMode::TcpOnly;
+    KcdClient::new(config).unwrap()
+}
+
+/// The value of the padata of type `pa_type`, if present.
+fn padata(padata: Option<&Vec<rasn_kerberos::PaData>>, pa_type: i32) -> Option<Vec<u8>> {
+    padata?
+        .iter()
+        .find(|pa| pa.r#type == pa_type)
+        .map(|pa| pa.value.to_vec())
+}
+
+/// The PA-S4U-X509-USER of a TGS-REP, as sent (DER).
+fn s4u_answer(reply: &[u8]) -> Option<Vec<u8>> {
+    if reply.first() != Some(&0x6d) {
+        return None;
+    }
+    let rep: rasn_kerberos::TgsRep = rasn::der::decode(reply).ok()?;
+    padata(rep.0.padata.as_ref(), PA_S4U_X509_USER)
+}
+
+/// Flips a bit of the checksum of the KDC's PA-S4U-X509-USER, leaving everything else alone.
+fn flip_s4u_answer_checksum(reply: &mut [u8]) {
+    let Some(answer) = s4u_answer(reply) else {
+        return;
+    };
+    let answer: PaS4uX509User = rasn::der::decode(&answer).unwrap();
+    let checksum = answer.checksum.checksum.to_vec();
+    let at = reply
+        .windows(checksum.len())
+        .position(|w| w == checksum)
+        .unwrap();
+    reply[at + checksum.len() - 1] ^= 1;
+}
+
+/// Takes the KDC's PA-S4U-X509-USER out of a TGS-REP, as a KDC that reads only PA-FOR-USER
+/// (Heimdal, Samba AD) answers.
+fn strip_s4u_answer(reply: &mut Vec<u8>) {
+    if s4u_answer(reply).is_none() {
+        return;
+    }
+    let mut rep: rasn_kerberos::TgsRep = rasn::der::decode(reply).unwrap();
+    let kept: Vec<_> = rep
+        .0
+        .padata
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pa| pa.r#type != PA_S4U_X509_USER)
+        .collect();
+    rep.0.padata = (!kept.is_empty()).then_some(kept);
+    *reply = rasn::der::encode(&rep).unwrap();
+}
+
+#[tokio::test]
+async fn the_mit_kdc_answers_pa_s4u_x509_user_with_a_signed_echo_of_the_request() {
+    let kdc = shared_kdc().await;
+    let (addr, passed) = relay(kdc.addr(), |_| {}).await;
+    let client = gateway_via(&kdc, addr);
+
+    let ticket = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    assert_eq!(ticket.client(), "alice@TEST.LOCAL");
+    let passed = passed.lock().unwrap().clone();
+    let tgs: Vec<_> = passed
+        .iter()
+        .filter(|(request, _)| request.first() == Some(&0x6c))
+        .collect();
+    assert_eq!(tgs.len(), 2, "S4U2Self and S4U2Proxy");
+    let (request, reply) = tgs[0];
+    let request: rasn_kerberos::TgsReq = rasn::der::decode(request).unwrap();
+    let padata_types: Vec<i32> = request
+        .0
+        .padata
+        .iter()
+        .flatten()
+        .map(|p| p.r#type)
+        .collect();
+    assert_eq!(padata_types, [1, 129, PA_S4U_X509_USER]);
+    // What the client sent: the user, the body's nonce, use-reply-key-usage, a keyed checksum.
+    let sent: PaS4uX509User =
+        rasn::der::decode(&padata(request.0.padata.as_ref(), PA_S4U_X509_USER).unwrap()).unwrap();
+    assert_eq!(sent.user_id.nonce, request.0.req_body.nonce);
+    assert_eq!(names(sent.user_id.cname.as_ref().unwrap()), ["alice"]);
+    assert_eq!(sent.user_id.crealm.as_bytes(), b"TEST.LOCAL");
+    assert_eq!(sent.user_id.subject_certificate, None);
+    assert_eq!(sent.user_id.option_bits(), S4U_OPTION_USE_REPLY_KEY_USAGE);
+    assert!(
+        [15, 16, 19, 20].contains(&sent.checksum.r#type),
+        "{}",
+        sent.checksum.r#type
+    );
+    // What MIT answered (kdc_make_s4u2self_rep): the same user and nonce, the option echoed,
+    // a checksum of the same type; and rasn's DER of it is MIT's, byte for byte.
+    let answer_der = s4u_answer(reply).expect("the KDC answers PA-S4U-X509-USER");
+    let answer: PaS4uX509User = rasn::der::decode(&answer_der).unwrap();
+    eprintln!(
+        "MIT answered PA-S4U-X509-USER: options {:#010x}, checksum type {}",
+        answer.user_id.option_bits(),
+        answer.checksum.r#type
+    );
+    assert_eq!(answer.user_id.nonce, sent.user_id.nonce);
+    assert_eq!(answer.user_id.cname, sent.user_id.cname);
+    assert_eq!(answer.user_id.crealm, sent.user_id.crealm);
+    assert_eq!(answer.user_id.option_bits(), S4U_OPTION_USE_REPLY_KEY_USAGE);
+    assert_eq!(answer.checksum.r#type, sent.checksum.r#type);
+    assert_ne!(
+        answer.checksum.checksum, sent.checksum.checksum,
+        "usage 27, not 26"
+    );
+    assert_eq!(rasn::der::encode(&answer).unwrap(), answer_der);
+    // S4U2Proxy carries no S4U2Self padata.
+    let proxy: rasn_kerberos::TgsReq = rasn::der::decode(&tgs[1].0).unwrap();
+    assert_eq!(padata(proxy.0.padata.as_ref(), PA_S4U_X509_USER), None);
+}
+
+#[tokio::test]
+async fn an_altered_pa_s4u_x509_user_answer_is_refused_as_a_tampered_reply() {
+    let kdc = shared_kdc().await;
+    let (addr, _) = relay(kdc.addr(), |reply| flip_s4u_answer_checksum(reply)).await;
+    let client = gateway_via(&kdc, addr);
+
+    let error = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap_err();
+
+    match error {
+        KcdError::MalformedReply(reason) => {
+            assert!(
+                reason.contains("PA-S4U-X509-USER does not verify"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected MalformedReply, got {other:?}"),
+    }
+    assert_eq!(client.exchanges().s4u2proxy, 0);
+}
+
+#[tokio::test]
+async fn a_kdc_that_does_not_answer_pa_s4u_x509_user_still_gives_the_ticket() {
+    let kdc = shared_kdc().await;
+    let (addr, passed) = relay(kdc.addr(), strip_s4u_answer).await;
+    let client = gateway_via(&kdc, addr);
+
+    let ticket = client
+        .service_ticket(&alice(), EXCHANGE_SERVICE)
+        .await
+        .unwrap();
+
+    assert_eq!(ticket.client(), "alice@TEST.LOCAL");
+    let passed = passed.lock().unwrap();
+    assert!(passed.iter().all(|(_, reply)| s4u_answer(reply).is_none()));
 }
