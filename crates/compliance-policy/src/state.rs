@@ -15,8 +15,9 @@ use crate::streams::{StreamGuard, StreamRegistry};
 use crate::view::{Change, View};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
 /// What caused a change of the view.
@@ -67,6 +68,9 @@ struct Shared {
     replicator: OnceLock<Arc<dyn Replicator>>,
     /// The last decisions of the enforcement layer, for diagnostics.
     recent: RecentRequests,
+    /// When a change event last changed each device (written and read under `writer`): a
+    /// sync whose fetch started before that must not undo the event with what it read.
+    event_times: Mutex<HashMap<DeviceId, Instant>>,
 }
 
 /// The compliance state; cheap to clone, every clone shares it.
@@ -122,6 +126,7 @@ impl Compliance {
                 metrics,
                 replicator: OnceLock::new(),
                 recent: RecentRequests::default(),
+                event_times: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -276,6 +281,95 @@ impl Compliance {
         )
     }
 
+    /// [`Compliance::replace_all_shared`] with what a full sync fetched from the console, the
+    /// fetch having started at `fetch_started`: a device that a change event changed since
+    /// then keeps what the event made of it (its record, or its absence). The console's answer
+    /// may have been read before the event's change, and a wipe undone by a stale page would
+    /// open the gate until the next sync; the next delta sync reads the device again anyway.
+    pub fn replace_all_fetched(
+        &self,
+        records: Vec<Arc<DeviceRecord>>,
+        source: ChangeSource,
+        fetch_started: Instant,
+    ) -> Vec<Transition> {
+        self.update(
+            source,
+            Scope::All,
+            |old, policy| {
+                let newer = self.events_since(fetch_started);
+                let records = if newer.is_empty() {
+                    records
+                } else {
+                    let mut kept: Vec<Arc<DeviceRecord>> = records
+                        .into_iter()
+                        .filter(|record| !newer.contains(&record.device_id))
+                        .collect();
+                    kept.extend(
+                        newer
+                            .iter()
+                            .filter_map(|id| old.device(id.as_str()).cloned()),
+                    );
+                    kept
+                };
+                View::from_shared_records(records, old.overrides().clone(), Some(policy))
+                    .synced(SystemTime::now())
+            },
+            |new| Some(Update::Full(new.clone())),
+        )
+    }
+
+    /// [`Compliance::apply`] for changes a delta sync fetched, the fetch having started at
+    /// `fetch_started`: the changes of devices that a change event changed since then are left
+    /// out (see [`Compliance::replace_all_fetched`]).
+    pub fn apply_fetched(
+        &self,
+        changes: Vec<Change>,
+        source: ChangeSource,
+        fetch_started: Instant,
+    ) -> Vec<Transition> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let touched = changes
+            .iter()
+            .map(|change| change_device(change).clone())
+            .collect();
+        let replicated = self.shared.replicator.get().is_some();
+        // What is left once the events are looked at, under the writer lock (in `update`), so
+        // that no event slips in between; the replicator gets the same.
+        let kept = std::cell::RefCell::new(Vec::new());
+        self.update(
+            source,
+            Scope::Devices(touched),
+            |old, _| {
+                let newer = self.events_since(fetch_started);
+                let mut kept = kept.borrow_mut();
+                kept.extend(
+                    changes
+                        .into_iter()
+                        .filter(|change| !newer.contains(change_device(change))),
+                );
+                old.with_changes(&kept)
+            },
+            |_| {
+                let kept = kept.take();
+                (replicated && !kept.is_empty()).then_some(Update::Changes(kept))
+            },
+        )
+    }
+
+    /// The devices a change event changed at or after `since`, forgetting older events (a
+    /// sync's fetch that started before them is over).
+    fn events_since(&self, since: Instant) -> Vec<DeviceId> {
+        let mut times = self
+            .shared
+            .event_times
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        times.retain(|_, at| *at >= since);
+        times.keys().cloned().collect()
+    }
+
     /// Applies changes to some devices (a delta sync or a change event).
     pub fn apply(&self, changes: Vec<Change>, source: ChangeSource) -> Vec<Transition> {
         self.apply_changes(changes, source, true)
@@ -292,18 +386,30 @@ impl Compliance {
         }
         let touched = changes
             .iter()
-            .map(|change| match change {
-                Change::Upsert(record) => record.device_id.clone(),
-                Change::Remove(id) => id.clone(),
-            })
+            .map(|change| change_device(change).clone())
             .collect();
         // A copy for the replicator only when there is one to take it.
         let published = (publish && self.shared.replicator.get().is_some())
             .then(|| Update::Changes(changes.clone()));
+        let event = source == ChangeSource::ChangeEvent;
         self.update(
             source,
             Scope::Devices(touched),
-            |old, _| old.with_changes(&changes),
+            |old, _| {
+                if event {
+                    // Under the writer lock, as the syncs read it.
+                    let now = Instant::now();
+                    let mut times = self
+                        .shared
+                        .event_times
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for change in &changes {
+                        times.insert(change_device(change).clone(), now);
+                    }
+                }
+                old.with_changes(&changes)
+            },
             |_| published,
         )
     }
@@ -449,6 +555,14 @@ impl Compliance {
     }
 }
 
+/// The device a change is about.
+fn change_device(change: &Change) -> &DeviceId {
+    match change {
+        Change::Upsert(record) => &record.device_id,
+        Change::Remove(id) => id,
+    }
+}
+
 /// A [`Compliance`] that does not keep its state alive.
 #[derive(Clone, Debug)]
 pub(crate) struct WeakCompliance(Weak<Shared>);
@@ -572,6 +686,77 @@ mod tests {
             managed: true,
             ..Default::default()
         }
+    }
+
+    /// The race the soak run found: a sync reads the console, a wipe's change event arrives
+    /// and is applied, then the sync's answer, read before the wipe, is applied.
+    #[test]
+    fn a_sync_fetched_before_a_change_event_does_not_undo_it() {
+        let compliance = Compliance::new(PolicySettings::default());
+        compliance.replace_all(
+            vec![
+                phone("A1", "alice@test.local"),
+                phone("A2", "alice@test.local"),
+            ],
+            ChangeSource::FullSync,
+        );
+        let allowed = |id| compliance.decide(Some(id), None).is_allowed();
+        let wiped = |id| DeviceRecord {
+            enrollment: Enrollment::EnterpriseWiped,
+            ..phone(id, "alice@test.local")
+        };
+
+        let fetch_started = Instant::now();
+        compliance.apply(vec![Change::Upsert(wiped("A1"))], ChangeSource::ChangeEvent);
+        // An event that adds a device, and one that removes one, while the pages are read.
+        compliance.apply(
+            vec![Change::Upsert(phone("N1", "bob@test.local"))],
+            ChangeSource::ChangeEvent,
+        );
+        compliance.apply(
+            vec![Change::Remove(DeviceId::new("A2"))],
+            ChangeSource::ChangeEvent,
+        );
+        assert!(!allowed("A1"));
+
+        // The delta's answer, read before the wipe, says A1 is compliant: left out.
+        let transitions = compliance.apply_fetched(
+            vec![Change::Upsert(phone("A1", "alice@test.local"))],
+            ChangeSource::DeltaSync,
+            fetch_started,
+        );
+        assert!(transitions.is_empty(), "{transitions:?}");
+        assert!(!allowed("A1"), "a stale delta reopened the gate");
+
+        // A full sync read before the events: each device keeps what its event made of it.
+        compliance.replace_all_fetched(
+            vec![
+                Arc::new(phone("A1", "alice@test.local")),
+                Arc::new(phone("A2", "alice@test.local")),
+                Arc::new(phone("B1", "bob@test.local")),
+            ],
+            ChangeSource::FullSync,
+            fetch_started,
+        );
+        let view = compliance.view();
+        assert!(!allowed("A1"), "a stale full sync reopened the gate");
+        assert!(view.device("A2").is_none(), "the removal holds");
+        assert!(view.device("N1").is_some(), "the event's new device holds");
+        assert!(view.device("B1").is_some(), "the rest is the sync's");
+        assert_eq!(view.len(), 3);
+
+        // What a sync reads after the event is newer than it, and applies.
+        let later = Instant::now();
+        compliance.apply_fetched(
+            vec![Change::Upsert(phone("A1", "alice@test.local"))],
+            ChangeSource::DeltaSync,
+            later,
+        );
+        assert!(allowed("A1"), "a newer read applies");
+        assert!(
+            compliance.shared.event_times.lock().unwrap().is_empty(),
+            "events older than the last fetch are forgotten"
+        );
     }
 
     #[test]

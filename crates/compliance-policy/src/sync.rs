@@ -339,6 +339,9 @@ impl<S: DeviceSource> Syncer<S> {
     }
 
     async fn full_sync(&self) -> Result<(), SourceError> {
+        // A change event applied while the pages are fetched is newer than what they say of
+        // its device (see `Compliance::replace_all_fetched`).
+        let fetch_started = std::time::Instant::now();
         let records = self.source.full_reusing(self.compliance.view()).await?;
         let current = self.compliance.view();
         if records.is_empty() && !current.is_empty() {
@@ -348,9 +351,9 @@ impl<S: DeviceSource> Syncer<S> {
             )));
         }
         let count = records.len();
-        let transitions = self
-            .compliance
-            .replace_all_shared(records, ChangeSource::FullSync);
+        let transitions =
+            self.compliance
+                .replace_all_fetched(records, ChangeSource::FullSync, fetch_started);
         tracing::info!(
             devices = count,
             transitions = transitions.len(),
@@ -360,10 +363,13 @@ impl<S: DeviceSource> Syncer<S> {
     }
 
     async fn delta_sync(&self, since: SystemTime) -> Result<(), SourceError> {
+        let fetch_started = std::time::Instant::now();
         let records = self.source.changed_since(since).await?;
         let count = records.len();
         let changes = records.into_iter().map(Change::Upsert).collect();
-        let transitions = self.compliance.apply(changes, ChangeSource::DeltaSync);
+        let transitions =
+            self.compliance
+                .apply_fetched(changes, ChangeSource::DeltaSync, fetch_started);
         tracing::debug!(
             changed = count,
             transitions = transitions.len(),
