@@ -413,11 +413,16 @@ async fn credentials_are_not_stored_in_the_clear_and_push_urls_carry_no_credenti
             "{what} is in the store in the clear"
         );
     }
-    let (status, listed) = stand.api(Method::GET, "/devices", Some(API_TOKEN), None).await;
+    let (status, listed) = stand
+        .api(Method::GET, "/devices", Some(API_TOKEN), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert!(listed.contains(PUSH_DEVICE), "{listed}");
     for needle in [TEST_PASSWORD, basic.as_str(), API_TOKEN] {
-        assert!(!listed.contains(needle), "the device list shows a secret: {listed}");
+        assert!(
+            !listed.contains(needle),
+            "the device list shows a secret: {listed}"
+        );
     }
     let subscribe = stand
         .exchange

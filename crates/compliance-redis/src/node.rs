@@ -240,15 +240,8 @@ impl Node {
                             // This node's view holds the change already: it becomes the store's.
                             let view = self.compliance.view();
                             let seed = wire::encode_seed(&view, &self.settings.node_name);
-                            match store::write(
-                                c,
-                                &self.keys,
-                                &seed,
-                                &self.settings,
-                                true,
-                                None,
-                            )
-                            .await
+                            match store::write(c, &self.keys, &seed, &self.settings, true, None)
+                                .await
                             {
                                 Ok(_) => {
                                     tracing::warn!(
@@ -341,15 +334,8 @@ impl Node {
                 let view = self.compliance.view();
                 if view.is_loaded() {
                     let seed = wire::encode_seed(&view, &self.settings.node_name);
-                    if let store::Written::Version(version) = store::write(
-                        conn,
-                        &self.keys,
-                        &seed,
-                        &self.settings,
-                        true,
-                        None,
-                    )
-                    .await?
+                    if let store::Written::Version(version) =
+                        store::write(conn, &self.keys, &seed, &self.settings, true, None).await?
                     {
                         tracing::warn!(
                             version,

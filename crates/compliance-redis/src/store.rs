@@ -1,8 +1,8 @@
 //! The Redis commands of the shared view: the write script, reading the whole view
 //! and the change log, and the leader lock.
 
-use crate::connection::Connection;
 use crate::RedisSettings;
+use crate::connection::Connection;
 use crate::wire::{Keys, Op, Write};
 use redis::streams::StreamReadReply;
 use redis::{RedisResult, Script};
@@ -185,12 +185,7 @@ pub(crate) async fn write(
 
 /// Writes the records of `ops` (each a [`Op::SetRecord`]) into the hash `staging`, `batch` at a
 /// time, each batch renewing its expiry.
-async fn stage(
-    conn: &mut Connection,
-    staging: &str,
-    ops: &[Op],
-    batch: usize,
-) -> RedisResult<()> {
+async fn stage(conn: &mut Connection, staging: &str, ops: &[Op], batch: usize) -> RedisResult<()> {
     let ttl = u64::try_from(STAGING_TTL.as_millis()).unwrap_or(u64::MAX);
     for chunk in ops.chunks(batch) {
         let mut hset = redis::cmd("HSET");
