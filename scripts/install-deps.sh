@@ -10,8 +10,12 @@ set -euo pipefail
 # GSSAPI through the libgssapi crate, whose bindings bindgen generates at build time.
 # chromium and chromium-driver: the admin console's real-browser test (tests/console.rs).
 # haproxy: the load balancer in front of three gateway processes (tests/scale_out.rs).
+# samba with samba-ad-provision (the AD schema), samba-dsdb-modules (the directory's ldb
+# modules) and samba-vfs-modules (provisioning sets sysvol's ACLs through them): Samba's AD DC,
+# the AD-like second KDC of kcd-client's tests (seg_testbed::samba, needs root).
 packages=(ca-certificates pkg-config krb5-kdc krb5-admin-server krb5-user krb5-kdc-ldap slapd ldap-utils
-  libkrb5-dev libclang-dev clang redis-server haproxy chromium chromium-driver "$@")
+  libkrb5-dev libclang-dev clang redis-server haproxy chromium chromium-driver
+  samba samba-ad-provision samba-dsdb-modules samba-vfs-modules "$@")
 # A python3 that can create virtual environments (with pip), for the EWS client tests. Any
 # python3 on PATH that can (e.g. pyenv's) will do; otherwise Debian's.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -26,7 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  # Keep apt from starting system services (krb5-kdc, redis, nginx): the tests start their own.
+  # Keep apt from starting system services (krb5-kdc, redis, nginx, samba): the tests start
+  # their own.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee /usr/sbin/policy-rc.d >/dev/null
     "${sudo_cmd[@]}" chmod +x /usr/sbin/policy-rc.d

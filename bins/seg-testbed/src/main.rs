@@ -10,6 +10,7 @@
 //! seg-testbed pki --dir ./pki [--name proxy.test.local]
 //! seg-testbed token --key token.key.pem --upn alice@test.local [--public-key-out token.pub.pem]
 //! seg-testbed kdc --dir ./kdc [--port 8888]
+//! seg-testbed samba --dir ./samba [--port 8888]
 //! seg-testbed fault-proxy --listen 127.0.0.1:9443 --target 127.0.0.1:8443 \
 //!     [--client-to-server FAULT] [--server-to-client FAULT] [--refuse]
 //! ```
@@ -77,6 +78,10 @@ enum Command {
     /// Run a real MIT Kerberos KDC on 127.0.0.1 (slapd + krb5kdc, constrained delegation from
     /// HTTP/seg.test.local to HTTP/exchange.test.local) until Ctrl-C or SIGTERM.
     Kdc(KdcArgs),
+    /// Run Samba's Active Directory domain controller on 127.0.0.1 as an AD-like KDC (realm
+    /// AD.TEST.LOCAL, alice's UPN alice@corp.example, svc-seg allowed to delegate from
+    /// HTTP/seg.test.local to HTTP/exchange.test.local) until Ctrl-C or SIGTERM. Needs root.
+    Samba(KdcArgs),
     /// Run a minimal static SOAP responder (HTTP/1.1): the fast upstream of `bench/compare.sh`.
     /// Answers a `GetItem` with a 1 MiB `GetItemResponse` and anything else with a small
     /// `GetFolderResponse`, until Ctrl-C.
@@ -120,7 +125,7 @@ struct StaticSoapArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// Arguments of `seg-testbed kdc`.
+/// Arguments of `seg-testbed kdc` and `seg-testbed samba`.
 #[derive(Debug, clap::Args)]
 struct KdcArgs {
     /// The directory for every file of the KDC (krb5.conf, keytabs, database, logs).
@@ -222,6 +227,7 @@ fn main() -> ExitCode {
             public_key_out,
         } => token(&key, &upn, &audience, ttl_secs, public_key_out.as_deref()),
         Command::Kdc(args) => kdc(args),
+        Command::Samba(args) => samba(args),
         Command::StaticSoap(args) => run_async(static_soap(args)),
         Command::FaultProxy(args) => run_async(fault_proxy(args)),
     };
@@ -403,6 +409,72 @@ fn kdc(args: KdcArgs) -> Result<(), BoxError> {
         }
         tracing::info!("stopping the KDC");
         kdc.stop();
+        Ok(())
+    })
+}
+
+fn samba(args: KdcArgs) -> Result<(), BoxError> {
+    let mut config = seg_testbed::samba::SambaConfig::new(args.dir);
+    config.port = args.port;
+    let users: Vec<String> = config
+        .users
+        .iter()
+        .map(|user| {
+            let upn = user.upn.as_deref().map(|upn| format!(", UPN {upn}"));
+            format!(
+                "{} (password {}{})",
+                user.name,
+                user.password,
+                upn.unwrap_or_default()
+            )
+        })
+        .collect();
+    let services = config.services.clone();
+    let mut dc = seg_testbed::samba::SambaDc::start(config)?;
+    println!(
+        "Samba AD DC for {} with its KDC on {} (udp and tcp), started in {:.2} s ({:.2} s provisioning)",
+        dc.realm(),
+        dc.addr(),
+        dc.startup_time().as_secs_f64(),
+        dc.provisioning_time().as_secs_f64()
+    );
+    println!("  export KRB5_CONFIG={}", dc.krb5_conf().display());
+    println!("  samba-tool … -s {}", dc.smb_conf().display());
+    println!("  users: {}", users.join(", "));
+    for service in &services {
+        if let Some(keytab) = dc.keytab(&service.account) {
+            let delegation = if service.allowed_to_delegate_to.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", may delegate to {}",
+                    service.allowed_to_delegate_to.join(", ")
+                )
+            };
+            println!(
+                "  {} ({}{delegation}): keys of {} in {}",
+                service.account,
+                service.spns.join(", "),
+                service.keytab_principal,
+                keytab.display()
+            );
+        }
+    }
+    println!("  samba log: {}", dc.log_path().display());
+    println!("Ctrl-C stops it.");
+    run_async(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut health = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => break result?,
+                _ = terminate.recv() => break,
+                _ = health.tick() => dc.check_alive()?,
+            }
+        }
+        tracing::info!("stopping the Samba DC");
+        dc.stop();
         Ok(())
     })
 }

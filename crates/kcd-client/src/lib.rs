@@ -20,6 +20,26 @@
 //! ([`KcdConfig::max_in_flight_per_kdc`]) so that a burst of new users does not overflow the
 //! KDC's UDP socket.
 //!
+//! # Tested against two KDCs
+//!
+//! The integration tests run the client over real sockets against two independent KDCs that
+//! `seg-testbed` brings up on loopback:
+//!
+//! - MIT Kerberos (`tests/s4u.rs`, `tests/acceptor.rs` and others): logins, S4U2Self and
+//!   S4U2Proxy with delegation rules in LDAP, the errors, failover, the caches, clock skew.
+//! - Samba's Active Directory domain controller (`tests/samba.rs`), for what only Active
+//!   Directory does. The gateway logs in as a service account (keytab exported by `samba-tool`,
+//!   or its password), with protocol transition and `msDS-AllowedToDelegateTo`, and asks for a
+//!   user by her UPN `alice@corp.example`, an enterprise name whose suffix is not the realm
+//!   (MIT does not resolve those). The tests prove that the KDC resolves it and issues a ticket
+//!   to Exchange, encrypted with RC4 as AD does for accounts without
+//!   `msDS-SupportedEncryptionTypes`, that names the UPN (NT-ENTERPRISE, in the realm) and
+//!   carries a PAC (AD-IF-RELEVANT, AD-WIN2K-PAC) whose UPN_DNS_INFO names the account `alice`;
+//!   that her account name as a plain principal works too; that MIT's GSSAPI accepts the
+//!   Negotiate token and its mutual-authentication reply verifies; that a target outside
+//!   `msDS-AllowedToDelegateTo` is [`KcdError::DelegationNotAllowed`] and an unknown UPN
+//!   [`KcdError::UnknownUser`]. MIT's own `kinit`/`kvno` prove the set-up first.
+//!
 //! ```no_run
 //! use kcd_client::{Credentials, KcdClient, KcdConfig, RealmConfig, UserName};
 //!

@@ -8,7 +8,9 @@
 //! OAuth tokens, [`client`] is a small HTTP client, [`upstream`] holds scripted upstreams for
 //! behaviour no faithful server provokes on demand, and [`harness`] holds the helpers every test
 //! uses.
-//! [`kdc`] brings up a real MIT Kerberos KDC on loopback in which constrained delegation works.
+//! [`kdc`] brings up a real MIT Kerberos KDC on loopback in which constrained delegation works;
+//! [`samba`] brings up Samba's Active Directory domain controller as a second, AD-like KDC
+//! (enterprise names, PAC, RC4 service tickets).
 //! [`redis`] runs a real Redis server on loopback for the gateways that share a view.
 //! [`fault_proxy`] sits between the gateway and any dependency and breaks the connection on
 //! demand (delay, stall, reset, truncate, garbage, refuse, down).
@@ -35,6 +37,7 @@ pub mod harness;
 pub mod kdc;
 pub mod pki;
 pub mod redis;
+pub mod samba;
 mod serve;
 pub mod static_soap;
 pub mod token;

@@ -46,7 +46,7 @@
 //! in `tokio::task::spawn_blocking`.
 
 mod files;
-mod process;
+pub(crate) mod process;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -744,14 +744,14 @@ fn prepare_dir(config: &KdcConfig) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn create_dir(path: &Path) -> Result<()> {
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|source| Error::File {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|source| Error::File {
         path: path.to_path_buf(),
         source,
@@ -768,7 +768,7 @@ fn write_kerberos_conf(config: &KdcConfig, dir: &Path, port: u16, ldapi: &str) -
 
 /// A random password for the LDAP root and the master key (never shown; tests do not need
 /// them).
-fn random_password() -> String {
+pub(crate) fn random_password() -> String {
     use rand::Rng as _;
     rand::rng()
         .sample_iter(rand::distr::Alphanumeric)

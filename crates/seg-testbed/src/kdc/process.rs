@@ -1,5 +1,6 @@
-//! Running the MIT Kerberos and OpenLDAP programs: finding them, one-shot setup steps with
-//! their output, the daemons as children killed on drop, and which sockets hold a port.
+//! Running the MIT Kerberos and OpenLDAP programs (and Samba's, for [`crate::samba`]): finding
+//! them, one-shot setup steps with their output, the daemons as children killed on drop, and
+//! which sockets hold a port.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -28,6 +29,7 @@ fn package_of(program: &str) -> &'static str {
         "krb5kdc" => "krb5-kdc",
         "kinit" | "kvno" | "klist" | "kdestroy" => "krb5-user",
         "gzip" => "gzip",
+        "samba" | "samba-tool" => "samba",
         _ => "unknown",
     }
 }
@@ -37,7 +39,7 @@ fn package_of(program: &str) -> &'static str {
 /// # Errors
 ///
 /// [`Error::KdcToolMissing`] naming its Debian package if it is nowhere.
-pub(super) fn find_program(program: &str) -> Result<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(SBIN.iter().map(PathBuf::from))
@@ -50,7 +52,7 @@ pub(super) fn find_program(program: &str) -> Result<PathBuf> {
 }
 
 /// A file that must exist, or [`Error::KdcToolMissing`] naming the package that installs it.
-pub(super) fn require_file(path: &str, package: &'static str) -> Result<()> {
+pub(crate) fn require_file(path: &str, package: &'static str) -> Result<()> {
     if Path::new(path).is_file() {
         Ok(())
     } else {
@@ -64,13 +66,13 @@ pub(super) fn require_file(path: &str, package: &'static str) -> Result<()> {
 /// The environment every program of the KDC runs with: its own configuration files, and
 /// `LDAPNOINIT` so that libldap ignores `/etc/ldap/ldap.conf` and `~/.ldaprc`.
 #[derive(Debug, Clone)]
-pub(super) struct Environment {
-    pub(super) vars: Vec<(&'static str, PathBuf)>,
+pub(crate) struct Environment {
+    pub(crate) vars: Vec<(&'static str, PathBuf)>,
 }
 
 impl Environment {
     /// A command for `program` with this environment.
-    pub(super) fn command(&self, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new(program);
         for (key, value) in &self.vars {
             command.env(key, value);
@@ -82,9 +84,9 @@ impl Environment {
 
 /// What a finished step printed.
 #[derive(Debug)]
-pub(super) struct StepOutput {
-    pub(super) stdout: String,
-    pub(super) stderr: String,
+pub(crate) struct StepOutput {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `command` as the setup step `step`, feeding it `stdin`, and waits at most `deadline`.
@@ -93,7 +95,7 @@ pub(super) struct StepOutput {
 ///
 /// [`Error::KdcSpawn`] if it cannot be started; [`Error::KdcSetup`] naming `step`, with the
 /// program's output, if it exits unsuccessfully or outlives `deadline` (it is killed then).
-pub(super) fn run_step(
+pub(crate) fn run_step(
     step: &str,
     mut command: Command,
     stdin: Option<&str>,
@@ -139,7 +141,7 @@ pub(super) fn run_step(
 }
 
 /// A program's standard output and error, trimmed, as one text.
-pub(super) fn both(stdout: &str, stderr: &str) -> String {
+pub(crate) fn both(stdout: &str, stderr: &str) -> String {
     match (stdout.trim(), stderr.trim()) {
         ("", "") => "(no output)".to_string(),
         (out, "") => out.to_string(),
@@ -179,7 +181,7 @@ fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
 }
 
 /// Polls `condition` until it yields a value or `deadline` passes.
-pub(super) fn poll<T>(deadline: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll<T>(deadline: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
     let give_up = Instant::now() + deadline;
     loop {
         if let Some(value) = condition() {
@@ -195,7 +197,7 @@ pub(super) fn poll<T>(deadline: Duration, mut condition: impl FnMut() -> Option<
 /// A long-running program (slapd, krb5kdc) run in the foreground as our child, its output
 /// going to a log file. It is killed when dropped.
 #[derive(Debug)]
-pub(super) struct Daemon {
+pub(crate) struct Daemon {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -208,7 +210,7 @@ impl Daemon {
     ///
     /// [`Error::File`] if the log cannot be created; [`Error::KdcSpawn`] if the program cannot
     /// be started.
-    pub(super) fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Result<Self> {
+    pub(crate) fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Result<Self> {
         let open = || {
             File::options()
                 .create(true)
@@ -234,18 +236,18 @@ impl Daemon {
     }
 
     /// The process id.
-    pub(super) fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Whether the process has exited, and how.
-    pub(super) fn exit_status(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// An error for the setup step `step` that failed because of this daemon, with the end of
     /// its log.
-    pub(super) fn failure(&mut self, step: &str, what: &str) -> Error {
+    pub(crate) fn failure(&mut self, step: &str, what: &str) -> Error {
         let status = match self.exit_status() {
             Some(status) => format!("{} exited with {status}", self.name),
             None => format!("{} is running", self.name),
@@ -261,7 +263,7 @@ impl Daemon {
     }
 
     /// Kills the process and reaps it.
-    pub(super) fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.exit_status().is_none() {
             let _ = self.child.kill();
         }
@@ -276,7 +278,7 @@ impl Drop for Daemon {
 }
 
 /// The last `lines` lines of a log file (empty if it cannot be read).
-pub(super) fn log_tail(path: &Path, lines: usize) -> String {
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -284,19 +286,19 @@ pub(super) fn log_tail(path: &Path, lines: usize) -> String {
 
 /// Who holds a loopback port, as the kernel lists its sockets.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct PortHolders {
+pub(crate) struct PortHolders {
     /// Our process listens on the port over TCP.
-    pub(super) tcp: bool,
+    pub(crate) tcp: bool,
     /// Our process has a UDP socket bound to the port.
-    pub(super) udp: bool,
+    pub(crate) udp: bool,
     /// Some other process listens on it too (krb5kdc sets `SO_REUSEPORT`, so a second KDC on
     /// the same port starts without complaint and shares the traffic).
-    pub(super) foreign: bool,
+    pub(crate) foreign: bool,
 }
 
 /// Which sockets on `port` (TCP listening, UDP bound) belong to process `pid` and which to
 /// others, from `/proc/net/{tcp,tcp6,udp,udp6}` and `/proc/PID/fd`.
-pub(super) fn port_holders(pid: u32, port: u16) -> PortHolders {
+pub(crate) fn port_holders(pid: u32, port: u16) -> PortHolders {
     // The tables first, then the process's sockets: a socket it opens in between is then
     // missing from the tables rather than mistaken for a foreign one.
     let on_port: Vec<(u64, bool)> = [
@@ -369,7 +371,7 @@ fn sockets_on_port(table: &str, port: u16, listening_only: bool) -> Vec<u64> {
 /// # Errors
 ///
 /// [`Error::Connect`] if no socket can be bound at all.
-pub(super) fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let bind_error = |source| Error::Connect {
         addr: "127.0.0.1:0".into(),
         source,
