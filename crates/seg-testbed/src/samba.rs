@@ -398,20 +398,7 @@ impl SambaDc {
     /// Those of [`SambaDc::start`].
     pub async fn shared(config: fn() -> SambaConfig) -> Result<Arc<RunningSambaDc>> {
         static SHARED: Mutex<Weak<RunningSambaDc>> = Mutex::new(Weak::new());
-        tokio::task::spawn_blocking(move || {
-            let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(dc) = shared.upgrade() {
-                return Ok(dc);
-            }
-            let dc = Arc::new(SambaDc::start(config())?);
-            *shared = Arc::downgrade(&dc);
-            Ok(dc)
-        })
-        .await
-        .map_err(|error| Error::KdcSetup {
-            step: "the start-up task".into(),
-            detail: error.to_string(),
-        })?
+        process::shared(&SHARED, move || SambaDc::start(config())).await
     }
 
     /// Provisions the domain of `config`, creates its accounts and keytabs, starts `samba` and

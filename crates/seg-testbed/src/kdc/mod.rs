@@ -292,20 +292,7 @@ impl Kdc {
     /// Those of [`Kdc::start`].
     pub async fn shared(config: fn() -> KdcConfig) -> Result<Arc<RunningKdc>> {
         static SHARED: Mutex<Weak<RunningKdc>> = Mutex::new(Weak::new());
-        tokio::task::spawn_blocking(move || {
-            let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(kdc) = shared.upgrade() {
-                return Ok(kdc);
-            }
-            let kdc = Arc::new(Kdc::start(config())?);
-            *shared = Arc::downgrade(&kdc);
-            Ok(kdc)
-        })
-        .await
-        .map_err(|error| Error::KdcSetup {
-            step: "the start-up task".into(),
-            detail: error.to_string(),
-        })?
+        process::shared(&SHARED, move || Kdc::start(config())).await
     }
 
     /// Brings up slapd and krb5kdc for `config` and waits until the KDC serves on its port.

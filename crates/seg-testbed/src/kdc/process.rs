@@ -39,6 +39,30 @@ fn package_of(program: &str) -> &'static str {
 /// # Errors
 ///
 /// [`Error::KdcToolMissing`] naming its Debian package if it is nowhere.
+/// The daemon set held in `slot` while anyone holds it, else a new one from `start` (run on
+/// tokio's blocking pool): what `Kdc::shared` and `SambaDc::shared` share. The slot holds a
+/// weak reference, so the daemons stop when the last holder drops them (a plain static would
+/// never be dropped and would leave them running after the tests).
+pub(crate) async fn shared<T: Send + Sync + 'static>(
+    slot: &'static std::sync::Mutex<std::sync::Weak<T>>,
+    start: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<std::sync::Arc<T>> {
+    tokio::task::spawn_blocking(move || {
+        let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = held.upgrade() {
+            return Ok(running);
+        }
+        let running = std::sync::Arc::new(start()?);
+        *held = std::sync::Arc::downgrade(&running);
+        Ok(running)
+    })
+    .await
+    .map_err(|error| Error::KdcSetup {
+        step: "the start-up task".into(),
+        detail: error.to_string(),
+    })?
+}
+
 pub(crate) fn find_program(program: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
