@@ -202,7 +202,7 @@ impl Compliance {
     /// `source` made it; unlike the other changes, it is not handed to the replicator.
     pub fn apply_replicated(&self, update: Update, source: ChangeSource) -> Vec<Transition> {
         match update {
-            Update::Changes(changes) => self.apply_changes(changes, source, false),
+            Update::Changes(changes) => self.apply_changes(changes, source, false, None),
             Update::Full(view) => self.update(source, Scope::All, |_, _| (*view).clone(), |_| None),
             Update::DeviceOverride { device_id, action } => {
                 self.device_override(device_id, action, false)
@@ -327,35 +327,7 @@ impl Compliance {
         source: ChangeSource,
         fetch_started: Instant,
     ) -> Vec<Transition> {
-        if changes.is_empty() {
-            return Vec::new();
-        }
-        let touched = changes
-            .iter()
-            .map(|change| change_device(change).clone())
-            .collect();
-        let replicated = self.shared.replicator.get().is_some();
-        // What is left once the events are looked at, under the writer lock (in `update`), so
-        // that no event slips in between; the replicator gets the same.
-        let kept = std::cell::RefCell::new(Vec::new());
-        self.update(
-            source,
-            Scope::Devices(touched),
-            |old, _| {
-                let newer = self.events_since(fetch_started);
-                let mut kept = kept.borrow_mut();
-                kept.extend(
-                    changes
-                        .into_iter()
-                        .filter(|change| !newer.contains(change_device(change))),
-                );
-                old.with_changes(&kept)
-            },
-            |_| {
-                let kept = kept.take();
-                (replicated && !kept.is_empty()).then_some(Update::Changes(kept))
-            },
-        )
+        self.apply_changes(changes, source, true, Some(fetch_started))
     }
 
     /// The devices a change event changed at or after `since`, forgetting older events (a
@@ -372,14 +344,19 @@ impl Compliance {
 
     /// Applies changes to some devices (a delta sync or a change event).
     pub fn apply(&self, changes: Vec<Change>, source: ChangeSource) -> Vec<Transition> {
-        self.apply_changes(changes, source, true)
+        self.apply_changes(changes, source, true, None)
     }
 
+    /// Applies `changes` made by `source`, handing them to the replicator when `publish`.
+    /// With `fetched` (when a sync's fetch started), the changes of devices a change event
+    /// changed since then are left out. Looked at and recorded under the writer lock (in
+    /// `update`), so that no event slips in between; the replicator gets what was kept.
     fn apply_changes(
         &self,
         changes: Vec<Change>,
         source: ChangeSource,
         publish: bool,
+        fetched: Option<Instant>,
     ) -> Vec<Transition> {
         if changes.is_empty() {
             return Vec::new();
@@ -388,29 +365,35 @@ impl Compliance {
             .iter()
             .map(|change| change_device(change).clone())
             .collect();
-        // A copy for the replicator only when there is one to take it.
-        let published = (publish && self.shared.replicator.get().is_some())
-            .then(|| Update::Changes(changes.clone()));
+        let publish = publish && self.shared.replicator.get().is_some();
         let event = source == ChangeSource::ChangeEvent;
+        let kept = std::cell::RefCell::new(changes);
         self.update(
             source,
             Scope::Devices(touched),
             |old, _| {
+                let mut kept = kept.borrow_mut();
+                if let Some(fetch_started) = fetched {
+                    let newer = self.events_since(fetch_started);
+                    kept.retain(|change| !newer.contains(change_device(change)));
+                }
                 if event {
-                    // Under the writer lock, as the syncs read it.
                     let now = Instant::now();
                     let mut times = self
                         .shared
                         .event_times
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    for change in &changes {
+                    for change in kept.iter() {
                         times.insert(change_device(change).clone(), now);
                     }
                 }
-                old.with_changes(&changes)
+                old.with_changes(&kept)
             },
-            |_| published,
+            |_| {
+                let kept = kept.take();
+                (publish && !kept.is_empty()).then_some(Update::Changes(kept))
+            },
         )
     }
 
