@@ -186,6 +186,20 @@ busy_ticks() {
 
 # --- the report ------------------------------------------------------------------------------
 # "2 CPUs (AMD EPYC), 24 GiB, Linux …"
+# add_run DOC SECTION MARKER REPORT: puts REPORT into DOC just above the line MARKER, adding
+# "## SECTION" and the marker at the end of DOC the first time.
+add_run() {
+  local doc=$1 section=$2 marker=$3 report=$4
+  grep -qF "$marker" "$doc" || printf '\n## %s\n\n%s\n' "$section" "$marker" >>"$doc"
+  python3 - "$doc" "$marker" "$report" <<'EOF'
+import sys
+path, marker, report = sys.argv[1:]
+text = open(path).read()
+open(path, "w").write(text.replace(marker, report.strip("\n") + "\n\n" + marker, 1))
+EOF
+  log "results added to $doc"
+}
+
 machine_line() {
   printf '%s CPUs (%s), %s, Linux %s' "$(nproc)" \
     "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \

@@ -170,13 +170,5 @@ EOF
 )
 printf '%s\n' "$report"
 if [ -n "$doc" ]; then
-  marker='<!-- bench/scale-out.sh adds its runs above this line -->'
-  grep -qF "$marker" "$doc" || printf '\n## Scale-out (issue 8)\n\n%s\n' "$marker" >>"$doc"
-  python3 - "$doc" "$marker" "$report" <<'EOF'
-import sys
-path, marker, report = sys.argv[1:]
-text = open(path).read()
-open(path, "w").write(text.replace(marker, report.strip("\n") + "\n\n" + marker, 1))
-EOF
-  log "results added to $doc"
+  add_run "$doc" 'Scale-out (issue 8)' '<!-- bench/scale-out.sh adds its runs above this line -->' "$report"
 fi

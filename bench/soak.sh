@@ -131,14 +131,6 @@ EOF
 )
 printf '%s\n' "$report"
 if [ -n "$doc" ]; then
-  marker='<!-- bench/soak.sh adds its runs above this line -->'
-  grep -qF "$marker" "$doc" || printf '\n## Soak\n\n%s\n' "$marker" >>"$doc"
-  python3 - "$doc" "$marker" "$report" <<'EOF'
-import sys
-path, marker, report = sys.argv[1:]
-text = open(path).read()
-open(path, "w").write(text.replace(marker, report.strip("\n") + "\n\n" + marker, 1))
-EOF
-  log "results added to $doc"
+  add_run "$doc" 'Soak' '<!-- bench/soak.sh adds its runs above this line -->' "$report"
 fi
 [ "$status" -eq 0 ] || die "the soak run failed (see above and $work, kept: no)"
