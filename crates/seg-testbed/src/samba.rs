@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::kdc::files::client_krb5_conf;
 use crate::kdc::process::{self, Daemon, Environment, find_program, run_step};
 pub use crate::kdc::{EXCHANGE_SERVICE, GATEWAY_SERVICE, OTHER_SERVICE};
 use crate::kdc::{create_dir, random_password, write_file};
@@ -825,28 +826,14 @@ fn strong_password() -> String {
     format!("Aa1-{}", random_password())
 }
 
-/// The clients' `krb5.conf`.
+/// The clients' `krb5.conf` (see [`client_krb5_conf`]).
 fn krb5_conf(config: &SambaConfig, port: u16) -> String {
-    let realm = &config.realm;
-    let domain = config.dns_domain();
-    format!(
-        "# Written by seg-testbed: clients of the test Samba DC. Use with KRB5_CONFIG=<this file>.\n\
-         [libdefaults]\n\
-         \x20default_realm = {realm}\n\
-         \x20dns_lookup_kdc = false\n\
-         \x20dns_lookup_realm = false\n\
-         \x20dns_canonicalize_hostname = false\n\
-         \x20rdns = false\n\
-         \x20forwardable = true\n\
-         \n\
-         [realms]\n\
-         \x20{realm} = {{\n\
-         \x20 kdc = 127.0.0.1:{port}\n\
-         \x20}}\n\
-         \n\
-         [domain_realm]\n\
-         \x20.{domain} = {realm}\n\
-         \x20{domain} = {realm}\n"
+    client_krb5_conf(
+        "the test Samba DC",
+        &config.realm,
+        &config.dns_domain(),
+        port,
+        "",
     )
 }
 

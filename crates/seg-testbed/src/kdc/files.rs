@@ -138,13 +138,35 @@ pub(super) fn kdc_conf(config: &KdcConfig, dir: &Path, port: u16, ldapi: &str) -
     )
 }
 
-/// The clients' `krb5.conf`: the realm's KDC at 127.0.0.1:`port`, forwardable tickets (protocol
-/// transition yields a forwardable evidence ticket only from a forwardable TGT), no DNS.
+/// The clients' `krb5.conf` of the MIT KDC (see [`client_krb5_conf`]), every request over TCP
+/// (`udp_preference_limit = 1`).
 pub(super) fn krb5_conf(config: &KdcConfig, port: u16) -> String {
     let realm = &config.realm;
-    let domain = realm.to_ascii_lowercase();
+    client_krb5_conf(
+        "the test KDC",
+        realm,
+        &realm.to_ascii_lowercase(),
+        port,
+        "udp_preference_limit = 1",
+    )
+}
+
+/// A clients' `krb5.conf` for `realm` (DNS domain `domain`) served by `what` at
+/// 127.0.0.1:`port`: forwardable tickets (protocol transition yields a forwardable evidence
+/// ticket only from a forwardable TGT), no DNS, and `libdefaults` lines of its own.
+pub(crate) fn client_krb5_conf(
+    what: &str,
+    realm: &str,
+    domain: &str,
+    port: u16,
+    libdefaults: &str,
+) -> String {
+    let libdefaults: String = libdefaults
+        .lines()
+        .map(|line| format!(" {line}\n"))
+        .collect();
     format!(
-        "# Written by seg-testbed: clients of the test KDC. Use with KRB5_CONFIG=<this file>.\n\
+        "# Written by seg-testbed: clients of {what}. Use with KRB5_CONFIG=<this file>.\n\
          [libdefaults]\n\
          \x20default_realm = {realm}\n\
          \x20dns_lookup_kdc = false\n\
@@ -152,7 +174,7 @@ pub(super) fn krb5_conf(config: &KdcConfig, port: u16) -> String {
          \x20dns_canonicalize_hostname = false\n\
          \x20rdns = false\n\
          \x20forwardable = true\n\
-         \x20udp_preference_limit = 1\n\
+         {libdefaults}\
          \n\
          [realms]\n\
          \x20{realm} = {{\n\

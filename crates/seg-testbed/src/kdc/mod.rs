@@ -45,7 +45,7 @@
 //! [`Kdc::start`] blocks for the fraction of a second the set-up takes; from async code, call it
 //! in `tokio::task::spawn_blocking`.
 
-mod files;
+pub(crate) mod files;
 pub(crate) mod process;
 
 use std::net::{Ipv4Addr, SocketAddr};
