@@ -273,7 +273,6 @@ impl SharedView {
                 leader: watch::Sender::new(false),
                 caught_up: watch::Sender::new(false),
                 redis: Default::default(),
-                version: Default::default(),
                 stale: Default::default(),
             }),
         })
@@ -289,7 +288,7 @@ impl SharedView {
         SharedStatus {
             redis_up: self.node.is_up(),
             leader: *self.node.leader.borrow(),
-            version: self.node.version.load(std::sync::atomic::Ordering::Relaxed),
+            version: self.node.outbox.applied(),
             queued: self.node.queued(),
         }
     }

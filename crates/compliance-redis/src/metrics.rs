@@ -12,6 +12,7 @@
 //! | `seg_compliance_redis_queued` | gauge | this node's changes not written yet |
 //! | `seg_compliance_redis_leader` | gauge | 1 while this node leads (runs the syncs) |
 //! | `seg_compliance_redis_fenced_total` | counter | this node's sync results refused: it no longer held the leader lock |
+//! | `seg_compliance_redis_held_back_total` | counter | devices a sync result of this node left alone: another node's change event, newer than the sync's view, stands |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,6 +29,7 @@ pub struct RedisMetrics {
     pub(crate) queued: Gauge,
     pub(crate) leader: Gauge,
     pub(crate) fenced: Counter,
+    pub(crate) held_back: Counter,
 }
 
 impl RedisMetrics {
@@ -77,6 +79,11 @@ impl RedisMetrics {
             "seg_compliance_redis_fenced",
             "Sync results of this node refused because it no longer held the leader lock",
             self.fenced.clone(),
+        );
+        registry.register(
+            "seg_compliance_redis_held_back",
+            "Devices a sync result of this node left alone: another node's change event, newer than the sync's view, stands",
+            self.held_back.clone(),
         );
     }
 }

@@ -31,8 +31,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const NOT_LEADING: &str = "-";
 
 /// One of this node's changes, queued: the change, its cause, and, for a sync's result, the
-/// fencing token of the leader term it was made in.
-type Queued = (Update, ChangeSource, Option<String>);
+/// fencing token of the leader term it was made in and the last version read when it was made.
+type Queued = (Update, ChangeSource, Option<(String, u64)>);
 
 /// This node's changes waiting to be written, in order.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub(crate) struct Outbox {
     notify: Notify,
     /// Queued plus the one being written.
     pending: watch::Sender<usize>,
+    /// The version of the last log entry (or whole view) this node has applied.
+    applied: AtomicU64,
     metrics: RedisMetrics,
 }
 
@@ -66,6 +68,7 @@ impl Outbox {
             term: Mutex::default(),
             notify: Notify::new(),
             pending: watch::Sender::new(0),
+            applied: AtomicU64::new(0),
             metrics,
         }
     }
@@ -131,13 +134,30 @@ impl Outbox {
     fn pending(&self) -> usize {
         *self.pending.borrow()
     }
+
+    /// The version of the last change this node has applied.
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Everything up to `version` is applied to this node's view (stored after applying: a
+    /// sync's result made meanwhile counts only what its leader had seen as known).
+    fn set_applied(&self, version: u64) {
+        self.applied.store(version, Ordering::Release);
+    }
 }
 
 impl Replicator for Outbox {
     fn publish(&self, update: Update, source: ChangeSource) {
         // Only the leader syncs: a sync's result is written only under its leader term.
-        let fence = matches!(source, ChangeSource::FullSync | ChangeSource::DeltaSync)
-            .then(|| self.term().unwrap_or_else(|| NOT_LEADING.to_owned()));
+        // Published while applied (under the view's lock): every version up to `applied` is
+        // in the view the result was made from, later events are not.
+        let fence = matches!(source, ChangeSource::FullSync | ChangeSource::DeltaSync).then(|| {
+            (
+                self.term().unwrap_or_else(|| NOT_LEADING.to_owned()),
+                self.applied(),
+            )
+        });
         let mut queue = self.lock();
         if matches!(update, Update::Full(_)) {
             // A new full view holds every device change queued before it: only overrides
@@ -173,7 +193,6 @@ pub(crate) struct Node {
     /// The first catch-up with the store is done (loaded, or found it empty).
     pub(crate) caught_up: watch::Sender<bool>,
     pub(crate) redis: AtomicU8,
-    pub(crate) version: AtomicU64,
     /// A sync's result of this node was refused: its view must be read again from the store.
     pub(crate) stale: AtomicBool,
 }
@@ -226,22 +245,24 @@ impl Node {
                     conn = self.connect(COMMAND_TIMEOUT).await;
                 }
                 if let Some(c) = conn.as_mut() {
-                    let written = store::write(
-                        c,
-                        &self.keys,
-                        &write,
-                        &self.settings,
-                        false,
-                        fence.as_deref(),
-                    )
-                    .await;
+                    let kind = match &fence {
+                        Some((token, read)) => store::Kind::SyncResult { token, read: *read },
+                        None => store::Kind::Change,
+                    };
+                    let written = store::write(c, &self.keys, &write, &self.settings, kind).await;
                     match written {
                         Ok(store::Written::Empty) => {
                             // This node's view holds the change already: it becomes the store's.
                             let view = self.compliance.view();
                             let seed = wire::encode_seed(&view, &self.settings.node_name);
-                            match store::write(c, &self.keys, &seed, &self.settings, true, None)
-                                .await
+                            match store::write(
+                                c,
+                                &self.keys,
+                                &seed,
+                                &self.settings,
+                                store::Kind::Seed,
+                            )
+                            .await
                             {
                                 Ok(_) => {
                                     tracing::warn!(
@@ -269,15 +290,30 @@ impl Node {
                             );
                             self.metrics.fenced.inc();
                             self.stale.store(true, Ordering::Relaxed);
-                            self.step_down_if(fence.as_deref());
+                            self.step_down_if(fence.as_ref().map(|(token, _)| token.as_str()));
                             self.up();
                             backoff = MIN_BACKOFF;
                             break;
                         }
-                        Ok(version) => {
+                        Ok(written) => {
                             self.metrics.written.inc();
                             self.up();
-                            tracing::debug!(?version, ?source, "wrote a change to redis");
+                            if let store::Written::Version {
+                                version,
+                                held_back: held_back @ 1..,
+                            } = written
+                            {
+                                // Another node's event, newer than the view this result was
+                                // made from, stands; this node reads it from the log.
+                                tracing::info!(
+                                    version,
+                                    held_back,
+                                    ?source,
+                                    "kept devices changed by an event since this sync's view: their sync changes were not written"
+                                );
+                                self.metrics.held_back.inc_by(held_back);
+                            }
+                            tracing::debug!(?written, ?source, "wrote a change to redis");
                             backoff = MIN_BACKOFF;
                             break;
                         }
@@ -334,8 +370,9 @@ impl Node {
                 let view = self.compliance.view();
                 if view.is_loaded() {
                     let seed = wire::encode_seed(&view, &self.settings.node_name);
-                    if let store::Written::Version(version) =
-                        store::write(conn, &self.keys, &seed, &self.settings, true, None).await?
+                    if let store::Written::Version { version, .. } =
+                        store::write(conn, &self.keys, &seed, &self.settings, store::Kind::Seed)
+                            .await?
                     {
                         tracing::warn!(
                             version,
@@ -385,7 +422,7 @@ impl Node {
             }
         }
         *last = Some(version);
-        self.version.store(version, Ordering::Relaxed);
+        self.outbox.set_applied(version);
         Ok(())
     }
 
@@ -453,7 +490,7 @@ impl Node {
                         Apply::Update(update, source) => {
                             self.compliance.apply_replicated(update, source);
                             *last = Some(version);
-                            self.version.store(version, Ordering::Relaxed);
+                            self.outbox.set_applied(version);
                             self.metrics.applied.inc();
                         }
                         Apply::Reload => self.reload(conn, last).await?,

@@ -28,6 +28,9 @@ pub(crate) struct Keys {
     pub(crate) leader: String,
     /// Integer: the last leader term handed out (each take of the lock is a new term).
     pub(crate) leader_term: String,
+    /// Sorted set: device id → the version of the last change event written for it. A sync's
+    /// result leaves alone the devices changed by an event its leader had not read yet.
+    pub(crate) event_versions: String,
     /// The prefix of the staging hashes a whole view is written into before it replaces
     /// [`records`](Self::records) (see [`Keys::staging`]).
     staging: String,
@@ -44,6 +47,7 @@ impl Keys {
             synced_at: key("synced-at"),
             leader: key("leader"),
             leader_term: key("leader-term"),
+            event_versions: key("event-versions"),
             staging: key("staging"),
         }
     }
@@ -106,11 +110,16 @@ pub(crate) enum WireChange {
 }
 
 /// One step of the write script (see `store::WRITE`): set or delete a record or an override,
-/// clear the records (and the overrides, for a seed), record the full sync's time.
+/// clear the records (and the overrides, for a seed), record the full sync's time. A step of
+/// a change to some devices carries the change as written in the log entry (its JSON), so
+/// that the script can leave out of the entry a change it does not make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     SetRecord(String, String),
-    DeleteRecord(String),
+    /// Device id, record, the change's JSON.
+    ChangeRecord(String, String, String),
+    /// Device id, the change's JSON.
+    RemoveRecord(String, String),
     SetOverride(String, String),
     DeleteOverride(String),
     ClearRecords,
@@ -123,7 +132,12 @@ impl Op {
     pub(crate) fn push_args(&self, args: &mut Vec<String>) {
         match self {
             Op::SetRecord(field, value) => args.extend(["rs".into(), field.clone(), value.clone()]),
-            Op::DeleteRecord(field) => args.extend(["rd".into(), field.clone()]),
+            Op::ChangeRecord(field, value, change) => {
+                args.extend(["crs".into(), field.clone(), value.clone(), change.clone()])
+            }
+            Op::RemoveRecord(field, change) => {
+                args.extend(["crd".into(), field.clone(), change.clone()])
+            }
             Op::SetOverride(field, value) => {
                 args.extend(["os".into(), field.clone(), value.clone()])
             }
@@ -140,6 +154,39 @@ impl Op {
 pub(crate) struct Write {
     pub(crate) ops: Vec<Op>,
     pub(crate) entry: Entry,
+}
+
+impl Write {
+    /// The log entry as the write script takes it: the whole entry and `""`; or, for changes
+    /// to some devices, the text before and after the list of changes, which the script fills
+    /// with the JSON of the changes it makes (see [`Op::ChangeRecord`]).
+    pub(crate) fn entry_parts(&self) -> (String, String) {
+        // Plain data (strings, numbers, booleans): it always serializes.
+        match &self.entry.body {
+            Body::Changes { .. } => {
+                let empty = Entry {
+                    body: Body::Changes {
+                        changes: Vec::new(),
+                    },
+                    ..self.entry.clone()
+                };
+                let json = serde_json::to_string(&empty).unwrap_or_default();
+                // The list is the entry's last field: `..."changes":[]}`.
+                match json.rfind("[]") {
+                    Some(at) => (json[..=at].to_owned(), json[at + 1..].to_owned()),
+                    None => (json, String::new()),
+                }
+            }
+            _ => (
+                serde_json::to_string(&self.entry).unwrap_or_default(),
+                String::new(),
+            ),
+        }
+    }
+}
+
+fn change_json(change: &WireChange) -> String {
+    serde_json::to_string(change).unwrap_or_default()
 }
 
 pub(crate) fn unix(time: SystemTime) -> u64 {
@@ -176,26 +223,31 @@ pub(crate) fn encode(update: &Update, source: ChangeSource, node: &str) -> Write
         body,
     };
     match update {
-        Update::Changes(changes) => Write {
-            ops: changes
+        Update::Changes(changes) => {
+            let changes: Vec<WireChange> = changes
                 .iter()
                 .map(|change| match change {
-                    Change::Upsert(record) => {
-                        Op::SetRecord(record.device_id.to_string(), record_json(record))
-                    }
-                    Change::Remove(id) => Op::DeleteRecord(id.to_string()),
+                    Change::Upsert(record) => WireChange::Upsert(record.clone()),
+                    Change::Remove(id) => WireChange::Remove(id.clone()),
                 })
-                .collect(),
-            entry: entry(Body::Changes {
-                changes: changes
+                .collect();
+            Write {
+                ops: changes
                     .iter()
                     .map(|change| match change {
-                        Change::Upsert(record) => WireChange::Upsert(record.clone()),
-                        Change::Remove(id) => WireChange::Remove(id.clone()),
+                        WireChange::Upsert(record) => Op::ChangeRecord(
+                            record.device_id.to_string(),
+                            record_json(record),
+                            change_json(change),
+                        ),
+                        WireChange::Remove(id) => {
+                            Op::RemoveRecord(id.to_string(), change_json(change))
+                        }
                     })
                     .collect(),
-            }),
-        },
+                entry: entry(Body::Changes { changes }),
+            }
+        }
         Update::Full(view) => {
             let mut ops = Vec::with_capacity(view.len() + 2);
             ops.push(Op::ClearRecords);
@@ -397,10 +449,29 @@ mod tests {
         let write = encode(&update, ChangeSource::ChangeEvent, "node-1");
         assert_eq!(write.ops.len(), 2);
         assert!(
-            matches!(&write.ops[0], Op::SetRecord(id, json) if id == "A1" && json.contains("enterprise_wiped"))
+            matches!(&write.ops[0], Op::ChangeRecord(id, json, _) if id == "A1" && json.contains("enterprise_wiped"))
         );
-        assert_eq!(write.ops[1], Op::DeleteRecord("B1".into()));
+        assert!(matches!(&write.ops[1], Op::RemoveRecord(id, _) if id == "B1"));
         let json = serde_json::to_string(&write.entry).unwrap();
+        // The script joins the entry from its parts and the changes it makes.
+        let (before, after) = write.entry_parts();
+        let made: Vec<&str> = write
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::ChangeRecord(_, _, change) | Op::RemoveRecord(_, change) => change.as_str(),
+                other => panic!("not a change: {other:?}"),
+            })
+            .collect();
+        assert_eq!(format!("{before}{}{after}", made.join(",")), json);
+        let (before, after) = write.entry_parts();
+        let none: Entry = serde_json::from_str(&format!("{before}{after}")).unwrap();
+        assert_eq!(
+            none.body,
+            Body::Changes {
+                changes: Vec::new()
+            }
+        );
         assert!(json.contains(r#""kind":"changes""#), "{json}");
         assert!(json.contains(r#""source":"change-event""#), "{json}");
         let back: Entry = serde_json::from_str(&json).unwrap();

@@ -301,3 +301,149 @@ async fn a_full_sync_bigger_than_a_batch_is_staged_in_batches_and_replaces_the_v
         .unwrap();
     assert_eq!(records, 300);
 }
+
+/// The record of `device` in the store, as written (JSON), if any.
+async fn stored_record(conn: &mut redis::aio::MultiplexedConnection, device: &str) -> String {
+    let record: Option<String> = redis::cmd("HGET")
+        .arg("{seg:compliance}:records")
+        .arg(device)
+        .query_async(conn)
+        .await
+        .unwrap();
+    record.unwrap_or_default()
+}
+
+async fn stored_version(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("GET")
+        .arg("{seg:compliance}:version")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until the store's version is `version`.
+async fn until_version(conn: &redis::aio::MultiplexedConnection, what: &str, version: u64) {
+    seg_testbed::harness::wait_until(support::STEP, what, || {
+        let mut conn = conn.clone();
+        async move { stored_version(&mut conn).await >= version }
+    })
+    .await
+    .unwrap();
+}
+
+/// The window of docs/scale-out.md "A sync's answer and a change event in flight": another
+/// node's event is in the store, the leader has not read it yet (its replies from Redis are
+/// held back by a stalled proxy), and it writes a sync's answer fetched before the event. The
+/// event stands, in the store and on every node: for a delta sync and for a full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_answer_written_before_its_leader_read_another_nodes_event_does_not_undo_it() {
+    use seg_testbed::fault_proxy::{Direction, Fault, FaultProxy};
+    let redis = RedisServer::start().expect("redis-server (scripts/install-deps.sh)");
+    let proxy = FaultProxy::start(redis.addr()).await.unwrap();
+    let faults = proxy.handle();
+    // A long lock: the leader's renewals stall with its reads, and it must lead throughout.
+    // (A full sync small enough to be written in one call: a staged one waits for replies.)
+    let support::Node {
+        compliance: leader,
+        shared: leader_shared,
+        metrics: leader_metrics,
+        stop: _stop_leader,
+    } = support::spawn_node(format!("redis://{}", proxy.addr()), "leader", |settings| {
+        settings.lock_ttl = std::time::Duration::from_secs(60);
+    });
+    wait_for("the first node to lead", || leader_shared.status().leader).await;
+    let (other, _, _, _stop_other) = node_with_metrics(&redis, "other");
+    leader.replace_all(
+        vec![phone("A1"), phone("A2"), phone("A3")],
+        ChangeSource::FullSync,
+    );
+    wait_for("the other node to read the full sync", || {
+        other.view().len() == 3
+    })
+    .await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let wiped = |id: &str| DeviceRecord {
+        enrollment: Enrollment::EnterpriseWiped,
+        ..phone(id)
+    };
+
+    for full in [false, true] {
+        let device = if full { "A2" } else { "A1" };
+        let settled = stored_version(&mut conn).await;
+        wait_for("the leader to read everything written so far", || {
+            leader_shared.status().version == settled
+        })
+        .await;
+        let fetch_started = std::time::Instant::now();
+        faults.set(Direction::ServerToClient, Fault::StallAfter(0));
+
+        // The other node's event reaches the store; the leader cannot read it.
+        other.apply(
+            vec![Change::Upsert(wiped(device))],
+            ChangeSource::ChangeEvent,
+        );
+        until_version(&conn, "the event to be written", settled + 1).await;
+        assert!(leader.decide(Some(device), None).is_allowed());
+
+        // The leader's sync answer, fetched before the event, still says compliant.
+        if full {
+            let fetched = ["A1", "A2", "A3"]
+                .into_iter()
+                .map(|id| std::sync::Arc::new(phone(id)))
+                .collect();
+            leader.replace_all_fetched(fetched, ChangeSource::FullSync, fetch_started);
+        } else {
+            leader.apply_fetched(
+                vec![Change::Upsert(phone(device)), Change::Upsert(wiped("A3"))],
+                ChangeSource::DeltaSync,
+                fetch_started,
+            );
+        }
+        until_version(&conn, "the sync's answer to be written", settled + 2).await;
+        let record = stored_record(&mut conn, device).await;
+        assert!(
+            record.contains("enterprise_wiped"),
+            "the sync's answer undid the event in the store: {record}"
+        );
+        faults.set(Direction::ServerToClient, Fault::Pass);
+
+        let written = stored_version(&mut conn).await;
+        wait_for("both nodes to read everything", || {
+            leader_shared.status().version >= written && other.view().len() == 3
+        })
+        .await;
+        for (name, node) in [("leader", &leader), ("other", &other)] {
+            assert!(
+                !node.decide(Some(device), None).is_allowed(),
+                "{name} allows {device} again after the sync's answer"
+            );
+        }
+        // The rest of the answer was written: A3 wiped by the delta, compliant again by the
+        // full sync.
+        let a3 = stored_record(&mut conn, "A3").await;
+        assert_eq!(a3.contains("enterprise_wiped"), !full, "{a3}");
+        assert_eq!(other.decide(Some("A3"), None).is_allowed(), full);
+    }
+    let scraped = scrape(&leader_metrics);
+    assert!(
+        scraped.contains("seg_compliance_redis_held_back_total 2"),
+        "{scraped}"
+    );
+
+    // Once the leader has read the event, its next answer about the device is written.
+    let settled = stored_version(&mut conn).await;
+    wait_for("the leader to read everything", || {
+        leader_shared.status().version == settled
+    })
+    .await;
+    leader.apply_fetched(
+        vec![Change::Upsert(phone("A1"))],
+        ChangeSource::DeltaSync,
+        std::time::Instant::now(),
+    );
+    wait_for("the other node to allow A1 again", || {
+        other.decide(Some("A1"), None).is_allowed()
+    })
+    .await;
+}
