@@ -109,6 +109,7 @@ pub fn gateway_config(
         redis_trust_store: None,
         redis_lock_ttl: std::time::Duration::from_secs(10),
         redis_key_prefix: "seg:compliance".into(),
+        redis_full_sync_batch: 5_000,
         redis_not_ready_when_down: false,
     });
     config

@@ -388,6 +388,11 @@ pub struct ComplianceConfig {
     /// views may share one Redis.
     #[serde(default = "default_redis_key_prefix")]
     pub redis_key_prefix: String,
+    /// With `backend = "redis"`: a full sync of more devices than this is written to Redis in
+    /// batches of this many, then put in place at once, so that Redis is never blocked for
+    /// the whole view. At least 1.
+    #[serde(default = "default_redis_full_sync_batch")]
+    pub redis_full_sync_batch: usize,
     /// With `backend = "redis"`: `/readyz` answers `503` while Redis does not answer, so that
     /// the load balancer sends requests to the nodes that follow the shared view. Default
     /// `false`: a node stays ready, deciding from its last view.
@@ -434,6 +439,7 @@ impl std::fmt::Debug for ComplianceConfig {
             .field("redis_trust_store", &self.redis_trust_store)
             .field("redis_lock_ttl", &self.redis_lock_ttl)
             .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_full_sync_batch", &self.redis_full_sync_batch)
             .field("redis_not_ready_when_down", &self.redis_not_ready_when_down)
             .finish()
     }
@@ -455,6 +461,9 @@ fn default_redis_lock_ttl() -> Duration {
 }
 fn default_redis_key_prefix() -> String {
     "seg:compliance".into()
+}
+fn default_redis_full_sync_batch() -> usize {
+    compliance_redis::RedisSettings::new("redis://localhost").full_sync_batch
 }
 
 fn default_page_size() -> u32 {
@@ -1143,6 +1152,10 @@ fn validate_redis(
                     "compliance.redis_key_prefix",
                     "must not be empty".into(),
                 )),
+                Ok(()) if compliance.redis_full_sync_batch == 0 => Err(invalid(
+                    "compliance.redis_full_sync_batch",
+                    "must be at least 1".into(),
+                )),
                 Ok(()) => Ok(()),
             }
         }
@@ -1755,6 +1768,7 @@ mod tests {
         assert_eq!(compliance.backend, ComplianceBackend::Redis);
         assert_eq!(compliance.redis_lock_ttl, Duration::from_secs(2));
         assert_eq!(compliance.redis_key_prefix, "seg:compliance");
+        assert_eq!(compliance.redis_full_sync_batch, 5_000);
         assert!(
             !compliance.redis_not_ready_when_down,
             "ready while redis is down by default"
@@ -1777,6 +1791,10 @@ mod tests {
                 "compliance.redis_lock_ttl ",
             ),
             ("backend = \"disk\"", "compliance.backend"),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://127.0.0.1/\"\nredis_full_sync_batch = 0",
+                "compliance.redis_full_sync_batch ",
+            ),
             (
                 "redis_not_ready_when_down = true",
                 "compliance.redis_not_ready_when_down ",

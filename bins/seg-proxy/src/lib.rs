@@ -791,6 +791,7 @@ fn shared_view(
     redis.node_name = format!("{}/{}", config.node_name(), redis.node_name);
     redis.lock_ttl = settings.redis_lock_ttl;
     redis.key_prefix = settings.redis_key_prefix.clone();
+    redis.full_sync_batch = settings.redis_full_sync_batch;
     redis.trust_store = settings.redis_trust_store.clone();
     let metrics = compliance_redis::RedisMetrics::new();
     metrics.register(registry);

@@ -166,6 +166,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         redis_trust_store: None,
         redis_lock_ttl: std::time::Duration::from_secs(10),
         redis_key_prefix: "seg:compliance".into(),
+        redis_full_sync_batch: 5_000,
         redis_not_ready_when_down: false,
     });
     let gateway = Gateway::start(config).await?;
