@@ -510,10 +510,11 @@ impl Compliance {
         drop(_writer);
         for transition in &transitions {
             if !transition.after.is_allowed() {
-                let cut = self
-                    .shared
-                    .streams
-                    .cut(&transition.device_id, transition.user.as_deref());
+                let cut = self.shared.streams.cut(
+                    &transition.device_id,
+                    transition.user.as_deref(),
+                    |device, user| !self.decide(device, user).is_allowed(),
+                );
                 if cut > 0 {
                     tracing::info!(device = %transition.device_id, streams = cut, reason = transition.after.reason(), "cut the streams of a device that became blocked");
                 }
@@ -904,6 +905,31 @@ mod tests {
         assert!(!b1.is_cut());
         drop(a1);
         assert_eq!(compliance.open_streams(), 1);
+    }
+
+    #[test]
+    fn blocking_one_device_leaves_the_streams_of_the_users_other_devices() {
+        // Requests without a device id let through: alice's own decision is then allowed.
+        let compliance = Compliance::new(PolicySettings {
+            unknown_device: crate::policy::UnknownDevice::Allow,
+            ..PolicySettings::default()
+        });
+        compliance.replace_all(
+            vec![
+                phone("A1", "alice@test.local"),
+                phone("A2", "alice@test.local"),
+            ],
+            ChangeSource::FullSync,
+        );
+        let p1 = compliance.register_stream(Some("A1"), Some("alice@test.local"));
+        let p2 = compliance.register_stream(Some("A2"), Some("alice@test.local"));
+        let no_device = compliance.register_stream(None, Some("alice@test.local"));
+        compliance.set_device_override("A1", Some(Override::Block));
+        assert!(p1.is_cut());
+        assert!(!p2.is_cut(), "alice's other device streams on");
+        assert!(!no_device.is_cut(), "alice herself is not blocked");
+        compliance.set_user_override("alice@test.local", Some(Override::Block));
+        assert!(p2.is_cut() && no_device.is_cut());
     }
 
     #[test]

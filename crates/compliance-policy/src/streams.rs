@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Context;
 
-/// The signal shared by a registered response and the registry.
+/// The signal shared by a registered response and the registry, with whom the response is for.
 #[derive(Debug, Default)]
 pub(crate) struct CutSignal {
     cut: AtomicBool,
     waker: AtomicWaker,
+    device: Option<DeviceId>,
+    user: Option<String>,
 }
 
 impl CutSignal {
@@ -39,7 +41,11 @@ pub(crate) struct StreamRegistry {
 
 impl StreamRegistry {
     pub(crate) fn register(&self, device: Option<DeviceId>, user: Option<String>) -> StreamGuard {
-        let signal = Arc::new(CutSignal::default());
+        let signal = Arc::new(CutSignal {
+            device: device.clone(),
+            user: user.clone(),
+            ..CutSignal::default()
+        });
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(device) = &device {
             entries
@@ -64,8 +70,16 @@ impl StreamRegistry {
         }
     }
 
-    /// Cuts every response of `device` or of `user`; returns how many were cut now.
-    pub(crate) fn cut(&self, device: &DeviceId, user: Option<&str>) -> usize {
+    /// Cuts the responses of `device` or of `user` for which `blocked(device, user)` (the
+    /// decision for whom each is, now) holds; returns how many were cut now. Re-deciding, not
+    /// cutting every response of the user: one of her devices blocked leaves her others'
+    /// responses alone, and a response without a device follows the user's own decision.
+    pub(crate) fn cut(
+        &self,
+        device: &DeviceId,
+        user: Option<&str>,
+        blocked: impl Fn(Option<&str>, Option<&str>) -> bool,
+    ) -> usize {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let by_device = entries.by_device.get(device).into_iter().flatten();
         let user = user.map(str::to_ascii_lowercase);
@@ -75,6 +89,12 @@ impl StreamRegistry {
             .flatten();
         by_device
             .chain(by_user)
+            .filter(|signal| {
+                blocked(
+                    signal.device.as_ref().map(DeviceId::as_str),
+                    signal.user.as_deref(),
+                )
+            })
             .filter(|signal| signal.cut())
             .count()
     }
