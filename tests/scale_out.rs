@@ -217,6 +217,87 @@ async fn a_wipe_sent_to_one_node_blocks_the_device_on_all_three_within_a_second(
     eprintln!("blocked on three nodes {everywhere:?} after the wipe");
 }
 
+/// Opens a `GetStreamingEvents` stream as alice on `device` through `node`: its body, once
+/// it delivered a first notification.
+async fn open_stream(cluster: &Cluster, node: &Gateway, device: &str) -> hyper::body::Incoming {
+    let url = format!("{}/EWS/Exchange.asmx", http_base(node));
+    let request = |operation: &str| {
+        harness::ews_request(
+            &url,
+            Some(&cluster.exchange.basic(ALICE)),
+            &[("X-Device-Id", device)],
+            soap(operation),
+        )
+        .unwrap()
+    };
+    let subscribed = text(send(&cluster.exchange.client, request(SUBSCRIBE)).await).await;
+    let subscription = harness::xml_text(&subscribed, "SubscriptionId")
+        .unwrap_or_else(|| panic!("a subscription id: {subscribed}"));
+    let stream = send(
+        &cluster.exchange.client,
+        request(&format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{subscription}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>")),
+    )
+    .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    stream.into_body()
+}
+
+/// Waits (at most a second) until `stream` ends or fails: cut by the gateway.
+async fn cut_within_a_second(stream: &mut hyper::body::Incoming, what: &str) {
+    use http_body_util::BodyExt;
+    let cut = harness::within(Duration::from_secs(1), what, async {
+        loop {
+            match stream.frame().await {
+                Some(Ok(_)) => continue, // notifications and keep-alives already on their way
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "{what}: not within a second of the wipe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wipe_sent_to_one_node_cuts_the_devices_streams_on_the_others() {
+    let cluster = Cluster::start(true, Duration::from_secs(3600)).await;
+    // The webhook reaches node 0; the streams are held by nodes 1 and 2.
+    let mut on_1 = open_stream(&cluster, &cluster.nodes[1], WIPED).await;
+    let mut on_2 = open_stream(&cluster, &cluster.nodes[2], WIPED).await;
+    let mut other = open_stream(&cluster, &cluster.nodes[1], OTHER).await;
+    cluster
+        .exchange
+        .server
+        .deliver(ALICE, "before the wipe")
+        .unwrap();
+    for (name, stream) in [
+        ("node 1", &mut on_1),
+        ("node 2", &mut on_2),
+        ("the other device's", &mut other),
+    ] {
+        let chunk = harness::next_chunk(stream, STEP, "the first notification").await;
+        assert!(
+            matches!(chunk, Ok(Some(_))),
+            "the stream on {name} delivers while compliant: {chunk:?}"
+        );
+    }
+
+    cluster.uem.update(WIPED, Change::EnterpriseWipe).unwrap();
+    cut_within_a_second(&mut on_1, "the wiped device's stream on node 1 to be cut").await;
+    cut_within_a_second(&mut on_2, "the wiped device's stream on node 2 to be cut").await;
+
+    // The other device's stream (same user, same node) goes on.
+    cluster
+        .exchange
+        .server
+        .deliver(ALICE, "after the wipe")
+        .unwrap();
+    let delivered = next_chunk(&mut other).await;
+    assert!(
+        delivered.is_some(),
+        "the other device's stream still delivers after the wipe"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_override_on_one_node_reaches_all() {
     let cluster = Cluster::start(false, Duration::from_secs(3600)).await;
