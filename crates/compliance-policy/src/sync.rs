@@ -301,9 +301,35 @@ impl<S: DeviceSource> Syncer<S> {
                 () = self.handle.trigger.notified() => SyncKind::Full,
             };
             let started = SystemTime::now();
-            let result = match kind {
-                SyncKind::Full => self.full_sync().await,
-                SyncKind::Delta => self.delta_sync(delta_since.unwrap_or(started)).await,
+            if let Some(leader) = leader.as_mut() {
+                leader.borrow_and_update();
+            }
+            // A sync started under one leader term must not be applied (and written) under
+            // another: any change of leadership while it fetches drops it, even a loss and a
+            // retake too quick for `lost` to see.
+            let changed = async {
+                let dropped = match leader.as_mut() {
+                    Some(leader) => leader.changed().await.is_err(),
+                    None => true,
+                };
+                if dropped {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let sync = async {
+                match kind {
+                    SyncKind::Full => self.full_sync().await,
+                    SyncKind::Delta => self.delta_sync(delta_since.unwrap_or(started)).await,
+                }
+            };
+            let result = tokio::select! {
+                biased;
+                () = changed => {
+                    tracing::warn!(?kind, "leadership changed during a sync: its answer is dropped");
+                    leading = false;
+                    continue;
+                }
+                result = sync => result,
             };
             let now = tokio::time::Instant::now();
             match &result {
@@ -565,6 +591,66 @@ mod tests {
             "no syncs once it no longer leads"
         );
         assert_eq!(console.delta.load(Ordering::SeqCst), 1);
+        let _ = stop.send(());
+        running.await.unwrap();
+    }
+
+    /// A console whose first full sync answers `A1` only when told to; later ones answer
+    /// `A2` at once.
+    #[derive(Debug, Clone)]
+    struct Held {
+        answer: Arc<tokio::sync::Notify>,
+        asked: Arc<AtomicUsize>,
+    }
+
+    impl DeviceSource for Held {
+        async fn full(&self) -> Result<Vec<Arc<DeviceRecord>>, SourceError> {
+            let device = if self.asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.answer.notified().await;
+                "A1"
+            } else {
+                "A2"
+            };
+            Ok(vec![Arc::new(DeviceRecord {
+                device_id: DeviceId::new(device),
+                ..Default::default()
+            })])
+        }
+
+        async fn changed_since(&self, _: SystemTime) -> Result<Vec<DeviceRecord>, SourceError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_fetched_under_one_leader_term_is_dropped_when_leadership_changes() {
+        let compliance = Compliance::new(PolicySettings::default());
+        let console = Held {
+            answer: Arc::new(tokio::sync::Notify::new()),
+            asked: Arc::default(),
+        };
+        let (leader, leadership) = watch::channel(true);
+        let syncer = Syncer::new(compliance.clone(), console.clone(), SyncSettings::default())
+            .with_leadership(leadership);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(syncer.run(async move {
+            let _ = stopped.await;
+        }));
+        settle().await;
+        assert_eq!(console.asked.load(Ordering::SeqCst), 1);
+
+        // Lost and taken again (a new term) while the console answers: the syncer sees only
+        // `true`, and the first answer is ready, yet the old term's sync is never applied.
+        leader.send_replace(false);
+        leader.send_replace(true);
+        console.answer.notify_one();
+        settle().await;
+        let view = compliance.view();
+        assert!(
+            view.device("A1").is_none(),
+            "the old term's answer was applied"
+        );
+        assert!(view.device("A2").is_some(), "the new term synced again");
         let _ = stop.send(());
         running.await.unwrap();
     }
