@@ -218,13 +218,26 @@ def worker(stop, devices, counters, gateway, ca, authorization, seed):
                                     f"{answer[:160]!r}")
 
 
-def sample(pid):
+def sample(pid, admin):
     status = open(f"/proc/{pid}/status").read()
     rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
     threads = int(next(line.split()[1] for line in status.splitlines()
                        if line.startswith("Threads")))
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return {"rss_kib": rss, "fds": fds, "threads": threads}
+    values = {"rss_kib": rss, "fds": fds, "threads": threads}
+    # The heap really in use and the allocator's resident memory (seg_proxy::process_metrics,
+    # with jemalloc): a leak grows the first, memory kept for reuse only the second.
+    try:
+        with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        for line in metrics.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("seg_heap_allocated_bytes", "seg_heap_resident_bytes"):
+                values[name.removeprefix("seg_").removesuffix("_bytes") + "_kib"] = \
+                    int(value) // 1024
+    except OSError:
+        pass
+    return values
 
 
 def main():
@@ -255,7 +268,7 @@ def main():
     while time.monotonic() - started < seconds:
         now = time.monotonic()
         if now >= next_sample:
-            samples.append({"t": round(now - started, 1), **sample(pid)})
+            samples.append({"t": round(now - started, 1), **sample(pid, admin)})
             next_sample += SAMPLE_S
         if now >= next_print:
             with counters.lock:
@@ -270,7 +283,7 @@ def main():
     stop.set()
     for thread in threads:
         thread.join(timeout=40)
-    samples.append({"t": round(time.monotonic() - started, 1), **sample(pid)})
+    samples.append({"t": round(time.monotonic() - started, 1), **sample(pid, admin)})
     # Memory after warm-up: the first sample past 10% of the run against the last.
     warm = next((s for s in samples if s["t"] >= seconds * 0.1), samples[0])
     summary = {
@@ -281,6 +294,13 @@ def main():
         "wrong_examples": counters.wrong,
         "rss_kib": {"first": samples[0]["rss_kib"], "after_warmup": warm["rss_kib"],
                     "max": max(s["rss_kib"] for s in samples), "last": samples[-1]["rss_kib"]},
+        **{key: {"first": samples[0][key], "after_warmup": warm[key],
+                 "max": max(s[key] for s in samples), "last": samples[-1][key]}
+           for key in ("heap_allocated_kib", "heap_resident_kib")
+           if all(key in s for s in samples)},
+        # Each tenth of the run: the last sample in it (memory at its end).
+        "tenths": [next((s for s in reversed(samples) if s["t"] <= seconds * k / 10),
+                        samples[0]) for k in range(1, 11)],
         "fds": {"first": samples[0]["fds"], "max": max(s["fds"] for s in samples),
                 "last": samples[-1]["fds"]},
         "threads": {"first": samples[0]["threads"], "last": samples[-1]["threads"]},

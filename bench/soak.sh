@@ -10,7 +10,8 @@
 #     SyncFolderItems and GetItem (1 MiB answers) as SOAK_POOL devices, while one device at a
 #     time is wiped (or otherwise put out of compliance) or made compliant again at the UEM;
 #     every answer whose device was not changing is checked (see its docstring). It samples the
-#     gateway's RSS, descriptors and threads every 10 s.
+#     gateway's RSS, descriptors and threads every 10 s, and its heap in use and allocator
+#     resident memory from /metrics (jemalloc; seg_proxy::process_metrics).
 #   - oha at SOAK_RATE requests/s (small GetFolder as an always-compliant device) underneath,
 #     for volume; every answer must be 200.
 # The summary is appended to docs/reliability.md (SOAK_DOC="" to print only). The run fails on a
@@ -112,6 +113,20 @@ print(f"- volume underneath: oha {sum(codes.values())} requests, status codes {j
 print(f"- seg-proxy RSS: {rss['first'] / 1024:.1f} MiB at start, {rss['after_warmup'] / 1024:.1f} "
       f"MiB after the first 10% of the run, {rss['max'] / 1024:.1f} MiB max, "
       f"{rss['last'] / 1024:.1f} MiB at the end")
+for key, what in (("heap_allocated_kib", "heap in use (jemalloc's stats.allocated)"),
+                  ("heap_resident_kib", "allocator resident (stats.resident)")):
+    if key in soak:
+        m = soak[key]
+        print(f"- {what}: {m['first'] / 1024:.1f} MiB at start, {m['after_warmup'] / 1024:.1f} "
+              f"MiB after the first 10%, {m['max'] / 1024:.1f} MiB max, "
+              f"{m['last'] / 1024:.1f} MiB at the end")
+tenths = soak.get("tenths", [])
+if tenths:
+    print("- memory at the end of each tenth of the run (minute: RSS / heap in use, MiB): "
+          + ", ".join(f"{s['t'] / 60:.{0 if soak['seconds'] >= 600 else 1}f}: {s['rss_kib'] / 1024:.0f} / "
+                      + (f"{s['heap_allocated_kib'] / 1024:.0f}" if "heap_allocated_kib" in s
+                         else "?")
+                      for s in tenths))
 print(f"- descriptors: {fds['first']} at start, {fds['max']} max, {fds['last']} at the end; "
       f"threads {soak['threads']['first']} → {soak['threads']['last']}")
 bad = [k for k in codes if k != "200"]

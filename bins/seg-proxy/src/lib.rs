@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod process_metrics;
 pub mod properties;
 pub mod secret_files;
 
@@ -304,14 +305,16 @@ impl Gateway {
     /// connections are accepted.
     ///
     /// The gateway's one metrics [`Registry`] is made here (no process-global state): the
-    /// response counters, and the compliance metrics when `[compliance]` is configured, are
-    /// registered in it and served on the admin listener's `/metrics`.
+    /// response counters, the process's own gauges ([`process_metrics`]), and the compliance
+    /// metrics when `[compliance]` is configured, are registered in it and served on the admin
+    /// listener's `/metrics`.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let (shutdown, _) = watch::channel(false);
         let mut background = JoinSet::new();
         let mut registry = Registry::default();
         let proxy_metrics = ProxyMetrics::new();
         proxy_metrics.register(&mut registry);
+        registry.register_collector(Box::new(process_metrics::ProcessCollector::new()));
         // Opened first, so that it follows the compliance state before any sync can change it.
         let mut audit = start_audit(&config, &mut registry)?;
         let compliance = match &config.compliance {

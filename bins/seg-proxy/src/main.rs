@@ -11,6 +11,11 @@ use seg_proxy::config::{Config, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc (feature `jemalloc`, on by default): see `seg_proxy::process_metrics`.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "seg-proxy",
