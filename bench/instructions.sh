@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Instructions per proxied request (issue 7): seg-proxy, proxying only, under
+# `valgrind --tool=callgrind`, answering small SOAP POSTs one after the other on one keep-alive
+# TLS connection (every answer checked: 200 and Success). The whole process is counted: the
+# server side, the proxy and the TLS client to the upstream. Runs N=50 and N=550 and divides the
+# difference of the totals by 500, so that start-up (certificates, trust store) cancels out.
+# Unlike requests/s, the count does not depend on what else the machine runs.
+#
+# usage: bench/instructions.sh [SEG_PROXY_BINARY...]   (default: the release build)
+#
+# Environment (optional): BENCH_NO_BUILD=1 (use the release binaries already built)
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
+scripts/install-deps.sh python3 valgrind >&2
+build_release_binaries
+[ $# -gt 0 ] || set -- "$seg_proxy"
+
+"$seg_testbed" pki --dir "$work/pki" >/dev/null
+read -r upstream_port proxy_port < <(free_ports 2)
+RUST_LOG=warn "$seg_testbed" static-soap --listen "127.0.0.1:$upstream_port" \
+  --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
+pids+=($!)
+wait_for_port "${pids[-1]}" "$upstream_port" upstream
+seg_proxy_config plain "$proxy_port" "$upstream_port" >"$work/seg-proxy.toml"
+
+# Sends $1 small GetFolder POSTs on one keep-alive TLS connection, checking each answer.
+send() {
+  python3 - "$proxy_port" "$work/pki/ca.pem" "$1" <<'EOF'
+import http.client, ssl, sys
+sys.path.insert(0, "bench")
+import soak
+port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+context = ssl.create_default_context(cafile=ca)
+conn = http.client.HTTPSConnection("localhost", port, context=context)
+body = soak.ENVELOPE.format(soak.OPERATIONS["GetFolder"]).encode()
+for _ in range(n):
+    conn.request("POST", "/EWS/Exchange.asmx", body, {"Content-Type": "text/xml; charset=utf-8",
+                 "Authorization": "Basic YWxpY2VAdGVzdC5sb2NhbDp4"})
+    response = conn.getresponse()
+    answer = response.read()
+    if response.status != 200 or b'ResponseClass="Success"' not in answer:
+        sys.exit(f"unexpected answer {response.status}: {answer[:200]!r}")
+EOF
+}
+
+# Total instructions of one seg-proxy ($1) run answering $2 requests.
+total() {
+  local out=$work/callgrind.$2.out
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$1" run --config "$work/seg-proxy.toml" >"$work/callgrind.$2.log" 2>&1 &
+  local pid=$!
+  wait_for_port "$pid" "$proxy_port" "seg-proxy under callgrind" 300
+  send "$2"
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk '/^(summary|totals):/ { print $2; exit }' "$out"
+}
+
+for binary in "$@"; do
+  small=$(total "$binary" 50)
+  large=$(total "$binary" 550)
+  printf '%s: %d instructions per request\n' "$binary" $(((large - small) / 500))
+done
