@@ -41,6 +41,11 @@
 //!   overwrite its successor's view when it wakes. Its write is refused, logged and counted
 //!   (`seg_compliance_redis_fenced_total`); it steps down and reads the shared view again.
 //!   Change events and overrides are any node's to write, leader or not.
+//! - **Events in flight.** A change event's write stamps its devices with its version; a
+//!   sync's result carries the last version its leader had applied, and the write script
+//!   keeps the record of every device stamped later (counted in
+//!   `seg_compliance_redis_held_back_total`): an event another node wrote while the leader's
+//!   sync was fetching is not undone by that sync's older answer.
 //! - **Redis down.** Nodes keep deciding from their last view: nothing opens the gate. The
 //!   outage is logged once, counted ([`RedisMetrics`]: `seg_compliance_redis_up`,
 //!   `…_errors_total`, `…_queued`), and retried with backoff; on return each node writes its
