@@ -350,7 +350,9 @@ impl EwsOperationLayer {
         self
     }
 
-    /// Bounds the time the prefix may take to arrive, from the call on: a client that sends
+    /// Bounds the time the prefix may take to arrive, from the first time the body has nothing
+    /// to give (at once, for a body still on its way; never, for one already read with its
+    /// headers, which needs no timer): a client that sends
     /// its headers and then trickles (or stops sending) the start of its body is answered with
     /// a `408 Request Timeout` SOAP fault (`X-Seg-Fault: request-body-timeout`) once `timeout`
     /// has passed, without calling the inner service; the connection is then closed, its body
@@ -472,10 +474,7 @@ where
             seen: 0,
             sniffer: Sniffer::new(),
             body_done: false,
-            deadline: self
-                .config
-                .read_timeout
-                .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+            deadline: None,
         };
         ResponseFuture {
             state: State::Sniffing {
@@ -587,7 +586,8 @@ struct Pending<S, B> {
     sniffer: Sniffer,
     /// The body returned its last frame.
     body_done: bool,
-    /// When the read timeout expires, if one is set.
+    /// When the read timeout expires, if one is set: started when the body first has nothing
+    /// to give, so that a prefix that came with the headers (most requests) costs no timer.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -605,11 +605,17 @@ where
                 return Poll::Ready(Outcome::Ended);
             }
             let polled = Pin::new(&mut self.body).poll_frame(cx);
-            if polled.is_pending()
-                && let Some(deadline) = self.deadline.as_mut()
-                && deadline.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Outcome::TimedOut);
+            if polled.is_pending() {
+                if self.deadline.is_none()
+                    && let Some(timeout) = self.config.read_timeout
+                {
+                    self.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+                }
+                if let Some(deadline) = self.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Outcome::TimedOut);
+                }
             }
             let frame = match ready!(polled) {
                 None => {
