@@ -440,7 +440,7 @@ where
         };
         ResponseFuture {
             kind: Kind::Authenticating {
-                auth: Authenticate {
+                auth: Box::pin(Authenticate {
                     inner,
                     kcd: self.kcd.clone(),
                     settings: self.settings.clone(),
@@ -453,7 +453,7 @@ where
                     retried: false,
                     span,
                     step: Step::KcdReady,
-                },
+                }),
             },
         }
     }
@@ -581,8 +581,10 @@ pin_project! {
         Passed { #[pin] future: S::Future },
         // Refused before anything was sent.
         Answered { response: Option<S::Response> },
-        // Token, body, request, and perhaps the same again after a 401.
-        Authenticating { #[pin] auth: Authenticate<S, K, B> },
+        // Token, body, request, and perhaps the same again after a 401. Boxed: its size (the
+        // request head, the services, both futures) would otherwise be carried, and copied
+        // layer by layer, by every request's future, certificate-authenticated or not.
+        Authenticating { auth: Pin<Box<Authenticate<S, K, B>>> },
     }
 }
 
@@ -667,7 +669,7 @@ where
                 )
                 .into_response())),
             },
-            KindProj::Authenticating { auth } => auth.poll_response(cx),
+            KindProj::Authenticating { auth } => auth.as_mut().poll_response(cx),
         }
     }
 }
@@ -1257,6 +1259,21 @@ mod tests {
             sensitive: authorization.is_some_and(|a| a.starts_with("Negotiate")),
             body: Ok(Bytes::from_static(body.as_bytes())),
         }
+    }
+
+    /// Every request's future goes through this layer, with KCD on or not (an `option_layer`'s
+    /// future is as large as its largest side): the authentication's state is boxed, so that
+    /// the future is not much larger than the inner service's future or a refusal.
+    #[test]
+    fn the_future_of_a_request_not_authenticated_here_is_about_the_inner_ones() {
+        type Inner = <StubExchange as Service<Request<KcdBody<Full<Bytes>>>>>::Future;
+        // A refusal is answered from the future itself.
+        let inner = std::mem::size_of::<Inner>().max(std::mem::size_of::<Response<Full<Bytes>>>());
+        let ours = std::mem::size_of::<ResponseFuture<StubExchange, StubKdc, Full<Bytes>>>();
+        assert!(
+            ours <= inner + 32,
+            "{ours} bytes around a future of {inner}"
+        );
     }
 
     #[tokio::test]

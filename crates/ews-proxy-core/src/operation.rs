@@ -478,7 +478,7 @@ where
         };
         ResponseFuture {
             state: State::Sniffing {
-                pending: Some(pending),
+                pending: Some(Box::new(pending)),
             },
         }
     }
@@ -504,7 +504,9 @@ pin_project! {
         S: Service<Request<SniffedBody<B>>>,
         B: Body,
     {
-        Sniffing { pending: Option<Pending<S, B>> },
+        // Boxed: the request head, the service and the prefix read so far would otherwise be
+        // part of the future every layer above moves and copies, after sniffing too.
+        Sniffing { pending: Option<Box<Pending<S, B>>> },
         Calling { #[pin] future: S::Future },
     }
 }
@@ -546,7 +548,7 @@ where
                     let sniffed = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match sniffed.finish(outcome) {
+                    match (*sniffed).finish(outcome) {
                         Ok(future) => this.state.set(State::Calling { future }),
                         Err(fault) => return Poll::Ready(Ok(fault)),
                     }
