@@ -50,6 +50,7 @@ use ews_proxy_core::operation::EwsOperationLayer;
 use ews_proxy_core::proxy::{ReverseProxy, Upstream};
 use ews_proxy_core::routing::PathRouter;
 use ews_proxy_core::server::Server;
+use ews_proxy_core::span::{RequestSpanLayer, SpanBody};
 use ews_proxy_core::tls::{self, ClientAuth, ClientCertMode, TlsError, UpstreamTrust};
 use ews_proxy_core::upstream::UpstreamClient;
 use http::HeaderName;
@@ -69,7 +70,6 @@ use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 use tower::timeout::Timeout;
 use tower::util::BoxCloneSyncService;
-use tower_http::trace::TraceLayer;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,10 +129,7 @@ pub enum StartError {
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<GatewayBody>, Infallible>;
 
 /// The gateway's response body.
-pub type GatewayBody = tower_http::trace::ResponseBody<
-    CutOnBlock<HoldsSlot<ResponseBody>>,
-    tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
->;
+pub type GatewayBody = SpanBody<CutOnBlock<HoldsSlot<ResponseBody>>>;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -293,7 +290,7 @@ impl Gateway {
                 .service(ReverseProxy::new(client.clone(), exchange))
         });
         let service = ServiceBuilder::new()
-            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(RequestSpanLayer::new(request_span))
             .layer(ResponseMetricsLayer::new(metrics.clone()))
             .service(PathRouter::new(ews, activesync));
         Ok(BoxCloneSyncService::new(service))

@@ -22,6 +22,7 @@
 //! | [`fault`], [`body`], [`future`] | SOAP faults, body types, the short-circuit response future |
 //! | [`identity`] | the user of a request, as authentication tells compliance |
 //! | [`metrics`] | responses counted by route and status class; the Prometheus exposition |
+//! | [`span`] | each request, its future and its response body inside a `tracing` span |
 //!
 //! A complete EWS proxy, as the `seg-proxy` binary composes it:
 //!
@@ -68,5 +69,6 @@ pub mod operation;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod span;
 pub mod tls;
 pub mod upstream;

@@ -74,8 +74,8 @@
 //!
 //! The operation of each `POST` (`unknown` when not learned) is recorded in the field
 //! `ews.operation` of the span that is current when the response future is polled. A span only
-//! keeps fields it declares, so the span around this layer (e.g. tower-http's `TraceLayer`'s
-//! `make_span_with`) must declare `ews.operation = tracing::field::Empty`.
+//! keeps fields it declares, so the span around this layer (e.g. [`crate::span::RequestSpanLayer`]'s
+//! or tower-http's `TraceLayer`'s) must declare `ews.operation = tracing::field::Empty`.
 
 mod sniff;
 
