@@ -8,7 +8,9 @@
 #
 # usage: bench/instructions.sh [SEG_PROXY_BINARY...]   (default: the release build)
 #
-# Environment (optional): BENCH_NO_BUILD=1 (use the release binaries already built)
+# Environment (optional): BENCH_NO_BUILD=1 (use the release binaries already built);
+# INSTRUCTIONS_KEEP=DIR keeps the callgrind profiles there (callgrind.N.out of the last binary),
+# for callgrind_annotate --tree=caller: which call sites the instructions go to
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
@@ -62,3 +64,7 @@ for binary in "$@"; do
   large=$(total "$binary" 550)
   printf '%s: %d instructions per request\n' "$binary" $(((large - small) / 500))
 done
+if [ -n "${INSTRUCTIONS_KEEP:-}" ]; then
+  mkdir -p "$INSTRUCTIONS_KEEP"
+  cp "$work"/callgrind.*.out "$INSTRUCTIONS_KEEP"/
+fi

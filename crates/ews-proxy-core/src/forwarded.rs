@@ -39,6 +39,7 @@
 
 use crate::server::ConnectionInfo;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use std::net::IpAddr;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -105,16 +106,22 @@ where
 
 fn set_forwarded(headers: &mut HeaderMap, info: Option<ConnectionInfo>, host: Option<HeaderValue>) {
     if let Some(info) = info {
-        let client = info.remote_addr().ip().to_string();
+        let mut client = ClientAddress::default();
+        client.write(info.remote_addr().ip());
         // Several X-Forwarded-For lines are one list (RFC 9110 §5.3); fold them with ours.
-        let mut chain: Vec<String> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect();
-        chain.push(client);
-        if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+        let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        let value = if earlier.peek().is_none() {
+            HeaderValue::from_bytes(client.as_bytes())
+        } else {
+            let mut chain = Vec::with_capacity(64);
+            for hop in earlier.filter(|v| v.to_str().is_ok()) {
+                chain.extend_from_slice(hop.as_bytes());
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&chain)
+        };
+        if let Ok(value) = value {
             headers.insert(X_FORWARDED_FOR, value);
         }
         let proto = if info.is_tls() { "https" } else { "http" };
@@ -129,6 +136,60 @@ fn set_forwarded(headers: &mut HeaderMap, info: Option<ConnectionInfo>, host: Op
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
+    }
+}
+
+/// A client's IP address as text, written without `fmt`: `Ipv4Addr`'s `Display` (padding and
+/// width support, a formatter per octet) was ≈ 1.6 k instructions of every proxied request.
+struct ClientAddress {
+    text: [u8; 45],
+    len: usize,
+}
+
+impl Default for ClientAddress {
+    fn default() -> Self {
+        ClientAddress {
+            text: [0; 45],
+            len: 0,
+        }
+    }
+}
+
+impl ClientAddress {
+    fn write(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            // Rarer, and its canonical text (RFC 5952 zero compression) is not worth
+            // rewriting: `Display` gives it. 45 bytes hold the longest form.
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut self.text[..]);
+                let _ = write!(cursor, "{v6}");
+                self.len = usize::try_from(cursor.position()).unwrap_or(0);
+            }
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.text[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
     }
 }
 
@@ -163,5 +224,33 @@ mod tests {
         assert_eq!(headers[X_FORWARDED_PROTO], "http");
         assert_eq!(headers.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.1");
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        let addresses = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "192.0.2.7",
+            "::",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ];
+        for text in addresses {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut client = ClientAddress::default();
+            client.write(ip);
+            assert_eq!(client.as_bytes(), ip.to_string().as_bytes(), "{text}");
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, 0, 255 - octet, 1]);
+            let mut client = ClientAddress::default();
+            client.write(ip);
+            assert_eq!(client.as_bytes(), ip.to_string().as_bytes());
+        }
     }
 }

@@ -70,9 +70,9 @@ pub(crate) struct Sniffer {
     resume: Option<Resume>,
     /// The namespace of the `Envelope`.
     soap_ns: &'static [u8],
-    /// The prefixes the `Envelope` binds to its own namespace, as ranges of the prefix (an empty
-    /// range is the default namespace).
-    soap_prefixes: Vec<Range<usize>>,
+    /// The prefixes the `Envelope` binds to a SOAP namespace, as ranges of the prefix (an empty
+    /// range is the default namespace), each with the namespace: those bound to `soap_ns` count.
+    soap_prefixes: Vec<(Range<usize>, &'static [u8])>,
     verdict: Option<Sniff>,
 }
 
@@ -244,8 +244,15 @@ impl Sniffer {
             });
             return None;
         }
-        if let Some(i) = buf[cursor..].windows(close.len()).position(|w| w == close) {
-            return Some(cursor + i + close.len());
+        // Every closing delimiter ends with `>`: jump from `>` to `>` (a memmem searcher would
+        // cost more to set up than these short searches take).
+        let mut from = cursor;
+        while let Some(at) = memchr::memchr(b'>', &buf[from..]) {
+            let end = from + at + 1;
+            if end - cursor >= close.len() && buf[..end].ends_with(close) {
+                return Some(end);
+            }
+            from = end;
         }
         // The closing delimiter may have begun in the last bytes.
         let cursor = buf.len().saturating_sub(close.len() - 1).max(cursor);
@@ -275,10 +282,29 @@ impl Sniffer {
                 if local != b"Envelope" || empty {
                     return Err(NotSoap);
                 }
+                // One pass over the declarations (most of what is read): the namespace of the
+                // `Envelope`'s own prefix, and every prefix bound to either SOAP namespace (those
+                // bound to the `Envelope`'s count, see `is_soap`).
                 let mut namespace = None;
-                for_each_attribute(buf, attributes.clone(), |name, value| {
-                    if declares(&buf[name], prefix) {
-                        namespace = Some(value);
+                let bound = &mut self.soap_prefixes;
+                for_each_attribute(buf, attributes, |name, value| {
+                    let declared = &buf[name.clone()];
+                    if declares(declared, prefix) {
+                        namespace = Some(value.clone());
+                    }
+                    if !declared.starts_with(b"xmlns") {
+                        return;
+                    }
+                    let Some(soap) = [SOAP_11, SOAP_12]
+                        .into_iter()
+                        .find(|soap| namespace_is(&buf[value.clone()], soap))
+                    else {
+                        return;
+                    };
+                    match declared.get(5) {
+                        None => bound.push((name.end..name.end, soap)),
+                        Some(b':') => bound.push((name.start + 6..name.end, soap)),
+                        Some(_) => {}
                     }
                 })?;
                 let namespace = namespace.ok_or(NotSoap)?;
@@ -286,18 +312,6 @@ impl Sniffer {
                     .into_iter()
                     .find(|soap| namespace_is(&buf[namespace.clone()], soap))
                     .ok_or(NotSoap)?;
-                let soap_ns = self.soap_ns;
-                let soap_prefixes = &mut self.soap_prefixes;
-                for_each_attribute(buf, attributes, |name, value| {
-                    let declared = &buf[name.clone()];
-                    if declared.starts_with(b"xmlns") && namespace_is(&buf[value], soap_ns) {
-                        match declared.get(5) {
-                            None => soap_prefixes.push(name.end..name.end),
-                            Some(b':') => soap_prefixes.push(name.start + 6..name.end),
-                            Some(_) => {}
-                        }
-                    }
-                })?;
                 self.phase = Phase::Envelope;
             }
             Phase::Envelope => {
@@ -333,7 +347,11 @@ impl Sniffer {
                 own = Some(namespace_is(&buf[value], self.soap_ns));
             }
         })?;
-        Ok(own.unwrap_or_else(|| self.soap_prefixes.iter().any(|p| &buf[p.clone()] == prefix)))
+        Ok(own.unwrap_or_else(|| {
+            self.soap_prefixes
+                .iter()
+                .any(|(p, soap)| *soap == self.soap_ns && &buf[p.clone()] == prefix)
+        }))
     }
 }
 
@@ -397,10 +415,8 @@ fn for_each_attribute(
             return Err(NotSoap);
         }
         let value_start = i + 1;
-        let value_len = buf[value_start..end]
-            .iter()
-            .position(|&b| b == quote)
-            .ok_or(NotSoap)?;
+        // memchr: namespace values are long URLs, and the `Envelope`'s are most of what is read.
+        let value_len = memchr::memchr(quote, &buf[value_start..end]).ok_or(NotSoap)?;
         f(name, value_start..value_start + value_len);
         i = value_start + value_len + 1;
     }
@@ -417,8 +433,13 @@ fn declares(name: &[u8], prefix: &[u8]) -> bool {
 
 /// Whether an attribute value, as written, is the namespace `expected`.
 fn namespace_is(value: &[u8], expected: &[u8]) -> bool {
+    // Most values differ from `expected` in length, which the comparison sees at once; only
+    // an unequal value with a character reference needs unescaping.
+    if value == expected {
+        return true;
+    }
     if !value.contains(&b'&') {
-        return value == expected;
+        return false;
     }
     std::str::from_utf8(value)
         .ok()
