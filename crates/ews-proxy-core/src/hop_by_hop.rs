@@ -54,29 +54,44 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Removes hop-by-hop headers from `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection go first, while Connection is still there to read.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // One pass over the names present (a message has a handful, and most have no hop-by-hop
+    // header but `Connection`) instead of a hashed removal of each fixed name: ≈ 1 k
+    // instructions of every proxied request otherwise.
+    let (mut connection, mut others) = (false, false);
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if HOP_BY_HOP.contains(name) || is_proxy_header(name) {
+            others = true;
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if headers.keys().any(is_proxy_header) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| is_proxy_header(n))
-            .cloned()
+    if connection {
+        // Headers named in Connection go first, while Connection is still there to read.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
-        for name in proxy {
+        for name in named {
             headers.remove(name);
         }
+        headers.remove(header::CONNECTION);
+    }
+    if !others {
+        return;
+    }
+    for name in &HOP_BY_HOP[1..] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_proxy_header(n))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
     }
 }
 
@@ -201,6 +216,36 @@ mod tests {
                 "x-preferserveraffinity"
             ]
         );
+    }
+
+    /// Each kind alone: the one-pass look at the names must not skip a kind when another is
+    /// absent.
+    #[test]
+    fn each_kind_is_removed_without_the_others() {
+        for (pairs, left) in [
+            (&[("te", "trailers"), ("x-keep", "1")][..], 1),
+            (
+                &[("proxy-authorization", "Basic c2VjcmV0"), ("x-keep", "1")][..],
+                1,
+            ),
+            (
+                &[("connection", "x-hop"), ("x-hop", "1"), ("x-keep", "1")][..],
+                1,
+            ),
+            (
+                &[("connection", "keep-alive"), ("keep-alive", "timeout=5")][..],
+                0,
+            ),
+            (&[("x-keep", "1"), ("x-also", "2")][..], 2),
+        ] {
+            let mut map = headers(pairs);
+            strip_hop_by_hop(&mut map);
+            assert_eq!(map.len(), left, "{pairs:?} left {map:?}");
+            assert!(
+                map.keys()
+                    .all(|k| k.as_str().starts_with("x-k") || k == "x-also")
+            );
+        }
     }
 
     #[test]
