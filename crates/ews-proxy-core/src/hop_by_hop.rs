@@ -42,9 +42,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
-/// The fixed hop-by-hop headers, besides `Proxy-*` and those named by `Connection`.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
+/// The fixed hop-by-hop headers, besides `Connection`, `Proxy-*` and those `Connection` names.
+const HOP_BY_HOP: [HeaderName; 5] = [
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
@@ -82,7 +81,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !others {
         return;
     }
-    for name in &HOP_BY_HOP[1..] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     let proxy: Vec<HeaderName> = headers

@@ -40,7 +40,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use tower::{Layer, Service};
 use tracing::Span;
 
@@ -146,7 +146,7 @@ impl<B: Body> Body for SpanBody<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let _entered = this.span.enter();
-        Poll::Ready(ready!(this.body.poll_frame(cx)))
+        this.body.poll_frame(cx)
     }
 
     #[inline]

@@ -282,36 +282,29 @@ impl Sniffer {
                 if local != b"Envelope" || empty {
                     return Err(NotSoap);
                 }
-                // One pass over the declarations (most of what is read): the namespace of the
-                // `Envelope`'s own prefix, and every prefix bound to either SOAP namespace (those
-                // bound to the `Envelope`'s count, see `is_soap`).
-                let mut namespace = None;
+                // One pass over the declarations (most of what is read): the SOAP namespace
+                // the `Envelope`'s own prefix is bound to, and every prefix bound to either SOAP
+                // namespace (those bound to the `Envelope`'s count, see `is_soap`).
+                let mut own = None;
                 let bound = &mut self.soap_prefixes;
                 for_each_attribute(buf, attributes, |name, value| {
                     let declared = &buf[name.clone()];
-                    if declares(declared, prefix) {
-                        namespace = Some(value.clone());
-                    }
                     if !declared.starts_with(b"xmlns") {
                         return;
                     }
-                    let Some(soap) = [SOAP_11, SOAP_12]
+                    let soap = [SOAP_11, SOAP_12]
                         .into_iter()
-                        .find(|soap| namespace_is(&buf[value.clone()], soap))
-                    else {
-                        return;
-                    };
-                    match declared.get(5) {
-                        None => bound.push((name.end..name.end, soap)),
-                        Some(b':') => bound.push((name.start + 6..name.end, soap)),
-                        Some(_) => {}
+                        .find(|soap| namespace_is(&buf[value.clone()], soap));
+                    if declares(declared, prefix) {
+                        own = Some(soap);
+                    }
+                    match (soap, declared.get(5)) {
+                        (Some(soap), None) => bound.push((name.end..name.end, soap)),
+                        (Some(soap), Some(b':')) => bound.push((name.start + 6..name.end, soap)),
+                        _ => {}
                     }
                 })?;
-                let namespace = namespace.ok_or(NotSoap)?;
-                self.soap_ns = [SOAP_11, SOAP_12]
-                    .into_iter()
-                    .find(|soap| namespace_is(&buf[namespace.clone()], soap))
-                    .ok_or(NotSoap)?;
+                self.soap_ns = own.flatten().ok_or(NotSoap)?;
                 self.phase = Phase::Envelope;
             }
             Phase::Envelope => {
