@@ -180,13 +180,33 @@ pub fn ews_request(
 
 /// A loopback address with a port free right now, for a component that binds its own listener
 /// from configuration but whose address another component must know first (a webhook URL).
-/// The port is released before returning; another process could take it in between, which on
-/// a test machine is rare enough to accept.
+///
+/// The port is released before returning, so something else could take it before the
+/// component binds it. To make that unlikely it is drawn at random from below the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`), where neither listeners bound to port 0
+/// nor outgoing connections get their ports: a port that `bind("127.0.0.1:0")` handed out was
+/// taken by another test's listener between release and use (CI, 2026-12-05). Falls back to
+/// port 0 when the range leaves no room below it.
 ///
 /// # Errors
 ///
 /// [`Error::Connect`] if no loopback port can be bound.
 pub fn reserve_port() -> Result<std::net::SocketAddr> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start > LOWEST + 100 {
+        for _ in 0..64 {
+            let port = rand::random_range(LOWEST..ephemeral_start);
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port))
+                && let Ok(addr) = listener.local_addr()
+            {
+                return Ok(addr);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Connect {
         addr: "127.0.0.1:0".into(),
         source,
@@ -371,6 +391,30 @@ impl TestExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reserved ports stay out of the range the kernel hands to port-0 listeners and outgoing
+    /// connections, and can be bound by whoever they were reserved for.
+    #[test]
+    fn reserved_ports_are_below_the_ephemeral_range_and_bindable() {
+        let ephemeral_start: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .expect("linux port range")
+                .split_whitespace()
+                .next()
+                .and_then(|start| start.parse().ok())
+                .expect("a start port");
+        for _ in 0..20 {
+            let addr = reserve_port().expect("a port");
+            assert!(addr.ip().is_loopback());
+            if ephemeral_start > 10_100 {
+                assert!(
+                    addr.port() < ephemeral_start,
+                    "{addr} in the ephemeral range"
+                );
+            }
+            std::net::TcpListener::bind(addr).expect("the reserved port binds");
+        }
+    }
 
     #[test]
     fn xml_lookups_ignore_prefixes_and_unescape() {
