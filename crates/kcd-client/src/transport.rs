@@ -303,6 +303,21 @@ mod tests {
         }
     }
 
+    /// A UDP socket and a TCP listener on the same loopback port, as a KDC has. The UDP port
+    /// comes from the kernel; its TCP twin may be taken already (by any listener or outgoing
+    /// connection of the tests running alongside), so another port is tried then.
+    fn udp_and_tcp_on_one_port() -> (std::net::UdpSocket, tokio::net::TcpListener) {
+        for _ in 0..64 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) else {
+                continue;
+            };
+            tcp.set_nonblocking(true).unwrap();
+            return (udp, tokio::net::TcpListener::from_std(tcp).unwrap());
+        }
+        panic!("no loopback port free for both UDP and TCP in 64 tries");
+    }
+
     fn endpoints(addresses: &[String]) -> Vec<KdcEndpoint> {
         addresses
             .iter()
@@ -392,9 +407,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_unanswered_datagram_goes_again_over_tcp_after_the_udp_timeout() {
         // UDP bound but silent (a lost datagram); TCP on the same port answers.
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (udp, listener) = udp_and_tcp_on_one_port();
         let addr = udp.local_addr().unwrap();
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let len = stream.read_u32().await.unwrap();
@@ -423,9 +437,10 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn krb_err_response_too_big_over_udp_sends_the_request_again_over_tcp() {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, listener) = udp_and_tcp_on_one_port();
+        udp.set_nonblocking(true).unwrap();
+        let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
         let addr = udp.local_addr().unwrap();
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let too_big = rasn::der::encode(&KrbError {
             pvno: 5.into(),
             msg_type: 30.into(),
