@@ -355,7 +355,9 @@ impl Kdc {
             {
                 let mut command = environment.command(&tools.slapd);
                 command
-                    .args(["-d", "0", "-f"])
+                    // `stats`: one line per connection and operation, so that a step that
+                    // hangs can be matched to what slapd last did for it.
+                    .args(["-d", "stats", "-f"])
                     .arg(dir.join(name::SLAPD_CONF))
                     .arg("-h")
                     .arg(&ldapi);
@@ -364,6 +366,8 @@ impl Kdc {
             dir.join(name::SLAPD_LOG),
         )?;
         wait_for_slapd(&mut slapd, &ldapi_socket, config.step_deadline)?;
+        let slapd_log = dir.join(name::SLAPD_LOG);
+        let with_slapd_log = |error| with_log_tail(error, &slapd_log);
         let ldap_modify = |step: &str, ldif: String, add: bool| {
             let mut command = environment.command(&tools.ldapmodify);
             command
@@ -377,7 +381,7 @@ impl Kdc {
                     &ldap_password,
                 ])
                 .args(add.then_some("-a"));
-            run_step(step, command, Some(&ldif), config.step_deadline)
+            run_step(step, command, Some(&ldif), config.step_deadline).map_err(with_slapd_log)
         };
         ldap_modify(
             "adding the directory's root entry",
@@ -400,7 +404,7 @@ impl Kdc {
             command
                 .args(["-D", files::ADMIN_DN, "-w", &ldap_password, "-H", &ldapi])
                 .args(args);
-            run_step(step, command, stdin, config.step_deadline)
+            run_step(step, command, stdin, config.step_deadline).map_err(with_slapd_log)
         };
         let ldap_stash = dir.join(name::LDAP_STASH);
         let ldap_stash = ldap_stash.to_string_lossy();
@@ -428,7 +432,7 @@ impl Kdc {
         let kadmin = |query: String| {
             let mut command = environment.command(&tools.kadmin_local);
             command.args(["-r", &config.realm, "-q", &query]);
-            kadmin_step(command, &query, config.step_deadline)
+            kadmin_step(command, &query, config.step_deadline).map_err(with_slapd_log)
         };
         let preauth = if config.require_preauth {
             " +requires_preauth"
@@ -811,6 +815,22 @@ fn kadmin_step(command: Command, query: &str, deadline: Duration) -> Result<()> 
             step,
             detail: complaints.join("\n"),
         })
+    }
+}
+
+/// `error` with the end of `log` added, if it is a failed setup step: for the steps that work
+/// through slapd, whose log then shows what it last did for them.
+fn with_log_tail(error: Error, log: &Path) -> Error {
+    match error {
+        Error::KdcSetup { step, detail } => Error::KdcSetup {
+            step,
+            detail: format!(
+                "{detail}\nthe end of {}:\n{}",
+                log.display(),
+                process::log_tail(log, 20)
+            ),
+        },
+        other => other,
     }
 }
 

@@ -146,6 +146,12 @@ pub(crate) fn run_step(
     let stdout = child.stdout.take().map(read_in_background);
     let stderr = child.stderr.take().map(read_in_background);
     let status = wait_for_exit(&mut child, deadline);
+    // Looked at before the kill below, so that a hang says where it hung.
+    let waited = status.is_none().then(|| where_it_waits(child.id()));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let stdout = stdout.map(join_reader).unwrap_or_default();
     let stderr = stderr.map(join_reader).unwrap_or_default();
     match status {
@@ -157,8 +163,9 @@ pub(crate) fn run_step(
         None => Err(Error::KdcSetup {
             step: step.to_string(),
             detail: format!(
-                "{program} did not finish within {deadline:?}: {}",
-                both(&stdout, &stderr)
+                "{program} did not finish within {deadline:?}: {}\nwhere it waited:\n{}",
+                both(&stdout, &stderr),
+                waited.unwrap_or_default()
             ),
         }),
     }
@@ -188,19 +195,102 @@ fn join_reader(handle: std::thread::JoinHandle<String>) -> String {
     handle.join().unwrap_or_default()
 }
 
-/// Waits for `child` to exit, at most `deadline`; kills it if it does not.
+/// Waits for `child` to exit, at most `deadline`; `None` if it is still running then (the
+/// caller kills it).
 fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
     let give_up = Instant::now() + deadline;
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
             Ok(None) if Instant::now() < give_up => std::thread::sleep(POLL_INTERVAL),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
+            Ok(None) | Err(_) => return None,
         }
+    }
+}
+
+/// How long gdb may take to print a hung program's stacks.
+const BACKTRACE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Where a running process waits, for the error of a step that outlived its deadline: its
+/// state, the system call it is in, its kernel stack, its open files and sockets, and (where gdb
+/// is installed and may attach) its threads' stacks. Each part that cannot be read is left out;
+/// this only ever adds to an error.
+pub(crate) fn where_it_waits(pid: u32) -> String {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let read = |name: &str| std::fs::read_to_string(proc.join(name)).unwrap_or_default();
+    let mut report = String::new();
+    let status = read("status");
+    for line in status
+        .lines()
+        .filter(|line| line.starts_with("State:") || line.starts_with("Threads:"))
+    {
+        report.push_str(line);
+        report.push('\n');
+    }
+    for (label, name) in [
+        ("wchan", "wchan"),
+        ("syscall", "syscall"),
+        ("kernel stack", "stack"),
+    ] {
+        let text = read(name);
+        if !text.trim().is_empty() {
+            report.push_str(&format!("{label}: {}\n", text.trim()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(proc.join("fd")) {
+        let mut files: Vec<String> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let target = std::fs::read_link(entry.path()).ok()?;
+                Some(format!(
+                    "{} -> {}",
+                    entry.file_name().to_string_lossy(),
+                    target.display()
+                ))
+            })
+            .collect();
+        files.sort();
+        report.push_str(&format!("open files: {}\n", files.join(", ")));
+    }
+    report.push_str(&backtrace(pid));
+    report
+}
+
+/// The stacks of `pid`'s threads as gdb prints them, or nothing if gdb is not installed or
+/// cannot attach.
+fn backtrace(pid: u32) -> String {
+    let Some(gdb) = ["/usr/bin/gdb", "/usr/local/bin/gdb"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.exists())
+    else {
+        return String::new();
+    };
+    let Ok(mut child) = Command::new(gdb)
+        .args(["-nx", "-batch", "-p", &pid.to_string()])
+        .args(["-ex", "thread apply all bt 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return String::new();
+    };
+    let stdout = child.stdout.take().map(read_in_background);
+    if wait_for_exit(&mut child, BACKTRACE_DEADLINE).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = stdout.map(join_reader).unwrap_or_default();
+    // gdb's own chatter (symbol loading) is left out; the frames start with '#'.
+    let frames: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with('#') || line.starts_with("Thread "))
+        .collect();
+    if frames.is_empty() {
+        String::new()
+    } else {
+        format!("stacks (gdb):\n{}\n", frames.join("\n"))
     }
 }
 
@@ -434,6 +524,26 @@ mod tests {
                 foreign: false
             }
         );
+    }
+
+    #[test]
+    fn a_step_that_outlives_its_deadline_says_where_it_waited() {
+        let mut command = Command::new("sleep");
+        command.arg("30");
+        let started = Instant::now();
+
+        let result = run_step("sleeping", command, None, Duration::from_millis(200));
+
+        let Err(Error::KdcSetup { step, detail }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(step, "sleeping");
+        assert!(detail.contains("did not finish within 200ms"), "{detail}");
+        // The process was looked at while it still ran: its state is in the report.
+        assert!(detail.contains("State:"), "{detail}");
+        assert!(detail.contains("open files: "), "{detail}");
+        // And it was killed rather than waited for.
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     #[test]
