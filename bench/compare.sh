@@ -35,12 +35,17 @@
 #                           root, and HAProxy reserves two per connection (maxconn 9,900 here)
 #   BENCH_DOC=docs/benchmarks.md   where the results are appended ("" for nowhere)
 #   BENCH_NO_BUILD=1        use the release binaries already in the target dir
+#   BENCH_ROUNDS=1          rounds over the contenders (each round in a rotated order; idle
+#                           memory in the first only). With more than one, each figure is the
+#                           median over the rounds and each ratio the median of the rounds' own
+#                           ratios, with their range: the machine's drift between runs (±10% on
+#                           a shared VM) then shows instead of hiding in one run's ratio
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
 command_line="bench/compare.sh"
 for name in BENCH_CONTENDERS BENCH_WORKERS BENCH_PIN BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS \
-  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE; do
+  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE BENCH_ROUNDS; do
   [ -z "${!name:-}" ] || command_line="$name=\"${!name}\" $command_line"
 done
 contenders=(${BENCH_CONTENDERS:-nginx haproxy seg-proxy seg-full})
@@ -52,6 +57,8 @@ connections=${BENCH_CONNECTIONS:-32}
 large_connections=${BENCH_LARGE_CONNECTIONS:-8}
 rate=${BENCH_RATE:-4000}
 idle=${BENCH_IDLE:-9000}
+rounds=${BENCH_ROUNDS:-1}
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive number, not '$rounds'"
 doc=${BENCH_DOC-docs/benchmarks.md}
 device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
 
@@ -213,10 +220,12 @@ wrk_run() { # wrk_run NAME CONNECTIONS DURATION [env…] → $work/NAME.txt, RES
   done
 }
 
-declare -A rps cpu100k large_rps p50 p99 p999 idle_kib peak_mib
+# Per contender: this round's figures, and every round's (space-separated, for the medians).
+declare -A rps large_rps idle_kib peak_mib
+declare -A all_rps all_cpu100k all_large_rps all_p50 all_p99 all_p999 all_ratio all_large_ratio
 declare -A got
-measure() { # measure CONTENDER PID
-  local name=$1 pid=$2 procs before after status_file idle_pid before_rss after_rss deadline
+measure() { # measure CONTENDER PID ROUND
+  local name=$1 pid=$2 round=$3 procs before after status_file idle_pid before_rss after_rss deadline
   # Every response right, through this contender, before measuring anything.
   local code
   code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' -H "Authorization: $BENCH_AUTHORIZATION" \
@@ -232,12 +241,14 @@ measure() { # measure CONTENDER PID
   wrk_run "$name.small" "$connections" "$duration"
   after=$(sum_cpu "${procs[@]}")
   rps[$name]=${got[rps]}
-  cpu100k[$name]=$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="${got[requests]}" \
-    'BEGIN { printf "%.2f", t / hz * 100000 / n }')
+  all_rps[$name]+="${got[rps]} "
+  all_cpu100k[$name]+="$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="${got[requests]}" \
+    'BEGIN { printf "%.2f", t / hz * 100000 / n }') "
 
   log "$name: saturation, 1 MiB GetItem responses (wrk -c$large_connections -d$duration)"
   wrk_run "$name.large" "$large_connections" "$duration" BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0
   large_rps[$name]=${got[rps]}
+  all_large_rps[$name]+="${got[rps]} "
 
   log "$name: latency at a fixed $rate requests/s (oha -q $rate -c$connections -z $duration)"
   "${client_cpus[@]}" "$oha" --no-tui --output-format json -z "$duration" -q "$rate" \
@@ -249,10 +260,14 @@ measure() { # measure CONTENDER PID
   local percentiles
   percentiles=$(python3 bench/oha-percentiles.py "$work/$name.oha.json" 2>&1) ||
     die "$name: the fixed-rate run had failures: $percentiles"
-  read -r p50[$name] p99[$name] p999[$name] <<<"$percentiles"
+  local p50 p99 p999
+  read -r p50 p99 p999 <<<"$percentiles"
+  all_p50[$name]+="$p50 "
+  all_p99[$name]+="$p99 "
+  all_p999[$name]+="$p999 "
 
-  idle_kib[$name]=-
-  if [ "$idle" != 0 ]; then
+  [ "$round" -gt 1 ] || idle_kib[$name]=-
+  if [ "$idle" != 0 ] && [ "$round" = 1 ]; then
     log "$name: $idle idle keep-alive connections"
     mapfile -t procs < <(family "$pid")
     before_rss=$(sum_status VmRSS "${procs[@]}")
@@ -277,7 +292,11 @@ measure() { # measure CONTENDER PID
     wait "$idle_pid" 2>/dev/null || true
   fi
   mapfile -t procs < <(family "$pid")
-  peak_mib[$name]=$(awk -v k="$(sum_status VmHWM "${procs[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')
+  local peak
+  peak=$(awk -v k="$(sum_status VmHWM "${procs[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')
+  # The highest of the rounds.
+  awk -v a="$peak" -v b="${peak_mib[$name]:-0}" 'BEGIN { exit !(a > b) }' && peak_mib[$name]=$peak
+  return 0
 }
 
 stop() { # stop PID: SIGTERM (nginx and HAProxy stop fast on it), then wait
@@ -288,7 +307,21 @@ stop() { # stop PID: SIGTERM (nginx and HAProxy stop fast on it), then wait
   wait "$pid" 2>/dev/null || true
 }
 
-for name in "${contenders[@]}"; do
+# The faster of nginx and HAProxy in this round's figures of ARRAY (rps or large_rps).
+faster_reference() {
+  local -n figures=$1
+  local name best=
+  for name in nginx haproxy; do
+    [ -n "${figures[$name]:-}" ] || continue
+    if [ -z "$best" ] || awk -v a="${figures[$name]}" -v b="${figures[$best]}" 'BEGIN { exit !(a > b) }'; then
+      best=$name
+    fi
+  done
+  echo "$best"
+}
+declare -A reference_count
+run_one() { # run_one CONTENDER ROUND
+  local name=$1 round=$2 pid
   assert_port_free "$proxy_port"
   case $name in
     nginx) "${server_cpus[@]}" "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/$name.log" 2>&1 & ;;
@@ -301,34 +334,57 @@ for name in "${contenders[@]}"; do
   esac
   pid=$!
   pids+=("$pid")
-  log "starting $name on 127.0.0.1:$proxy_port"
+  log "round $round of $rounds: starting $name on 127.0.0.1:$proxy_port"
   if [ "$name" = seg-full ]; then
     wait_for_200 "$pid" "http://127.0.0.1:$admin_port/readyz" "$name" 120
   fi
   wait_for_port "$pid" "$proxy_port" "$name"
-  measure "$name" "$pid"
+  measure "$name" "$pid" "$round"
   assert_alive "$pid" "$name"
   stop "$pid"
+}
+for ((round = 1; round <= rounds; round++)); do
+  # Each round starts one contender further on, so that none always runs first or last.
+  n=${#contenders[@]}
+  for ((i = 0; i < n; i++)); do
+    run_one "${contenders[$(((i + round - 1) % n))]}" "$round"
+  done
+  best=$(faster_reference rps)
+  large_best=$(faster_reference large_rps)
+  [ -z "$best" ] || reference_count[$best]=$((${reference_count[$best]:-0} + 1))
+  for name in "${contenders[@]}"; do
+    [ -z "$best" ] || all_ratio[$name]+="$(awk -v a="${rps[$name]}" -v b="${rps[$best]}" 'BEGIN { printf "%.4f", a / b }') "
+    [ -z "$large_best" ] || all_large_ratio[$name]+="$(awk -v a="${large_rps[$name]}" -v b="${large_rps[$large_best]}" 'BEGIN { printf "%.4f", a / b }') "
+  done
 done
 
 # --- 5. report -----------------------------------------------------------------------------------
-# The reference: the faster of nginx and HAProxy at saturation (small requests).
-best=
-for name in nginx haproxy; do
-  [ -n "${rps[$name]:-}" ] || continue
-  if [ -z "$best" ] || awk -v a="${rps[$name]}" -v b="${rps[$best]}" 'BEGIN { exit !(a > b) }'; then
-    best=$name
-  fi
-done
-ratio() { # ratio VALUE REFERENCE
-  [ -n "$best" ] && [ -n "${2:-}" ] || { echo "–"; return; }
-  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+# The reference: the faster of nginx and HAProxy at saturation (small requests), round by round.
+median() { # median NUMBER… (the mean of the middle two for an even count)
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "" } else if (NR % 2) { print v[(NR + 1) / 2] } else { print (v[NR / 2] + v[NR / 2 + 1]) / 2 } }'
+}
+range() { # range NUMBER… → "min–max" with two decimals
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f–%.2f", v[1], v[NR] }'
+}
+two() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
+ratio_cell() { # ratio_cell RATIOS…: the median, and with more than one round its range
+  [ $# -gt 0 ] || { echo "–"; return; }
+  if [ $# -gt 1 ]; then echo "$(two "$(median "$@")") ($(range "$@"))"; else two "$1"; fi
 }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 rows=""
 for name in "${contenders[@]}"; do
-  rows+="| $name | ${rps[$name]} | $(ratio "${rps[$name]}" "${rps[$best]:-}") | ${large_rps[$name]} | $(ratio "${large_rps[$name]}" "${large_rps[$best]:-}") | $(ms "${p50[$name]}") | $(ms "${p99[$name]}") | $(ms "${p999[$name]}") | ${cpu100k[$name]} | ${peak_mib[$name]} | ${idle_kib[$name]} |"$'\n'
+  # shellcheck disable=SC2086 # the lists split on purpose
+  rows+="| $name | $(median ${all_rps[$name]}) | $(ratio_cell ${all_ratio[$name]:-}) | $(median ${all_large_rps[$name]}) | $(ratio_cell ${all_large_ratio[$name]:-}) | $(ms "$(median ${all_p50[$name]})") | $(ms "$(median ${all_p99[$name]})") | $(ms "$(median ${all_p999[$name]})") | $(two "$(median ${all_cpu100k[$name]})") | ${peak_mib[$name]} | ${idle_kib[$name]} |"$'\n'
 done
+if [ "$rounds" = 1 ]; then
+  reference="$best"
+  figures_note="one run each"
+else
+  reference="the faster of nginx and HAProxy in each round ($(for name in "${!reference_count[@]}"; do printf '%s %s of %s, ' "$name" "${reference_count[$name]}" "$rounds"; done | sed 's/, $//'))"
+  figures_note="medians of $rounds rounds, each round in a rotated order; ratios: the median of the rounds' own ratios (range in brackets); peak RSS the highest of the rounds; idle memory from the first round"
+fi
 report=$(
   cat <<EOF
 
@@ -338,7 +394,8 @@ report=$(
 - versions: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'), HAProxy $("$haproxy_bin" -v | head -n1 | awk '{ print $3 }'), seg-proxy $("$seg_proxy" --version | awk '{ print $2 }'); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), oha $oha_version
 - every contender: $workers worker(s); TLS 1.3 and HTTP/1.1 keep-alive from the client, TLS and keep-alive to the upstream (\`seg-testbed static-soap\`); $layout
 - saturation: \`wrk -t1 -c$connections -d$duration\` (small GetFolder, every body checked), \`wrk -t1 -c$large_connections -d$duration\` (GetItem answered with 1 MiB); latency: \`oha -q $rate -c$connections -z $duration --latency-correction\`; idle: $idle keep-alive connections after one request each
-- reference for the ratios: $best
+- figures: $figures_note
+- reference for the ratios: $reference
 - reproduce: \`$command_line\`
 
 | contender | small req/s | ratio | 1 MiB req/s | ratio | p50 ms @${rate}/s | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | KiB / idle conn |
