@@ -15,6 +15,12 @@
 #   PROFILE_CONNECTIONS=32    wrk connections
 #   PROFILE_RECORD=           a path: write a perf record -g profile there instead (perf report -i)
 #   PROFILE_STRACE=1          count the gateway's system calls per request instead (strace -c)
+#   PROFILE_COPIES=1          bytes copied by memmove/memcpy per request instead, by size (a
+#                             perf uprobe on glibc's memmove with its length argument; every
+#                             hit traps, so the gateway runs far slower meanwhile);
+#                             PROFILE_COPIES=stacks: by call site (DWARF call graphs, use a
+#                             short PROFILE_DURATION: about 1 GB per 2 s)
+#   PROFILE_COPY_SYMBOL=      the memmove variant to probe, if not the one guessed from the CPU
 #   BENCH_NO_BUILD=1          use the release binaries already in the target dir
 set -euo pipefail
 
@@ -59,8 +65,27 @@ wait_for_port "$gateway" "$proxy_port" seg-proxy
 
 url="https://127.0.0.1:$proxy_port"
 taskset -c 0 wrk -t1 -c"$connections" -d2s -s bench/soap-post.lua "$url" >/dev/null # warm-up
+copy_event=
+if [ -n "${PROFILE_COPIES:-}" ]; then
+  # memcpy and memmove both resolve to this one on AVX-512 machines; its length is in rdx.
+  scripts/install-deps.sh libc6-dbg >&2 # perf probe finds glibc's internal symbols in it
+  libc=$(ldd "$seg_proxy" | awk '$1 ~ /^libc\.so/ { print $3 }')
+  # The variant glibc picks on this CPU (PROFILE_COPY_SYMBOL overrides; perf report names it).
+  if grep -qw avx512f /proc/cpuinfo; then copy_symbol=__memmove_avx512_unaligned_erms
+  elif grep -qw avx2 /proc/cpuinfo; then copy_symbol=__memmove_avx_unaligned_erms
+  else copy_symbol=__memmove_sse2_unaligned_erms; fi
+  copy_symbol=${PROFILE_COPY_SYMBOL:-$copy_symbol}
+  copy_event=probe_libc:$copy_symbol
+  if ! "$perf_bin" probe -l 2>/dev/null | grep -q "$copy_event "; then
+    "$perf_bin" probe -q -x "$libc" "$copy_symbol len=%dx:u64" >/dev/null ||
+      die "perf probe on $copy_symbol failed"
+    added_probe=$copy_event # removed again once recorded
+  fi
+fi
 if [ -n "${PROFILE_STRACE:-}" ]; then
   strace -c -f -o "$work/strace.out" -p "$gateway" &
+elif [ -n "$copy_event" ]; then
+  "$perf_bin" record -e "$copy_event" $([ "$PROFILE_COPIES" != stacks ] || echo --call-graph dwarf,8192) -o "$work/copies.data" -p "$gateway" 2>"$work/perf.log" &
 elif [ -z "$record" ]; then
   "$perf_bin" stat -x, -e task-clock -o "$work/perf.out" -p "$gateway" &
 else
@@ -74,7 +99,16 @@ wait "$perf_pid" 2>/dev/null || true
 result=$(grep '^RESULT' "$work/wrk.out")
 requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")
 rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$result")
-if [ -n "${PROFILE_STRACE:-}" ]; then
+if [ -n "$copy_event" ]; then
+  [ -z "${added_probe:-}" ] || "$perf_bin" probe -q -d "$added_probe" >/dev/null 2>&1 || true
+  if [ "$PROFILE_COPIES" = stacks ]; then
+    "$perf_bin" script -i "$work/copies.data" -F trace,ip,sym 2>/dev/null |
+      python3 bench/copy-sites.py "$requests" sites
+  else
+    "$perf_bin" script -i "$work/copies.data" -F trace 2>/dev/null |
+      python3 bench/copy-sites.py "$requests"
+  fi
+elif [ -n "${PROFILE_STRACE:-}" ]; then
   log "$requests requests; system calls per request:"
   awk -v n="$requests" '$4 ~ /^[0-9]+$/ && $NF != "total" { printf "  %-16s %.2f\n", $NF, $4 / n }' "$work/strace.out" | sort -k2 -rn | head -n 12
 elif [ -z "$record" ]; then
