@@ -93,7 +93,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use tower::{Layer, Service};
 
 /// The prefix limit of [`EwsOperationLayer::new`]: 64 KiB, room for the largest SOAP headers EWS
@@ -459,12 +459,8 @@ where
                 state: State::Calling { future },
             };
         }
-        // The service that was made ready goes into the future; a clone stays for the next call.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        let pending = Pending {
-            inner,
+        let mut reading = Reading {
             parts,
             body,
             config: self.config,
@@ -476,9 +472,26 @@ where
             body_done: false,
             deadline: None,
         };
+        // Most requests bring the start of their body with their headers: read what is there
+        // now and call the service made ready, with no clone of it (the whole stack below) and
+        // no box. Nothing waits on the no-op waker: if the body has nothing more yet, the
+        // future reads again with its own, and starts the read timer then.
+        let mut no_waker = Context::from_waker(Waker::noop());
+        if let Poll::Ready(outcome) = reading.poll_sniff(&mut no_waker, false) {
+            let state = match reading.finish(&mut self.inner, outcome) {
+                Ok(future) => State::Calling { future },
+                Err(fault) => State::Answered {
+                    response: Some(fault),
+                },
+            };
+            return ResponseFuture { state };
+        }
+        // The service that was made ready goes into the future; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             state: State::Sniffing {
-                pending: Some(Box::new(pending)),
+                pending: Some(Box::new(Pending { inner, reading })),
             },
         }
     }
@@ -508,6 +521,8 @@ pin_project! {
         // part of the future every layer above moves and copies, after sniffing too.
         Sniffing { pending: Option<Box<Pending<S, B>>> },
         Calling { #[pin] future: S::Future },
+        // A fault made without calling the service.
+        Answered { response: Option<S::Response> },
     }
 }
 
@@ -520,6 +535,7 @@ where
         let state = match &self.state {
             State::Sniffing { .. } => "sniffing",
             State::Calling { .. } => "calling",
+            State::Answered { .. } => "answered",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -544,16 +560,22 @@ where
                     let sniffing = pending
                         .as_mut()
                         .expect("ResponseFuture polled after completion");
-                    let outcome = ready!(sniffing.poll_sniff(cx));
-                    let sniffed = pending
+                    let outcome = ready!(sniffing.reading.poll_sniff(cx, true));
+                    let Pending { mut inner, reading } = *pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match (*sniffed).finish(outcome) {
+                    match reading.finish(&mut inner, outcome) {
                         Ok(future) => this.state.set(State::Calling { future }),
                         Err(fault) => return Poll::Ready(Ok(fault)),
                     }
                 }
                 StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Answered { response } => {
+                    let fault = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(fault));
+                }
             }
         }
     }
@@ -571,9 +593,14 @@ enum Outcome {
     TimedOut,
 }
 
-/// A `POST` whose prefix is being read.
+/// A `POST` whose prefix is being read after the call, with the service to call.
 struct Pending<S, B> {
     inner: S,
+    reading: Reading<B>,
+}
+
+/// A `POST` whose prefix is being read.
+struct Reading<B> {
     parts: http::request::Parts,
     body: B,
     config: Config,
@@ -593,12 +620,14 @@ struct Pending<S, B> {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<S, B> Pending<S, B>
+impl<B> Reading<B>
 where
     B: Body + Unpin,
     B::Error: Into<BoxError>,
 {
-    fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+    /// Reads until the operation is known or cannot be. `timed`: whether to start the read
+    /// timer when the body has nothing to give (not while `cx` is the no-op one of `call`).
+    fn poll_sniff(&mut self, cx: &mut Context<'_>, timed: bool) -> Poll<Outcome> {
         loop {
             if self.seen >= self.config.prefix_limit {
                 return Poll::Ready(Outcome::LimitReached);
@@ -607,7 +636,7 @@ where
                 return Poll::Ready(Outcome::Ended);
             }
             let polled = Pin::new(&mut self.body).poll_frame(cx);
-            if polled.is_pending() {
+            if polled.is_pending() && timed {
                 if self.deadline.is_none()
                     && let Some(timeout) = self.config.read_timeout
                 {
@@ -661,14 +690,17 @@ where
         sniff
     }
 
-    /// Calls the inner service with the operation, or makes the fault.
-    fn finish<ResBody>(self, outcome: Outcome) -> Result<S::Future, Response<ResBody>>
+    /// Calls `inner` (made ready) with the operation, or makes the fault.
+    fn finish<S, ResBody>(
+        self,
+        inner: &mut S,
+        outcome: Outcome,
+    ) -> Result<S::Future, Response<ResBody>>
     where
         S: Service<Request<SniffedBody<B>>, Response = Response<ResBody>>,
         ResBody: From<Bytes>,
     {
-        let Pending {
-            mut inner,
+        let Reading {
             mut parts,
             body,
             config,

@@ -559,3 +559,115 @@ async fn body_slower_than_the_read_timeout_is_a_408_fault_without_calling_inner(
     assert_eq!(started.elapsed(), std::time::Duration::from_secs(3));
     assert_eq!(seen.calls, 0);
 }
+
+/// A service that counts its clones and may only be called once made ready (as a concurrency
+/// limit's permit would require); a clone starts not ready.
+struct ReadyOnce {
+    clones: Arc<AtomicUsize>,
+    ready: bool,
+}
+
+impl Clone for ReadyOnce {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        ReadyOnce {
+            clones: self.clones.clone(),
+            ready: false,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for ReadyOnce {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.ready = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        assert!(
+            std::mem::take(&mut self.ready),
+            "called without being made ready"
+        );
+        let operation = request.extensions().get::<EwsOperation>().cloned();
+        std::future::ready(Ok(answer(operation)))
+    }
+}
+
+/// A body with nothing on the first poll (it asks to be polled again), then `data`.
+struct Later {
+    polled: bool,
+    data: Option<Bytes>,
+}
+
+impl Body for Later {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !std::mem::replace(&mut self.polled, true) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.data.take().map(|data| Ok(Frame::data(data))))
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_came_with_its_headers_is_read_in_call_without_cloning_the_service() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let mut service = SniffOperation::new(ReadyOnce {
+        clones: clones.clone(),
+        ready: false,
+    });
+    let xml = request_xml("", "GetItem");
+
+    let future = ServiceExt::<Request<Frames>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(post(Frames::chunked(xml.as_bytes(), 100)));
+
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
+    let operation: Option<EwsOperation> = answered(future.await.unwrap());
+    assert_eq!(operation, Some(EwsOperation::GetItem));
+}
+
+#[tokio::test]
+async fn a_body_still_on_its_way_is_read_by_the_future_which_calls_the_ready_service() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let mut service = SniffOperation::new(ReadyOnce {
+        clones: clones.clone(),
+        ready: false,
+    });
+    let xml = request_xml("", "FindItem");
+    let body = Later {
+        polled: false,
+        data: Some(Bytes::from(xml)),
+    };
+
+    let future = ServiceExt::<Request<Later>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(post(body));
+
+    // The service made ready went into the future; a clone stayed for the next request.
+    assert_eq!(clones.load(Ordering::SeqCst), 1);
+    let operation: Option<EwsOperation> = answered(future.await.unwrap());
+    assert_eq!(operation, Some(EwsOperation::FindItem));
+    // The clone left behind is made ready before its own call, like any other.
+    let next = ServiceExt::<Request<Frames>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(post(Frames::chunked(
+            request_xml("", "GetItem").as_bytes(),
+            64,
+        )));
+    let operation: Option<EwsOperation> = answered(next.await.unwrap());
+    assert_eq!(operation, Some(EwsOperation::GetItem));
+}
