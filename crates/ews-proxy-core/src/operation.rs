@@ -384,7 +384,9 @@ impl<S> Layer<S> for EwsOperationLayer {
 /// Middleware that learns the EWS operation of each `POST` request from the beginning of its body.
 ///
 /// See the [module docs](self) for an example and what the inner service sees. The inner service
-/// is cloned for each `POST`: it is called only once the operation is known.
+/// is called only once the operation is known: in `call` itself when the body brought it with the
+/// headers (most requests), else from the response future, which then takes the service made
+/// ready and leaves a clone in its place.
 #[derive(Clone, Debug)]
 pub struct SniffOperation<S> {
     inner: S,

@@ -29,6 +29,7 @@ fn package_of(program: &str) -> &'static str {
         "krb5kdc" => "krb5-kdc",
         "kinit" | "kvno" | "klist" | "kdestroy" => "krb5-user",
         "gzip" => "gzip",
+        "gdb" => "gdb",
         "samba" | "samba-tool" => "samba",
         _ => "unknown",
     }
@@ -149,8 +150,7 @@ pub(crate) fn run_step(
     // Looked at before the kill below, so that a hang says where it hung.
     let waited = status.is_none().then(|| where_it_waits(child.id()));
     if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill(&mut child);
     }
     let stdout = stdout.map(join_reader).unwrap_or_default();
     let stderr = stderr.map(join_reader).unwrap_or_default();
@@ -208,6 +208,12 @@ fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Kills `child` and reaps it.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// How long gdb may take to print a hung program's stacks.
 const BACKTRACE_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -259,11 +265,7 @@ pub(crate) fn where_it_waits(pid: u32) -> String {
 /// The stacks of `pid`'s threads as gdb prints them, or nothing if gdb is not installed or
 /// cannot attach.
 fn backtrace(pid: u32) -> String {
-    let Some(gdb) = ["/usr/bin/gdb", "/usr/local/bin/gdb"]
-        .into_iter()
-        .map(Path::new)
-        .find(|path| path.exists())
-    else {
+    let Ok(gdb) = find_program("gdb") else {
         return String::new();
     };
     let Ok(mut child) = Command::new(gdb)
@@ -278,8 +280,7 @@ fn backtrace(pid: u32) -> String {
     };
     let stdout = child.stdout.take().map(read_in_background);
     if wait_for_exit(&mut child, BACKTRACE_DEADLINE).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill(&mut child);
     }
     let text = stdout.map(join_reader).unwrap_or_default();
     // gdb's own chatter (symbol loading) is left out; the frames start with '#'.
