@@ -40,6 +40,10 @@
 #                           median over the rounds and each ratio the median of the rounds' own
 #                           ratios, with their range: the machine's drift between runs (±10% on
 #                           a shared VM) then shows instead of hiding in one run's ratio
+#   BENCH_PERF=             a directory: a perf profile of each contender's processes during
+#                           its small-request saturation run, CONTENDER.ROUND.data there (flat,
+#                           no call graphs: nginx and HAProxy have no frame pointers), for
+#                           `perf report -i FILE --sort dso,sym`: where each one's CPU goes
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
@@ -64,6 +68,15 @@ device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
 
 # --- 1. what it needs --------------------------------------------------------------------------
 scripts/install-deps.sh wrk nginx haproxy python3 curl >&2
+perf_dir=${BENCH_PERF:-}
+perf_bin=
+if [ -n "$perf_dir" ]; then
+  scripts/install-deps.sh linux-perf >&2
+  perf_bin=$(command -v perf || ls /usr/bin/perf_* 2>/dev/null | head -n 1)
+  [ -n "$perf_bin" ] || die "perf is missing"
+  mkdir -p "$perf_dir"
+  perf_dir=$(cd "$perf_dir" && pwd)
+fi
 oha=$(oha_binary)
 build_release_binaries
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
@@ -198,9 +211,10 @@ sum_status() { # sum_status FIELD PID… → KiB
   done
   echo "$total"
 }
-sum_cpu() {
-  local total=0 pid
-  for pid in "$@"; do total=$((total + $(cpu_ticks "$pid"))); done
+sum_cpu() { # sum_cpu user|system PID… → clock ticks
+  local total=0 pid part=$1
+  shift
+  for pid in "$@"; do total=$((total + $(cpu_ticks "$pid" "$part"))); done
   echo "$total"
 }
 
@@ -222,10 +236,10 @@ wrk_run() { # wrk_run NAME CONNECTIONS DURATION [env…] → $work/NAME.txt, RES
 
 # Per contender: this round's figures, and every round's (space-separated, for the medians).
 declare -A rps large_rps idle_kib peak_mib
-declare -A all_rps all_cpu100k all_large_rps all_p50 all_p99 all_p999 all_ratio all_large_ratio
+declare -A all_rps all_cpu100k all_user100k all_system100k all_large_rps all_p50 all_p99 all_p999 all_ratio all_large_ratio
 declare -A got
 measure() { # measure CONTENDER PID ROUND
-  local name=$1 pid=$2 round=$3 procs before after status_file idle_pid before_rss after_rss deadline
+  local name=$1 pid=$2 round=$3 procs before_user before_system after_user after_system status_file idle_pid before_rss after_rss deadline
   # Every response right, through this contender, before measuring anything.
   local code
   code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' -H "Authorization: $BENCH_AUTHORIZATION" \
@@ -237,13 +251,29 @@ measure() { # measure CONTENDER PID ROUND
   [ "$warmup" = 0 ] || wrk_run "$name.warmup" "$connections" "$warmup"
   mapfile -t procs < <(family "$pid")
   log "$name: saturation, small SOAP (wrk -c$connections -d$duration)"
-  before=$(sum_cpu "${procs[@]}")
+  local recorder=
+  if [ -n "$perf_dir" ]; then
+    "$perf_bin" record -q -F 1999 -o "$perf_dir/$name.$round.data" \
+      -p "$(IFS=,; echo "${procs[*]}")" >"$work/$name.perf.log" 2>&1 &
+    recorder=$!
+  fi
+  before_user=$(sum_cpu user "${procs[@]}")
+  before_system=$(sum_cpu system "${procs[@]}")
   wrk_run "$name.small" "$connections" "$duration"
-  after=$(sum_cpu "${procs[@]}")
+  after_user=$(sum_cpu user "${procs[@]}")
+  after_system=$(sum_cpu system "${procs[@]}")
+  if [ -n "$recorder" ]; then
+    kill -INT "$recorder" 2>/dev/null || true
+    wait "$recorder" || true # perf exits non-zero on SIGINT
+    [ -s "$perf_dir/$name.$round.data" ] ||
+      die "perf record ($name) wrote nothing: $(cat "$work/$name.perf.log")"
+  fi
   rps[$name]=${got[rps]}
   all_rps[$name]+="${got[rps]} "
-  all_cpu100k[$name]+="$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="${got[requests]}" \
-    'BEGIN { printf "%.2f", t / hz * 100000 / n }') "
+  per100k() { awk -v t="$1" -v hz="$clk_tck" -v n="${got[requests]}" 'BEGIN { printf "%.2f", t / hz * 100000 / n }'; }
+  all_cpu100k[$name]+="$(per100k $((after_user - before_user + after_system - before_system))) "
+  all_user100k[$name]+="$(per100k $((after_user - before_user))) "
+  all_system100k[$name]+="$(per100k $((after_system - before_system))) "
 
   log "$name: saturation, 1 MiB GetItem responses (wrk -c$large_connections -d$duration)"
   wrk_run "$name.large" "$large_connections" "$duration" BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0
@@ -376,7 +406,7 @@ ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 rows=""
 for name in "${contenders[@]}"; do
   # shellcheck disable=SC2086 # the lists split on purpose
-  rows+="| $name | $(median ${all_rps[$name]}) | $(ratio_cell ${all_ratio[$name]:-}) | $(median ${all_large_rps[$name]}) | $(ratio_cell ${all_large_ratio[$name]:-}) | $(ms "$(median ${all_p50[$name]})") | $(ms "$(median ${all_p99[$name]})") | $(ms "$(median ${all_p999[$name]})") | $(two "$(median ${all_cpu100k[$name]})") | ${peak_mib[$name]} | ${idle_kib[$name]} |"$'\n'
+  rows+="| $name | $(median ${all_rps[$name]}) | $(ratio_cell ${all_ratio[$name]:-}) | $(median ${all_large_rps[$name]}) | $(ratio_cell ${all_large_ratio[$name]:-}) | $(ms "$(median ${all_p50[$name]})") | $(ms "$(median ${all_p99[$name]})") | $(ms "$(median ${all_p999[$name]})") | $(two "$(median ${all_cpu100k[$name]})") ($(two "$(median ${all_user100k[$name]})") + $(two "$(median ${all_system100k[$name]})")) | ${peak_mib[$name]} | ${idle_kib[$name]} |"$'\n'
 done
 if [ "$rounds" = 1 ]; then
   reference="$best"
@@ -398,7 +428,7 @@ report=$(
 - reference for the ratios: $reference
 - reproduce: \`$command_line\`
 
-| contender | small req/s | ratio | 1 MiB req/s | ratio | p50 ms @${rate}/s | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | KiB / idle conn |
+| contender | small req/s | ratio | 1 MiB req/s | ratio | p50 ms @${rate}/s | p99 ms | p99.9 ms | CPU s / 100k req (user + kernel) | peak RSS MiB | KiB / idle conn |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${rows%$'\n'}
 EOF

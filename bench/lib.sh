@@ -170,12 +170,17 @@ EOF
 # --- CPU accounting --------------------------------------------------------------------------
 clk_tck=$(getconf CLK_TCK)
 
-# utime + stime of a process, in clock ticks.
+# utime + stime of a process, in clock ticks; `cpu_ticks PID user` or `cpu_ticks PID system` for
+# one of them (user space, or the kernel working for the process).
 cpu_ticks() {
   local stat
   stat=$(<"/proc/$1/stat")
   stat=${stat##*) } # fields after the command name
-  awk '{ print $12 + $13 }' <<<"$stat"
+  case ${2:-all} in
+    user) awk '{ print $12 }' <<<"$stat" ;;
+    system) awk '{ print $13 }' <<<"$stat" ;;
+    *) awk '{ print $12 + $13 }' <<<"$stat" ;;
+  esac
 }
 
 # CPU time the whole machine spent not idle, in clock ticks (guest time is already counted in
