@@ -10,7 +10,10 @@
 #
 # Environment (optional): BENCH_NO_BUILD=1 (use the release binaries already built);
 # INSTRUCTIONS_KEEP=DIR keeps the callgrind profiles there (callgrind.N.out of the last binary),
-# for callgrind_annotate --tree=caller: which call sites the instructions go to
+# for callgrind_annotate --tree=caller: which call sites the instructions go to;
+# INSTRUCTIONS_MODE=full counts compare.sh's seg-full instead (every layer on: compliance synced
+# from the test UEM, 100 devices, before the first request; auth; header rules), the requests
+# sent as device EASDEV000001, compliant
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
@@ -18,13 +21,24 @@ scripts/install-deps.sh python3 valgrind >&2
 build_release_binaries
 [ $# -gt 0 ] || set -- "$seg_proxy"
 
+mode=${INSTRUCTIONS_MODE:-plain}
+case $mode in plain | full) ;; *) die "INSTRUCTIONS_MODE is plain or full, not '$mode'" ;; esac
+
 "$seg_testbed" pki --dir "$work/pki" >/dev/null
-read -r upstream_port proxy_port < <(free_ports 2)
+read -r upstream_port proxy_port uem_port admin_port < <(free_ports 4)
 RUST_LOG=warn "$seg_testbed" static-soap --listen "127.0.0.1:$upstream_port" \
   --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
 pids+=($!)
 wait_for_port "${pids[-1]}" "$upstream_port" upstream
-seg_proxy_config plain "$proxy_port" "$upstream_port" >"$work/seg-proxy.toml"
+if [ "$mode" = full ]; then
+  python3 bench/uem-devices.py 100 "$work/devices.json"
+  RUST_LOG=warn "$seg_testbed" uem --listen "127.0.0.1:$uem_port" --devices "$work/devices.json" \
+    --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "${pids[-1]}" "$uem_port" uem
+fi
+seg_proxy_config "$mode" "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" \
+  >"$work/seg-proxy.toml"
 
 # Sends $1 small GetFolder POSTs on one keep-alive TLS connection, checking each answer.
 send() {
@@ -38,7 +52,7 @@ conn = http.client.HTTPSConnection("localhost", port, context=context)
 body = soak.ENVELOPE.format(soak.OPERATIONS["GetFolder"]).encode()
 for _ in range(n):
     conn.request("POST", "/EWS/Exchange.asmx", body, {"Content-Type": "text/xml; charset=utf-8",
-                 "Authorization": "Basic YWxpY2VAdGVzdC5sb2NhbDp4"})
+                 "Authorization": "Basic YWxpY2VAdGVzdC5sb2NhbDp4", "X-Device-Id": "EASDEV000001"})
     response = conn.getresponse()
     answer = response.read()
     if response.status != 200 or b'ResponseClass="Success"' not in answer:
@@ -53,6 +67,16 @@ total() {
     "$1" run --config "$work/seg-proxy.toml" >"$work/callgrind.$2.log" 2>&1 &
   local pid=$!
   wait_for_port "$pid" "$proxy_port" "seg-proxy under callgrind" 300
+  if [ "$mode" = full ]; then
+    # Compliance synced before the first request. Polled once a second: each poll is counted
+    # too, and fewer polls vary the total less between the two runs.
+    local deadline=$((SECONDS + 600))
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin_port/readyz")" = 200 ]; do
+      kill -0 "$pid" 2>/dev/null || die "seg-proxy under callgrind exited: $(tail -n 20 "$work/callgrind.$2.log")"
+      [ "$SECONDS" -lt "$deadline" ] || die "seg-proxy under callgrind not ready after 600 s"
+      sleep 1
+    done
+  fi
   send "$2"
   kill -TERM "$pid"
   wait "$pid" || true
