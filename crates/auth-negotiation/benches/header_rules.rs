@@ -8,7 +8,10 @@
 //! - `strip_hop_by_hop/typical_request`: the hop-by-hop cleanup of a mail client's request
 //!   (`Connection: keep-alive`, no others);
 //! - `strip_hop_by_hop/hostile_request`: a request naming extra headers in `Connection` and
-//!   carrying `Proxy-*`, `TE`, `Upgrade` and `Keep-Alive`.
+//!   carrying `Proxy-*`, `TE`, `Upgrade` and `Keep-Alive`;
+//! - `identity_of/basic` and `identity_of/bearer`: the user named by the typical request's
+//!   `Authorization` header (Basic), and by an OAuth token's claims (Bearer), as the identity
+//!   layer reads it on every request with the auth layers on.
 //!
 //! Each iteration clones a prepared `HeaderMap` and applies the rule to the clone; the clone
 //! alone is measured as `clone_only/*`, to subtract.
@@ -19,6 +22,7 @@
 #![allow(missing_docs)]
 
 use auth_negotiation::challenges::strip_challenges;
+use auth_negotiation::identity::identity_of;
 use criterion::{Criterion, criterion_group, criterion_main};
 use ews_proxy_core::hop_by_hop::strip_hop_by_hop;
 use http::HeaderMap;
@@ -147,6 +151,30 @@ fn header_rules(c: &mut Criterion) {
                 black_box(headers)
             })
         });
+    }
+    group.finish();
+
+    // A token with a header, Azure AD-like claims and a signature (not verified here).
+    let bearer = {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = r#"{"aud":"https://outlook.office365.com","iss":"https://sts.windows.net/0c0e4d9f/","iat":1764950400,"exp":1764954000,"name":"Alice Example","oid":"5f0b3c4e-3a8f-4d8e-9d0e-1c2b3a4d5e6f","scp":"EWS.AccessAsUser.All","upn":"alice@example.com"}"#;
+        let token = format!(
+            "Bearer {}.{}.{}",
+            engine.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+            engine.encode(claims),
+            engine.encode([7u8; 256])
+        );
+        let mut map = typical_request();
+        map.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&token).expect("token"),
+        );
+        map
+    };
+    let mut group = c.benchmark_group("identity_of");
+    for (name, map) in [("basic", &requests[0].1), ("bearer", &bearer)] {
+        group.bench_function(name, |b| b.iter(|| black_box(identity_of(black_box(map)))));
     }
     group.finish();
 
