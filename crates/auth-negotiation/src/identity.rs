@@ -36,6 +36,8 @@
 //! ```
 
 use base64::Engine as _;
+use base64::engine::GeneralPurpose;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ews_proxy_core::identity::{ClientIdentity, IdentitySource};
 use http::{HeaderMap, Request, header};
 use std::task::{Context, Poll};
@@ -118,6 +120,8 @@ pub fn identity_of(headers: &HeaderMap) -> Option<ClientIdentity> {
         if !visible {
             return None;
         }
+        // On `str`: its split on a character searches with memchr, which a byte loop over the
+        // slice does not (+20% for the whole function).
         let credentials = std::str::from_utf8(credentials).ok()?;
         let payload = credentials.split('.').nth(1)?;
         return bearer_user(payload.trim_end_matches('=').as_bytes()).map(|user| ClientIdentity {
@@ -130,25 +134,31 @@ pub fn identity_of(headers: &HeaderMap) -> Option<ClientIdentity> {
 
 /// The user of Basic credentials (base64 of `user:password`): the part before the first `:`.
 fn basic_user(credentials: &[u8]) -> Option<String> {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    // Decoded on the stack when it fits (any user name up to the 320 bytes `non_empty` allows,
-    // with a password of over 400); longer credentials take the heap.
-    let mut stack = [0u8; 768];
-    let heap;
-    let decoded: &[u8] = match engine.decode_slice(credentials, &mut stack) {
-        Ok(len) => &stack[..len],
-        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-            heap = engine.decode(credentials).ok()?;
-            &heap
-        }
-        Err(base64::DecodeSliceError::DecodeError(_)) => return None,
-    };
-    let decoded = std::str::from_utf8(decoded).ok()?;
-    let user = match decoded.bytes().position(|b| b == b':') {
-        Some(colon) => &decoded[..colon],
-        None => decoded,
-    };
-    non_empty(user)
+    // On the stack: any user name up to the 320 bytes `non_empty` allows, with a password of
+    // over 400.
+    decoded::<768, _>(&STANDARD, credentials, |decoded| {
+        let decoded = std::str::from_utf8(decoded).ok()?;
+        let user = match decoded.bytes().position(|b| b == b':') {
+            Some(colon) => &decoded[..colon],
+            None => decoded,
+        };
+        non_empty(user)
+    })
+}
+
+/// `read` applied to `input` decoded with `engine`: into an `N`-byte buffer on the stack when
+/// it fits, else on the heap; `None` when `input` is not base64.
+fn decoded<const N: usize, R>(
+    engine: &GeneralPurpose,
+    input: &[u8],
+    read: impl FnOnce(&[u8]) -> Option<R>,
+) -> Option<R> {
+    let mut stack = [0u8; N];
+    match engine.decode_slice(input, &mut stack) {
+        Ok(len) => read(&stack[..len]),
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => read(&engine.decode(input).ok()?),
+        Err(base64::DecodeSliceError::DecodeError(_)) => None,
+    }
 }
 
 /// The user named by a token's payload (base64url of a JSON object): its `upn`,
@@ -158,21 +168,11 @@ fn basic_user(credentials: &[u8]) -> Option<String> {
 /// no escapes; every other claim skipped without being built): OAuth is how most mail apps sign
 /// in today, so this is most requests' path.
 fn bearer_user(payload: &[u8]) -> Option<String> {
-    let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut stack = [0u8; 2048];
-    let heap;
-    let json: &[u8] = match engine.decode_slice(payload, &mut stack) {
-        Ok(len) => &stack[..len],
-        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-            heap = engine.decode(payload).ok()?;
-            &heap
-        }
-        Err(base64::DecodeSliceError::DecodeError(_)) => return None,
-    };
-    let claims: UserClaims<'_> = serde_json::from_slice(json).ok()?;
-    let [upn, preferred_username, unique_name, email] = claims.0;
-    let user = upn.or(preferred_username).or(unique_name).or(email)?;
-    non_empty(&user)
+    decoded::<2048, _>(&URL_SAFE_NO_PAD, payload, |json| {
+        let claims: UserClaims<'_> = serde_json::from_slice(json).ok()?;
+        let [upn, preferred_username, unique_name, email] = claims.0;
+        non_empty(&upn.or(preferred_username).or(unique_name).or(email)?)
+    })
 }
 
 /// The claims that can name the user, in the order they are asked: `upn`,
