@@ -12,6 +12,7 @@
 #                stripped, NTLM refused), client certificates asked for (optional), SOAP checks
 # For each contender, HTTP/1.1 keep-alive over TLS, checked to be all 200 EWS successes:
 #   - requests/s at saturation (wrk, small SOAP), and the contender's CPU per 100k requests
+#     (user space + kernel: utime and stime of its processes)
 #   - requests/s and MiB/s with 1 MiB GetItem responses (wrk)
 #   - p50/p99/p99.9 at a fixed moderate rate (oha -q with latency correction: no coordinated
 #     omission)
