@@ -40,6 +40,7 @@ use base64::engine::GeneralPurpose;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ews_proxy_core::identity::{ClientIdentity, IdentitySource};
 use http::{HeaderMap, Request, header};
+use std::borrow::Cow;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -169,27 +170,21 @@ fn decoded<const N: usize, R>(
 /// in today, so this is most requests' path.
 fn bearer_user(payload: &[u8]) -> Option<String> {
     decoded::<2048, _>(&URL_SAFE_NO_PAD, payload, |json| {
-        let claims: UserClaims<'_> = serde_json::from_slice(json).ok()?;
-        let [upn, preferred_username, unique_name, email] = claims.0;
+        let mut reader = serde_json::Deserializer::from_slice(json);
+        let claims = serde::Deserializer::deserialize_map(&mut reader, UserClaims).ok()?;
+        reader.end().ok()?; // nothing but whitespace after the object
+        let [upn, preferred_username, unique_name, email] = claims;
         non_empty(&upn.or(preferred_username).or(unique_name).or(email)?)
     })
 }
 
-/// The claims that can name the user, in the order they are asked: `upn`,
-/// `preferred_username`, `unique_name`, `email`. A claim that is not a string counts as absent
-/// and a repeated one as its last value, as in a `serde_json::Value`.
-struct UserClaims<'a>([Option<std::borrow::Cow<'a, str>>; 4]);
+/// Reads, from a JSON object of claims, those that can name the user, in the order they are
+/// asked: `upn`, `preferred_username`, `unique_name`, `email`. A claim that is not a string
+/// counts as absent and a repeated one as its last value, as in a `serde_json::Value`.
+struct UserClaims;
 
-impl<'de> serde::Deserialize<'de> for UserClaims<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ClaimsVisitor)
-    }
-}
-
-struct ClaimsVisitor;
-
-impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
-    type Value = UserClaims<'de>;
+impl<'de> serde::de::Visitor<'de> for UserClaims {
+    type Value = [Option<Cow<'de, str>>; 4];
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object of claims")
@@ -197,8 +192,8 @@ impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         const NAMES: [&str; 4] = ["upn", "preferred_username", "unique_name", "email"];
-        let mut claims: [Option<std::borrow::Cow<'de, str>>; 4] = Default::default();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        let mut claims: [Option<Cow<'de, str>>; 4] = Default::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match NAMES.iter().position(|name| *name == key) {
                 Some(i) => claims[i] = map.next_value::<StringOrNot<'de>>()?.0,
                 None => {
@@ -206,12 +201,12 @@ impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
                 }
             }
         }
-        Ok(UserClaims(claims))
+        Ok(claims)
     }
 }
 
 /// A JSON value kept if it is a string, skipped otherwise.
-struct StringOrNot<'a>(Option<std::borrow::Cow<'a, str>>);
+struct StringOrNot<'a>(Option<Cow<'a, str>>);
 
 impl<'de> serde::Deserialize<'de> for StringOrNot<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -229,13 +224,13 @@ impl<'de> serde::de::Visitor<'de> for StringOrNotVisitor {
     }
 
     fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
-        Ok(StringOrNot(Some(std::borrow::Cow::Borrowed(value))))
+        Ok(StringOrNot(Some(Cow::Borrowed(value))))
     }
     fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
-        Ok(StringOrNot(Some(std::borrow::Cow::Owned(value.to_owned()))))
+        Ok(StringOrNot(Some(Cow::Owned(value.to_owned()))))
     }
     fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
-        Ok(StringOrNot(Some(std::borrow::Cow::Owned(value))))
+        Ok(StringOrNot(Some(Cow::Owned(value))))
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
         Ok(StringOrNot(None))
