@@ -21,6 +21,8 @@
 #                             PROFILE_COPIES=stacks: by call site (DWARF call graphs, use a
 #                             short PROFILE_DURATION: about 1 GB per 2 s)
 #   PROFILE_COPY_SYMBOL=      the memmove variant to probe, if not the one guessed from the CPU
+#   PROFILE_UPSTREAM_HTTP2=1  the upstream offers HTTP/2 as well (ALPN h2, as Exchange on IIS 10
+#                             does), which the gateway then uses: one multiplexed connection
 #   BENCH_NO_BUILD=1          use the release binaries already in the target dir
 set -euo pipefail
 
@@ -43,7 +45,7 @@ export BENCH_DEVICE_ID=EASDEV000001
 read -r upstream_port proxy_port admin_port uem_port < <(free_ports 4)
 RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$seg_testbed" static-soap \
   --listen "127.0.0.1:$upstream_port" --tls-cert "$work/pki/server.pem" \
-  --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
+  --tls-key "$work/pki/server.key" ${PROFILE_UPSTREAM_HTTP2:+--http2} >"$work/upstream.log" 2>&1 &
 pids+=($!)
 wait_for_port "${pids[-1]}" "$upstream_port" upstream
 

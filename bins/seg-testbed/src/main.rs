@@ -123,6 +123,10 @@ struct StaticSoapArgs {
     /// The server private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Offer HTTP/2 by ALPN as well as HTTP/1.1 (what IIS 10 offers for Exchange), instead of
+    /// HTTP/1.1 only (what nginx can speak to an upstream).
+    #[arg(long, requires = "tls_cert")]
+    http2: bool,
 }
 
 /// Arguments of `seg-testbed kdc` and `seg-testbed samba`.
@@ -294,10 +298,16 @@ async fn exchange(args: ExchangeArgs) -> Result<(), BoxError> {
 async fn static_soap(args: StaticSoapArgs) -> Result<(), BoxError> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            // HTTP/1.1 only: the protocol nginx and HAProxy speak to an upstream, so that every
-            // contender of the comparison talks to this server the same way.
+            // HTTP/1.1 only by default: the protocol nginx can speak to an upstream, so that
+            // every contender of the comparison talks to this server the same way. With
+            // --http2, HTTP/2 as well, as Exchange on IIS 10 offers it: each contender then
+            // speaks the best it can.
             let mut config = (*pki::server_config_from_files(cert, key)?).clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config.alpn_protocols = if args.http2 {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
             Some(std::sync::Arc::new(config))
         }
         _ => None,

@@ -12,8 +12,9 @@
 //! - any other request gets a small `GetFolderResponse` for the inbox.
 //!
 //! Both are `200` with `ResponseClass="Success"`, which is what the benchmark's load scripts
-//! check. HTTP/1.1 only (the protocol nginx and HAProxy speak to an upstream), over TLS when a
-//! certificate is given.
+//! check. HTTP/1.1 (the protocol nginx speaks to an upstream), over TLS when a certificate is
+//! given; HTTP/2 as well when the TLS configuration offers `h2` by ALPN and the client picks it,
+//! as IIS 10 does for Exchange on Windows Server 2016 and later.
 //!
 //! ```
 //! use seg_testbed::static_soap::StaticSoap;
@@ -38,7 +39,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -93,8 +94,8 @@ impl StaticSoap {
         &self.large
     }
 
-    /// Serves HTTP/1.1 keep-alive connections on `listener` (TLS with `tls`) until the task is
-    /// dropped or aborted.
+    /// Serves HTTP/1.1 keep-alive connections on `listener` (TLS with `tls`; HTTP/2 on those
+    /// whose ALPN chose `h2`) until the task is dropped or aborted.
     pub async fn serve(self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
         let tls = tls.map(TlsAcceptor::from);
         loop {
@@ -120,6 +121,13 @@ impl StaticSoap {
         let http = hyper::server::conn::http1::Builder::new();
         let result = match tls {
             Some(acceptor) => match acceptor.accept(stream).await {
+                // HTTP/2 only when the server's TLS configuration offered it (ALPN) and the
+                // client chose it: what IIS 10 does for Exchange.
+                Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
                 Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
                 Err(error) => {
                     tracing::debug!(%error, "TLS handshake failed");
@@ -205,6 +213,68 @@ mod tests {
         assert!(large.ends_with("</s:Envelope>"));
         let small = std::str::from_utf8(responder.small()).expect("ASCII");
         assert!(small.contains(r#"ResponseClass="Success""#));
+    }
+
+    /// POSTs a small GetFolder on `sender` and returns the response's version and body.
+    async fn get_folder<S>(send: S) -> (http::Version, String)
+    where
+        S: std::future::Future<Output = Result<Response<Incoming>, crate::Error>>,
+    {
+        let response = send.await.expect("the responder answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        let version = response.version();
+        let body = response.into_body().collect().await.expect("the body");
+        (
+            version,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        )
+    }
+
+    fn get_folder_request(url: &str) -> Request<Full<Bytes>> {
+        Request::post(url)
+            .header(header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .body(Full::new(Bytes::from_static(b"<m:GetFolder/>")))
+            .expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn http2_is_spoken_when_alpn_picks_it_and_http1_otherwise() {
+        let pki = crate::pki::TestPki::in_memory(&[]).expect("a test PKI");
+        let offers_both = pki.server_config().expect("a server configuration");
+        assert_eq!(offers_both.alpn_protocols, [&b"h2"[..], b"http/1.1"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let server = tokio::spawn(StaticSoap::new().serve(listener, Some(offers_both)));
+        let client = crate::client::HttpClient::trusting(pki.root_store());
+        let url = format!("https://localhost:{}/EWS/Exchange.asmx", addr.port());
+
+        let mut h2 = client
+            .connect_h2(addr, "localhost")
+            .await
+            .expect("h2 agreed");
+        let (version, body) = get_folder(async {
+            h2.send_request(get_folder_request(&url))
+                .await
+                .map_err(crate::Error::Http)
+        })
+        .await;
+        assert_eq!(version, http::Version::HTTP_2);
+        assert!(body.contains(r#"ResponseClass="Success""#), "{body}");
+
+        let (version, body) = get_folder(client.send(get_folder_request(&url))).await;
+        assert_eq!(version, http::Version::HTTP_11);
+        assert!(body.contains(r#"ResponseClass="Success""#), "{body}");
+        server.abort();
+
+        // A configuration that offers HTTP/1.1 only (the comparison's default) is not talked
+        // into HTTP/2.
+        let mut http1_only = (*pki.server_config().expect("a server configuration")).clone();
+        http1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let server = tokio::spawn(StaticSoap::new().serve(listener, Some(Arc::new(http1_only))));
+        assert!(client.connect_h2(addr, "localhost").await.is_err());
+        server.abort();
     }
 
     #[test]
