@@ -322,6 +322,60 @@ async fn trust_store_admits_a_private_ca_exchange() {
     assert_eq!(exchange.requests().len(), 1);
 }
 
+/// Exchange on IIS 10 offers HTTP/2, which the gateway takes, but IIS does not support Windows
+/// authentication over HTTP/2: a request that authenticates with `Negotiate` (the Kerberos ticket
+/// of constrained delegation) must reach it over HTTP/1.1, the others may share HTTP/2. (NTLM,
+/// which the gateway refuses by default, is told the same way: the host pool's unit tests.)
+#[tokio::test]
+async fn windows_authentication_reaches_an_http2_exchange_over_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let offers_h2 = pki.server_config().unwrap();
+    assert!(offers_h2.alpn_protocols.contains(&b"h2".to_vec()));
+    let exchange = ScriptedUpstream::echo(Some(offers_h2)).await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.exchange.trust_store = Some(pki.files().unwrap().ca.clone());
+    let gateway = start(config).await;
+    let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+    let authorizations = [
+        "Basic YWxpY2VAdGVzdC5sb2NhbDpzZWNyZXQ=",
+        "Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag",
+        "Basic YWxpY2VAdGVzdC5sb2NhbDpzZWNyZXQ=",
+        "negotiate YIIGhgYGKwYBBQUCoIIGejCCBnah",
+    ];
+    for authorization in authorizations {
+        let mut request = soap_request(&url, GET_ITEM);
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static(authorization),
+        );
+        let response = client().send(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{authorization}");
+    }
+    let seen: Vec<_> = exchange
+        .requests()
+        .iter()
+        .map(|request| {
+            let authorization = request.headers[http::header::AUTHORIZATION]
+                .to_str()
+                .unwrap();
+            (authorization.to_owned(), request.version)
+        })
+        .collect();
+    let expected: Vec<_> = authorizations
+        .iter()
+        .map(|authorization| {
+            let version = if authorization.starts_with("Basic") {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            };
+            (authorization.to_string(), version)
+        })
+        .collect();
+    assert_eq!(seen, expected);
+}
+
 #[tokio::test]
 async fn ignore_ssl_errors_admits_any_exchange_certificate() {
     let untrusted = pki::self_signed(&["somewhere.else"]).unwrap();

@@ -11,6 +11,10 @@
 //!   stalls every request beyond its limit, and hyper's own client never opens a second one, so
 //!   without this 30-minute `GetStreamingEvents` streams would take every slot and stall all the
 //!   other requests behind them.
+//! - A request carrying Windows authentication (`Authorization: Negotiate …` or `NTLM …`, e.g.
+//!   the Kerberos ticket of constrained delegation) always goes over HTTP/1.1, on a connection
+//!   that offered only `http/1.1` by ALPN: IIS does not support Windows authentication over
+//!   HTTP/2 and answers such a stream with `HTTP_1_1_REQUIRED` instead of a response.
 //! - A request that found its reused connection closed by Exchange before it was written (the
 //!   keep-alive race) is sent again on another connection; one already written is never resent.
 //! - Idle connections older than [`PoolSettings::idle_timeout`] are closed by a background task
@@ -120,7 +124,16 @@ struct Target {
     /// The host without IPv6 brackets, for the TCP connect.
     host: String,
     port: u16,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls: Option<TlsTarget>,
+}
+
+/// How TLS connections to the host are made.
+struct TlsTarget {
+    /// Offers what the pool settings allow by ALPN (`h2` and `http/1.1`, or `http/1.1`).
+    connector: TlsConnector,
+    /// Offers `http/1.1` only: for requests that must not go over HTTP/2.
+    http1_connector: TlsConnector,
+    name: ServerName<'static>,
 }
 
 struct Shared {
@@ -208,10 +221,13 @@ impl HostPool {
     /// A pool for `upstream`'s host, with the TLS and pool settings of `client`.
     pub fn new(client: &UpstreamClient, upstream: &Upstream) -> Self {
         let tls = (*upstream.scheme() == Scheme::HTTPS).then(|| {
-            (
-                TlsConnector::from(client.tls_config().clone()),
-                upstream.server_name().clone(),
-            )
+            let mut http1_only = (**client.tls_config()).clone();
+            http1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsTarget {
+                connector: TlsConnector::from(client.tls_config().clone()),
+                http1_connector: TlsConnector::from(Arc::new(http1_only)),
+                name: upstream.server_name().clone(),
+            }
         });
         HostPool {
             shared: Arc::new(Shared {
@@ -251,13 +267,18 @@ impl Shared {
         self: Arc<Self>,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
+        let protocol = if carries_windows_auth(request.headers()) {
+            Protocol::Http1Only
+        } else {
+            Protocol::Any
+        };
         loop {
-            let (taken, reused) = match self.take() {
+            let (taken, reused) = match self.take(protocol) {
                 Some(taken) => (taken, true),
                 // Boxed: opening holds a TLS handshake and an HTTP/2 one, several KiB that
                 // would otherwise be part of (and copied into) every request's future, though
                 // most requests find a pooled connection.
-                None => (Box::pin(self.open()).await?, false),
+                None => (Box::pin(self.open(protocol)).await?, false),
             };
             match taken {
                 Taken::Http1(mut sender) => {
@@ -299,8 +320,9 @@ impl Shared {
     }
 
     /// A pooled connection with room for a request, if any.
-    fn take(&self) -> Option<Taken> {
-        if self.speaks_h2.load(Ordering::Relaxed)
+    fn take(&self, protocol: Protocol) -> Option<Taken> {
+        if protocol == Protocol::Any
+            && self.speaks_h2.load(Ordering::Relaxed)
             && let Some(taken) = self.take_h2()
         {
             return Some(taken);
@@ -343,10 +365,10 @@ impl Shared {
     }
 
     /// Opens a connection: TCP, TLS with ALPN, then HTTP/2 or HTTP/1.1 as Exchange chose.
-    async fn open(self: &Arc<Self>) -> Result<Taken, SendError> {
+    async fn open(self: &Arc<Self>, protocol: Protocol) -> Result<Taken, SendError> {
         self.start_reaper();
         // HTTP/2: one opening at a time; whoever waited finds room on the new connection.
-        let _opening = if self.speaks_h2.load(Ordering::Relaxed) {
+        let _opening = if protocol == Protocol::Any && self.speaks_h2.load(Ordering::Relaxed) {
             let guard = self.h2_opening.lock().await;
             if let Some(taken) = self.take_h2() {
                 return Ok(taken);
@@ -357,7 +379,7 @@ impl Shared {
         };
         let timeout = self.settings.connect_timeout;
         let authority = &self.target.authority;
-        match tokio::time::timeout(timeout, self.connect()).await {
+        match tokio::time::timeout(timeout, self.connect(protocol)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::ConnectTimeout {
                 authority: authority.clone(),
@@ -366,7 +388,7 @@ impl Shared {
         }
     }
 
-    async fn connect(&self) -> Result<Taken, SendError> {
+    async fn connect(&self, protocol: Protocol) -> Result<Taken, SendError> {
         let target = &self.target;
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
@@ -375,11 +397,15 @@ impl Shared {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        let Some((connector, name)) = &target.tls else {
+        let Some(tls_target) = &target.tls else {
             return self.handshake_http1(tcp).await;
         };
+        let connector = match protocol {
+            Protocol::Any => &tls_target.connector,
+            Protocol::Http1Only => &tls_target.http1_connector,
+        };
         let tls = connector
-            .connect(name.clone(), tcp)
+            .connect(tls_target.name.clone(), tcp)
             .await
             .map_err(|source| SendError::Tls {
                 authority: target.authority.clone(),
@@ -393,6 +419,10 @@ impl Shared {
         {
             self.presented
                 .record(&target.authority, certificate.clone().into_owned());
+        }
+        if protocol == Protocol::Http1Only {
+            // Says nothing of whether Exchange would take HTTP/2: it was not offered.
+            return self.handshake_http1(tls).await;
         }
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         self.speaks_h2.store(h2, Ordering::Relaxed);
@@ -468,6 +498,32 @@ impl Shared {
     }
 }
 
+/// Which connections a request may go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/2 when Exchange speaks it, else HTTP/1.1.
+    Any,
+    /// HTTP/1.1 only.
+    Http1Only,
+}
+
+/// Whether the request authenticates to Exchange with Windows authentication (`Negotiate` or
+/// `NTLM`, any case), which IIS supports over HTTP/1.1 only ("HTTP/2 on IIS": Windows
+/// authentication is not supported over HTTP/2, IIS falls back to HTTP/1.1).
+fn carries_windows_auth(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|value| {
+            let value = value.as_bytes();
+            let scheme = value
+                .iter()
+                .position(|&b| b == b' ')
+                .map_or(value, |end| &value[..end]);
+            scheme.eq_ignore_ascii_case(b"Negotiate") || scheme.eq_ignore_ascii_case(b"NTLM")
+        })
+}
+
 /// The response with its body holding the lease; released at once when there is no body.
 fn with_lease(response: Response<hyper::body::Incoming>, lease: Lease) -> Response<ResponseBody> {
     response.map(|body| ResponseBody::leased(body, PoolLease(lease)))
@@ -530,5 +586,30 @@ mod tests {
         let future = pool.shared.clone().send(request);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1024, "the send future is {size} bytes");
+    }
+
+    #[test]
+    fn windows_authentication_is_told_by_the_scheme_alone() {
+        let carries = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(value).expect("a header value"),
+                );
+            }
+            carries_windows_auth(&headers)
+        };
+        assert!(carries(&["Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag"]));
+        assert!(carries(&["negotiate YIIG"]));
+        assert!(carries(&["NTLM TlRMTVNTUAABAAAAB4IIog=="]));
+        assert!(carries(&["Ntlm"]));
+        assert!(carries(&["Basic YWxpY2U6c2VjcmV0", "Negotiate YIIG"]));
+        assert!(!carries(&[]));
+        assert!(!carries(&["Basic YWxpY2U6c2VjcmV0"]));
+        assert!(!carries(&["Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig"]));
+        assert!(!carries(&["NegotiateYIIG"]));
+        assert!(!carries(&["NTLMv2 x"]));
+        assert!(!carries(&[""]));
     }
 }

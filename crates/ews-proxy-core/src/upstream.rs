@@ -50,7 +50,8 @@ pub struct PoolSettings {
     /// Offer HTTP/2 to Exchange (ALPN; an Exchange that does not take it gets HTTP/1.1). On by
     /// default: against the test Exchange, multiplexing onto one HTTP/2 connection cost both
     /// sides less CPU per request than a pooled HTTP/1.1 connection per client (see
-    /// docs/benchmarks.md).
+    /// docs/benchmarks.md). Requests carrying Windows authentication (`Negotiate`, `NTLM`) go
+    /// over HTTP/1.1 whatever this says: IIS does not support it over HTTP/2.
     pub http2: bool,
     /// Requests (streams) at once on one HTTP/2 connection to Exchange before another
     /// connection is opened; lowered to what Exchange announces. IIS allows 100 by default.

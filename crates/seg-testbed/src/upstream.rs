@@ -33,6 +33,8 @@ use tokio_rustls::TlsAcceptor;
 pub struct SeenRequest {
     /// Method.
     pub method: Method,
+    /// The HTTP version it arrived in (HTTP/2 when the client picked `h2` by ALPN).
+    pub version: http::Version,
     /// Path and query.
     pub path: String,
     /// Headers, as received.
@@ -217,6 +219,7 @@ async fn respond(
     if let Ok(mut seen) = seen.lock() {
         seen.push(SeenRequest {
             method: parts.method,
+            version: parts.version,
             path,
             headers: parts.headers,
             body: body.clone(),

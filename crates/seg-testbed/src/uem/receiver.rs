@@ -118,6 +118,7 @@ async fn answer(
         .unwrap_or_default();
     lock(&seen).push(SeenRequest {
         method: parts.method,
+        version: parts.version,
         path: parts
             .uri
             .path_and_query()
