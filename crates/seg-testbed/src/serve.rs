@@ -1,7 +1,6 @@
 //! The one accept loop every stand-in uses: plain or TLS connections, HTTP/1.1 and HTTP/2, each
 //! request handed to an async handler, until a shutdown future completes.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
@@ -14,6 +13,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+
+/// In a response's extensions: answer with a reset of the stream (`RST_STREAM` with this
+/// reason) instead of the response, as IIS answers an HTTP/2 request it will only serve over
+/// HTTP/1.1. Meant for HTTP/2 requests; over HTTP/1.1 the connection is closed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ResetStream(pub(crate) h2::Reason);
 
 /// A stand-in's server task: where it listens, and how to stop it. Dropping it stops it too.
 #[derive(Debug)]
@@ -128,7 +133,14 @@ where
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request: Request<Incoming>| {
         let response = handler(request);
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            match response.extensions().get::<ResetStream>() {
+                // hyper resets the stream with the h2 reason it finds in the error.
+                Some(ResetStream(reason)) => Err(h2::Error::from(*reason)),
+                None => Ok(response),
+            }
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let result = match tls {

@@ -643,3 +643,44 @@ async fn the_server_speaks_h2_when_the_client_offers_it() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// IIS does not support Windows authentication over HTTP/2: it resets such a stream with
+/// `HTTP_1_1_REQUIRED` (the client is to send it again over HTTP/1.1) and serves nothing; other
+/// streams on the connection go on.
+#[tokio::test]
+async fn windows_authentication_over_h2_is_reset_with_http_1_1_required() {
+    let testbed = TestExchange::start(|_| {}).await.unwrap();
+    let mut sender = testbed
+        .client
+        .connect_h2(testbed.server.addr(), "localhost")
+        .await
+        .unwrap();
+    for authorization in [
+        "Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag",
+        "NTLM TlRMTVNTUAABAAAA",
+    ] {
+        let request = harness::ews_request(
+            &testbed.server.url(),
+            Some(authorization),
+            &[],
+            harness::soap_envelope(GET_INBOX),
+        )
+        .unwrap();
+        let error = sender.send_request(request).await.unwrap_err();
+        let reason = std::error::Error::source(&error)
+            .and_then(|source| source.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason);
+        assert_eq!(reason, Some(h2::Reason::HTTP_1_1_REQUIRED), "{error:?}");
+    }
+    assert!(testbed.server.requests().is_empty(), "nothing was served");
+
+    let request = harness::ews_request(
+        &testbed.server.url(),
+        Some(&testbed.basic("alice@test.local")),
+        &[],
+        harness::soap_envelope(GET_INBOX),
+    )
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -118,6 +118,16 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// Whether the request authenticates with Windows authentication (`Negotiate` or `NTLM`, any
+/// case), which IIS serves over HTTP/1.1 only.
+pub(crate) fn is_windows_auth(headers: &HeaderMap) -> bool {
+    headers.get_all(header::AUTHORIZATION).iter().any(|value| {
+        let value = value.as_bytes().trim_ascii_start();
+        let scheme = value.split(|&b| b == b' ').next().unwrap_or_default();
+        scheme.eq_ignore_ascii_case(b"Negotiate") || scheme.eq_ignore_ascii_case(b"NTLM")
+    })
+}
+
 /// The binary token of `Authorization: Negotiate <base64>`, refused when it is not base64, is
 /// empty, or is NTLM.
 fn negotiate_token(credentials: &str) -> Result<Vec<u8>, Refusal> {

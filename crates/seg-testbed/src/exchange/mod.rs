@@ -483,6 +483,16 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
 }
 
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    if request.version() == http::Version::HTTP_2 && auth::is_windows_auth(request.headers()) {
+        // IIS does not support Windows authentication over HTTP/2 ("HTTP/2 on IIS"): it asks
+        // the client to send the request again over HTTP/1.1, and serves nothing.
+        tracing::debug!("Windows authentication over HTTP/2: HTTP_1_1_REQUIRED");
+        let mut reset = Response::new(full(Bytes::new()));
+        reset
+            .extensions_mut()
+            .insert(crate::serve::ResetStream(h2::Reason::HTTP_1_1_REQUIRED));
+        return reset;
+    }
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, shared.config.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
