@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{Full, StreamBody};
 use hyper::body::Frame;
+use seg_proxy::Gateway;
 use seg_testbed::client::HttpClient;
 use seg_testbed::pki::{self, TestPki};
 use seg_testbed::upstream::ScriptedUpstream;
@@ -322,12 +323,11 @@ async fn trust_store_admits_a_private_ca_exchange() {
     assert_eq!(exchange.requests().len(), 1);
 }
 
-/// Exchange on IIS 10 offers HTTP/2, which the gateway takes, but IIS does not support Windows
-/// authentication over HTTP/2: a request that authenticates with `Negotiate` (the Kerberos ticket
-/// of constrained delegation) must reach it over HTTP/1.1, the others may share HTTP/2. (NTLM,
-/// which the gateway refuses by default, is told the same way: the host pool's unit tests.)
-#[tokio::test]
-async fn windows_authentication_reaches_an_http2_exchange_over_http1() {
+/// An echo upstream over TLS that offers HTTP/2 by ALPN as Exchange on IIS 10 does, and a
+/// gateway in front of it (with `change` applied to its configuration).
+async fn http2_exchange_and_gateway(
+    change: impl FnOnce(&mut seg_proxy::config::Config),
+) -> (ScriptedUpstream, Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(dir.path()).unwrap();
     let offers_h2 = pki.server_config().unwrap();
@@ -335,7 +335,71 @@ async fn windows_authentication_reaches_an_http2_exchange_over_http1() {
     let exchange = ScriptedUpstream::echo(Some(offers_h2)).await.unwrap();
     let mut config = config_for(&exchange.url());
     config.exchange.trust_store = Some(pki.files().unwrap().ca.clone());
-    let gateway = start(config).await;
+    change(&mut config);
+    (exchange, start(config).await, dir)
+}
+
+/// The operation each request reached Exchange with, and the HTTP version it came in.
+fn operations_and_versions(exchange: &ScriptedUpstream) -> Vec<(String, http::Version)> {
+    exchange
+        .requests()
+        .iter()
+        .map(|request| {
+            let body = String::from_utf8_lossy(&request.body);
+            let operation = ["GetStreamingEvents", "GetItem"]
+                .into_iter()
+                .find(|operation| body.contains(&format!("<m:{operation}")))
+                .unwrap_or("other");
+            (operation.to_owned(), request.version)
+        })
+        .collect()
+}
+
+const GET_STREAMING_EVENTS: &str = "<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>AAMk1</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>5</m:ConnectionTimeout></m:GetStreamingEvents>";
+
+/// Against an Exchange that offers HTTP/2, long-lived requests share multiplexed HTTP/2
+/// connections and short ones go over pooled HTTP/1.1, which costs the gateway less per request;
+/// `exchange.pool.http2_short_requests` sends those over HTTP/2 as well.
+#[tokio::test]
+async fn long_lived_requests_take_http2_and_short_ones_http1() {
+    for short_over_http2 in [false, true] {
+        let (exchange, gateway, _dir) = http2_exchange_and_gateway(|config| {
+            config.exchange.pool.http2_short_requests = short_over_http2;
+        })
+        .await;
+        let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
+        for operation in [GET_ITEM, GET_STREAMING_EVENTS, GET_ITEM] {
+            let response = client().send(soap_request(&url, operation)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let short = if short_over_http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(
+            operations_and_versions(&exchange),
+            [
+                ("GetItem".to_owned(), short),
+                ("GetStreamingEvents".to_owned(), http::Version::HTTP_2),
+                ("GetItem".to_owned(), short),
+            ],
+            "http2_short_requests = {short_over_http2}"
+        );
+    }
+}
+
+/// Exchange on IIS 10 offers HTTP/2, which the gateway takes, but IIS does not support Windows
+/// authentication over HTTP/2: a request that authenticates with `Negotiate` (the Kerberos ticket
+/// of constrained delegation) must reach it over HTTP/1.1, even where other requests share
+/// HTTP/2. (NTLM, which the gateway refuses by default, is told the same way: the host pool's
+/// unit tests.)
+#[tokio::test]
+async fn windows_authentication_reaches_an_http2_exchange_over_http1() {
+    let (exchange, gateway, _dir) = http2_exchange_and_gateway(|config| {
+        config.exchange.pool.http2_short_requests = true;
+    })
+    .await;
     let url = format!("{}/EWS/Exchange.asmx", http_base(&gateway));
     let authorizations = [
         "Basic YWxpY2VAdGVzdC5sb2NhbDpzZWNyZXQ=",

@@ -5,7 +5,9 @@
 //!   session and TCP window are warm), or opens a new one; the connection goes back on the stack
 //!   when the response body has been read to its end, and is closed instead when the body is
 //!   dropped half-read.
-//! - HTTP/2 (when offered and Exchange picks it by ALPN): each connection carries up to the
+//! - HTTP/2 (when offered and Exchange picks it by ALPN), for long-lived requests (EWS
+//!   `GetStreamingEvents`, ActiveSync `Ping`; every request with
+//!   [`PoolSettings::http2_short_requests`]): each connection carries up to the
 //!   concurrent-stream limit ([`PoolSettings::http2_max_streams`], lowered to what Exchange
 //!   announces), and a new connection is opened when every one is full. An HTTP/2 connection
 //!   stalls every request beyond its limit, and hyper's own client never opens a second one, so
@@ -48,6 +50,7 @@
 //! ```
 
 use crate::body::{ResponseBody, UpstreamBody};
+use crate::operation::EwsOperation;
 use crate::proxy::Upstream;
 use crate::upstream::{PoolSettings, PresentedCertificates, UpstreamClient};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -58,7 +61,7 @@ use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -148,8 +151,9 @@ struct Shared {
     /// Held while an HTTP/2 connection is being opened, so that a burst of requests opens one
     /// connection, not one each.
     h2_opening: tokio::sync::Mutex<()>,
-    /// Exchange picked HTTP/2 on the last connection opened.
-    speaks_h2: AtomicBool,
+    /// Whether Exchange picked HTTP/2 on the last connection that offered it: [`H2_UNKNOWN`]
+    /// before the first, [`H2_SPOKEN`] or [`H2_NOT_SPOKEN`].
+    speaks_h2: AtomicU8,
     reaper_started: AtomicBool,
 }
 
@@ -229,6 +233,12 @@ impl HostPool {
                 name: upstream.server_name().clone(),
             }
         });
+        let tls_offers_h2 = tls.is_some()
+            && client
+                .tls_config()
+                .alpn_protocols
+                .iter()
+                .any(|protocol| protocol == b"h2");
         HostPool {
             shared: Arc::new(Shared {
                 target: Target {
@@ -243,7 +253,12 @@ impl HostPool {
                 idle: Mutex::new(Vec::new()),
                 h2: Mutex::new(Vec::new()),
                 h2_opening: tokio::sync::Mutex::new(()),
-                speaks_h2: AtomicBool::new(false),
+                // Never offered over plain HTTP, nor when the settings say not to.
+                speaks_h2: AtomicU8::new(if tls_offers_h2 {
+                    H2_UNKNOWN
+                } else {
+                    H2_NOT_SPOKEN
+                }),
                 reaper_started: AtomicBool::new(false),
             }),
         }
@@ -269,8 +284,10 @@ impl Shared {
     ) -> Result<Response<ResponseBody>, SendError> {
         let protocol = if carries_windows_auth(request.headers()) {
             Protocol::Http1Only
+        } else if self.settings.http2_short_requests || is_long_lived(&request) {
+            Protocol::Http2WhenSpoken
         } else {
-            Protocol::Any
+            Protocol::Http1Only
         };
         loop {
             let (taken, reused) = match self.take(protocol) {
@@ -321,11 +338,15 @@ impl Shared {
 
     /// A pooled connection with room for a request, if any.
     fn take(&self, protocol: Protocol) -> Option<Taken> {
-        if protocol == Protocol::Any
-            && self.speaks_h2.load(Ordering::Relaxed)
-            && let Some(taken) = self.take_h2()
-        {
-            return Some(taken);
+        if protocol == Protocol::Http2WhenSpoken {
+            match self.speaks_h2.load(Ordering::Relaxed) {
+                // None: every HTTP/2 connection is full, open another (a long-lived request
+                // would hold an HTTP/1.1 connection for its whole life).
+                H2_SPOKEN => return self.take_h2(),
+                // Not known yet: open a connection that offers HTTP/2, and learn.
+                H2_UNKNOWN => return None,
+                _ => {}
+            }
         }
         let mut idle = lock(&self.idle);
         idle.retain(|c| !c.sender.is_closed());
@@ -368,7 +389,9 @@ impl Shared {
     async fn open(self: &Arc<Self>, protocol: Protocol) -> Result<Taken, SendError> {
         self.start_reaper();
         // HTTP/2: one opening at a time; whoever waited finds room on the new connection.
-        let _opening = if protocol == Protocol::Any && self.speaks_h2.load(Ordering::Relaxed) {
+        let _opening = if protocol == Protocol::Http2WhenSpoken
+            && self.speaks_h2.load(Ordering::Relaxed) == H2_SPOKEN
+        {
             let guard = self.h2_opening.lock().await;
             if let Some(taken) = self.take_h2() {
                 return Ok(taken);
@@ -401,7 +424,7 @@ impl Shared {
             return self.handshake_http1(tcp).await;
         };
         let connector = match protocol {
-            Protocol::Any => &tls_target.connector,
+            Protocol::Http2WhenSpoken => &tls_target.connector,
             Protocol::Http1Only => &tls_target.http1_connector,
         };
         let tls = connector
@@ -425,7 +448,8 @@ impl Shared {
             return self.handshake_http1(tls).await;
         }
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        self.speaks_h2.store(h2, Ordering::Relaxed);
+        let spoken = if h2 { H2_SPOKEN } else { H2_NOT_SPOKEN };
+        self.speaks_h2.store(spoken, Ordering::Relaxed);
         if !h2 {
             return self.handshake_http1(tls).await;
         }
@@ -498,13 +522,33 @@ impl Shared {
     }
 }
 
+const H2_UNKNOWN: u8 = 0;
+const H2_SPOKEN: u8 = 1;
+const H2_NOT_SPOKEN: u8 = 2;
+
 /// Which connections a request may go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
     /// HTTP/2 when Exchange speaks it, else HTTP/1.1.
-    Any,
+    Http2WhenSpoken,
     /// HTTP/1.1 only.
     Http1Only,
+}
+
+/// Whether the response may stay open for minutes: EWS `GetStreamingEvents` (as the operation
+/// sniffer found it) or ActiveSync `Ping` (`Cmd=Ping` in the query, any case). Only these are
+/// worth an HTTP/2 stream: many of them share a connection where HTTP/1.1 holds one each.
+fn is_long_lived<B>(request: &Request<B>) -> bool {
+    if let Some(operation) = request.extensions().get::<EwsOperation>() {
+        return *operation == EwsOperation::GetStreamingEvents;
+    }
+    request.uri().query().is_some_and(|query| {
+        query.split('&').any(|pair| {
+            pair.split_once('=').is_some_and(|(key, value)| {
+                key.eq_ignore_ascii_case("Cmd") && value.eq_ignore_ascii_case("Ping")
+            })
+        })
+    })
 }
 
 /// Whether the request authenticates to Exchange with Windows authentication (`Negotiate` or
@@ -586,6 +630,40 @@ mod tests {
         let future = pool.shared.clone().send(request);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1024, "the send future is {size} bytes");
+    }
+
+    #[test]
+    fn long_lived_requests_are_streaming_events_and_activesync_pings() {
+        let request = |uri: &str, operation: Option<EwsOperation>| {
+            let mut request = Request::post(uri).body(()).expect("request");
+            if let Some(operation) = operation {
+                request.extensions_mut().insert(operation);
+            }
+            request
+        };
+        let ews = "/EWS/Exchange.asmx";
+        assert!(is_long_lived(&request(
+            ews,
+            Some(EwsOperation::GetStreamingEvents)
+        )));
+        assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetItem))));
+        assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetEvents))));
+        assert!(!is_long_lived(&request(ews, None)));
+        let eas = "/Microsoft-Server-ActiveSync";
+        assert!(is_long_lived(&request(
+            &format!("{eas}?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone"),
+            None
+        )));
+        assert!(is_long_lived(&request(
+            &format!("{eas}?DeviceId=EAS1&cmd=ping"),
+            None
+        )));
+        assert!(!is_long_lived(&request(
+            &format!("{eas}?Cmd=Sync&DeviceId=EAS1"),
+            None
+        )));
+        assert!(!is_long_lived(&request(&format!("{eas}?Cmd=Pings"), None)));
+        assert!(!is_long_lived(&request(&format!("{eas}?XCmd=Ping"), None)));
     }
 
     #[test]

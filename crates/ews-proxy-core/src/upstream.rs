@@ -47,12 +47,17 @@ pub struct PoolSettings {
     /// How long connecting (TCP and TLS) may take before the request fails with 502.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Offer HTTP/2 to Exchange (ALPN; an Exchange that does not take it gets HTTP/1.1). On by
-    /// default: against the test Exchange, multiplexing onto one HTTP/2 connection cost both
-    /// sides less CPU per request than a pooled HTTP/1.1 connection per client (see
-    /// docs/benchmarks.md). Requests carrying Windows authentication (`Negotiate`, `NTLM`) go
-    /// over HTTP/1.1 whatever this says: IIS does not support it over HTTP/2.
+    /// Offer HTTP/2 to Exchange (ALPN; an Exchange that does not take it gets HTTP/1.1) for
+    /// long-lived requests: EWS `GetStreamingEvents` and ActiveSync `Ping`, which then share a
+    /// few multiplexed connections instead of holding one each for up to 30 minutes. On by
+    /// default. Requests carrying Windows authentication (`Negotiate`, `NTLM`) go over
+    /// HTTP/1.1 whatever this says: IIS does not support it over HTTP/2.
     pub http2: bool,
+    /// Short requests over HTTP/2 too (with [`http2`](Self::http2)), instead of pooled
+    /// HTTP/1.1 keep-alive connections. Off by default: the gateway spends ≈ 15–25% more CPU
+    /// per short request on HTTP/2 to Exchange (HPACK, stream bookkeeping, a task per request
+    /// body), and HTTP/1.1 gave 1.4× its requests/s with 1 MiB responses (docs/benchmarks.md).
+    pub http2_short_requests: bool,
     /// Requests (streams) at once on one HTTP/2 connection to Exchange before another
     /// connection is opened; lowered to what Exchange announces. IIS allows 100 by default.
     pub http2_max_streams: usize,
@@ -65,6 +70,7 @@ impl Default for PoolSettings {
             max_idle_per_host: 256,
             connect_timeout: Duration::from_secs(10),
             http2: true,
+            http2_short_requests: false,
             http2_max_streams: 100,
         }
     }
