@@ -31,6 +31,11 @@
 #   BENCH_DURATION=15s      each measured wrk/oha run; BENCH_WARMUP=3s before each contender
 #   BENCH_CONNECTIONS=32    connections of the small-request runs; BENCH_LARGE_CONNECTIONS=8
 #   BENCH_RATE=4000         requests/s of the fixed-rate latency run
+#   BENCH_UPSTREAM_HTTP2=1  the upstream offers HTTP/2 by ALPN as well, as Exchange on IIS 10
+#                           does; each contender speaks the best it can: nginx HTTP/1.1 (it has
+#                           no HTTP/2 to upstreams), HAProxy HTTP/2 (alpn h2 on its server
+#                           line), seg-proxy what exchange.pool chooses: HTTP/1.1 for these
+#                           short requests unless http2_short_requests is set
 #   BENCH_IDLE=9000         idle keep-alive connections ("0" to skip). Not 10,000: this machine's
 #                           hard limit is 20,000 descriptors per process, unraisable even by
 #                           root, and HAProxy reserves two per connection (maxconn 9,900 here)
@@ -50,7 +55,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
 command_line="bench/compare.sh"
 for name in BENCH_CONTENDERS BENCH_WORKERS BENCH_PIN BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS \
-  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE BENCH_ROUNDS; do
+  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE BENCH_ROUNDS BENCH_UPSTREAM_HTTP2; do
   [ -z "${!name:-}" ] || command_line="$name=\"${!name}\" $command_line"
 done
 contenders=(${BENCH_CONTENDERS:-nginx haproxy seg-proxy seg-full})
@@ -63,6 +68,16 @@ large_connections=${BENCH_LARGE_CONNECTIONS:-8}
 rate=${BENCH_RATE:-4000}
 idle=${BENCH_IDLE:-9000}
 rounds=${BENCH_ROUNDS:-1}
+upstream_http2=${BENCH_UPSTREAM_HTTP2:-}
+if [ -n "$upstream_http2" ]; then
+  upstream_args=(--http2)
+  haproxy_server_alpn=h2,http/1.1
+  upstream_protocol="HTTP/2 offered by ALPN as well as HTTP/1.1 (nginx speaks HTTP/1.1 to it, HAProxy HTTP/2, seg-proxy HTTP/2 for long-lived requests only, so HTTP/1.1 here)"
+else
+  upstream_args=()
+  haproxy_server_alpn=http/1.1
+  upstream_protocol="HTTP/1.1"
+fi
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive number, not '$rounds'"
 doc=${BENCH_DOC-docs/benchmarks.md}
 device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
@@ -113,7 +128,7 @@ read -r upstream_port proxy_port admin_port uem_port < <(free_ports 4)
 log "starting the static SOAP upstream on 127.0.0.1:$upstream_port"
 RUST_LOG=warn TOKIO_WORKER_THREADS=1 "${client_cpus[@]}" "$seg_testbed" static-soap \
   --listen "127.0.0.1:$upstream_port" --tls-cert "$work/pki/server.pem" \
-  --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
+  --tls-key "$work/pki/server.key" "${upstream_args[@]}" >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
 pids+=("$upstream_pid")
 wait_for_port "$upstream_pid" "$upstream_port" upstream
@@ -176,7 +191,7 @@ frontend ews_in
   default_backend ews
 backend ews
   http-request set-header Host localhost
-  server exchange 127.0.0.1:$upstream_port ssl verify required ca-file $work/pki/ca.pem sni str(localhost) verifyhost localhost alpn http/1.1
+  server exchange 127.0.0.1:$upstream_port ssl verify required ca-file $work/pki/ca.pem sni str(localhost) verifyhost localhost alpn $haproxy_server_alpn
 EOF
 seg_proxy_config plain "$proxy_port" "$upstream_port" >"$work/seg-proxy.toml"
 seg_proxy_config full "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg-full.toml"
@@ -423,7 +438,7 @@ report=$(
 
 - machine: $(machine_line); commit $(commit_line)
 - versions: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'), HAProxy $("$haproxy_bin" -v | head -n1 | awk '{ print $3 }'), seg-proxy $("$seg_proxy" --version | awk '{ print $2 }'); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), oha $oha_version
-- every contender: $workers worker(s); TLS 1.3 and HTTP/1.1 keep-alive from the client, TLS and keep-alive to the upstream (\`seg-testbed static-soap\`); $layout
+- every contender: $workers worker(s); TLS 1.3 and HTTP/1.1 keep-alive from the client, TLS and keep-alive to the upstream (\`seg-testbed static-soap\`, $upstream_protocol); $layout
 - saturation: \`wrk -t1 -c$connections -d$duration\` (small GetFolder, every body checked), \`wrk -t1 -c$large_connections -d$duration\` (GetItem answered with 1 MiB); latency: \`oha -q $rate -c$connections -z $duration --latency-correction\`; idle: $idle keep-alive connections after one request each
 - figures: $figures_note
 - reference for the ratios: $reference
