@@ -17,7 +17,7 @@
 //! | [`body_limit`] | `413` beyond a body size |
 //! | [`operation`] | learns the EWS operation from the start of the SOAP body |
 //! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults |
-//! | [`host_pool`] | the connections to one upstream host: HTTP/1.1 reuse, HTTP/2 up to the stream limit |
+//! | [`host_pool`] | the connections to one upstream host: HTTP/1.1 reuse for short requests and Windows authentication, HTTP/2 for long-lived ones up to the stream limit |
 //! | [`upstream`], [`tls`] | the upstream TLS and pool settings (and a general pooled client), both sides' TLS settings |
 //! | [`fault`], [`body`], [`future`] | SOAP faults, body types, the short-circuit response future |
 //! | [`identity`] | the user of a request, as authentication tells compliance |
