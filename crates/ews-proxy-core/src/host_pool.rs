@@ -282,9 +282,10 @@ impl Shared {
         self: Arc<Self>,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
-        let protocol = if carries_windows_auth(request.headers()) {
-            Protocol::Http1Only
-        } else if self.settings.http2_short_requests || is_long_lived(&request) {
+        // The Authorization header is looked at only for a request HTTP/2 would take: most
+        // requests are short and go over HTTP/1.1 anyway.
+        let wants_http2 = self.settings.http2_short_requests || is_long_lived(&request);
+        let protocol = if wants_http2 && !carries_windows_auth(request.headers()) {
             Protocol::Http2WhenSpoken
         } else {
             Protocol::Http1Only

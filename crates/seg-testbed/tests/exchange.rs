@@ -622,21 +622,33 @@ async fn the_deliver_endpoint_raises_events_like_the_handle_does() {
     assert_eq!(xml_attribute(&events, "ItemId", "Id"), Some(item_id));
 }
 
-#[tokio::test]
-async fn the_server_speaks_h2_when_the_client_offers_it() {
-    let testbed = TestExchange::start(|_| {}).await.unwrap();
-    let mut sender = testbed
+/// One HTTP/2 connection to the stand-in, and a `GetFolder` of the inbox authenticated by
+/// `authorization` to send on it.
+async fn h2_connection(
+    testbed: &TestExchange,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    testbed
         .client
         .connect_h2(testbed.server.addr(), "localhost")
         .await
-        .unwrap();
-    let request = harness::ews_request(
+        .unwrap()
+}
+
+fn get_inbox_as(testbed: &TestExchange, authorization: &str) -> http::Request<Full<Bytes>> {
+    harness::ews_request(
         &testbed.server.url(),
-        Some(&testbed.basic("alice@test.local")),
+        Some(authorization),
         &[],
         harness::soap_envelope(GET_INBOX),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_server_speaks_h2_when_the_client_offers_it() {
+    let testbed = TestExchange::start(|_| {}).await.unwrap();
+    let mut sender = h2_connection(&testbed).await;
+    let request = get_inbox_as(&testbed, &testbed.basic("alice@test.local"));
 
     let response = sender.send_request(request).await.unwrap();
 
@@ -650,22 +662,12 @@ async fn the_server_speaks_h2_when_the_client_offers_it() {
 #[tokio::test]
 async fn windows_authentication_over_h2_is_reset_with_http_1_1_required() {
     let testbed = TestExchange::start(|_| {}).await.unwrap();
-    let mut sender = testbed
-        .client
-        .connect_h2(testbed.server.addr(), "localhost")
-        .await
-        .unwrap();
+    let mut sender = h2_connection(&testbed).await;
     for authorization in [
         "Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag",
         "NTLM TlRMTVNTUAABAAAA",
     ] {
-        let request = harness::ews_request(
-            &testbed.server.url(),
-            Some(authorization),
-            &[],
-            harness::soap_envelope(GET_INBOX),
-        )
-        .unwrap();
+        let request = get_inbox_as(&testbed, authorization);
         let error = sender.send_request(request).await.unwrap_err();
         let reason = std::error::Error::source(&error)
             .and_then(|source| source.downcast_ref::<h2::Error>())
@@ -674,13 +676,7 @@ async fn windows_authentication_over_h2_is_reset_with_http_1_1_required() {
     }
     assert!(testbed.server.requests().is_empty(), "nothing was served");
 
-    let request = harness::ews_request(
-        &testbed.server.url(),
-        Some(&testbed.basic("alice@test.local")),
-        &[],
-        harness::soap_envelope(GET_INBOX),
-    )
-    .unwrap();
+    let request = get_inbox_as(&testbed, &testbed.basic("alice@test.local"));
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
