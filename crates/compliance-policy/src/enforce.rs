@@ -48,7 +48,7 @@ use ews_proxy_core::body::BoxError;
 use ews_proxy_core::fault::{FaultCode, SoapFault};
 use ews_proxy_core::identity::ClientIdentity;
 use ews_proxy_core::operation::EwsOperation;
-use ews_proxy_core::routing::is_activesync_path;
+use ews_proxy_core::routing::{is_activesync_path, is_long_lived_activesync_command};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -150,7 +150,7 @@ impl<S> Enforce<S> {
                 } else if key.eq_ignore_ascii_case("User") && subject.user.is_none() {
                     subject.user = Some(value);
                 } else if key.eq_ignore_ascii_case("Cmd") {
-                    subject.long_lived = value.eq_ignore_ascii_case("Ping");
+                    subject.long_lived = is_long_lived_activesync_command(&value);
                     subject.operation = Some(value);
                 }
             }
@@ -164,7 +164,7 @@ impl<S> Enforce<S> {
             .filter(|v| !v.is_empty())
             .map(Cow::Borrowed);
         let operation = request.extensions().get::<EwsOperation>();
-        let long_lived = matches!(operation, Some(EwsOperation::GetStreamingEvents));
+        let long_lived = operation.is_some_and(EwsOperation::is_long_lived);
         Subject {
             device,
             user: identity,

@@ -50,8 +50,8 @@
 //! ```
 
 use crate::body::{ResponseBody, UpstreamBody};
-use crate::operation::EwsOperation;
 use crate::proxy::Upstream;
+use crate::routing::is_long_lived;
 use crate::upstream::{PoolSettings, PresentedCertificates, UpstreamClient};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
@@ -536,22 +536,6 @@ enum Protocol {
     Http1Only,
 }
 
-/// Whether the response may stay open for minutes: EWS `GetStreamingEvents` (as the operation
-/// sniffer found it) or ActiveSync `Ping` (`Cmd=Ping` in the query, any case). Only these are
-/// worth an HTTP/2 stream: many of them share a connection where HTTP/1.1 holds one each.
-fn is_long_lived<B>(request: &Request<B>) -> bool {
-    if let Some(operation) = request.extensions().get::<EwsOperation>() {
-        return *operation == EwsOperation::GetStreamingEvents;
-    }
-    request.uri().query().is_some_and(|query| {
-        query.split('&').any(|pair| {
-            pair.split_once('=').is_some_and(|(key, value)| {
-                key.eq_ignore_ascii_case("Cmd") && value.eq_ignore_ascii_case("Ping")
-            })
-        })
-    })
-}
-
 /// Whether the request authenticates to Exchange with Windows authentication (`Negotiate` or
 /// `NTLM`, any case), which IIS supports over HTTP/1.1 only ("HTTP/2 on IIS": Windows
 /// authentication is not supported over HTTP/2, IIS falls back to HTTP/1.1).
@@ -631,40 +615,6 @@ mod tests {
         let future = pool.shared.clone().send(request);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1024, "the send future is {size} bytes");
-    }
-
-    #[test]
-    fn long_lived_requests_are_streaming_events_and_activesync_pings() {
-        let request = |uri: &str, operation: Option<EwsOperation>| {
-            let mut request = Request::post(uri).body(()).expect("request");
-            if let Some(operation) = operation {
-                request.extensions_mut().insert(operation);
-            }
-            request
-        };
-        let ews = "/EWS/Exchange.asmx";
-        assert!(is_long_lived(&request(
-            ews,
-            Some(EwsOperation::GetStreamingEvents)
-        )));
-        assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetItem))));
-        assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetEvents))));
-        assert!(!is_long_lived(&request(ews, None)));
-        let eas = "/Microsoft-Server-ActiveSync";
-        assert!(is_long_lived(&request(
-            &format!("{eas}?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone"),
-            None
-        )));
-        assert!(is_long_lived(&request(
-            &format!("{eas}?DeviceId=EAS1&cmd=ping"),
-            None
-        )));
-        assert!(!is_long_lived(&request(
-            &format!("{eas}?Cmd=Sync&DeviceId=EAS1"),
-            None
-        )));
-        assert!(!is_long_lived(&request(&format!("{eas}?Cmd=Pings"), None)));
-        assert!(!is_long_lived(&request(&format!("{eas}?XCmd=Ping"), None)));
     }
 
     #[test]

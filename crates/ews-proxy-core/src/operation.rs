@@ -121,6 +121,13 @@ macro_rules! operations {
         }
 
         impl EwsOperation {
+            /// Whether the operation's response stays open for minutes (`GetStreamingEvents`,
+            /// up to 30): the compliance layer cuts such a stream when the device is blocked,
+            /// the host pool sends it over HTTP/2.
+            pub fn is_long_lived(&self) -> bool {
+                *self == EwsOperation::GetStreamingEvents
+            }
+
             /// The operation's name as in the EWS schema (`"GetItem"`); `"unknown"` for
             /// [`EwsOperation::Unknown`].
             pub fn as_str(&self) -> &str {

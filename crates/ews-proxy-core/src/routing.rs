@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+use crate::operation::EwsOperation;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
@@ -44,6 +45,27 @@ pub fn is_ews_path(path: &str) -> bool {
 /// True for `/Microsoft-Server-ActiveSync` and every path below it, in any case.
 pub fn is_activesync_path(path: &str) -> bool {
     has_segment_prefix(path, "/microsoft-server-activesync")
+}
+
+/// Whether an ActiveSync command's response stays open for minutes: `Ping`, a device's hanging
+/// request for changes (any case).
+pub fn is_long_lived_activesync_command(command: &str) -> bool {
+    command.eq_ignore_ascii_case("Ping")
+}
+
+/// Whether the request's response may stay open for minutes: an EWS operation that does
+/// ([`EwsOperation::is_long_lived`], as the operation sniffer put it in the extensions), or an
+/// ActiveSync command that does (`Cmd` in the query, decoded as ActiveSync clients encode it).
+pub fn is_long_lived<B>(request: &Request<B>) -> bool {
+    if let Some(operation) = request.extensions().get::<EwsOperation>() {
+        return operation.is_long_lived();
+    }
+    is_activesync_path(request.uri().path())
+        && request.uri().query().is_some_and(|query| {
+            form_urlencoded::parse(query.as_bytes()).any(|(key, value)| {
+                key.eq_ignore_ascii_case("Cmd") && is_long_lived_activesync_command(&value)
+            })
+        })
 }
 
 /// `path` is `prefix` or starts with `prefix/`, ignoring ASCII case.
@@ -163,6 +185,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lived_requests_are_streaming_events_and_activesync_pings() {
+        let request = |uri: &str, operation: Option<EwsOperation>| {
+            let mut request = Request::post(uri).body(()).expect("request");
+            if let Some(operation) = operation {
+                request.extensions_mut().insert(operation);
+            }
+            request
+        };
+        let ews = "/EWS/Exchange.asmx";
+        assert!(is_long_lived(&request(
+            ews,
+            Some(EwsOperation::GetStreamingEvents)
+        )));
+        assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetItem))));
+        assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetEvents))));
+        assert!(!is_long_lived(&request(ews, None)));
+        let eas = "/Microsoft-Server-ActiveSync";
+        assert!(is_long_lived(&request(
+            &format!("{eas}?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone"),
+            None
+        )));
+        assert!(is_long_lived(&request(
+            &format!("{eas}?DeviceId=EAS1&cmd=ping"),
+            None
+        )));
+        assert!(!is_long_lived(&request(
+            &format!("{eas}?Cmd=Sync&DeviceId=EAS1"),
+            None
+        )));
+        assert!(!is_long_lived(&request(&format!("{eas}?Cmd=Pings"), None)));
+        assert!(!is_long_lived(&request(&format!("{eas}?XCmd=Ping"), None)));
+        // Decoded as a client may encode it; and only on ActiveSync's path.
+        assert!(is_long_lived(&request(&format!("{eas}?Cmd=P%69ng"), None)));
+        assert!(!is_long_lived(&request("/owa/?Cmd=Ping", None)));
+    }
 
     #[test]
     fn ews_prefix_matches_any_case_and_only_whole_segments() {

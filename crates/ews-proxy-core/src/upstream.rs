@@ -54,7 +54,7 @@ pub struct PoolSettings {
     /// HTTP/1.1 whatever this says: IIS does not support it over HTTP/2.
     pub http2: bool,
     /// Short requests over HTTP/2 too (with [`http2`](Self::http2)), instead of pooled
-    /// HTTP/1.1 keep-alive connections. Off by default: the gateway spends ≈ 15–25% more CPU
+    /// HTTP/1.1 keep-alive connections. Off by default: the gateway spends ≈ 15–35% more CPU
     /// per short request on HTTP/2 to Exchange (HPACK, stream bookkeeping, a task per request
     /// body), and HTTP/1.1 gave 1.4× its requests/s with 1 MiB responses (docs/benchmarks.md).
     pub http2_short_requests: bool,

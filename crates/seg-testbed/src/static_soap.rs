@@ -215,12 +215,8 @@ mod tests {
         assert!(small.contains(r#"ResponseClass="Success""#));
     }
 
-    /// POSTs a small GetFolder on `sender` and returns the response's version and body.
-    async fn get_folder<S>(send: S) -> (http::Version, String)
-    where
-        S: std::future::Future<Output = Result<Response<Incoming>, crate::Error>>,
-    {
-        let response = send.await.expect("the responder answers");
+    /// A `200`'s HTTP version and body.
+    async fn version_and_body(response: Response<Incoming>) -> (http::Version, String) {
         assert_eq!(response.status(), StatusCode::OK);
         let version = response.version();
         let body = response.into_body().collect().await.expect("the body");
@@ -252,16 +248,13 @@ mod tests {
             .connect_h2(addr, "localhost")
             .await
             .expect("h2 agreed");
-        let (version, body) = get_folder(async {
-            h2.send_request(get_folder_request(&url))
-                .await
-                .map_err(crate::Error::Http)
-        })
-        .await;
+        let response = h2.send_request(get_folder_request(&url)).await;
+        let (version, body) = version_and_body(response.expect("an answer over h2")).await;
         assert_eq!(version, http::Version::HTTP_2);
         assert!(body.contains(r#"ResponseClass="Success""#), "{body}");
 
-        let (version, body) = get_folder(client.send(get_folder_request(&url))).await;
+        let response = client.send(get_folder_request(&url)).await;
+        let (version, body) = version_and_body(response.expect("an answer over HTTP/1.1")).await;
         assert_eq!(version, http::Version::HTTP_11);
         assert!(body.contains(r#"ResponseClass="Success""#), "{body}");
         server.abort();
