@@ -14,6 +14,11 @@
 #   PROFILE_DURATION=10s      the measured wrk run
 #   PROFILE_CONNECTIONS=32    wrk connections
 #   PROFILE_RECORD=           a path: write a perf record -g profile there instead (perf report -i)
+#   PROFILE_FREQUENCY=999     perf record's samples per second (more, for finer comparisons of
+#                             two profiles; perf's own work then shares the gateway's core)
+#   PROFILE_CALL_GRAPH=fp     perf record's --call-graph: fp (frame pointers, which the release
+#                             build mostly lacks: callers are often missing) or dwarf (callers
+#                             right, about 1 GB per 2 s: use a short PROFILE_DURATION)
 #   PROFILE_STRACE=1          count the gateway's system calls per request instead (strace -c)
 #   PROFILE_COPIES=1          bytes copied by memmove/memcpy per request instead, by size (a
 #                             perf uprobe on glibc's memmove with its length argument; every
@@ -91,7 +96,7 @@ elif [ -n "$copy_event" ]; then
 elif [ -z "$record" ]; then
   "$perf_bin" stat -x, -e task-clock -o "$work/perf.out" -p "$gateway" &
 else
-  "$perf_bin" record -e cpu-clock -g -F 999 -o "$record" -p "$gateway" 2>"$work/perf.log" &
+  "$perf_bin" record -e cpu-clock --call-graph "${PROFILE_CALL_GRAPH:-fp}" -F "${PROFILE_FREQUENCY:-999}" -o "$record" -p "$gateway" 2>"$work/perf.log" &
 fi
 perf_pid=$!
 sleep 0.5 # perf attaches asynchronously; a few requests more or less do not move the ratio

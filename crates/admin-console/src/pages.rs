@@ -456,14 +456,15 @@ pub(crate) fn device(session: &Session, page: &DevicePage<'_>) -> Markup {
                         (RecentRequests::CAPACITY) " decisions." }
                 } @else {
                     table {
-                        caption { "The device's last requests through the gateway, newest first" }
-                        thead { tr { th scope="col" { "Time" } th scope="col" { "EWS operation or ActiveSync command" } th scope="col" { "Decision" } } }
+                        caption { "The device's last requests through the gateway, newest first; repeats within a second in one row" }
+                        thead { tr { th scope="col" { "Time" } th scope="col" { "EWS operation or ActiveSync command" } th scope="col" { "Decision" } th scope="col" { "Requests" } } }
                         tbody {
                             @for request in page.recent {
                                 tr {
                                     td { (rfc3339(request.at)) }
                                     td { (if request.operation.is_empty() { "—" } else { &request.operation })  }
                                     td { (decision_badge(&request.decision)) }
+                                    td class="count" { (request.count) }
                                 }
                             }
                         }

@@ -308,6 +308,7 @@ async fn a_device_page_lists_its_recent_requests_by_operation() {
     assert!(subscribe < get_folder, "newest first");
     assert!(listed("GetItem").is_none(), "another device's request");
     assert!(page.contains("enterprise-wiped"));
+    assert!(page.contains(r#"<td class="count">1</td>"#), "{page}");
 }
 
 #[tokio::test]
