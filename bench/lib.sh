@@ -20,14 +20,15 @@ target_dir() {
 }
 
 # Builds the release binaries seg-proxy and seg-testbed unless BENCH_NO_BUILD is set, then sets
-# $target_dir, $seg_proxy and $seg_testbed.
+# $target_dir, $seg_proxy and $seg_testbed. BENCH_SEG_PROXY=PATH runs another seg-proxy binary
+# (a build of another commit, for before/after pairs).
 build_release_binaries() {
   if [ -z "${BENCH_NO_BUILD:-}" ]; then
     log "building release binaries"
     cargo build --release --locked -p seg-proxy -p seg-testbed-cli >&2
   fi
   target_dir=$(target_dir)
-  seg_proxy=$target_dir/release/seg-proxy
+  seg_proxy=${BENCH_SEG_PROXY:-$target_dir/release/seg-proxy}
   seg_testbed=$target_dir/release/seg-testbed
   [ -x "$seg_proxy" ] && [ -x "$seg_testbed" ] || die "missing $seg_proxy or $seg_testbed"
 }

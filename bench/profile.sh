@@ -29,6 +29,7 @@
 #   PROFILE_UPSTREAM_HTTP2=1  the upstream offers HTTP/2 as well (ALPN h2, as Exchange on IIS 10
 #                             does), which the gateway then uses: one multiplexed connection
 #   BENCH_NO_BUILD=1          use the release binaries already in the target dir
+#   BENCH_SEG_PROXY=PATH      profile that seg-proxy binary instead (before/after pairs)
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
