@@ -46,10 +46,7 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 /// hold none; a hostile one is cut there), zero-padded.
 fn inline<const N: usize>(text: &str) -> [u8; N] {
     let text = text.split('\0').next().unwrap_or_default();
-    let mut len = text.len().min(N);
-    while !text.is_char_boundary(len) {
-        len -= 1;
-    }
+    let len = text.floor_char_boundary(N);
     let mut bytes = [0u8; N];
     bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
     bytes
