@@ -42,6 +42,7 @@
 #                           (maxconn 9,900 here)
 #   BENCH_DOC=docs/benchmarks.md   where the results are appended ("" for nowhere)
 #   BENCH_NO_BUILD=1        use the release binaries already in the target dir
+#   BENCH_SEG_PROXY=PATH    run that seg-proxy binary (another build); the run's record names it
 #   BENCH_ROUNDS=1          rounds over the contenders (each round in a rotated order; idle
 #                           memory in the first only). With more than one, each figure is the
 #                           median over the rounds and each ratio the median of the rounds' own

@@ -219,6 +219,8 @@ commit_line() {
   if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     commit="$commit (with uncommitted changes)"
   fi
+  # A run with another build says so: the commit above is not what it measured.
+  [ -z "${BENCH_SEG_PROXY:-}" ] || commit="$commit; seg-proxy binary $BENCH_SEG_PROXY (BENCH_SEG_PROXY)"
   printf '%s' "$commit"
 }
 

@@ -54,12 +54,14 @@ fn inline<const N: usize>(text: &str) -> [u8; N] {
 
 /// A decision in a byte: allowed reasons from 0, blocked ones from 128.
 fn decision_code(decision: Decision) -> u8 {
-    let (base, index) = match decision {
-        Decision::Allow(reason) => (0, reason.index()),
-        Decision::Block(reason) => (128, reason.index()),
-    };
-    base + u8::try_from(index).unwrap_or(127)
+    // Both lists fit below 128 (checked at compile time just below), so neither cast cuts.
+    match decision {
+        Decision::Allow(reason) => reason.index() as u8,
+        Decision::Block(reason) => 128 | reason.index() as u8,
+    }
 }
+
+const _: () = assert!(AllowReason::ALL.len() <= 128 && BlockReason::ALL.len() <= 128);
 
 /// The decision [`decision_code`] encoded.
 fn decision_from_code(code: u8) -> Option<Decision> {
@@ -151,6 +153,8 @@ impl RecentRequests {
             device: inline(device_id),
             operation: inline(operation),
         };
+        // Just before `next`, or the last slot while the ring fills (`next` stays 0) and right
+        // after it wrapped; none while it is empty.
         let newest = ring
             .next
             .checked_sub(1)
