@@ -318,3 +318,58 @@ async fn user_override_applies_to_the_user_of_the_credentials() {
         "blocked; reason=user-override"
     );
 }
+
+/// Windows Mail and Windows Phone may send ActiveSync's parameters base64-encoded in the query
+/// (MS-ASHTTP 2.2.1.1.1.1), a GUID device id as its 16 bytes. With unknown devices allowed, a
+/// device id the gateway failed to read there would let a compromised device through as an
+/// unknown one.
+#[tokio::test]
+async fn activesync_in_the_base64_query_form_is_decided_by_its_device() {
+    const WINDOWS: &str = "3F2A00FF102030405060708090A0B0C0";
+    let devices = vec![
+        Device::new(DEVICE, 1, ALICE),
+        Device {
+            compromised: true,
+            ..Device::new(WINDOWS, 2, ALICE)
+        },
+    ];
+    let stand = ComplianceStand::start(devices, |config, _| {
+        config.activesync.enable_proxy = true;
+        config.compliance.as_mut().unwrap().unknown_device =
+            compliance_policy::policy::UnknownDevice::Allow;
+    })
+    .await;
+    let alice = stand.exchange.basic(ALICE);
+    let send = |query: &str| {
+        let url = format!(
+            "{}/Microsoft-Server-ActiveSync?{query}",
+            http_base(&stand.gateway)
+        );
+        let request = harness::ews_request(&url, Some(&alice), &[], "").unwrap();
+        stand.exchange.client.send(request)
+    };
+    // Protocol 14.1, Sync (code 0) from the Windows device's 16 bytes, type WindowsMail, user
+    // alice; then the same in the plain form.
+    let base64 = send("jQAJBBA/KgD/ECAwQFBgcICQoLDAAAtXaW5kb3dzTWFpbAgQYWxpY2VAdGVzdC5sb2NhbA==")
+        .await
+        .unwrap();
+    let plain = send(&format!(
+        "Cmd=Sync&DeviceId={WINDOWS}&DeviceType=WindowsMail"
+    ))
+    .await
+    .unwrap();
+    for refused in [&base64, &plain] {
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            refused.headers()["x-compliance-status"],
+            "blocked; reason=compromised"
+        );
+    }
+    // Ping (code 18) from the compliant EASDEV1: passed to Exchange, whose stand-in serves
+    // only OPTIONS on ActiveSync (501).
+    let ping = send("jRIJBAdFQVNERVYxAAtXaW5kb3dzTWFpbAgQYWxpY2VAdGVzdC5sb2NhbA%3D%3D")
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), StatusCode::NOT_IMPLEMENTED);
+    assert!(ping.headers().get("x-compliance-status").is_none());
+}

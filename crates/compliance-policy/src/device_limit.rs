@@ -45,6 +45,7 @@
 
 use crate::enforce::DEFAULT_DEVICE_ID_HEADER;
 use bytes::Bytes;
+use ews_proxy_core::activesync::ActiveSyncQuery;
 use ews_proxy_core::fault::{FaultCode, SoapFault};
 use ews_proxy_core::routing::is_activesync_path;
 use http::header::RETRY_AFTER;
@@ -204,16 +205,15 @@ impl Drop for Slot {
     }
 }
 
-/// The device a request names: the `DeviceId` query parameter on ActiveSync, `header` on EWS.
+/// The device a request names: the `DeviceId` query parameter on ActiveSync (plain or
+/// base64-encoded, [`ActiveSyncQuery`]), `header` on EWS.
 fn device_of<'a, B>(
     request: &'a Request<B>,
     header: &HeaderName,
 ) -> Option<std::borrow::Cow<'a, str>> {
     if is_activesync_path(request.uri().path()) {
-        let query = request.uri().query().unwrap_or("").as_bytes();
-        return form_urlencoded::parse(query)
-            .find(|(key, _)| key.eq_ignore_ascii_case("DeviceId"))
-            .map(|(_, value)| value)
+        return ActiveSyncQuery::parse(request.uri().query().unwrap_or(""))
+            .device_id
             .filter(|value| !value.is_empty());
     }
     request
@@ -480,14 +480,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(layer.in_flight("PHONE1"), 1);
-        let refused = service
-            .ready()
-            .await
-            .unwrap()
-            .call(activesync("PHONE1"))
-            .await
+        // The same device in ActiveSync's base64-encoded query form: a Ping from PHONE1.
+        let base64 = Request::post("/Microsoft-Server-ActiveSync?jRIJBAZQSE9ORTEABmlQaG9uZQ==")
+            .body(Full::default())
             .unwrap();
-        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        for request in [activesync("PHONE1"), base64] {
+            let refused = service.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
         // Read to the end, the body is dropped and the slot given back.
         let _ = held.into_body().collect().await.unwrap();
         assert_eq!(layer.in_flight("PHONE1"), 0);

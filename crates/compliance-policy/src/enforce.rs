@@ -2,7 +2,8 @@
 //! responses the moment they become blocked.
 //!
 //! For each request it finds the device (a configurable header on EWS, default `X-Device-Id`;
-//! the `DeviceId` query parameter on ActiveSync) and the user (the [`ClientIdentity`] an
+//! the `DeviceId` query parameter on ActiveSync, plain or base64-encoded as
+//! [`ews_proxy_core::activesync`] reads it) and the user (the [`ClientIdentity`] an
 //! authentication layer put in the extensions, else ActiveSync's `User` parameter), and asks
 //! [`Compliance::decide`]. A blocked device gets `403` with an EWS SOAP fault
 //! (`ErrorAccessDenied`, the reason in the message) and `X-Compliance-Status: blocked;
@@ -44,11 +45,12 @@ use crate::policy::Decision;
 use crate::state::Compliance;
 use crate::streams::StreamGuard;
 use bytes::Bytes;
+use ews_proxy_core::activesync::ActiveSyncQuery;
 use ews_proxy_core::body::BoxError;
 use ews_proxy_core::fault::{FaultCode, SoapFault};
 use ews_proxy_core::identity::ClientIdentity;
 use ews_proxy_core::operation::EwsOperation;
-use ews_proxy_core::routing::{is_activesync_path, is_long_lived_activesync_command};
+use ews_proxy_core::routing::is_activesync_path;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -134,27 +136,16 @@ impl<S> Enforce<S> {
             .get::<ClientIdentity>()
             .map(|i| Cow::Borrowed(i.user.as_str()));
         if is_activesync_path(request.uri().path()) {
-            let mut subject = Subject {
-                device: None,
-                user: identity,
-                device_type: None,
-                operation: None,
-                long_lived: false,
+            // Plain (`Cmd=…&DeviceId=…`) or base64-encoded: a device id missed here would
+            // make a blocked device an unknown one.
+            let query = ActiveSyncQuery::parse(request.uri().query().unwrap_or(""));
+            return Subject {
+                long_lived: query.is_long_lived(),
+                device: query.device_id,
+                user: identity.or(query.user),
+                device_type: query.device_type,
+                operation: query.command,
             };
-            let query = request.uri().query().unwrap_or("").as_bytes();
-            for (key, value) in form_urlencoded::parse(query) {
-                if key.eq_ignore_ascii_case("DeviceId") {
-                    subject.device = Some(value);
-                } else if key.eq_ignore_ascii_case("DeviceType") {
-                    subject.device_type = Some(value);
-                } else if key.eq_ignore_ascii_case("User") && subject.user.is_none() {
-                    subject.user = Some(value);
-                } else if key.eq_ignore_ascii_case("Cmd") {
-                    subject.long_lived = is_long_lived_activesync_command(&value);
-                    subject.operation = Some(value);
-                }
-            }
-            return subject;
         }
         let device = request
             .headers()
@@ -504,6 +495,88 @@ mod tests {
             response.headers()[COMPLIANCE_STATUS],
             "blocked; reason=user-override"
         );
+    }
+
+    /// An ActiveSync request in the base64-encoded query form (MS-ASHTTP 2.2.1.1.1.1),
+    /// protocol 14.1, with the `User` parameter.
+    fn activesync_base64(command: u8, device: &str, user: &str) -> Request<Full<Bytes>> {
+        use base64::Engine as _;
+        let mut bytes = vec![141, command, 0x09, 0x04];
+        for field in [device.as_bytes(), b"", b"WP8"] {
+            bytes.push(u8::try_from(field.len()).unwrap());
+            bytes.extend_from_slice(field);
+        }
+        bytes.extend_from_slice(&[8, u8::try_from(user.len()).unwrap()]);
+        bytes.extend_from_slice(user.as_bytes());
+        let query = base64::engine::general_purpose::STANDARD.encode(bytes);
+        Request::post(format!("/Microsoft-Server-ActiveSync?{query}"))
+            .body(Full::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_base64_activesync_query_names_the_device_and_user_as_the_plain_one_does() {
+        // Unknown devices allowed: a device id this layer failed to read would pass as one.
+        let compliance = Compliance::new(PolicySettings {
+            unknown_device: crate::policy::UnknownDevice::Allow,
+            ..PolicySettings::default()
+        });
+        let device = |id: &str, status| DeviceRecord {
+            device_id: DeviceId::new(id),
+            enrollment: Enrollment::Enrolled,
+            compliance: status,
+            managed: true,
+            ..Default::default()
+        };
+        compliance.replace_all(
+            vec![
+                device("WPGOOD1", ComplianceStatus::Compliant),
+                device("WPBAD1", ComplianceStatus::NonCompliant),
+            ],
+            ChangeSource::FullSync,
+        );
+        compliance.set_user_override("bob@test.local", Some(Override::Block));
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance.clone()).layer(counting(calls.clone()));
+        let status_of = |response: &Response<_>| {
+            response
+                .headers()
+                .get(COMPLIANCE_STATUS)
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+
+        let ping = service
+            .clone()
+            .oneshot(activesync_base64(18, "wpgood1", "alice@test.local"))
+            .await
+            .unwrap();
+        assert_eq!(ping.status(), StatusCode::OK);
+        let bad = service
+            .clone()
+            .oneshot(activesync_base64(0, "WPBAD1", "alice@test.local"))
+            .await
+            .unwrap();
+        assert_eq!(
+            status_of(&bad).as_deref(),
+            Some("blocked; reason=noncompliant")
+        );
+        let bob = service
+            .clone()
+            .oneshot(activesync_base64(0, "WPGOOD1", "bob@test.local"))
+            .await
+            .unwrap();
+        assert_eq!(
+            status_of(&bob).as_deref(),
+            Some("blocked; reason=user-override")
+        );
+        assert_eq!(
+            *calls.lock().unwrap(),
+            1,
+            "only the compliant Ping reached Exchange"
+        );
+        let recent = compliance.recent_requests().for_device("WPGOOD1", 10);
+        let seen: Vec<&str> = recent.iter().map(|r| r.operation.as_str()).collect();
+        assert_eq!(seen, ["Sync", "Ping"]);
     }
 
     #[tokio::test]

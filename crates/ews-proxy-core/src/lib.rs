@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`server`] | accepts TCP/TLS connections, limits, timeouts, graceful shutdown |
 //! | [`routing`] | `/EWS` (any case) and ActiveSync routes, `404` for the rest or when disabled |
+//! | [`activesync`] | an ActiveSync request's command, device and user, from its plain or base64 query |
 //! | [`hop_by_hop`] | removes hop-by-hop headers both ways |
 //! | [`forwarded`] | sets `X-Forwarded-For`, `-Proto`, `-Host` |
 //! | [`body_limit`] | `413` beyond a body size |
@@ -56,6 +57,7 @@
 //! # }
 //! ```
 
+pub mod activesync;
 pub mod body;
 pub mod body_limit;
 pub mod fault;

@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+use crate::activesync::ActiveSyncQuery;
 use crate::operation::EwsOperation;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -55,17 +56,16 @@ pub fn is_long_lived_activesync_command(command: &str) -> bool {
 
 /// Whether the request's response may stay open for minutes: an EWS operation that does
 /// ([`EwsOperation::is_long_lived`], as the operation sniffer put it in the extensions), or an
-/// ActiveSync command that does (`Cmd` in the query, decoded as ActiveSync clients encode it).
+/// ActiveSync command that does (its query read in either form, [`ActiveSyncQuery`]).
 pub fn is_long_lived<B>(request: &Request<B>) -> bool {
     if let Some(operation) = request.extensions().get::<EwsOperation>() {
         return operation.is_long_lived();
     }
     is_activesync_path(request.uri().path())
-        && request.uri().query().is_some_and(|query| {
-            form_urlencoded::parse(query.as_bytes()).any(|(key, value)| {
-                key.eq_ignore_ascii_case("Cmd") && is_long_lived_activesync_command(&value)
-            })
-        })
+        && request
+            .uri()
+            .query()
+            .is_some_and(|query| ActiveSyncQuery::parse(query).is_long_lived())
 }
 
 /// `path` is `prefix` or starts with `prefix/`, ignoring ASCII case.
@@ -221,6 +221,16 @@ mod tests {
         // Decoded as a client may encode it; and only on ActiveSync's path.
         assert!(is_long_lived(&request(&format!("{eas}?Cmd=P%69ng"), None)));
         assert!(!is_long_lived(&request("/owa/?Cmd=Ping", None)));
+        // The base64-encoded form (MS-ASHTTP 2.2.1.1.1.1): a Ping (code 18), then a Sync (0),
+        // from device DEV1 of type WP8, protocol 14.1.
+        assert!(is_long_lived(&request(
+            &format!("{eas}?jRIJBARERVYxAANXUDg%3D"),
+            None
+        )));
+        assert!(!is_long_lived(&request(
+            &format!("{eas}?jQAJBARERVYxAANXUDg="),
+            None
+        )));
     }
 
     #[test]

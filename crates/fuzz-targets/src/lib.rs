@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ens_notification", fuzz_ens_notification),
     ("ens_stream", fuzz_ens_stream),
     ("admin_api", fuzz_admin_api),
+    ("activesync_query", fuzz_activesync_query),
 ];
 
 /// The EWS operation sniffer ([`ews_proxy_core::operation::sniff_operation`]).
@@ -538,4 +539,33 @@ pub fn fuzz_admin_api(data: &[u8]) {
             set[0]
         );
     }
+}
+
+/// ActiveSync's query ([`ews_proxy_core::activesync::ActiveSyncQuery::parse`]), in both forms:
+/// the input as the query itself, and as the byte sequence of the base64-encoded form.
+///
+/// Besides not panicking: the base64 form reads the same padded, unpadded and with `+`, `/`
+/// and `=` percent-encoded; what it reads says it came base64-encoded; and no form yields an
+/// empty device id (which compliance would take for a device).
+pub fn fuzz_activesync_query(data: &[u8]) {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use ews_proxy_core::activesync::ActiveSyncQuery;
+    let text = String::from_utf8_lossy(data);
+    let plain = ActiveSyncQuery::parse(&text);
+    assert_ne!(plain.device_id.as_deref(), Some(""), "{text:?}");
+    let padded = STANDARD.encode(data);
+    let parsed = ActiveSyncQuery::parse(&padded);
+    assert_eq!(
+        ActiveSyncQuery::parse(&STANDARD_NO_PAD.encode(data)),
+        parsed
+    );
+    let escaped = padded
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    assert_eq!(ActiveSyncQuery::parse(&escaped), parsed);
+    if parsed != ActiveSyncQuery::default() {
+        assert!(parsed.base64, "{padded} read as the plain form: {parsed:?}");
+    }
+    assert_ne!(parsed.device_id.as_deref(), Some(""));
 }
