@@ -127,6 +127,8 @@ struct Subject<'a> {
     /// The EWS operation or the ActiveSync command, when known.
     operation: Option<Cow<'a, str>>,
     long_lived: bool,
+    /// ActiveSync named a parameter twice with different values: refused, not decided.
+    conflicting: bool,
 }
 
 impl<S> Enforce<S> {
@@ -145,6 +147,7 @@ impl<S> Enforce<S> {
                 user: identity.or(query.user),
                 device_type: query.device_type,
                 operation: query.command,
+                conflicting: query.conflicting,
             };
         }
         let device = request
@@ -162,6 +165,7 @@ impl<S> Enforce<S> {
             device_type: None,
             operation: operation.map(|operation| Cow::Borrowed(operation.as_str())),
             long_lived,
+            conflicting: false,
         }
     }
 }
@@ -182,7 +186,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (decision, guard) = match &self.compliance {
-            Some(compliance) => self.check(compliance, &request),
+            Some(compliance) => match self.check(compliance, &request) {
+                Ok(checked) => checked,
+                Err(refused) => {
+                    return ResponseFuture {
+                        kind: Kind::Blocked {
+                            response: Some(refused.into_response()),
+                        },
+                    };
+                }
+            },
             None => (None, None),
         };
         match decision {
@@ -215,13 +228,29 @@ where
 }
 
 impl<S> Enforce<S> {
-    /// The decision for `request`, and the registration of its response if long-lived.
+    /// The decision for `request`, and the registration of its response if long-lived; a fault
+    /// for a request that names its device ambiguously.
     fn check<B>(
         &self,
         compliance: &Compliance,
         request: &Request<B>,
-    ) -> (Option<Decision>, Option<StreamGuard>) {
+    ) -> Result<(Option<Decision>, Option<StreamGuard>), SoapFault> {
         let subject = self.subject(request);
+        if subject.conflicting {
+            // Deciding on one of two device ids while Exchange reads both would let a blocked
+            // device name a compliant one beside its own.
+            tracing::info!(
+                device = subject.device.as_deref().unwrap_or(""),
+                "refused: the activesync query names a parameter twice with different values"
+            );
+            return Err(SoapFault::new(
+                StatusCode::BAD_REQUEST,
+                FaultCode::InvalidRequest,
+                "the ActiveSync query names a parameter (DeviceId, User, DeviceType or Cmd) \
+                 twice with different values",
+            )
+            .with_reason("conflicting-activesync-parameters"));
+        }
         let span = tracing::Span::current();
         if let Some(device) = &subject.device {
             span.record("device", &**device);
@@ -255,7 +284,7 @@ impl<S> Enforce<S> {
                 "blocked by compliance"
             );
         }
-        (Some(decision), guard)
+        Ok((Some(decision), guard))
     }
 }
 
@@ -577,6 +606,27 @@ mod tests {
         let recent = compliance.recent_requests().for_device("WPGOOD1", 10);
         let seen: Vec<&str> = recent.iter().map(|r| r.operation.as_str()).collect();
         assert_eq!(seen, ["Sync", "Ping"]);
+    }
+
+    #[tokio::test]
+    async fn an_activesync_device_named_twice_is_refused_not_decided() {
+        let compliance = compliance();
+        compliance.set_device_override("BLOCKED1", Some(Override::Block));
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        // A blocked device naming a compliant one beside its own: Exchange would read both.
+        let request = Request::post(
+            "/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId=BLOCKED1&DeviceId=EASDEV1",
+        )
+        .body(Full::default())
+        .unwrap();
+        let refused = service.oneshot(request).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            refused.headers()["x-seg-fault"],
+            "conflicting-activesync-parameters"
+        );
+        assert_eq!(*calls.lock().unwrap(), 0, "nothing of it reached Exchange");
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ use std::borrow::Cow;
 pub struct ActiveSyncQuery<'a> {
     /// The command (`Sync`, `Ping`, …), as named in the plain form or by its code in base64.
     pub command: Option<Cow<'a, str>>,
-    /// The device id. A base64 device id that is not plain letters and digits (a GUID sent as
+    /// The device id. A base64 device id that is not visible ASCII text (a GUID sent as its
     /// 16 bytes) is written as upper-case hex, the form consoles keep it in.
     pub device_id: Option<Cow<'a, str>>,
     /// The device type (`iPhone`, `WindowsMail`, …).
@@ -45,6 +45,10 @@ pub struct ActiveSyncQuery<'a> {
     pub user: Option<Cow<'a, str>>,
     /// The query was the base64-encoded form.
     pub base64: bool,
+    /// A parameter came twice with different values (`DeviceId=A&DeviceId=B`): the request is
+    /// ambiguous, and the fields above hold the first values. Exchange (ASP.NET) would read
+    /// both joined by a comma, so the gateway must not decide on either: refuse the request.
+    pub conflicting: bool,
 }
 
 impl<'a> ActiveSyncQuery<'a> {
@@ -74,6 +78,10 @@ impl<'a> ActiveSyncQuery<'a> {
     fn parse_plain(query: &'a str) -> Self {
         let mut parsed = ActiveSyncQuery::default();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            // An empty value names nothing (`DeviceId=`): as if absent.
+            if value.is_empty() {
+                continue;
+            }
             let field = if key.eq_ignore_ascii_case("Cmd") {
                 &mut parsed.command
             } else if key.eq_ignore_ascii_case("DeviceId") {
@@ -85,7 +93,12 @@ impl<'a> ActiveSyncQuery<'a> {
             } else {
                 continue;
             };
-            *field = Some(value);
+            match field {
+                // Ids, names and commands are compared without regard to ASCII case by
+                // Exchange and the console alike.
+                Some(first) => parsed.conflicting |= !first.eq_ignore_ascii_case(&value),
+                None => *field = Some(value),
+            }
         }
         parsed
     }
@@ -141,6 +154,7 @@ fn decode_base64(query: &str) -> Option<ActiveSyncQuery<'static>> {
         device_type: text_of(device_type),
         user,
         base64: true,
+        conflicting: false,
     })
 }
 
@@ -160,7 +174,9 @@ fn device_id_of(bytes: &[u8]) -> Option<Cow<'static, str>> {
     if bytes.is_empty() {
         return None;
     }
-    if bytes.iter().all(u8::is_ascii_alphanumeric) {
+    // Text as the plain form would carry it (`Appl5K14358AQH`, `android-1f3a…`); a GUID's 16
+    // bytes are all visible ASCII by chance about once in ten million.
+    if bytes.iter().all(u8::is_ascii_graphic) {
         return text_of(bytes);
     }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -236,6 +252,7 @@ mod tests {
                 device_type: Some("SmartPhone".into()),
                 user: None,
                 base64: true,
+                conflicting: false,
             }
         );
         assert!(!query.is_long_lived());
@@ -285,6 +302,11 @@ mod tests {
             parsed.device_id.as_deref(),
             Some("3F2A00FF102030405060708090A0B0C0")
         );
+        // Text, punctuation and all, stays text.
+        let text = encode(141, 0, b"android-1f3a_x", &[], b"Android", &[]);
+        let query = general_purpose::STANDARD.encode(text);
+        let parsed = ActiveSyncQuery::parse(&query);
+        assert_eq!(parsed.device_id.as_deref(), Some("android-1f3a_x"));
     }
 
     #[test]
@@ -331,5 +353,34 @@ mod tests {
         assert!(matches!(parsed.device_id, Some(Cow::Borrowed("EAS1"))));
         assert_eq!(parsed.device_type.as_deref(), Some("iPhone"));
         assert!(!ActiveSyncQuery::parse("Cmd=Pings").is_long_lived());
+        assert!(!parsed.conflicting);
+    }
+
+    #[test]
+    fn a_parameter_named_twice_with_different_values_is_a_conflict() {
+        let twice = ActiveSyncQuery::parse("Cmd=Sync&DeviceId=BLOCKED1&DeviceId=GOOD1");
+        assert!(twice.conflicting);
+        assert_eq!(
+            twice.device_id.as_deref(),
+            Some("BLOCKED1"),
+            "the first is kept"
+        );
+        // The same value again (in any case) and empty values are no conflict; an empty value
+        // is no value.
+        let same = ActiveSyncQuery::parse("Cmd=Sync&DeviceId=dev1&DeviceId=DEV1&User=&User=bob");
+        assert!(!same.conflicting);
+        assert_eq!(same.device_id.as_deref(), Some("dev1"));
+        assert_eq!(same.user.as_deref(), Some("bob"));
+        let empty = ActiveSyncQuery::parse("Cmd=Sync&DeviceId=X&DeviceId=");
+        assert!(!empty.conflicting);
+        assert_eq!(empty.device_id.as_deref(), Some("X"));
+        assert_eq!(ActiveSyncQuery::parse("DeviceId=").device_id, None);
+        for query in [
+            "Cmd=Sync&cmd=Ping",
+            "User=a&USER=b",
+            "DeviceType=iPhone&DeviceType=WP8",
+        ] {
+            assert!(ActiveSyncQuery::parse(query).conflicting, "{query}");
+        }
     }
 }
