@@ -567,37 +567,27 @@ mod tests {
         compliance.set_user_override("bob@test.local", Some(Override::Block));
         let calls = Arc::new(Mutex::new(0));
         let service = ComplianceLayer::new(compliance.clone()).layer(counting(calls.clone()));
-        let status_of = |response: &Response<_>| {
-            response
-                .headers()
-                .get(COMPLIANCE_STATUS)
-                .map(|value| value.to_str().unwrap().to_owned())
-        };
-
-        let ping = service
-            .clone()
-            .oneshot(activesync_base64(18, "wpgood1", "alice@test.local"))
-            .await
-            .unwrap();
-        assert_eq!(ping.status(), StatusCode::OK);
-        let bad = service
-            .clone()
-            .oneshot(activesync_base64(0, "WPBAD1", "alice@test.local"))
-            .await
-            .unwrap();
-        assert_eq!(
-            status_of(&bad).as_deref(),
-            Some("blocked; reason=noncompliant")
-        );
-        let bob = service
-            .clone()
-            .oneshot(activesync_base64(0, "WPGOOD1", "bob@test.local"))
-            .await
-            .unwrap();
-        assert_eq!(
-            status_of(&bob).as_deref(),
-            Some("blocked; reason=user-override")
-        );
+        // (command code, device, user, X-Compliance-Status): a Ping (18), then Syncs (0).
+        for (command, device, user, status) in [
+            (18, "wpgood1", "alice@test.local", None),
+            (
+                0,
+                "WPBAD1",
+                "alice@test.local",
+                Some("blocked; reason=noncompliant"),
+            ),
+            (
+                0,
+                "WPGOOD1",
+                "bob@test.local",
+                Some("blocked; reason=user-override"),
+            ),
+        ] {
+            let request = activesync_base64(command, device, user);
+            let response = service.clone().oneshot(request).await.unwrap();
+            let said = response.headers().get(COMPLIANCE_STATUS);
+            assert_eq!(said.map(|v| v.to_str().unwrap()), status, "{device} {user}");
+        }
         assert_eq!(
             *calls.lock().unwrap(),
             1,

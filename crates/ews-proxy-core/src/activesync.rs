@@ -56,12 +56,8 @@ impl<'a> ActiveSyncQuery<'a> {
     /// base64, a byte sequence cut short) says nothing: every field `None`.
     pub fn parse(query: &'a str) -> Self {
         let plain = Self::parse_plain(query);
-        if plain.command.is_some()
-            || plain.device_id.is_some()
-            || plain.device_type.is_some()
-            || plain.user.is_some()
-            || query.contains('&')
-        {
+        // A base64 value has no `&`, and no `name=` the plain form knows.
+        if plain != ActiveSyncQuery::default() || query.contains('&') {
             return plain;
         }
         match decode_base64(query) {

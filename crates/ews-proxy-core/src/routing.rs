@@ -203,34 +203,24 @@ mod tests {
         assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetItem))));
         assert!(!is_long_lived(&request(ews, Some(EwsOperation::GetEvents))));
         assert!(!is_long_lived(&request(ews, None)));
-        let eas = "/Microsoft-Server-ActiveSync";
-        assert!(is_long_lived(&request(
-            &format!("{eas}?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone"),
-            None
-        )));
-        assert!(is_long_lived(&request(
-            &format!("{eas}?DeviceId=EAS1&cmd=ping"),
-            None
-        )));
-        assert!(!is_long_lived(&request(
-            &format!("{eas}?Cmd=Sync&DeviceId=EAS1"),
-            None
-        )));
-        assert!(!is_long_lived(&request(&format!("{eas}?Cmd=Pings"), None)));
-        assert!(!is_long_lived(&request(&format!("{eas}?XCmd=Ping"), None)));
-        // Decoded as a client may encode it; and only on ActiveSync's path.
-        assert!(is_long_lived(&request(&format!("{eas}?Cmd=P%69ng"), None)));
+        for (query, long_lived) in [
+            ("Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone", true),
+            ("DeviceId=EAS1&cmd=ping", true),
+            ("Cmd=Sync&DeviceId=EAS1", false),
+            ("Cmd=Pings", false),
+            ("XCmd=Ping", false),
+            // Decoded as a client may encode it.
+            ("Cmd=P%69ng", true),
+            // The base64-encoded form (MS-ASHTTP 2.2.1.1.1.1): a Ping (code 18), then a Sync
+            // (0), from device DEV1 of type WP8, protocol 14.1.
+            ("jRIJBARERVYxAANXUDg%3D", true),
+            ("jQAJBARERVYxAANXUDg=", false),
+        ] {
+            let uri = format!("/Microsoft-Server-ActiveSync?{query}");
+            assert_eq!(is_long_lived(&request(&uri, None)), long_lived, "{query}");
+        }
+        // Only on ActiveSync's path.
         assert!(!is_long_lived(&request("/owa/?Cmd=Ping", None)));
-        // The base64-encoded form (MS-ASHTTP 2.2.1.1.1.1): a Ping (code 18), then a Sync (0),
-        // from device DEV1 of type WP8, protocol 14.1.
-        assert!(is_long_lived(&request(
-            &format!("{eas}?jRIJBARERVYxAANXUDg%3D"),
-            None
-        )));
-        assert!(!is_long_lived(&request(
-            &format!("{eas}?jQAJBARERVYxAANXUDg="),
-            None
-        )));
     }
 
     #[test]
