@@ -317,6 +317,23 @@ async fn user_override_applies_to_the_user_of_the_credentials() {
         refused.headers()["x-compliance-status"],
         "blocked; reason=user-override"
     );
+    // Bob's credentials in front of alice's: the gateway would decide on bob, while Exchange
+    // might sign in alice. Refused before either.
+    let bob = stand.exchange.basic("bob@test.local");
+    let alice = stand.exchange.basic(ALICE);
+    let request = harness::ews_request(
+        &stand.ews_url(),
+        Some(&bob),
+        &[
+            ("Authorization", alice.as_str()),
+            ("X-Device-Id", "EASDEV2"),
+        ],
+        soap(STREAMING_SUBSCRIBE),
+    )
+    .unwrap();
+    let refused = stand.exchange.client.send(request).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(refused.headers()["x-seg-fault"], "duplicate-authorization");
 }
 
 /// Windows Mail and Windows Phone may send ActiveSync's parameters base64-encoded in the query

@@ -9,6 +9,11 @@
 //! The identity goes into the request's extensions as a [`ClientIdentity`]; one already there
 //! (from a verified client certificate) is kept. Credentials are never logged.
 //!
+//! A request with more than one `Authorization` header gets `400` (`ErrorInvalidRequest`,
+//! `X-Seg-Fault: duplicate-authorization`) and never reaches Exchange: the header holds one set
+//! of credentials (RFC 9110 §11.6.2), and with two the gateway could decide on one user while
+//! Exchange signs in the other.
+//!
 //! ```
 //! use auth_negotiation::identity::IdentifyLayer;
 //! use ews_proxy_core::identity::ClientIdentity;
@@ -38,8 +43,11 @@
 use base64::Engine as _;
 use base64::engine::GeneralPurpose;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use ews_proxy_core::fault::{FaultCode, SoapFault};
+use ews_proxy_core::future::ShortCircuit;
 use ews_proxy_core::identity::{ClientIdentity, IdentitySource};
-use http::{HeaderMap, Request, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use std::borrow::Cow;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -71,13 +79,14 @@ pub struct Identify<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Identify<S>
+impl<S, B, ResBody> Service<Request<B>> for Identify<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -85,14 +94,30 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if request.extensions().get::<ClientIdentity>().is_none()
-            && let Some(identity) = identity_of(request.headers())
-        {
+        let mut credentials = request.headers().get_all(header::AUTHORIZATION).iter();
+        let first = credentials.next();
+        if credentials.next().is_some() {
+            tracing::info!("refused a request with more than one Authorization header");
+            let fault = SoapFault::new(
+                StatusCode::BAD_REQUEST,
+                FaultCode::InvalidRequest,
+                "the request carries more than one Authorization header",
+            )
+            .with_reason("duplicate-authorization");
+            return ShortCircuit::answered(fault.into_response());
+        }
+        let identity = first
+            .filter(|_| request.extensions().get::<ClientIdentity>().is_none())
+            .and_then(identity_of_credentials);
+        if let Some(identity) = identity {
             request.extensions_mut().insert(identity);
         }
-        self.inner.call(request)
+        ShortCircuit::called(self.inner.call(request))
     }
 }
+
+/// Response future of [`Identify`].
+pub type ResponseFuture<F, B> = ShortCircuit<F, B>;
 
 /// The user named by the `Authorization` header, if any.
 ///
@@ -103,7 +128,12 @@ where
 /// every layer adds to proxying (docs/benchmarks.md). Who it names is unchanged: a test
 /// compares it with the obvious version on a corpus of headers.
 pub fn identity_of(headers: &HeaderMap) -> Option<ClientIdentity> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes().trim_ascii();
+    identity_of_credentials(headers.get(header::AUTHORIZATION)?)
+}
+
+/// The user named by one `Authorization` value.
+fn identity_of_credentials(value: &HeaderValue) -> Option<ClientIdentity> {
+    let value = value.as_bytes().trim_ascii();
     let space = value.iter().position(|&b| b == b' ')?;
     let (scheme, credentials) = (&value[..space], value[space + 1..].trim_ascii());
     if scheme.eq_ignore_ascii_case(b"Basic") {
@@ -292,6 +322,61 @@ mod tests {
             engine.encode(r#"{"alg":"RS256"}"#),
             engine.encode(claims)
         )
+    }
+
+    #[tokio::test]
+    async fn two_authorization_headers_are_refused_one_names_the_user() {
+        use tower::ServiceExt;
+        let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = reached.clone();
+        let service = IdentifyLayer::new().layer(tower::service_fn(
+            move |request: Request<http_body_util::Full<Bytes>>| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let user = request
+                    .extensions()
+                    .get::<ClientIdentity>()
+                    .map(|i| i.user.clone());
+                async move {
+                    let mut response = Response::new(http_body_util::Full::<Bytes>::default());
+                    if let Some(user) = user {
+                        response
+                            .headers_mut()
+                            .insert("x-user", user.parse().unwrap());
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            },
+        ));
+        let basic = |credentials: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
+        };
+        let alice = basic("alice@corp.example:anything");
+        let bob = basic("bob@corp.example:secret");
+
+        let one = Request::post("/EWS/Exchange.asmx")
+            .header(header::AUTHORIZATION, &bob)
+            .body(Default::default())
+            .unwrap();
+        let answered = service.clone().oneshot(one).await.unwrap();
+        assert_eq!(answered.headers()["x-user"], "bob@corp.example");
+
+        // A user policy would see alice; Exchange might sign in bob.
+        let two = Request::post("/EWS/Exchange.asmx")
+            .header(header::AUTHORIZATION, &alice)
+            .header(header::AUTHORIZATION, &bob)
+            .body(Default::default())
+            .unwrap();
+        let refused = service.oneshot(two).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.headers()["x-seg-fault"], "duplicate-authorization");
+        assert_eq!(
+            reached.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the refused request never reached the inner service"
+        );
     }
 
     #[test]
