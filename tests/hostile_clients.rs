@@ -846,3 +846,42 @@ async fn a_client_that_stops_mid_body_is_cut_by_the_idle_timeout() {
     );
     assert!(stand.requests().is_empty(), "{:?}", stand.requests());
 }
+
+/// IIS resolves `..` (also `%2e%2e`) and takes `\` for `/` before it picks the application: a
+/// path routed on as written would reach the admin center (`/ecp`), OWA or PowerShell through
+/// the EWS route, or EWS through ActiveSync's. Each gets 400; Exchange sees none of them.
+#[tokio::test]
+async fn paths_with_dot_segments_or_encoded_separators_get_400_and_never_reach_exchange() {
+    let stand = Stand::start(|config| config.activesync.enable_proxy = true).await;
+    let paths = [
+        "/EWS/../ecp/default.aspx",
+        "/ews/%2e%2e/owa/",
+        "/EWS/.%2E/powershell",
+        "/Microsoft-Server-ActiveSync/%2e%2e/EWS/Exchange.asmx",
+        "/EWS/..%2fecp",
+        "/EWS/..%5cecp",
+        "/EWS/./Exchange.asmx",
+    ];
+    let mut requests = String::new();
+    for (n, path) in paths.iter().enumerate() {
+        let close = if n + 1 == paths.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        requests.push_str(&format!(
+            "GET {path} HTTP/1.1\r\nHost: seg.test.local\r\n{close}Content-Length: 0\r\n\r\n"
+        ));
+    }
+    let responses = stand.plain(requests.as_bytes()).await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [400; 7], "{responses:?}");
+    for response in &responses {
+        assert!(
+            response.head.contains("x-seg-fault: path-not-canonical"),
+            "{response:?}"
+        );
+    }
+    assert_eq!(stand.bytes_to_exchange(), 0);
+    assert!(stand.requests().is_empty());
+}

@@ -1,6 +1,12 @@
 //! Routes requests by path: EWS (`/EWS/…`, any case) to one stack, ActiveSync
 //! (`/Microsoft-Server-ActiveSync…`) to another, anything else to `404`.
 //!
+//! A path that IIS would read otherwise than the router does gets a `400` SOAP fault
+//! (`X-Seg-Fault: path-not-canonical`) before any route ([`is_canonical_path`]): IIS resolves `.` and `..` segments (also percent-encoded) and takes
+//! `\` for `/` before it picks the application, so `/EWS/../ecp/` would reach the Exchange admin
+//! center through the EWS route, and `/Microsoft-Server-ActiveSync/%2e%2e/EWS/Exchange.asmx` EWS
+//! through ActiveSync's, even with EWS off.
+//!
 //! A route that is `None` is not served: with `enable.boxer.ens.ews.proxy` off the gateway answers
 //! `404` on `/EWS`, exactly as if it knew nothing of EWS. IIS matches paths without regard to case,
 //! and EWS clients rely on it (`/ews/exchange.asmx`), so the prefix match ignores case too.
@@ -28,6 +34,7 @@
 //! ```
 
 use crate::activesync::ActiveSyncQuery;
+use crate::fault::{FaultCode, SoapFault};
 use crate::operation::EwsOperation;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -66,6 +73,71 @@ pub fn is_long_lived<B>(request: &Request<B>) -> bool {
             .uri()
             .query()
             .is_some_and(|query| ActiveSyncQuery::parse(query).is_long_lived())
+}
+
+/// Whether IIS reads `path` as it is written, segment by segment, so that routing on it routes
+/// what Exchange will serve: no segment made of dots (and spaces), literal or percent-encoded
+/// (`.`, `..`, `%2e%2E`, `.. `), which IIS resolves; no `\`, which it takes for `/`; no encoded
+/// `/`, `\`, `%` or NUL (`%2f`, `%5c`, `%25`, `%00`), no IIS `%u` escape and no cut-off escape.
+/// No EWS or ActiveSync client sends any of these.
+///
+/// ```
+/// use ews_proxy_core::routing::is_canonical_path;
+///
+/// assert!(is_canonical_path("/EWS/Exchange.asmx"));
+/// assert!(is_canonical_path("/ews/.well-known/x%20y"));
+/// assert!(!is_canonical_path("/EWS/../ecp/"));
+/// assert!(!is_canonical_path("/EWS/%2E%2e/owa/"));
+/// assert!(!is_canonical_path("/EWS\\..\\ecp"));
+/// ```
+pub fn is_canonical_path(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    // Every request comes here: the usual path has neither `%`, `\` nor `/.` (searched without
+    // building a `memmem` finder per call).
+    let dot_after_slash =
+        memchr::memchr_iter(b'/', bytes).any(|at| bytes.get(at + 1) == Some(&b'.'));
+    if !dot_after_slash && memchr::memchr2(b'%', b'\\', bytes).is_none() {
+        return true;
+    }
+    if bytes.contains(&b'\\') {
+        return false;
+    }
+    for at in memchr::memchr_iter(b'%', bytes) {
+        let escape = bytes.get(at + 1..at + 3).map(<[u8]>::to_ascii_lowercase);
+        match escape.as_deref() {
+            None | Some(b"2f" | b"5c" | b"25" | b"00") => return false,
+            Some([b'u', _]) => return false,
+            Some(_) => {}
+        }
+    }
+    !path.split('/').any(is_dot_segment)
+}
+
+/// A segment of dots and spaces with at least one dot, each literal or percent-encoded: what
+/// IIS (Windows, which drops trailing dots and spaces from names) reads as `.` or `..`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while let Some(&first) = rest.first() {
+        let (byte, width) = match rest {
+            [b'%', high, low, ..] => {
+                let escaped = [high.to_ascii_lowercase(), low.to_ascii_lowercase()];
+                match &escaped {
+                    b"2e" => (b'.', 3),
+                    b"20" => (b' ', 3),
+                    _ => return false,
+                }
+            }
+            _ => (first, 1),
+        };
+        match byte {
+            b'.' => dots += 1,
+            b' ' => {}
+            _ => return false,
+        }
+        rest = &rest[width..];
+    }
+    dots > 0
 }
 
 /// `path` is `prefix` or starts with `prefix/`, ignoring ASCII case.
@@ -109,6 +181,20 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let path = request.uri().path();
+        if !is_canonical_path(path) {
+            tracing::info!(path, "refused a path that Exchange would read otherwise");
+            let fault = SoapFault::new(
+                StatusCode::BAD_REQUEST,
+                FaultCode::InvalidRequest,
+                "dot segments, backslashes and encoded separators are not served",
+            )
+            .with_reason("path-not-canonical");
+            return ResponseFuture {
+                route: Route::Answered {
+                    response: Some(fault.into_response()),
+                },
+            };
+        }
         if is_ews_path(path) {
             if let Some(ews) = &self.ews {
                 return ResponseFuture {
@@ -132,7 +218,7 @@ where
         let mut response = Response::new(ResBody::from(Bytes::from_static(b"not found\n")));
         *response.status_mut() = StatusCode::NOT_FOUND;
         ResponseFuture {
-            route: Route::NotFound {
+            route: Route::Answered {
                 response: Some(response),
             },
         }
@@ -160,7 +246,8 @@ pin_project! {
     {
         Ews { #[pin] inner: Oneshot<Ews, Request<B>> },
         ActiveSync { #[pin] inner: Oneshot<Eas, Request<B>> },
-        NotFound { response: Option<Ews::Response> },
+        /// Not routed: `404`, or `400` for a path not in canonical form.
+        Answered { response: Option<Ews::Response> },
     }
 }
 
@@ -175,7 +262,7 @@ where
         match self.project().route.project() {
             RouteProj::Ews { inner } => inner.poll(cx),
             RouteProj::ActiveSync { inner } => inner.poll(cx),
-            RouteProj::NotFound { response } => Poll::Ready(Ok(response
+            RouteProj::Answered { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
         }
@@ -237,6 +324,69 @@ mod tests {
         for path in ["/", "/ewsx", "/ew", "/owa/ews", "/EWSExchange.asmx"] {
             assert!(!is_ews_path(path), "{path}");
         }
+    }
+
+    #[test]
+    fn only_paths_iis_reads_as_written_are_canonical() {
+        for path in [
+            "/EWS/Exchange.asmx",
+            "/Microsoft-Server-ActiveSync",
+            "/ews/.well-known/a%20b",
+            "/EWS/Exchange.asmx.",
+            "/EWS/a..b/c.d",
+            "/EWS/%41%7e",
+            "/",
+            "",
+        ] {
+            assert!(is_canonical_path(path), "{path}");
+        }
+        for path in [
+            "/EWS/../ecp/",
+            "/EWS/..",
+            "/EWS/./Exchange.asmx",
+            "/EWS/%2e%2e/owa/",
+            "/EWS/%2E./owa/",
+            "/EWS/.%2e/owa/",
+            "/EWS/.../owa/",
+            "/EWS/..%20/owa/",
+            "/EWS/. ./owa/",
+            "/Microsoft-Server-ActiveSync/%2e%2e/EWS/Exchange.asmx",
+            "/EWS\\..\\ecp",
+            "/EWS/..%2fecp",
+            "/EWS/..%5Cecp",
+            "/EWS/%252e%252e/ecp",
+            "/EWS/%00",
+            "/EWS/%u002e%u002e/ecp",
+            "/EWS/Exchange.asmx%",
+            "/EWS/Exchange.asmx%2",
+        ] {
+            assert!(!is_canonical_path(path), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_path_iis_would_read_otherwise_gets_400_from_no_route() {
+        use http_body_util::Full;
+        use tower::ServiceExt;
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let route = tower::service_fn(move |_request: Request<()>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default())) }
+        });
+        let router = PathRouter::new(Some(route.clone()), Some(route));
+        for path in [
+            "/EWS/../ecp/",
+            "/Microsoft-Server-ActiveSync/%2e%2e/EWS/Exchange.asmx",
+        ] {
+            let request = Request::get(path).body(()).unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(response.headers()["x-seg-fault"], "path-not-canonical");
+        }
+        let served = router.oneshot(Request::get("/EWS/Exchange.asmx").body(()).unwrap());
+        assert_eq!(served.await.unwrap().status(), StatusCode::OK);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
