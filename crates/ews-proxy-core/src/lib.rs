@@ -11,7 +11,7 @@
 //! | module | does |
 //! |---|---|
 //! | [`server`] | accepts TCP/TLS connections, limits, timeouts, graceful shutdown |
-//! | [`routing`] | `/EWS` (any case) and ActiveSync routes, `404` for the rest or when disabled |
+//! | [`routing`] | `/EWS` (any case) and ActiveSync routes, `404` for the rest or when disabled, `400` for a path IIS would read otherwise (`..`, `%2e`, `\`) |
 //! | [`activesync`] | an ActiveSync request's command, device and user, from its plain or base64 query |
 //! | [`hop_by_hop`] | removes hop-by-hop headers both ways |
 //! | [`forwarded`] | sets `X-Forwarded-For`, `-Proto`, `-Host` |
