@@ -212,9 +212,8 @@ fn device_of<'a, B>(
     header: &HeaderName,
 ) -> Option<std::borrow::Cow<'a, str>> {
     if is_activesync_path(request.uri().path()) {
-        return ActiveSyncQuery::parse(request.uri().query().unwrap_or(""))
-            .device_id
-            .filter(|value| !value.is_empty());
+        // Never empty: the reader takes an empty value for none.
+        return ActiveSyncQuery::parse(request.uri().query().unwrap_or("")).device_id;
     }
     request
         .headers()
