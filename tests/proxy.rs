@@ -293,6 +293,54 @@ async fn stalled_exchange_gives_a_504_soap_fault() {
     );
 }
 
+/// ActiveSync's `Ping` and `Sync` wait at Exchange for as long as the device's heartbeat (up to
+/// 59 minutes) with no byte either way: neither `exchange.timeout` nor the client connection's
+/// idle timeout may end them (`exchange.hanging_timeout` does). Other requests keep
+/// `exchange.timeout`.
+#[tokio::test]
+async fn pings_and_syncs_wait_past_the_exchange_and_idle_timeouts() {
+    let exchange = ScriptedUpstream::stalling().await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.activesync.enable_proxy = true;
+    config.exchange.timeout = Duration::from_millis(500);
+    config.server.idle_timeout = Duration::from_millis(100);
+    let gateway = start(config).await;
+    let base = http_base(&gateway);
+    let waiting = ["Ping", "Sync"].map(|command| {
+        let url = format!(
+            "{base}/Microsoft-Server-ActiveSync?Cmd={command}&User=alice&DeviceId=EAS1&DeviceType=iPhone"
+        );
+        let request = Request::post(url).body(Full::new(Bytes::new())).unwrap();
+        tokio::spawn(async move { client().send(request).await })
+    });
+    seg_testbed::harness::wait_until(STEP, "both to wait at Exchange", || {
+        let arrived = exchange.requests().len() == 2;
+        async move { arrived }
+    })
+    .await
+    .unwrap();
+
+    // An EWS request Exchange holds as long gets 504 when `exchange.timeout` is over, so the
+    // two have waited longer than that, and than the idle timeout.
+    let url = format!("{base}/EWS/Exchange.asmx");
+    let ews = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+    assert_eq!(ews.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        waiting.iter().all(|request| !request.is_finished()),
+        "a Ping or Sync was answered or cut before Exchange answered"
+    );
+
+    exchange.release();
+    for request in waiting {
+        let answered = tokio::time::timeout(STEP, request)
+            .await
+            .expect("answered once Exchange answers")
+            .unwrap()
+            .expect("the connection was kept");
+        assert_eq!(answered.status(), StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn untrusted_exchange_certificate_gives_a_502_tls_fault() {
     let untrusted = pki::self_signed(&["localhost"]).unwrap();

@@ -242,21 +242,6 @@ async fn open_stream(cluster: &Cluster, node: &Gateway, device: &str) -> hyper::
     stream.into_body()
 }
 
-/// Waits (at most a second) until `stream` ends or fails: cut by the gateway.
-async fn cut_within_a_second(stream: &mut hyper::body::Incoming, what: &str) {
-    use http_body_util::BodyExt;
-    let cut = harness::within(Duration::from_secs(1), what, async {
-        loop {
-            match stream.frame().await {
-                Some(Ok(_)) => continue, // notifications and keep-alives already on their way
-                Some(Err(_)) | None => return,
-            }
-        }
-    })
-    .await;
-    assert!(cut.is_ok(), "{what}: not within a second of the wipe");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wipe_sent_to_one_node_cuts_the_devices_streams_on_the_others() {
     let cluster = Cluster::start(true, Duration::from_secs(3600)).await;
@@ -282,8 +267,8 @@ async fn a_wipe_sent_to_one_node_cuts_the_devices_streams_on_the_others() {
     }
 
     cluster.uem.update(WIPED, Change::EnterpriseWipe).unwrap();
-    cut_within_a_second(&mut on_1, "the wiped device's stream on node 1 to be cut").await;
-    cut_within_a_second(&mut on_2, "the wiped device's stream on node 2 to be cut").await;
+    assert_cut_within_a_second(&mut on_1, "the wiped device's stream on node 1 to be cut").await;
+    assert_cut_within_a_second(&mut on_2, "the wiped device's stream on node 2 to be cut").await;
 
     // The other device's stream (same user, same node) goes on.
     cluster

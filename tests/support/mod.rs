@@ -65,6 +65,23 @@ pub async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
         .expect("a chunk within the step deadline")
 }
 
+/// Waits, at most a second, until `stream` ends or fails: cut by the gateway. Fails the test
+/// naming `what` otherwise. Frames already on their way (notifications, keep-alives) are
+/// skipped.
+pub async fn assert_cut_within_a_second(stream: &mut Incoming, what: &str) {
+    use http_body_util::BodyExt;
+    let cut = harness::within(Duration::from_secs(1), what, async {
+        loop {
+            match stream.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "{what}: not within a second");
+}
+
 /// The webhook secret UEM's change events carry in [`gateway_config`].
 pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 /// The admin token of [`gateway_config`].

@@ -589,6 +589,10 @@ pub struct Exchange {
     /// How long to wait for Exchange's response headers (not for a streaming body).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long to wait for the answer to an ActiveSync `Ping` or `Sync`, which Exchange holds
+    /// back until the mailbox changes or the device's heartbeat (up to 59 minutes) ends.
+    #[serde(with = "humantime_serde")]
+    pub hanging_timeout: Duration,
     /// Connection pool to Exchange.
     pub pool: PoolSettings,
 }
@@ -601,6 +605,7 @@ impl Default for Exchange {
             trust_store: None,
             ignore_ssl_errors: false,
             timeout: Duration::from_secs(120),
+            hanging_timeout: ews_proxy_core::proxy::DEFAULT_HANGING_TIMEOUT,
             pool: PoolSettings::default(),
         }
     }
@@ -808,6 +813,14 @@ impl Config {
         self.validate_auth(&invalid)?;
         if self.exchange.timeout.is_zero() {
             return Err(invalid("exchange.timeout", "must be more than zero".into()));
+        }
+        if self.exchange.hanging_timeout < self.exchange.timeout {
+            return Err(invalid(
+                "exchange.hanging_timeout",
+                "must be at least exchange.timeout: a Ping or Sync waits for as long as the \
+                 device's heartbeat"
+                    .into(),
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(invalid(

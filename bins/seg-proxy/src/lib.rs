@@ -189,9 +189,11 @@ impl Gateway {
         // One pool for both hosts: the EWS host inherits the ActiveSync server's settings.
         let client = UpstreamClient::new(&trust, &config.exchange.pool)?;
         let parse = |url: &str| url.parse().map_err(|_| StartError::Url(url.to_owned()));
-        let exchange = Upstream::new(parse(&config.exchange.url)?, config.exchange.timeout)?;
+        let exchange = Upstream::new(parse(&config.exchange.url)?, config.exchange.timeout)?
+            .with_hanging_timeout(config.exchange.hanging_timeout);
         let ews_upstream = match &config.exchange.ews_url {
-            Some(url) => Upstream::new(parse(url)?, config.exchange.timeout)?,
+            Some(url) => Upstream::new(parse(url)?, config.exchange.timeout)?
+                .with_hanging_timeout(config.exchange.hanging_timeout),
             None => exchange.clone(),
         };
 

@@ -11,9 +11,13 @@
 //! device (blocked by default): the gate never opens by omission. Each decision is counted in
 //! the state's [metrics](crate::metrics), when it has some (one atomic add, no lock).
 //!
-//! Long-lived responses (`GetStreamingEvents`, ActiveSync `Ping`) are registered before the
-//! decision; if the device becomes blocked while one is open, its body fails at once, which
-//! closes the connection to the client.
+//! Requests whose response may stay open are registered before the decision: EWS
+//! `GetStreamingEvents`, a `POST` whose operation nobody could read (past the sniffer's prefix
+//! limit, not SOAP, no sniffer in the stack: it may be a stream), ActiveSync `Ping` and `Sync`
+//! (which Exchange holds back for as long as the device's heartbeat). If the device becomes
+//! blocked while one is open, a response still awaited is answered at once with the same `403`
+//! as a blocked request (what Exchange would have answered is dropped), and a body being
+//! streamed fails at once, which closes the connection to the client.
 //!
 //! ```
 //! use compliance_policy::enforce::ComplianceLayer;
@@ -41,7 +45,7 @@
 //! # }
 //! ```
 
-use crate::policy::Decision;
+use crate::policy::{BlockReason, Decision};
 use crate::state::Compliance;
 use crate::streams::StreamGuard;
 use bytes::Bytes;
@@ -51,7 +55,7 @@ use ews_proxy_core::fault::{FaultCode, SoapFault};
 use ews_proxy_core::identity::ClientIdentity;
 use ews_proxy_core::operation::EwsOperation;
 use ews_proxy_core::routing::is_activesync_path;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
@@ -126,7 +130,8 @@ struct Subject<'a> {
     device_type: Option<Cow<'a, str>>,
     /// The EWS operation or the ActiveSync command, when known.
     operation: Option<Cow<'a, str>>,
-    long_lived: bool,
+    /// Its response may stay open: registered to be cut on a block.
+    watched: bool,
     /// ActiveSync named a parameter twice with different values: refused, not decided.
     conflicting: bool,
 }
@@ -142,7 +147,7 @@ impl<S> Enforce<S> {
             // make a blocked device an unknown one.
             let query = ActiveSyncQuery::parse(request.uri().query().unwrap_or(""));
             return Subject {
-                long_lived: query.is_long_lived(),
+                watched: query.may_hang(),
                 device: query.device_id,
                 user: identity.or(query.user),
                 device_type: query.device_type,
@@ -158,13 +163,19 @@ impl<S> Enforce<S> {
             .filter(|v| !v.is_empty())
             .map(Cow::Borrowed);
         let operation = request.extensions().get::<EwsOperation>();
-        let long_lived = operation.is_some_and(EwsOperation::is_long_lived);
+        // An operation nobody could name may be a stream as well as anything else.
+        let watched = match operation {
+            Some(operation) => {
+                operation.is_long_lived() || matches!(operation, EwsOperation::Unknown)
+            }
+            None => request.method() == Method::POST,
+        };
         Subject {
             device,
             user: identity,
             device_type: None,
             operation: operation.map(|operation| Cow::Borrowed(operation.as_str())),
-            long_lived,
+            watched,
             conflicting: false,
         }
     }
@@ -205,26 +216,30 @@ where
                     guard,
                 },
             },
-            Some(Decision::Block(reason)) => {
-                let fault = SoapFault::new(
-                    StatusCode::FORBIDDEN,
-                    FaultCode::AccessDenied,
-                    format!("access denied by the gateway's compliance policy: {reason}"),
-                )
-                .with_reason("compliance");
-                let mut response: Response<ResBody> = fault.into_response();
-                let status = format!("blocked; reason={reason}");
-                if let Ok(value) = HeaderValue::from_str(&status) {
-                    response.headers_mut().insert(COMPLIANCE_STATUS, value);
-                }
-                ResponseFuture {
-                    kind: Kind::Blocked {
-                        response: Some(response),
-                    },
-                }
-            }
+            Some(Decision::Block(reason)) => ResponseFuture {
+                kind: Kind::Blocked {
+                    response: Some(blocked(reason)),
+                },
+            },
         }
     }
+}
+
+/// The answer to a request of a blocked device: `403`, an EWS SOAP fault naming the reason,
+/// and `X-Compliance-Status`.
+fn blocked<B: From<Bytes>>(reason: BlockReason) -> Response<B> {
+    let fault = SoapFault::new(
+        StatusCode::FORBIDDEN,
+        FaultCode::AccessDenied,
+        format!("access denied by the gateway's compliance policy: {reason}"),
+    )
+    .with_reason("compliance");
+    let mut response: Response<B> = fault.into_response();
+    let status = format!("blocked; reason={reason}");
+    if let Ok(value) = HeaderValue::from_str(&status) {
+        response.headers_mut().insert(COMPLIANCE_STATUS, value);
+    }
+    response
 }
 
 impl<S> Enforce<S> {
@@ -259,7 +274,7 @@ impl<S> Enforce<S> {
             span.record("user", &**user);
         }
         // Registered before deciding: a block that lands in between still cuts the stream.
-        let guard = subject.long_lived.then(|| {
+        let guard = subject.watched.then(|| {
             compliance.register_stream(subject.device.as_deref(), subject.user.as_deref())
         });
         let decision = compliance.decide_request(
@@ -307,12 +322,25 @@ pin_project! {
 impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: From<Bytes>,
 {
     type Output = Result<Response<CutOnBlock<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { inner, guard } => {
+                // Blocked while Exchange holds the answer back (a Ping waits for as long as
+                // the heartbeat): answered now, as a request of a blocked device is.
+                if let Some(cut) = guard.as_ref().filter(|guard| guard.poll_cut(cx)) {
+                    // The reason is set before the cut; the fallback is never taken.
+                    let reason = cut.cut_reason().unwrap_or(BlockReason::NonCompliant);
+                    *guard = None;
+                    tracing::info!(%reason, "answered a waiting request of a device that became blocked");
+                    return Poll::Ready(Ok(blocked(reason).map(|body| CutOnBlock {
+                        inner: body,
+                        guard: None,
+                    })));
+                }
                 let response = ready!(inner.poll(cx))?;
                 let guard = guard.take();
                 Poll::Ready(Ok(response.map(|body| CutOnBlock { inner: body, guard })))

@@ -367,7 +367,7 @@ impl Collector for ViewGauges {
         let streams = ConstGauge::new(i64::try_from(compliance.open_streams()).unwrap_or(i64::MAX));
         streams.encode(encoder.encode_descriptor(
             "seg_compliance_open_streams",
-            "Long-lived responses (streaming subscriptions, ActiveSync Ping) open now",
+            "Responses open now that a block cuts at once (streaming subscriptions, ActiveSync Ping and Sync, EWS requests of unknown operation)",
             None,
             streams.metric_type(),
         )?)?;

@@ -513,7 +513,7 @@ impl Compliance {
                 let cut = self.shared.streams.cut(
                     &transition.device_id,
                     transition.user.as_deref(),
-                    |device, user| !self.decide(device, user).is_allowed(),
+                    |device, user| self.decide(device, user),
                 );
                 if cut > 0 {
                     tracing::info!(device = %transition.device_id, streams = cut, reason = transition.after.reason(), "cut the streams of a device that became blocked");

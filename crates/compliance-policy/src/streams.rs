@@ -1,25 +1,29 @@
-//! Long-lived responses (EWS streaming notifications, ActiveSync `Ping`) by device and user, so
-//! that a block cuts them at once instead of at their next request.
+//! Long-lived responses (EWS streaming notifications, ActiveSync `Ping` and hanging `Sync`) by
+//! device and user, so that a block cuts them at once instead of at their next request.
 
 use crate::device::DeviceId;
+use crate::policy::{BlockReason, Decision};
 use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Context;
 
 /// The signal shared by a registered response and the registry, with whom the response is for.
 #[derive(Debug, Default)]
 pub(crate) struct CutSignal {
     cut: AtomicBool,
+    /// Why it was cut; set before `cut`.
+    reason: OnceLock<BlockReason>,
     waker: AtomicWaker,
     device: Option<DeviceId>,
     user: Option<String>,
 }
 
 impl CutSignal {
-    /// Cuts; true if it was not cut before.
-    fn cut(&self) -> bool {
+    /// Cuts for `reason`; true if it was not cut before.
+    fn cut(&self, reason: BlockReason) -> bool {
+        let _ = self.reason.set(reason);
         let first = !self.cut.swap(true, Ordering::AcqRel);
         self.waker.wake();
         first
@@ -70,15 +74,15 @@ impl StreamRegistry {
         }
     }
 
-    /// Cuts the responses of `device` or of `user` for which `blocked(device, user)` (the
-    /// decision for whom each is, now) holds; returns how many were cut now. Re-deciding, not
+    /// Cuts the responses of `device` or of `user` for which `decide(device, user)` (the
+    /// decision for whom each is, now) blocks; returns how many were cut now. Re-deciding, not
     /// cutting every response of the user: one of her devices blocked leaves her others'
     /// responses alone, and a response without a device follows the user's own decision.
     pub(crate) fn cut(
         &self,
         device: &DeviceId,
         user: Option<&str>,
-        blocked: impl Fn(Option<&str>, Option<&str>) -> bool,
+        decide: impl Fn(Option<&str>, Option<&str>) -> Decision,
     ) -> usize {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let by_device = entries.by_device.get(device).into_iter().flatten();
@@ -90,12 +94,14 @@ impl StreamRegistry {
         by_device
             .chain(by_user)
             .filter(|signal| {
-                blocked(
+                match decide(
                     signal.device.as_ref().map(DeviceId::as_str),
                     signal.user.as_deref(),
-                )
+                ) {
+                    Decision::Block(reason) => signal.cut(reason),
+                    Decision::Allow(_) => false,
+                }
             })
-            .filter(|signal| signal.cut())
             .count()
     }
 
@@ -126,6 +132,16 @@ impl StreamGuard {
     /// Whether the response has been cut.
     pub fn is_cut(&self) -> bool {
         self.signal.cut.load(Ordering::Acquire)
+    }
+
+    /// Why the response was cut: the decision that blocked its device or user; `None` while
+    /// it is not cut.
+    pub fn cut_reason(&self) -> Option<BlockReason> {
+        if self.is_cut() {
+            self.signal.reason.get().copied()
+        } else {
+            None
+        }
     }
 }
 

@@ -106,6 +106,14 @@ impl<'a> ActiveSyncQuery<'a> {
             .as_deref()
             .is_some_and(crate::routing::is_long_lived_activesync_command)
     }
+
+    /// Whether the command may hold back its whole answer for as long as the device's
+    /// heartbeat: `Ping` or `Sync` ([`crate::routing::is_hanging_activesync_command`]).
+    pub fn may_hang(&self) -> bool {
+        self.command
+            .as_deref()
+            .is_some_and(crate::routing::is_hanging_activesync_command)
+    }
 }
 
 /// The protocol versions that may use the base64 form (MS-ASHTTP 2.2.1.1.1.1), as their byte:

@@ -4,6 +4,9 @@
 //! points at the upstream and `Host` names it. Bodies stream both ways frame by frame: a
 //! `GetStreamingEvents` response that stays open for 30 minutes reaches the client chunk by chunk.
 //! The timeout covers the wait for Exchange's response headers only, never a streaming body.
+//! ActiveSync's `Ping` and `Sync`, whose answer Exchange holds back until the mailbox changes or
+//! the device's heartbeat (up to 59 minutes) ends, get a timeout of their own
+//! ([`Upstream::with_hanging_timeout`], [`DEFAULT_HANGING_TIMEOUT`] unless set).
 //!
 //! Failures never escape as errors: they become SOAP faults (`502` unreachable or TLS failure,
 //! `504` timeout, `413` body over the limit set by [`crate::body_limit`]) and a log line. A
@@ -33,6 +36,7 @@
 use crate::body::{BoxError, ResponseBody};
 use crate::fault::{FaultCode, SoapFault};
 use crate::host_pool::{HostPool, SendError, SendFuture};
+use crate::routing::may_hang;
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -62,6 +66,11 @@ pub enum UpstreamError {
     BadHost(String),
 }
 
+/// The default wait for the answer to a request that may hang ([`crate::routing::may_hang`]):
+/// Exchange's longest heartbeat (3,540 seconds, the most MS-ASCMD allows a `Ping` or `Sync`)
+/// and two minutes for Exchange to answer once it ends.
+pub const DEFAULT_HANGING_TIMEOUT: Duration = Duration::from_secs(3540 + 120);
+
 /// Where the proxy sends requests: scheme and authority of Exchange, and how long to wait for its
 /// response headers.
 #[derive(Clone, Debug)]
@@ -71,10 +80,13 @@ pub struct Upstream {
     host: HeaderValue,
     server_name: ServerName<'static>,
     timeout: Duration,
+    hanging_timeout: Duration,
 }
 
 impl Upstream {
-    /// The upstream at `url` (its path, if any, is ignored: requests keep their own path).
+    /// The upstream at `url` (its path, if any, is ignored: requests keep their own path),
+    /// waiting `timeout` for response headers; [`DEFAULT_HANGING_TIMEOUT`] for requests that
+    /// may hang.
     pub fn new(url: Uri, timeout: Duration) -> Result<Self, UpstreamError> {
         let scheme = url
             .scheme()
@@ -93,7 +105,16 @@ impl Upstream {
             host,
             server_name,
             timeout,
+            hanging_timeout: DEFAULT_HANGING_TIMEOUT,
         })
+    }
+
+    /// Waits `timeout` for the response headers of a request that may hang (ActiveSync `Ping`
+    /// and `Sync`, [`crate::routing::may_hang`]) instead of [`DEFAULT_HANGING_TIMEOUT`]. Shorter
+    /// than the heartbeats devices ask for, every such request would end in `504`.
+    pub fn with_hanging_timeout(mut self, timeout: Duration) -> Self {
+        self.hanging_timeout = timeout;
+        self
     }
 
     /// The upstream's host and port, as sent in `Host`.
@@ -130,6 +151,11 @@ impl Upstream {
     /// The wait for response headers.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The wait for the response headers of a request that may hang.
+    pub fn hanging_timeout(&self) -> Duration {
+        self.hanging_timeout
     }
 }
 
@@ -181,6 +207,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let timeout = if may_hang(&request) {
+            self.upstream.hanging_timeout
+        } else {
+            self.upstream.timeout
+        };
         let (mut parts, body) = request.into_parts();
         // Origin form (`/EWS/Exchange.asmx?…`): the pool adds scheme and authority for HTTP/2.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -209,8 +240,8 @@ where
         let request = Request::from_parts(parts, body);
         ResponseFuture {
             response: self.pool.send(request),
-            deadline: tokio::time::sleep(self.upstream.timeout),
-            timeout: self.upstream.timeout,
+            deadline: tokio::time::sleep(timeout),
+            timeout,
             awaiting_client,
         }
     }

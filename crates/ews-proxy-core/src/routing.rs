@@ -61,6 +61,26 @@ pub fn is_long_lived_activesync_command(command: &str) -> bool {
     command.eq_ignore_ascii_case("Ping")
 }
 
+/// Whether an ActiveSync command may hold back its whole answer until the mailbox changes or
+/// the device's heartbeat ends (any case): `Ping`, and `Sync`, which does when its body carries
+/// `Wait` (1 to 59 minutes, MS-ASCMD 2.2.3.198) or `HeartbeatInterval` (2.2.3.88.2). The body is
+/// WBXML the gateway does not read, so every `Sync` is taken as one that may.
+pub fn is_hanging_activesync_command(command: &str) -> bool {
+    command.eq_ignore_ascii_case("Ping") || command.eq_ignore_ascii_case("Sync")
+}
+
+/// Whether Exchange may hold back the request's response head for as long as the device's
+/// heartbeat (up to 59 minutes): an ActiveSync `Ping` or `Sync`
+/// ([`is_hanging_activesync_command`]), its query read in either form. EWS streams
+/// (`GetStreamingEvents`) are not: Exchange answers their head at once and streams the body.
+pub fn may_hang<B>(request: &Request<B>) -> bool {
+    is_activesync_path(request.uri().path())
+        && request
+            .uri()
+            .query()
+            .is_some_and(|query| ActiveSyncQuery::parse(query).may_hang())
+}
+
 /// Whether the request's response may stay open for minutes: an EWS operation that does
 /// ([`EwsOperation::is_long_lived`], as the operation sniffer put it in the extensions), or an
 /// ActiveSync command that does (its query read in either form, [`ActiveSyncQuery`]).
@@ -308,6 +328,28 @@ mod tests {
         }
         // Only on ActiveSync's path.
         assert!(!is_long_lived(&request("/owa/?Cmd=Ping", None)));
+    }
+
+    #[test]
+    fn activesync_pings_and_syncs_may_hang_nothing_else_does() {
+        let request = |uri: &str| Request::post(uri).body(()).expect("request");
+        for (query, hangs) in [
+            ("Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone", true),
+            ("Cmd=Sync&User=alice&DeviceId=EAS1&DeviceType=iPhone", true),
+            ("cmd=sync&DeviceId=EAS1", true),
+            ("Cmd=FolderSync&DeviceId=EAS1", false),
+            ("Cmd=SendMail&DeviceId=EAS1", false),
+            ("Cmd=Syncs", false),
+            ("", false),
+            // The base64-encoded form: a Sync (code 0) and a SendMail (code 1) of DEV1.
+            ("jQAJBARERVYxAANXUDg=", true),
+            ("jQEJBARERVYxAANXUDg=", false),
+        ] {
+            let uri = format!("/Microsoft-Server-ActiveSync?{query}");
+            assert_eq!(may_hang(&request(&uri)), hangs, "{query}");
+        }
+        // Only ActiveSync's; an EWS stream answers its head at once.
+        assert!(!may_hang(&request("/EWS/Exchange.asmx?Cmd=Ping")));
     }
 
     #[test]

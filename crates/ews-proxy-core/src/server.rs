@@ -7,7 +7,9 @@
 //! - A cap on concurrent connections: at the cap the listener stops accepting until one closes.
 //! - A header timeout (also bounding the TLS handshake) and an idle timeout: a connection that
 //!   moves no byte either way for that long is closed. A streaming response that sends a
-//!   keep-alive every few seconds is never idle.
+//!   keep-alive every few seconds is never idle, nor is a connection whose request is waiting
+//!   for its answer (an ActiveSync `Ping` waits for as long as the device's heartbeat, up to
+//!   59 minutes, without a byte either way; the proxy's own timeouts bound that wait).
 //! - Each request carries a [`ConnectionInfo`] in its extensions (client address, TLS or not),
 //!   and a [`PeerCertificate`] when the client presented a certificate (see
 //!   [`Server::with_client_auth`]).
@@ -148,7 +150,8 @@ pub struct ServerSettings {
     /// [`crate::operation::EwsOperationLayer::with_read_timeout`].)
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// A connection with no traffic either way for this long is closed.
+    /// A connection with no traffic either way for this long is closed; not while one of its
+    /// requests waits for its answer (the service's own timeouts bound that).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Connections served at once; at the cap, new ones wait in the kernel's accept queue.
@@ -536,7 +539,7 @@ where
             tokio::select! {
                 output = connection.as_mut() => return Some(output),
                 () = tokio::time::sleep_until(deadline) => {
-                    if activity.last() + idle <= Instant::now() {
+                    if activity.idle_for(idle, Instant::now()) {
                         return None;
                     }
                 }
@@ -620,7 +623,7 @@ where
                     }
                     () = tokio::time::sleep_until(deadline) => {
                         let now = Instant::now();
-                        if idle_deadline <= now && activity.last() + idle <= now {
+                        if idle_deadline <= now && activity.idle_for(idle, now) {
                             return None;
                         }
                         if !stopping && !parking {
@@ -715,6 +718,10 @@ where
                 .insert(PeerCertificate::clone(peer));
         }
         let guard = Some(InFlight::new(&self.activity));
+        self.activity
+            .state
+            .awaiting_answer
+            .fetch_add(1, Ordering::Relaxed);
         let kept = self
             .ready
             .try_lock()
@@ -774,7 +781,17 @@ where
             .guard
             .take()
             .expect("ConnectionFuture polled after it completed");
+        guard.answered();
         Poll::Ready(Ok(response.map(|body| InFlightBody { body, guard })))
+    }
+}
+
+impl<S: Service<Request<Incoming>>> Drop for ConnectionFuture<S> {
+    fn drop(&mut self) {
+        // Dropped unanswered (the connection closed): it waits no more.
+        if let Some(guard) = &self.guard {
+            guard.answered();
+        }
     }
 }
 
@@ -785,6 +802,13 @@ impl InFlight {
     fn new(activity: &Activity) -> Self {
         activity.state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(activity.state.clone())
+    }
+
+    /// The response head is there (or will never be): the connection's idle clock starts again
+    /// from now. Called once, with `awaiting_answer` counted up when the request was called.
+    fn answered(&self) {
+        self.0.awaiting_answer.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }
 
@@ -850,15 +874,17 @@ fn peer_certificate(
 /// has in flight, and whether it may be parked.
 #[derive(Clone, Debug)]
 struct Activity {
-    opened: Instant,
     state: Arc<ActivityState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ActivityState {
+    opened: Instant,
     last_ms: AtomicU64,
     /// Requests called and not yet answered to the end of their body.
     in_flight: AtomicUsize,
+    /// Requests called whose response head is not there yet: the connection is not idle.
+    awaiting_answer: AtomicUsize,
     /// The last write (or flush) of the connection could not complete.
     write_blocked: AtomicBool,
     /// No byte read since the last response was answered: hyper holds no part of a next
@@ -866,22 +892,41 @@ struct ActivityState {
     parkable: AtomicBool,
 }
 
+impl ActivityState {
+    #[inline]
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
 impl Activity {
     fn new() -> Self {
         Activity {
-            opened: Instant::now(),
-            state: Arc::default(),
+            state: Arc::new(ActivityState {
+                opened: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+                awaiting_answer: AtomicUsize::new(0),
+                write_blocked: AtomicBool::new(false),
+                parkable: AtomicBool::new(false),
+            }),
         }
     }
 
     #[inline]
     fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.state.last_ms.store(ms, Ordering::Relaxed);
+        self.state.touch();
     }
 
     fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.state.last_ms.load(Ordering::Relaxed))
+        self.state.opened + Duration::from_millis(self.state.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether the connection has been idle for `idle` at `now`: no byte either way for that
+    /// long, and no request waiting for its answer.
+    fn idle_for(&self, idle: Duration, now: Instant) -> bool {
+        self.last() + idle <= now && self.state.awaiting_answer.load(Ordering::Relaxed) == 0
     }
 
     /// Whether the HTTP/1.1 connection is between requests, quiet for `quiet`: nothing in
