@@ -535,7 +535,7 @@ where
         let idle = self.settings.idle_timeout;
         let mut stopping = false;
         loop {
-            let deadline = activity.last() + idle;
+            let deadline = activity.idle_deadline(idle);
             tokio::select! {
                 output = connection.as_mut() => return Some(output),
                 () = tokio::time::sleep_until(deadline) => {
@@ -606,7 +606,7 @@ where
             let mut parking = false;
             let mut next_check = Instant::now() + park_after;
             loop {
-                let idle_deadline = activity.last() + idle;
+                let idle_deadline = activity.idle_deadline(idle);
                 let deadline = if stopping || parking {
                     idle_deadline
                 } else {
@@ -804,11 +804,11 @@ impl InFlight {
         InFlight(activity.state.clone())
     }
 
-    /// The response head is there (or will never be): the connection's idle clock starts again
-    /// from now. Called once, with `awaiting_answer` counted up when the request was called.
+    /// The response head is there (or will never be): the connection may idle again, from its
+    /// next byte (the head's write). Called once, with `awaiting_answer` counted up when the
+    /// request was called.
     fn answered(&self) {
         self.0.awaiting_answer.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
     }
 }
 
@@ -892,14 +892,6 @@ struct ActivityState {
     parkable: AtomicBool,
 }
 
-impl ActivityState {
-    #[inline]
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-}
-
 impl Activity {
     fn new() -> Self {
         Activity {
@@ -916,7 +908,8 @@ impl Activity {
 
     #[inline]
     fn touch(&self) {
-        self.state.touch();
+        let ms = self.state.opened.elapsed().as_millis() as u64;
+        self.state.last_ms.store(ms, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -926,7 +919,21 @@ impl Activity {
     /// Whether the connection has been idle for `idle` at `now`: no byte either way for that
     /// long, and no request waiting for its answer.
     fn idle_for(&self, idle: Duration, now: Instant) -> bool {
-        self.last() + idle <= now && self.state.awaiting_answer.load(Ordering::Relaxed) == 0
+        self.last() + idle <= now && !self.awaiting_answer()
+    }
+
+    /// When to look again whether the connection is idle: `idle` after its last byte; while a
+    /// request waits for its answer (which wakes no one here), `idle` from now.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.awaiting_answer() {
+            Instant::now() + idle
+        } else {
+            self.last() + idle
+        }
+    }
+
+    fn awaiting_answer(&self) -> bool {
+        self.state.awaiting_answer.load(Ordering::Relaxed) > 0
     }
 
     /// Whether the HTTP/1.1 connection is between requests, quiet for `quiet`: nothing in
@@ -1075,5 +1082,34 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_waiting_for_an_answer_is_not_idle_and_is_looked_at_again_later() {
+        let activity = Activity::new();
+        let idle = Duration::from_secs(300);
+        // Its last byte an hour ago, as under a Ping that waits for its heartbeat.
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(activity.idle_for(idle, later));
+
+        activity
+            .state
+            .awaiting_answer
+            .fetch_add(1, Ordering::Relaxed);
+        assert!(!activity.idle_for(idle, later));
+        // Not a deadline already past, which would wake the connection's loop over and over.
+        assert!(activity.idle_deadline(idle) > Instant::now() + idle / 2);
+
+        activity
+            .state
+            .awaiting_answer
+            .fetch_sub(1, Ordering::Relaxed);
+        assert!(activity.idle_for(idle, later));
+        assert!(activity.idle_deadline(idle) <= activity.last() + idle);
     }
 }
