@@ -775,6 +775,48 @@ async fn a_body_trickled_before_its_operation_gets_a_408_within_the_header_timeo
     assert_eq!(stand.requests().len(), 1);
 }
 
+/// A `Ping` may wait at Exchange for as long as its heartbeat (`exchange.hanging_timeout`), but
+/// only once its body is there: one whose body trickles gets the 408 of any request, within
+/// `exchange.timeout`, and does not hold its connection for an hour.
+#[tokio::test]
+async fn a_ping_whose_body_trickles_gets_a_408_within_the_exchange_timeout() {
+    let stand = Stand::start(|config| {
+        config.server.header_timeout = SLOW_HEADER_TIMEOUT;
+        config.server.idle_timeout = SLOW_IDLE;
+        config.exchange.timeout = SLOW_EXCHANGE_TIMEOUT;
+        config.activesync.enable_proxy = true;
+    })
+    .await;
+    // A Ping's WBXML body (Ping, HeartbeatInterval 900, one folder), as an iPhone sends it.
+    let body = b"\x03\x01\x6a\x00\x00\x0d\x45\x48\x03900\x00\x01\x49\x4a\x4b\x035\x00\x01\x4c\x03Email\x00\x01\x01\x01\x01";
+    let mut request = format!(
+        "POST /Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone HTTP/1.1\r\n\
+         Host: seg.test.local\r\nContent-Type: application/vnd.ms-sync.wbxml\r\n\
+         MS-ASProtocolVersion: 14.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    let head_len = request.len();
+    request.extend_from_slice(body);
+
+    let (responses, closed) = trickle(&stand, &request, head_len + 4).await;
+
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].status, 408);
+    assert!(
+        responses[0]
+            .head
+            .contains("x-seg-fault: request-body-timeout"),
+        "{}",
+        responses[0].head
+    );
+    assert!(
+        closed >= SLOW_EXCHANGE_TIMEOUT && closed < SLOW_EXCHANGE_TIMEOUT + SLACK,
+        "closed after {closed:?}"
+    );
+    assert!(stand.requests().is_empty(), "{:?}", stand.requests());
+}
+
 #[tokio::test]
 async fn a_body_trickled_after_its_operation_gets_a_408_within_the_exchange_timeout() {
     let stand = slow_body_stand().await;

@@ -5,8 +5,9 @@
 //! `GetStreamingEvents` response that stays open for 30 minutes reaches the client chunk by chunk.
 //! The timeout covers the wait for Exchange's response headers only, never a streaming body.
 //! ActiveSync's `Ping` and `Sync`, whose answer Exchange holds back until the mailbox changes or
-//! the device's heartbeat (up to 59 minutes) ends, get a timeout of their own
-//! ([`Upstream::with_hanging_timeout`], [`DEFAULT_HANGING_TIMEOUT`] unless set).
+//! the device's heartbeat (up to 59 minutes) ends, get a timeout of their own once their whole
+//! body is sent ([`Upstream::with_hanging_timeout`], [`DEFAULT_HANGING_TIMEOUT`] unless set); a
+//! body still arriving when the usual timeout is over gets the `408` any request would.
 //!
 //! Failures never escape as errors: they become SOAP faults (`502` unreachable or TLS failure,
 //! `504` timeout, `413` body over the limit set by [`crate::body_limit`]) and a log line. A
@@ -207,11 +208,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let timeout = if may_hang(&request) {
-            self.upstream.hanging_timeout
-        } else {
-            self.upstream.timeout
-        };
+        // A Ping's body gets the usual timeout to arrive; only then may Exchange hold the
+        // answer for as long as the heartbeat.
+        let timeout = self.upstream.timeout;
+        let hanging_timeout = (may_hang(&request) && self.upstream.hanging_timeout > timeout)
+            .then_some(self.upstream.hanging_timeout);
         let (mut parts, body) = request.into_parts();
         // Origin form (`/EWS/Exchange.asmx?…`): the pool adds scheme and authority for HTTP/2.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -242,6 +243,7 @@ where
             response: self.pool.send(request),
             deadline: tokio::time::sleep(timeout),
             timeout,
+            hanging_timeout,
             awaiting_client,
         }
     }
@@ -254,6 +256,9 @@ pin_project! {
         #[pin]
         deadline: Sleep,
         timeout: Duration,
+        // For a request that may hang: the timeout it gets once `timeout` is over with its
+        // body sent; taken when applied.
+        hanging_timeout: Option<Duration>,
         // Set while the request body waits for the client's next bytes; `None`: the body was
         // complete from the start.
         awaiting_client: Option<Arc<AtomicBool>>,
@@ -296,19 +301,28 @@ impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.response.as_mut().poll(cx) {
             return Poll::Ready(Ok(match result {
                 Ok(response) => response,
                 Err(error) => fault_for(&error),
             }));
         }
-        ready!(this.deadline.poll(cx));
-        if this
+        ready!(this.deadline.as_mut().poll(cx));
+        let awaiting_client = this
             .awaiting_client
             .as_ref()
-            .is_some_and(|awaiting| awaiting.load(Ordering::Relaxed))
-        {
+            .is_some_and(|awaiting| awaiting.load(Ordering::Relaxed));
+        if !awaiting_client && let Some(hanging) = this.hanging_timeout.take() {
+            // The whole request is with Exchange, which may hold a Ping for its heartbeat.
+            let started = this.deadline.deadline() - *this.timeout;
+            this.deadline.as_mut().reset(started + hanging);
+            *this.timeout = hanging;
+            if this.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        if awaiting_client {
             tracing::info!(timeout = ?this.timeout, "the client's request body did not arrive before the timeout");
             return Poll::Ready(Ok(SoapFault::new(
                 StatusCode::REQUEST_TIMEOUT,
