@@ -302,17 +302,23 @@ async fn pings_and_syncs_wait_past_the_exchange_and_idle_timeouts() {
     let exchange = ScriptedUpstream::stalling().await.unwrap();
     let mut config = config_for(&exchange.url());
     config.activesync.enable_proxy = true;
-    config.exchange.timeout = Duration::from_millis(500);
-    config.server.idle_timeout = Duration::from_millis(100);
+    config.exchange.timeout = Duration::from_millis(200);
+    config.server.idle_timeout = Duration::from_millis(300);
     let gateway = start(config).await;
     let base = http_base(&gateway);
-    let waiting = ["Ping", "Sync"].map(|command| {
-        let url = format!(
-            "{base}/Microsoft-Server-ActiveSync?Cmd={command}&User=alice&DeviceId=EAS1&DeviceType=iPhone"
-        );
-        let request = Request::post(url).body(Full::new(Bytes::new())).unwrap();
-        tokio::spawn(async move { client().send(request).await })
-    });
+    // A Ping without a body (the heartbeat the device sent last time), a Sync with one.
+    let waiting = [("Ping", &b""[..]), ("Sync", &b"\x03\x01\x6a\x00\x00\x00\x45\x01"[..])].map(
+        |(command, body)| {
+            let url = format!(
+                "{base}/Microsoft-Server-ActiveSync?Cmd={command}&User=alice&DeviceId=EAS1&DeviceType=iPhone"
+            );
+            let request = Request::post(url)
+                .header("content-type", "application/vnd.ms-sync.wbxml")
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap();
+            tokio::spawn(async move { client().send(request).await })
+        },
+    );
     seg_testbed::harness::wait_until(STEP, "both to wait at Exchange", || {
         let arrived = exchange.requests().len() == 2;
         async move { arrived }
@@ -320,11 +326,14 @@ async fn pings_and_syncs_wait_past_the_exchange_and_idle_timeouts() {
     .await
     .unwrap();
 
-    // An EWS request Exchange holds as long gets 504 when `exchange.timeout` is over, so the
-    // two have waited longer than that, and than the idle timeout.
+    // EWS requests Exchange holds as long get 504 when `exchange.timeout` is over: after two
+    // of them, one after the other, the Ping and the Sync have waited longer than both
+    // timeouts.
     let url = format!("{base}/EWS/Exchange.asmx");
-    let ews = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
-    assert_eq!(ews.status(), StatusCode::GATEWAY_TIMEOUT);
+    for _ in 0..2 {
+        let ews = client().send(soap_request(&url, GET_ITEM)).await.unwrap();
+        assert_eq!(ews.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
     assert!(
         waiting.iter().all(|request| !request.is_finished()),
         "a Ping or Sync was answered or cut before Exchange answered"

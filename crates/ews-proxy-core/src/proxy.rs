@@ -6,8 +6,9 @@
 //! The timeout covers the wait for Exchange's response headers only, never a streaming body.
 //! ActiveSync's `Ping` and `Sync`, whose answer Exchange holds back until the mailbox changes or
 //! the device's heartbeat (up to 59 minutes) ends, get a timeout of their own once their whole
-//! body is sent ([`Upstream::with_hanging_timeout`], [`DEFAULT_HANGING_TIMEOUT`] unless set); a
-//! body still arriving when the usual timeout is over gets the `408` any request would.
+//! body is sent ([`Upstream::with_hanging_timeout`], [`DEFAULT_HANGING_TIMEOUT`] unless set),
+//! and meanwhile pause the client connection's idle timer ([`crate::server::IdleTimer`]); a body
+//! still arriving when the usual timeout is over gets the `408` any request would.
 //!
 //! Failures never escape as errors: they become SOAP faults (`502` unreachable or TLS failure,
 //! `504` timeout, `413` body over the limit set by [`crate::body_limit`]) and a log line. A
@@ -38,6 +39,7 @@ use crate::body::{BoxError, ResponseBody};
 use crate::fault::{FaultCode, SoapFault};
 use crate::host_pool::{HostPool, SendError, SendFuture};
 use crate::routing::may_hang;
+use crate::server::{IdlePause, IdleTimer};
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -49,8 +51,8 @@ use rustls::pki_types::ServerName;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -226,17 +228,29 @@ where
         parts
             .headers
             .insert(header::HOST, self.upstream.host.clone());
+        // While a request that may hang waits with its whole body sent, the client owes
+        // nothing: its connection's idle timer is paused (the hanging timeout bounds the wait).
+        let idle_timer = hanging_timeout.and_then(|_| parts.extensions.get::<IdleTimer>().cloned());
         // Whether the upstream connection is waiting for the client's next bytes, for a
         // timeout to tell whose it is; not tracked (no allocation) for a complete body.
-        let (body, awaiting_client) = if body.is_end_stream() {
-            (body.map_err(Into::into).boxed_unsync(), None)
+        let (body, awaiting_client, idle_pause) = if body.is_end_stream() {
+            let pause = idle_timer.map(|timer| timer.pause());
+            (body.map_err(Into::into).boxed_unsync(), None, pause)
         } else {
-            let awaiting = Arc::new(AtomicBool::new(false));
+            let progress = Arc::new(BodyProgress {
+                awaiting: AtomicBool::new(false),
+                idle_timer,
+                idle_pause: OnceLock::new(),
+            });
             let body = AwaitTracked {
                 inner: body,
-                awaiting: awaiting.clone(),
+                progress: progress.clone(),
             };
-            (body.map_err(Into::into).boxed_unsync(), Some(awaiting))
+            (
+                body.map_err(Into::into).boxed_unsync(),
+                Some(progress),
+                None,
+            )
         };
         let request = Request::from_parts(parts, body);
         ResponseFuture {
@@ -245,6 +259,7 @@ where
             timeout,
             hanging_timeout,
             awaiting_client,
+            _idle_pause: idle_pause,
         }
     }
 }
@@ -259,18 +274,37 @@ pin_project! {
         // For a request that may hang: the timeout it gets once `timeout` is over with its
         // body sent; taken when applied.
         hanging_timeout: Option<Duration>,
-        // Set while the request body waits for the client's next bytes; `None`: the body was
-        // complete from the start.
-        awaiting_client: Option<Arc<AtomicBool>>,
+        // The request body's progress; `None`: the body was complete from the start.
+        awaiting_client: Option<Arc<BodyProgress>>,
+        // The client connection's idle timer paused, for a request that may hang whose body
+        // was complete from the start.
+        _idle_pause: Option<IdlePause>,
+    }
+}
+
+/// How far a request body has come, shared by the body on its way to Exchange and the response
+/// future.
+struct BodyProgress {
+    /// The last poll of the body waited for the client's next bytes.
+    awaiting: AtomicBool,
+    /// For a request that may hang: its connection's idle timer, paused once the body is sent.
+    idle_timer: Option<IdleTimer>,
+    idle_pause: OnceLock<IdlePause>,
+}
+
+impl BodyProgress {
+    fn awaiting_client(&self) -> bool {
+        self.awaiting.load(Ordering::Relaxed)
     }
 }
 
 pin_project! {
-    /// A request body that records whether its last poll waited for the client.
+    /// A request body that records whether its last poll waited for the client, and pauses the
+    /// client connection's idle timer once it is sent, when asked to.
     struct AwaitTracked<B> {
         #[pin]
         inner: B,
-        awaiting: Arc<AtomicBool>,
+        progress: Arc<BodyProgress>,
     }
 }
 
@@ -282,9 +316,22 @@ impl<B: Body> Body for AwaitTracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        this.awaiting.store(polled.is_pending(), Ordering::Relaxed);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let progress = &**this.progress;
+        progress
+            .awaiting
+            .store(polled.is_pending(), Ordering::Relaxed);
+        if let Some(timer) = &progress.idle_timer {
+            let sent = match &polled {
+                Poll::Ready(None) => true,
+                Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+                _ => false,
+            };
+            if sent {
+                progress.idle_pause.get_or_init(|| timer.pause());
+            }
+        }
         polled
     }
 
@@ -311,8 +358,8 @@ impl Future for ResponseFuture {
         ready!(this.deadline.as_mut().poll(cx));
         let awaiting_client = this
             .awaiting_client
-            .as_ref()
-            .is_some_and(|awaiting| awaiting.load(Ordering::Relaxed));
+            .as_deref()
+            .is_some_and(BodyProgress::awaiting_client);
         if !awaiting_client && let Some(hanging) = this.hanging_timeout.take() {
             // The whole request is with Exchange, which may hold a Ping for its heartbeat.
             let started = this.deadline.deadline() - *this.timeout;

@@ -7,9 +7,10 @@
 //! - A cap on concurrent connections: at the cap the listener stops accepting until one closes.
 //! - A header timeout (also bounding the TLS handshake) and an idle timeout: a connection that
 //!   moves no byte either way for that long is closed. A streaming response that sends a
-//!   keep-alive every few seconds is never idle, nor is a connection whose request is waiting
-//!   for its answer (an ActiveSync `Ping` waits for as long as the device's heartbeat, up to
-//!   59 minutes, without a byte either way; the proxy's own timeouts bound that wait).
+//!   keep-alive every few seconds is never idle. A service that waits, with the whole request
+//!   in hand, for an answer that may be long in coming (an ActiveSync `Ping` is held for the
+//!   device's heartbeat, up to 59 minutes, without a byte either way) pauses the idle timer for
+//!   that wait through the [`IdleTimer`] in the request's extensions; its own timeout bounds it.
 //! - Each request carries a [`ConnectionInfo`] in its extensions (client address, TLS or not),
 //!   and a [`PeerCertificate`] when the client presented a certificate (see
 //!   [`Server::with_client_auth`]).
@@ -95,6 +96,52 @@ impl ConnectionInfo {
     }
 }
 
+/// The idle timer of the connection a request came on, in the extensions of every request the
+/// [`Server`] serves.
+///
+/// A connection that moves no byte either way for [`ServerSettings::idle_timeout`] is closed.
+/// A service that waits, with the whole request in hand, for an answer that may be long in
+/// coming (the reverse proxy, for an ActiveSync `Ping` that Exchange holds for the device's
+/// heartbeat) [pauses](IdleTimer::pause) it for that wait: the client owes nothing then, and its
+/// silence is not idleness. The service's own timeout must bound the wait. While a request
+/// still waits for the client's bytes the timer runs, so a client that stops mid-body is cut.
+/// Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct IdleTimer(Option<Arc<ActivityState>>);
+
+impl IdleTimer {
+    /// A timer of no connection, for a request not served by a [`Server`]: pausing it does
+    /// nothing.
+    pub fn detached() -> Self {
+        IdleTimer(None)
+    }
+
+    /// Pauses the timer until the returned guard is dropped; the connection's idle time then
+    /// counts from its next byte.
+    pub fn pause(&self) -> IdlePause {
+        if let Some(state) = &self.0 {
+            state.idle_paused.fetch_add(1, Ordering::Relaxed);
+        }
+        IdlePause(self.0.clone())
+    }
+}
+
+/// A pause of a connection's [`IdleTimer`]; the timer runs again when it is dropped.
+#[derive(Debug)]
+#[must_use = "the timer runs again as soon as the pause is dropped"]
+pub struct IdlePause(Option<Arc<ActivityState>>);
+
+impl Drop for IdlePause {
+    fn drop(&mut self) {
+        if let Some(state) = &self.0 {
+            state.idle_paused.fetch_sub(1, Ordering::Relaxed);
+            // From now: not from the last byte before the wait, long past.
+            let ms = state.opened.elapsed().as_millis() as u64;
+            state.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The certificate a client presented on a TLS connection, and whether it is valid: in the
 /// extensions of every request on that connection.
 ///
@@ -150,8 +197,8 @@ pub struct ServerSettings {
     /// [`crate::operation::EwsOperationLayer::with_read_timeout`].)
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// A connection with no traffic either way for this long is closed; not while one of its
-    /// requests waits for its answer (the service's own timeouts bound that).
+    /// A connection with no traffic either way for this long is closed; not while its
+    /// [`IdleTimer`] is paused (the service's own timeout bounds that).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Connections served at once; at the cap, new ones wait in the kernel's accept queue.
@@ -717,11 +764,10 @@ where
                 .extensions_mut()
                 .insert(PeerCertificate::clone(peer));
         }
+        request
+            .extensions_mut()
+            .insert(IdleTimer(Some(self.activity.state.clone())));
         let guard = Some(InFlight::new(&self.activity));
-        self.activity
-            .state
-            .awaiting_answer
-            .fetch_add(1, Ordering::Relaxed);
         let kept = self
             .ready
             .try_lock()
@@ -781,17 +827,7 @@ where
             .guard
             .take()
             .expect("ConnectionFuture polled after it completed");
-        guard.answered();
         Poll::Ready(Ok(response.map(|body| InFlightBody { body, guard })))
-    }
-}
-
-impl<S: Service<Request<Incoming>>> Drop for ConnectionFuture<S> {
-    fn drop(&mut self) {
-        // Dropped unanswered (the connection closed): it waits no more.
-        if let Some(guard) = &self.guard {
-            guard.answered();
-        }
     }
 }
 
@@ -802,13 +838,6 @@ impl InFlight {
     fn new(activity: &Activity) -> Self {
         activity.state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(activity.state.clone())
-    }
-
-    /// The response head is there (or will never be): the connection may idle again, from its
-    /// next byte (the head's write). Called once, with `awaiting_answer` counted up when the
-    /// request was called.
-    fn answered(&self) {
-        self.0.awaiting_answer.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -883,8 +912,8 @@ struct ActivityState {
     last_ms: AtomicU64,
     /// Requests called and not yet answered to the end of their body.
     in_flight: AtomicUsize,
-    /// Requests called whose response head is not there yet: the connection is not idle.
-    awaiting_answer: AtomicUsize,
+    /// Pauses of the idle timer ([`IdlePause`]) alive now: the connection is not idle.
+    idle_paused: AtomicUsize,
     /// The last write (or flush) of the connection could not complete.
     write_blocked: AtomicBool,
     /// No byte read since the last response was answered: hyper holds no part of a next
@@ -899,7 +928,7 @@ impl Activity {
                 opened: Instant::now(),
                 last_ms: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
-                awaiting_answer: AtomicUsize::new(0),
+                idle_paused: AtomicUsize::new(0),
                 write_blocked: AtomicBool::new(false),
                 parkable: AtomicBool::new(false),
             }),
@@ -917,23 +946,23 @@ impl Activity {
     }
 
     /// Whether the connection has been idle for `idle` at `now`: no byte either way for that
-    /// long, and no request waiting for its answer.
+    /// long, and its idle timer not paused.
     fn idle_for(&self, idle: Duration, now: Instant) -> bool {
-        self.last() + idle <= now && !self.awaiting_answer()
+        self.last() + idle <= now && !self.idle_paused()
     }
 
-    /// When to look again whether the connection is idle: `idle` after its last byte; while a
-    /// request waits for its answer (which wakes no one here), `idle` from now.
+    /// When to look again whether the connection is idle: `idle` after its last byte; while
+    /// the timer is paused (its end wakes no one here), `idle` from now.
     fn idle_deadline(&self, idle: Duration) -> Instant {
-        if self.awaiting_answer() {
+        if self.idle_paused() {
             Instant::now() + idle
         } else {
             self.last() + idle
         }
     }
 
-    fn awaiting_answer(&self) -> bool {
-        self.state.awaiting_answer.load(Ordering::Relaxed) > 0
+    fn idle_paused(&self) -> bool {
+        self.state.idle_paused.load(Ordering::Relaxed) > 0
     }
 
     /// Whether the HTTP/1.1 connection is between requests, quiet for `quiet`: nothing in
@@ -1090,26 +1119,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_waiting_for_an_answer_is_not_idle_and_is_looked_at_again_later() {
+    fn a_paused_idle_timer_keeps_the_connection_and_is_looked_at_again_later() {
         let activity = Activity::new();
         let idle = Duration::from_secs(300);
-        // Its last byte an hour ago, as under a Ping that waits for its heartbeat.
+        // An hour without a byte, as under a Ping that waits for its heartbeat.
         let later = Instant::now() + Duration::from_secs(3600);
         assert!(activity.idle_for(idle, later));
 
-        activity
-            .state
-            .awaiting_answer
-            .fetch_add(1, Ordering::Relaxed);
+        let pause = IdleTimer(Some(activity.state.clone())).pause();
         assert!(!activity.idle_for(idle, later));
         // Not a deadline already past, which would wake the connection's loop over and over.
         assert!(activity.idle_deadline(idle) > Instant::now() + idle / 2);
 
-        activity
-            .state
-            .awaiting_answer
-            .fetch_sub(1, Ordering::Relaxed);
+        drop(pause);
         assert!(activity.idle_for(idle, later));
-        assert!(activity.idle_deadline(idle) <= activity.last() + idle);
+        // The clock runs again from the pause's end.
+        assert!(activity.last() + idle > Instant::now());
+        assert_eq!(activity.idle_deadline(idle), activity.last() + idle);
     }
 }
