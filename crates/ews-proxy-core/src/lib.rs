@@ -10,14 +10,14 @@
 //!
 //! | module | does |
 //! |---|---|
-//! | [`server`] | accepts TCP/TLS connections, limits, timeouts, graceful shutdown |
+//! | [`server`] | accepts TCP/TLS connections, limits, timeouts (an idle timer a service may pause), graceful shutdown |
 //! | [`routing`] | `/EWS` (any case) and ActiveSync routes, `404` for the rest or when disabled, `400` for a path IIS would read otherwise (`..`, `%2e`, `\`) |
 //! | [`activesync`] | an ActiveSync request's command, device and user, from its plain or base64 query |
 //! | [`hop_by_hop`] | removes hop-by-hop headers both ways |
 //! | [`forwarded`] | sets `X-Forwarded-For`, `-Proto`, `-Host` |
 //! | [`body_limit`] | `413` beyond a body size |
 //! | [`operation`] | learns the EWS operation from the start of the SOAP body |
-//! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults |
+//! | [`proxy`] | sends the request to Exchange, turns failures into SOAP faults; ActiveSync `Ping` and `Sync` may wait for the heartbeat |
 //! | [`host_pool`] | the connections to one upstream host: HTTP/1.1 reuse for short requests and Windows authentication, HTTP/2 for long-lived ones up to the stream limit |
 //! | [`upstream`], [`tls`] | the upstream TLS and pool settings (and a general pooled client), both sides' TLS settings |
 //! | [`fault`], [`body`], [`future`] | SOAP faults, body types, the short-circuit response future |
