@@ -421,6 +421,9 @@ impl Shared {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
+        if let Err(error) = set_keepalive(&tcp, self.settings.tcp_keepalive) {
+            tracing::debug!(%error, "cannot set tcp keep-alive on a connection to exchange");
+        }
         let Some(tls_target) = &target.tls else {
             return self.handshake_http1(tcp).await;
         };
@@ -585,12 +588,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Turns TCP keep-alive on (`every` before the first probe and between probes), or leaves it
+/// off for a zero `every`.
+fn set_keepalive(tcp: &TcpStream, every: Duration) -> std::io::Result<()> {
+    if every.is_zero() {
+        return Ok(());
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(every)
+        .with_interval(every);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tls::UpstreamTrust;
     use http_body_util::BodyExt;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn connections_to_exchange_probe_a_silent_flow_unless_told_not_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (every, probed) in [(Duration::from_secs(60), true), (Duration::ZERO, false)] {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            set_keepalive(&tcp, every).unwrap();
+            let socket = socket2::SockRef::from(&tcp);
+            assert_eq!(socket.keepalive().unwrap(), probed, "{every:?}");
+            if probed {
+                assert_eq!(socket.tcp_keepalive_time().unwrap(), every);
+                assert_eq!(socket.tcp_keepalive_interval().unwrap(), every);
+            }
+        }
+    }
 
     /// Every request's future is allocated and moved whole: opening a connection (TLS and
     /// HTTP/2 handshakes, several KiB) must stay out of it. It was 7.3 KiB before `open` was

@@ -61,6 +61,13 @@ pub struct PoolSettings {
     /// Requests (streams) at once on one HTTP/2 connection to Exchange before another
     /// connection is opened; lowered to what Exchange announces. IIS allows 100 by default.
     pub http2_max_streams: usize,
+    /// TCP keep-alive on connections to Exchange: the first probe after this long without a
+    /// byte, then one every this long; zero turns it off. An ActiveSync `Ping` leaves its
+    /// connection silent for the device's heartbeat (up to 59 minutes), longer than many load
+    /// balancers and firewalls keep a silent flow (Azure's load balancer 4 minutes by default);
+    /// the probes keep the flow open and find a dead Exchange. 60 seconds by default.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for PoolSettings {
@@ -72,6 +79,7 @@ impl Default for PoolSettings {
             http2: true,
             http2_short_requests: false,
             http2_max_streams: 100,
+            tcp_keepalive: Duration::from_secs(60),
         }
     }
 }
@@ -170,6 +178,10 @@ impl UpstreamClient {
     ) -> Client<HttpsConnector<HttpConnector>, UpstreamBody> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
+        if !pool.tcp_keepalive.is_zero() {
+            http.set_keepalive(Some(pool.tcp_keepalive));
+            http.set_keepalive_interval(Some(pool.tcp_keepalive));
+        }
         http.set_nodelay(true);
         http.set_connect_timeout(Some(pool.connect_timeout));
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
