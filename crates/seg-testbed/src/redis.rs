@@ -94,6 +94,14 @@ impl RedisServer {
         sentinel_conf: Option<&str>,
         options: Vec<String>,
     ) -> Result<Self> {
+        retry_if_port_taken(|| Self::start_once(tls, sentinel_conf, options.clone()))
+    }
+
+    fn start_once(
+        tls: Option<(&str, &str)>,
+        sentinel_conf: Option<&str>,
+        options: Vec<String>,
+    ) -> Result<Self> {
         let program = find_redis()?;
         let port = crate::harness::reserve_port()?.port();
         let dir = std::env::temp_dir().join(format!(
@@ -464,6 +472,23 @@ pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
+/// Runs `start` again (at most three times in all) when the server could not bind its port: a
+/// port found free is only reserved until the server binds it, and another process (a test
+/// running beside, an outgoing connection's ephemeral port) may take it in between.
+fn retry_if_port_taken<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempts = 1;
+    loop {
+        match start() {
+            Err(Error::RedisStart(log))
+                if attempts < 3 && log.contains("Address already in use") =>
+            {
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 impl RedisCluster {
     /// Starts three cluster-enabled servers on free ports of 127.0.0.1 (each with its bus on
     /// another free port), joins them with `redis-cli --cluster create`, and waits until each
@@ -476,24 +501,27 @@ impl RedisCluster {
         let nodes = (0..3)
             .map(|_| {
                 // The bus's port is named: the default (the port + 10,000) may be taken, or
-                // past 65,535.
-                let bus = crate::harness::reserve_port()?.port();
-                RedisServer::start_as(
-                    None,
-                    None,
-                    [
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ]
-                    .into_iter()
-                    .map(str::to_owned)
-                    .chain(["--cluster-port".to_owned(), bus.to_string()])
-                    .collect(),
-                )
+                // past 65,535. A new one for each attempt: it may be taken by the time the
+                // server binds it.
+                retry_if_port_taken(|| {
+                    let bus = crate::harness::reserve_port()?.port();
+                    RedisServer::start_once(
+                        None,
+                        None,
+                        [
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "2000",
+                        ]
+                        .into_iter()
+                        .map(str::to_owned)
+                        .chain(["--cluster-port".to_owned(), bus.to_string()])
+                        .collect(),
+                    )
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let addrs: Vec<String> = nodes.iter().map(|node| node.addr().to_string()).collect();
