@@ -634,6 +634,40 @@ async fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_connections(
     tokio::time::timeout(STEP, shutdown).await.unwrap().unwrap();
 }
 
+/// A Ping may wait at Exchange for an hour: a draining gateway closes its connection at once
+/// (the device sends it again, to another node) instead of holding shutdown for the whole
+/// grace period, while an ordinary request in flight is still let finish (test above).
+#[tokio::test]
+async fn shutdown_does_not_wait_for_pings_held_for_their_heartbeat() {
+    let exchange = ScriptedUpstream::stalling().await.unwrap();
+    let mut config = config_for(&exchange.url());
+    config.activesync.enable_proxy = true;
+    config.server.shutdown_grace = Duration::from_secs(3600);
+    let gateway = start(config).await;
+    let url = format!(
+        "{}/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone",
+        http_base(&gateway)
+    );
+    let request = Request::post(url)
+        .body(Full::new(Bytes::from_static(
+            b"\x03\x01\x6a\x00\x00\x0d\x45\x01",
+        )))
+        .unwrap();
+    let waiting = tokio::spawn(async move { client().send(request).await });
+    seg_testbed::harness::wait_until(STEP, "the Ping to wait at Exchange", || {
+        let arrived = !exchange.requests().is_empty();
+        async move { arrived }
+    })
+    .await
+    .unwrap();
+
+    tokio::time::timeout(STEP, gateway.shutdown())
+        .await
+        .expect("shutdown within the step, not the hour of grace");
+    let answer = tokio::time::timeout(STEP, waiting).await.unwrap().unwrap();
+    assert!(answer.is_err(), "the Ping's connection closed: {answer:?}");
+}
+
 /// Reads until the peer closes the connection; true if it did so within `STEP`.
 async fn closed_by_peer(stream: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;

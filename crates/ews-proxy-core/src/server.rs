@@ -15,7 +15,8 @@
 //!   and a [`PeerCertificate`] when the client presented a certificate (see
 //!   [`Server::with_client_auth`]).
 //! - Shutdown: stop accepting, let in-flight requests finish for up to the grace period, then cut
-//!   what is left.
+//!   what is left. A connection whose requests only wait with their [`IdleTimer`] paused (an
+//!   ActiveSync `Ping` held for its heartbeat) is closed at once: the device sends it again.
 //! - An HTTP/1.1 connection over TLS that is quiet between requests is parked: hyper's state for
 //!   it (16 KiB of buffers) is dropped until the next request's first byte arrives, so that an
 //!   idle keep-alive connection costs the socket, the TLS state and a small task (≈ 12 KiB in
@@ -591,6 +592,9 @@ where
                     }
                 }
                 _ = self.stop.wait_for(|stop| *stop), if !stopping => {
+                    if activity.only_paused_waits() {
+                        return None;
+                    }
                     stopping = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -683,6 +687,9 @@ where
                         }
                     }
                     _ = self.stop.wait_for(|stop| *stop), if !stopping => {
+                        if activity.only_paused_waits() {
+                            return None;
+                        }
                         stopping = true;
                         connection.as_mut().graceful_shutdown();
                     }
@@ -963,6 +970,15 @@ impl Activity {
 
     fn idle_paused(&self) -> bool {
         self.state.idle_paused.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether every request in flight waits, its idle timer paused, for an answer that may
+    /// be an hour in coming (an ActiveSync `Ping`): on shutdown such a connection is closed at
+    /// once rather than at the end of the grace period. Nothing is lost: the request was only
+    /// waiting, and the device sends it again, to another node.
+    fn only_paused_waits(&self) -> bool {
+        let paused = self.state.idle_paused.load(Ordering::Relaxed);
+        paused > 0 && paused >= self.state.in_flight.load(Ordering::Relaxed)
     }
 
     /// Whether the HTTP/1.1 connection is between requests, quiet for `quiet`: nothing in
