@@ -201,12 +201,7 @@ async fn a_waiting_ping_or_sync_of_a_wiped_device_is_answered_403_within_a_secon
         let request = harness::ews_request(&url, Some(&alice), &[], "").unwrap();
         let client = stand.exchange.client.clone();
         let waiting = tokio::spawn(async move { client.send(request).await });
-        wait_until(STEP, "the request to wait at Exchange", || {
-            let arrived = !exchange.requests().is_empty();
-            async move { arrived }
-        })
-        .await
-        .unwrap();
+        exchange.wait_for_requests(1, STEP).await.unwrap();
 
         stand.uem.update(DEVICE, Change::EnterpriseWipe).unwrap();
         let answered = harness::within(

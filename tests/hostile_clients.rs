@@ -658,10 +658,15 @@ const TRICKLE: Duration = Duration::from_millis(50);
 /// A gateway whose header timeout (`SLOW_HEADER_TIMEOUT`) and idle timeout (`SLOW_IDLE`) are
 /// short, and whose Exchange timeout is `SLOW_EXCHANGE_TIMEOUT`.
 async fn slow_body_stand() -> Stand {
+    slow_body_stand_with(|_| {}).await
+}
+
+async fn slow_body_stand_with(configure: impl FnOnce(&mut seg_proxy::config::Config)) -> Stand {
     Stand::start(|config| {
         config.server.header_timeout = SLOW_HEADER_TIMEOUT;
         config.server.idle_timeout = SLOW_IDLE;
         config.exchange.timeout = SLOW_EXCHANGE_TIMEOUT;
+        configure(config);
     })
     .await
 }
@@ -711,6 +716,28 @@ async fn trickle(stand: &Stand, request: &[u8], sent: usize) -> (Vec<RawResponse
     (parse_responses(&received), closed)
 }
 
+/// Asserts that the gateway answered one `408 request-body-timeout` SOAP fault and closed the
+/// connection `bound` (give or take [`SLACK`]) after the first write.
+fn assert_body_timeout(responses: &[RawResponse], closed: Duration, bound: Duration) {
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].status, 408);
+    assert!(
+        responses[0]
+            .head
+            .contains("x-seg-fault: request-body-timeout"),
+        "{}",
+        responses[0].head
+    );
+    assert!(
+        String::from_utf8_lossy(&responses[0].body).contains("ErrorTimeoutExpired"),
+        "{responses:?}"
+    );
+    assert!(
+        closed >= bound && closed < bound + SLACK,
+        "closed after {closed:?}"
+    );
+}
+
 /// A `GetFolder` request whose body starts with `padding` bytes of XML comment, so that its
 /// operation comes late.
 fn padded_request(padding: usize) -> String {
@@ -754,23 +781,7 @@ async fn a_body_trickled_before_its_operation_gets_a_408_within_the_header_timeo
 
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].status, 200);
-    assert_eq!(responses.len(), 1, "{responses:?}");
-    assert_eq!(responses[0].status, 408);
-    assert!(
-        responses[0]
-            .head
-            .contains("x-seg-fault: request-body-timeout"),
-        "{}",
-        responses[0].head
-    );
-    assert!(
-        String::from_utf8_lossy(&responses[0].body).contains("ErrorTimeoutExpired"),
-        "{responses:?}"
-    );
-    assert!(
-        closed >= SLOW_HEADER_TIMEOUT && closed < SLOW_HEADER_TIMEOUT + SLACK,
-        "closed after {closed:?}"
-    );
+    assert_body_timeout(&responses, closed, SLOW_HEADER_TIMEOUT);
     // Only the other client's request reached Exchange.
     assert_eq!(stand.requests().len(), 1);
 }
@@ -780,13 +791,7 @@ async fn a_body_trickled_before_its_operation_gets_a_408_within_the_header_timeo
 /// `exchange.timeout`, and does not hold its connection for an hour.
 #[tokio::test]
 async fn a_ping_whose_body_trickles_gets_a_408_within_the_exchange_timeout() {
-    let stand = Stand::start(|config| {
-        config.server.header_timeout = SLOW_HEADER_TIMEOUT;
-        config.server.idle_timeout = SLOW_IDLE;
-        config.exchange.timeout = SLOW_EXCHANGE_TIMEOUT;
-        config.activesync.enable_proxy = true;
-    })
-    .await;
+    let stand = slow_body_stand_with(|config| config.activesync.enable_proxy = true).await;
     // A Ping's WBXML body (Ping, HeartbeatInterval 900, one folder), as an iPhone sends it.
     let body = b"\x03\x01\x6a\x00\x00\x0d\x45\x48\x03900\x00\x01\x49\x4a\x4b\x035\x00\x01\x4c\x03Email\x00\x01\x01\x01\x01";
     let mut request = format!(
@@ -801,19 +806,7 @@ async fn a_ping_whose_body_trickles_gets_a_408_within_the_exchange_timeout() {
 
     let (responses, closed) = trickle(&stand, &request, head_len + 4).await;
 
-    assert_eq!(responses.len(), 1, "{responses:?}");
-    assert_eq!(responses[0].status, 408);
-    assert!(
-        responses[0]
-            .head
-            .contains("x-seg-fault: request-body-timeout"),
-        "{}",
-        responses[0].head
-    );
-    assert!(
-        closed >= SLOW_EXCHANGE_TIMEOUT && closed < SLOW_EXCHANGE_TIMEOUT + SLACK,
-        "closed after {closed:?}"
-    );
+    assert_body_timeout(&responses, closed, SLOW_EXCHANGE_TIMEOUT);
     assert!(stand.requests().is_empty(), "{:?}", stand.requests());
 }
 
@@ -833,19 +826,7 @@ async fn a_body_trickled_after_its_operation_gets_a_408_within_the_exchange_time
     let (responses, closed) =
         trickle(&stand, request.as_bytes(), head_len + get_folder().len()).await;
 
-    assert_eq!(responses.len(), 1, "{responses:?}");
-    assert_eq!(responses[0].status, 408);
-    assert!(
-        responses[0]
-            .head
-            .contains("x-seg-fault: request-body-timeout"),
-        "{}",
-        responses[0].head
-    );
-    assert!(
-        closed >= SLOW_EXCHANGE_TIMEOUT && closed < SLOW_EXCHANGE_TIMEOUT + SLACK,
-        "closed after {closed:?}"
-    );
+    assert_body_timeout(&responses, closed, SLOW_EXCHANGE_TIMEOUT);
     // Exchange never got a whole request, and the gateway serves the next client.
     assert!(stand.requests().is_empty(), "{:?}", stand.requests());
     let responses = stand

@@ -319,12 +319,7 @@ async fn pings_and_syncs_wait_past_the_exchange_and_idle_timeouts() {
             tokio::spawn(async move { client().send(request).await })
         },
     );
-    seg_testbed::harness::wait_until(STEP, "both to wait at Exchange", || {
-        let arrived = exchange.requests().len() == 2;
-        async move { arrived }
-    })
-    .await
-    .unwrap();
+    exchange.wait_for_requests(2, STEP).await.unwrap();
 
     // EWS requests Exchange holds as long get 504 when `exchange.timeout` is over: after two
     // of them, one after the other, the Ping and the Sync have waited longer than both
@@ -607,12 +602,7 @@ async fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_connections(
         let request = soap_request(&url, GET_ITEM);
         async move { client().send(request).await.unwrap() }
     });
-    seg_testbed::harness::wait_until(STEP, "the request reaches exchange", || {
-        let seen = !exchange.requests().is_empty();
-        async move { seen }
-    })
-    .await
-    .unwrap();
+    exchange.wait_for_requests(1, STEP).await.unwrap();
 
     let shutdown = tokio::spawn(gateway.shutdown());
     seg_testbed::harness::wait_until(STEP, "the listener closes", || async move {
@@ -654,12 +644,7 @@ async fn shutdown_does_not_wait_for_pings_held_for_their_heartbeat() {
         )))
         .unwrap();
     let waiting = tokio::spawn(async move { client().send(request).await });
-    seg_testbed::harness::wait_until(STEP, "the Ping to wait at Exchange", || {
-        let arrived = !exchange.requests().is_empty();
-        async move { arrived }
-    })
-    .await
-    .unwrap();
+    exchange.wait_for_requests(1, STEP).await.unwrap();
 
     tokio::time::timeout(STEP, gateway.shutdown())
         .await

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -167,6 +168,20 @@ impl ScriptedUpstream {
             .lock()
             .map(|seen| seen.clone())
             .unwrap_or_default()
+    }
+
+    /// Waits, at most `deadline`, until it has received at least `count` whole requests.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Timeout`] when they have not all come by then.
+    pub async fn wait_for_requests(&self, count: usize, deadline: Duration) -> crate::Result<()> {
+        let what = format!("{count} request(s) at the scripted upstream");
+        crate::harness::wait_until(deadline, &what, || {
+            let arrived = self.requests().len() >= count;
+            async move { arrived }
+        })
+        .await
     }
 
     /// Lets stalled requests be answered (with 200, empty body).
