@@ -733,6 +733,56 @@ mod tests {
         }
     }
 
+    /// Which responses a block must be able to end: streams, ActiveSync's long polls, and what
+    /// nobody could name (it may be a stream); not an ordinary request.
+    #[tokio::test]
+    async fn streams_long_polls_and_unnamed_posts_are_watched_nothing_else_is() {
+        let compliance = compliance();
+        let service = ComplianceLayer::new(compliance.clone()).layer(counting(Arc::default()));
+        let with = |operation: Option<EwsOperation>| {
+            let mut request = ews(Some("EASDEV1"));
+            if let Some(operation) = operation {
+                request.extensions_mut().insert(operation);
+            }
+            request
+        };
+        let activesync = |command: &str| {
+            Request::post(format!(
+                "/Microsoft-Server-ActiveSync?Cmd={command}&DeviceId=EASDEV1&DeviceType=iPhone"
+            ))
+            .body(Full::default())
+            .unwrap()
+        };
+        let get = Request::get("/EWS/Services.wsdl")
+            .header("x-device-id", "EASDEV1")
+            .body(Full::default())
+            .unwrap();
+        for (what, request, watched) in [
+            (
+                "GetStreamingEvents",
+                with(Some(EwsOperation::GetStreamingEvents)),
+                true,
+            ),
+            (
+                "an operation the sniffer could not read",
+                with(Some(EwsOperation::Unknown)),
+                true,
+            ),
+            ("a POST no sniffer looked at", with(None), true),
+            ("GetItem", with(Some(EwsOperation::GetItem)), false),
+            ("a GET", get, false),
+            ("Ping", activesync("Ping"), true),
+            ("Sync", activesync("Sync"), true),
+            ("SendMail", activesync("SendMail"), false),
+        ] {
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{what}");
+            assert_eq!(compliance.open_streams(), usize::from(watched), "{what}");
+            drop(response);
+            assert_eq!(compliance.open_streams(), 0, "{what}");
+        }
+    }
+
     #[tokio::test]
     async fn open_stream_is_cut_when_its_device_becomes_blocked() {
         let compliance = compliance();
