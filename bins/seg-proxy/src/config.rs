@@ -814,6 +814,13 @@ impl Config {
         if self.exchange.timeout.is_zero() {
             return Err(invalid("exchange.timeout", "must be more than zero".into()));
         }
+        let keepalive = self.exchange.pool.tcp_keepalive;
+        if !keepalive.is_zero() && keepalive < Duration::from_secs(1) {
+            return Err(invalid(
+                "exchange.pool.tcp_keepalive",
+                "must be 0s (off) or at least 1s: TCP counts keep-alive in whole seconds".into(),
+            ));
+        }
         if self.exchange.hanging_timeout < self.exchange.timeout {
             return Err(invalid(
                 "exchange.hanging_timeout",
@@ -1642,6 +1649,34 @@ mod tests {
             .to_string();
         assert!(error.contains("exchange.url"), "{error}");
         assert!(error.contains("seg.toml"), "{error}");
+    }
+
+    #[test]
+    fn heartbeat_timeout_and_keepalive_out_of_range_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (exchange, key) in [
+            (
+                "timeout = \"120s\"\nhanging_timeout = \"60s\"",
+                "exchange.hanging_timeout",
+            ),
+            (
+                "[exchange.pool]\ntcp_keepalive = \"500ms\"",
+                "exchange.pool.tcp_keepalive",
+            ),
+        ] {
+            let toml = write(
+                &dir,
+                "seg.toml",
+                &format!(
+                    "[listen]\nhttp = \"127.0.0.1:1\"\n[ews]\nenable_proxy = true\n[exchange]\nurl = \"https://mail\"\n{exchange}\n"
+                ),
+            );
+            let error = Config::load_from(Some(&toml), None, no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{error}");
+            assert!(error.contains("seg.toml"), "{error}");
+        }
     }
 
     #[test]
