@@ -293,6 +293,22 @@ async fn stalled_exchange_gives_a_504_soap_fault() {
     );
 }
 
+/// An ActiveSync `command` of alice's iPhone `EAS1` to the gateway, with a WBXML `body`.
+fn activesync_request(
+    gateway: &Gateway,
+    command: &str,
+    body: &'static [u8],
+) -> Request<Full<Bytes>> {
+    let url = format!(
+        "{}/Microsoft-Server-ActiveSync?Cmd={command}&User=alice&DeviceId=EAS1&DeviceType=iPhone",
+        http_base(gateway)
+    );
+    Request::post(url)
+        .header("content-type", "application/vnd.ms-sync.wbxml")
+        .body(Full::new(Bytes::from_static(body)))
+        .expect("valid request")
+}
+
 /// ActiveSync's `Ping` and `Sync` wait at Exchange for as long as the device's heartbeat (up to
 /// 59 minutes) with no byte either way: neither `exchange.timeout` nor the client connection's
 /// idle timeout may end them (`exchange.hanging_timeout` does). Other requests keep
@@ -307,18 +323,14 @@ async fn pings_and_syncs_wait_past_the_exchange_and_idle_timeouts() {
     let gateway = start(config).await;
     let base = http_base(&gateway);
     // A Ping without a body (the heartbeat the device sent last time), a Sync with one.
-    let waiting = [("Ping", &b""[..]), ("Sync", &b"\x03\x01\x6a\x00\x00\x00\x45\x01"[..])].map(
-        |(command, body)| {
-            let url = format!(
-                "{base}/Microsoft-Server-ActiveSync?Cmd={command}&User=alice&DeviceId=EAS1&DeviceType=iPhone"
-            );
-            let request = Request::post(url)
-                .header("content-type", "application/vnd.ms-sync.wbxml")
-                .body(Full::new(Bytes::from_static(body)))
-                .unwrap();
-            tokio::spawn(async move { client().send(request).await })
-        },
-    );
+    let waiting = [
+        ("Ping", &b""[..]),
+        ("Sync", &b"\x03\x01\x6a\x00\x00\x00\x45\x01"[..]),
+    ]
+    .map(|(command, body)| {
+        let request = activesync_request(&gateway, command, body);
+        tokio::spawn(async move { client().send(request).await })
+    });
     exchange.wait_for_requests(2, STEP).await.unwrap();
 
     // EWS requests Exchange holds as long get 504 when `exchange.timeout` is over: after two
@@ -634,15 +646,7 @@ async fn shutdown_does_not_wait_for_pings_held_for_their_heartbeat() {
     config.activesync.enable_proxy = true;
     config.server.shutdown_grace = Duration::from_secs(3600);
     let gateway = start(config).await;
-    let url = format!(
-        "{}/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=EAS1&DeviceType=iPhone",
-        http_base(&gateway)
-    );
-    let request = Request::post(url)
-        .body(Full::new(Bytes::from_static(
-            b"\x03\x01\x6a\x00\x00\x0d\x45\x01",
-        )))
-        .unwrap();
+    let request = activesync_request(&gateway, "Ping", b"\x03\x01\x6a\x00\x00\x0d\x45\x01");
     let waiting = tokio::spawn(async move { client().send(request).await });
     exchange.wait_for_requests(1, STEP).await.unwrap();
 

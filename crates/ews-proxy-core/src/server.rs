@@ -107,7 +107,7 @@ impl ConnectionInfo {
 /// silence is not idleness. The service's own timeout must bound the wait. While a request
 /// still waits for the client's bytes the timer runs, so a client that stops mid-body is cut.
 /// Cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct IdleTimer(Option<Arc<ActivityState>>);
 
 impl IdleTimer {
@@ -137,8 +137,7 @@ impl Drop for IdlePause {
         if let Some(state) = &self.0 {
             state.idle_paused.fetch_sub(1, Ordering::Relaxed);
             // From now: not from the last byte before the wait, long past.
-            let ms = state.opened.elapsed().as_millis() as u64;
-            state.last_ms.store(ms, Ordering::Relaxed);
+            state.touch();
         }
     }
 }
@@ -928,6 +927,15 @@ struct ActivityState {
     parkable: AtomicBool,
 }
 
+impl ActivityState {
+    /// Marks a byte moved now.
+    #[inline]
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
 impl Activity {
     fn new() -> Self {
         Activity {
@@ -944,8 +952,7 @@ impl Activity {
 
     #[inline]
     fn touch(&self) {
-        let ms = self.state.opened.elapsed().as_millis() as u64;
-        self.state.last_ms.store(ms, Ordering::Relaxed);
+        self.state.touch();
     }
 
     fn last(&self) -> Instant {
