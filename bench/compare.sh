@@ -10,6 +10,11 @@
 #   seg-full     seg-proxy with every layer on: compliance (a view synced from seg-testbed uem,
 #                the device sent in X-Device-Id), auth modes (Basic/Bearer rules, challenges
 #                stripped, NTLM refused), client certificates asked for (optional), SOAP checks
+#   seg-kcd      seg-full, and Kerberos constrained delegation: every request comes with a client
+#                certificate (alice@TEST.LOCAL) and no Authorization, and goes to the upstream
+#                with a Negotiate token the gateway built from the user's cached S4U2Proxy
+#                ticket (a real MIT KDC, seg-testbed kdc, issues the tickets). wrk cannot present
+#                a client certificate: oha loads this contender, at saturation too
 # For each contender, HTTP/1.1 keep-alive over TLS, checked to be all 200 EWS successes:
 #   - requests/s at saturation (wrk, small SOAP), and the contender's CPU per 100k requests
 #     (user space + kernel: utime and stime of its processes)
@@ -24,7 +29,7 @@
 # usage: bench/compare.sh
 #
 # Environment (all optional):
-#   BENCH_CONTENDERS="nginx haproxy seg-proxy seg-full"
+#   BENCH_CONTENDERS="nginx haproxy seg-proxy seg-full seg-kcd"
 #   BENCH_WORKERS=1         worker processes/threads of every contender
 #   BENCH_PIN=split         split: load generators and the upstream on CPU 0, the contender alone
 #                           on CPU 1 (needs 2 CPUs); none: no pinning
@@ -48,6 +53,8 @@
 #                           median over the rounds and each ratio the median of the rounds' own
 #                           ratios, with their range: the machine's drift between runs (±10% on
 #                           a shared VM) then shows instead of hiding in one run's ratio
+#   BENCH_LOAD=             "oha": oha loads every contender at saturation, not only seg-kcd
+#                           (to compare seg-kcd with the others under the same load generator)
 #   BENCH_PERF=             a directory: a perf profile of each contender's processes during
 #                           its small-request saturation run, CONTENDER.ROUND.data there (flat,
 #                           no call graphs: nginx and HAProxy have no frame pointers), for
@@ -57,10 +64,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
 command_line="bench/compare.sh"
 for name in BENCH_CONTENDERS BENCH_WORKERS BENCH_PIN BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS \
-  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE BENCH_ROUNDS BENCH_UPSTREAM_HTTP2; do
+  BENCH_LARGE_CONNECTIONS BENCH_RATE BENCH_IDLE BENCH_ROUNDS BENCH_UPSTREAM_HTTP2 BENCH_LOAD; do
   [ -z "${!name:-}" ] || command_line="$name=\"${!name}\" $command_line"
 done
-contenders=(${BENCH_CONTENDERS:-nginx haproxy seg-proxy seg-full})
+contenders=(${BENCH_CONTENDERS:-nginx haproxy seg-proxy seg-full seg-kcd})
 workers=${BENCH_WORKERS:-1}
 pin=${BENCH_PIN:-split}
 duration=${BENCH_DURATION:-15s}
@@ -72,6 +79,8 @@ idle=${BENCH_IDLE:-10000}
 haproxy_idle=9000 # see BENCH_IDLE above
 rounds=${BENCH_ROUNDS:-1}
 upstream_http2=${BENCH_UPSTREAM_HTTP2:-}
+load=${BENCH_LOAD:-}
+[ -z "$load" ] || [ "$load" = oha ] || die "BENCH_LOAD must be empty or oha, not '$load'"
 if [ -n "$upstream_http2" ]; then
   upstream_args=(--http2)
   haproxy_server_alpn=h2,http/1.1
@@ -84,6 +93,8 @@ fi
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive number, not '$rounds'"
 doc=${BENCH_DOC-docs/benchmarks.md}
 device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
+kcd_upn=alice@TEST.LOCAL # a user of seg-testbed kdc's realm, the UPN of seg-kcd's client certificate
+has_contender() { [[ " ${contenders[*]} " == *" $1 "* ]]; }
 
 # --- 1. what it needs --------------------------------------------------------------------------
 scripts/install-deps.sh wrk nginx haproxy python3 curl >&2
@@ -114,7 +125,9 @@ else
 fi
 
 # --- 2. PKI, credentials, devices, upstream ------------------------------------------------------
-"$seg_testbed" pki --dir "$work/pki" >/dev/null
+"$seg_testbed" pki --dir "$work/pki" --client "$kcd_upn" >/dev/null
+client_cert=$work/pki/$kcd_upn.pem
+client_key=$work/pki/$kcd_upn.key
 cat "$work/pki/server.pem" "$work/pki/server.key" >"$work/pki/haproxy.pem"
 password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
 export BENCH_AUTHORIZATION="Basic $(printf '%s:%s' alice@test.local "$password" | base64 -w0)"
@@ -126,6 +139,29 @@ lua = open(sys.argv[1]).read()
 body = lua[lua.index("local get_folder"):lua.index("local get_item")]
 print("<?xml version=\"1.0\" encoding=\"utf-8\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\" xmlns:t=\"http://schemas.microsoft.com/exchange/services/2006/types\"><s:Body>" + "".join(re.findall(r"\x27([^\x27]*)\x27", body)) + "</s:Body></s:Envelope>", end="")
 ' bench/soap-post.lua >"$work/soap.xml"
+sed 's|<s:Body>.*</s:Body>|<s:Body><m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape><t:IncludeMimeContent>true</t:IncludeMimeContent></m:ItemShape><m:ItemIds><t:ItemId Id="AAMkADk0MTQ1YjBkLWM4ZjEtNGQ4Mi1hMjU0LTg5ZTgzNzdmYTg5YgBGAAAAAAD"/></m:ItemIds></m:GetItem></s:Body>|' \
+  "$work/soap.xml" >"$work/get-item.xml"
+grep -q '<m:GetItem>' "$work/get-item.xml" || die "could not write the GetItem request"
+
+# seg-kcd's realm: a real MIT KDC (slapd and krb5kdc) that lets HTTP/seg.test.local delegate to
+# HTTP/exchange.test.local.
+kcd_krb5_conf=
+kcd_keytab=
+if has_contender seg-kcd; then
+  log "starting the KDC"
+  RUST_LOG=warn "$seg_testbed" kdc --dir "$work/kdc" >"$work/kdc.log" 2>&1 &
+  kdc_pid=$!
+  pids+=("$kdc_pid")
+  deadline=$((SECONDS + 120))
+  until grep -q '^Ctrl-C stops it' "$work/kdc.log"; do
+    assert_alive "$kdc_pid" kdc
+    [ "$SECONDS" -lt "$deadline" ] || die "the KDC did not start in 120 s: $(tail "$work/kdc.log")"
+    sleep 0.2
+  done
+  kcd_krb5_conf=$(sed -n 's/^  export KRB5_CONFIG=//p' "$work/kdc.log")
+  kcd_keytab=$(sed -n 's|^  HTTP/seg.test.local: ||p' "$work/kdc.log")
+  [ -f "$kcd_krb5_conf" ] && [ -f "$kcd_keytab" ] || die "no krb5.conf or keytab in the KDC's output"
+fi
 
 read -r upstream_port proxy_port admin_port uem_port < <(free_ports 4)
 log "starting the static SOAP upstream on 127.0.0.1:$upstream_port"
@@ -198,7 +234,12 @@ backend ews
 EOF
 seg_proxy_config plain "$proxy_port" "$upstream_port" >"$work/seg-proxy.toml"
 seg_proxy_config full "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg-full.toml"
-for name in seg-proxy seg-full; do
+seg_proxy_names=(seg-proxy seg-full)
+if has_contender seg-kcd; then
+  seg_proxy_config kcd "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg-kcd.toml"
+  seg_proxy_names+=(seg-kcd)
+fi
+for name in "${seg_proxy_names[@]}"; do
   "$seg_proxy" check-config --config "$work/$name.toml" >"$work/check-$name.txt" 2>&1 ||
     die "seg-proxy check-config ($name) failed:$(printf '\n')$(cat "$work/check-$name.txt")"
 done
@@ -208,7 +249,7 @@ done
   die "haproxy -c failed:$(printf '\n')$(cat "$work/haproxy-check.txt")"
 
 uem_pid=
-if [[ " ${contenders[*]} " == *" seg-full "* ]]; then
+if has_contender seg-full || has_contender seg-kcd; then
   RUST_LOG=warn "$seg_testbed" uem --listen "127.0.0.1:$uem_port" --devices "$work/devices.json" \
     --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
   uem_pid=$!
@@ -253,6 +294,58 @@ wrk_run() { # wrk_run NAME CONNECTIONS DURATION [env…] → $work/NAME.txt, RES
   done
 }
 
+# How contender NAME's clients authenticate: Basic credentials, or (seg-kcd) a client certificate
+# and no Authorization. Sets curl_identity and oha_identity (arguments) and idle_identity
+# (environment of bench/idle-connections.py).
+identify() {
+  if [ "$1" = seg-kcd ]; then
+    curl_identity=(--cert "$client_cert" --key "$client_key")
+    oha_identity=(--cert "$client_cert" --key "$client_key")
+    idle_identity=(BENCH_AUTHORIZATION= BENCH_CLIENT_CERT="$client_cert" BENCH_CLIENT_KEY="$client_key")
+  else
+    curl_identity=(-H "Authorization: $BENCH_AUTHORIZATION")
+    oha_identity=(-H "Authorization: $BENCH_AUTHORIZATION")
+    idle_identity=()
+  fi
+}
+# Which load generator saturates contender NAME: wrk, or oha for seg-kcd (wrk presents no client
+# certificate) and with BENCH_LOAD=oha.
+saturation_tool() {
+  if [ "$1" = seg-kcd ] || [ "$load" = oha ]; then echo oha; else echo wrk; fi
+}
+declare -A tool_used
+
+oha_run() { # oha_run NAME CONNECTIONS DURATION BODY_FILE → $work/NAME.json, got[requests] and got[rps]
+  local name=$1 conns=$2 length=$3 body=$4 summary
+  "${client_cpus[@]}" "$oha" --no-tui --output-format json -z "$length" -c "$conns" \
+    --wait-ongoing-requests-after-deadline --insecure -m POST "${oha_identity[@]}" \
+    -H "X-Device-Id: $device_id" -H 'Content-Type: text/xml; charset=utf-8' -D "$body" \
+    "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.json" 2>"$work/$name.err" ||
+    die "oha ($name) failed:$(printf '\n')$(cat "$work/$name.err")"
+  summary=$(python3 bench/oha-percentiles.py --throughput "$work/$name.json" 2>&1) ||
+    die "$name: $summary (every response must be a 200)"
+  got=()
+  read -r 'got[requests]' 'got[rps]' <<<"$summary"
+  [ "${got[requests]}" -gt 0 ] || die "$name: no request completed"
+}
+# saturate NAME SMALL|LARGE CONTENDER: the saturation run of CONTENDER with small SOAP requests or
+# 1 MiB GetItem answers, by the tool saturation_tool names.
+saturate() {
+  local name=$1 size=$2 contender=$3 conns=$connections
+  [ "$size" = small ] || conns=$large_connections
+  if [ "$(saturation_tool "$contender")" = oha ]; then
+    if [ "$size" = small ]; then
+      oha_run "$name" "$conns" "${4:-$duration}" "$work/soap.xml"
+    else
+      oha_run "$name" "$conns" "${4:-$duration}" "$work/get-item.xml"
+    fi
+  elif [ "$size" = small ]; then
+    wrk_run "$name" "$conns" "${4:-$duration}"
+  else
+    wrk_run "$name" "$conns" "${4:-$duration}" BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0
+  fi
+}
+
 # Per contender: this round's figures, and every round's (space-separated, for the medians).
 declare -A rps large_rps idle_kib peak_mib
 declare -A all_rps all_cpu100k all_user100k all_system100k all_large_rps all_p50 all_p99 all_p999 all_ratio all_large_ratio
@@ -261,15 +354,17 @@ measure() { # measure CONTENDER PID ROUND
   local name=$1 pid=$2 round=$3 procs before_user before_system after_user after_system status_file idle_pid before_rss after_rss deadline
   # Every response right, through this contender, before measuring anything.
   local code
-  code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' -H "Authorization: $BENCH_AUTHORIZATION" \
+  identify "$name"
+  tool_used[$name]=$(saturation_tool "$name")
+  code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' "${curl_identity[@]}" \
     -H "X-Device-Id: $device_id" -H 'Content-Type: text/xml; charset=utf-8' \
     --data-binary @"$work/soap.xml" "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx") || code=000
   [ "$code" = 200 ] && grep -q 'ResponseClass="Success"' "$work/$name.probe" ||
     die "$name: a probe request got $code, not a 200 EWS success"
 
-  [ "$warmup" = 0 ] || wrk_run "$name.warmup" "$connections" "$warmup"
+  [ "$warmup" = 0 ] || saturate "$name.warmup" small "$name" "$warmup"
   mapfile -t procs < <(family "$pid")
-  log "$name: saturation, small SOAP (wrk -c$connections -d$duration)"
+  log "$name: saturation, small SOAP (${tool_used[$name]} -c$connections, $duration)"
   local recorder=
   if [ -n "$perf_dir" ]; then
     "$perf_bin" record -q -F 1999 -o "$perf_dir/$name.$round.data" \
@@ -278,7 +373,7 @@ measure() { # measure CONTENDER PID ROUND
   fi
   before_user=$(sum_cpu user "${procs[@]}")
   before_system=$(sum_cpu system "${procs[@]}")
-  wrk_run "$name.small" "$connections" "$duration"
+  saturate "$name.small" small "$name"
   after_user=$(sum_cpu user "${procs[@]}")
   after_system=$(sum_cpu system "${procs[@]}")
   if [ -n "$recorder" ]; then
@@ -294,15 +389,15 @@ measure() { # measure CONTENDER PID ROUND
   all_user100k[$name]+="$(per100k $((after_user - before_user))) "
   all_system100k[$name]+="$(per100k $((after_system - before_system))) "
 
-  log "$name: saturation, 1 MiB GetItem responses (wrk -c$large_connections -d$duration)"
-  wrk_run "$name.large" "$large_connections" "$duration" BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0
+  log "$name: saturation, 1 MiB GetItem responses (${tool_used[$name]} -c$large_connections, $duration)"
+  saturate "$name.large" large "$name"
   large_rps[$name]=${got[rps]}
   all_large_rps[$name]+="${got[rps]} "
 
   log "$name: latency at a fixed $rate requests/s (oha -q $rate -c$connections -z $duration)"
   "${client_cpus[@]}" "$oha" --no-tui --output-format json -z "$duration" -q "$rate" \
     -c "$connections" --latency-correction --wait-ongoing-requests-after-deadline --insecure -m POST \
-    -H "Authorization: $BENCH_AUTHORIZATION" -H "X-Device-Id: $device_id" \
+    "${oha_identity[@]}" -H "X-Device-Id: $device_id" \
     -H 'Content-Type: text/xml; charset=utf-8' -D "$work/soap.xml" \
     "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.oha.json" 2>"$work/$name.oha.err" ||
     die "oha ($name) failed:$(printf '\n')$(cat "$work/$name.oha.err")"
@@ -323,7 +418,7 @@ measure() { # measure CONTENDER PID ROUND
     mapfile -t procs < <(family "$pid")
     before_rss=$(sum_status VmRSS "${procs[@]}")
     status_file=$work/$name.idle
-    python3 bench/idle-connections.py 127.0.0.1 "$proxy_port" "$held" "$status_file" \
+    env "${idle_identity[@]}" python3 bench/idle-connections.py 127.0.0.1 "$proxy_port" "$held" "$status_file" \
       >"$work/$name.idle.log" 2>&1 &
     idle_pid=$!
     deadline=$((SECONDS + 300))
@@ -377,16 +472,16 @@ run_one() { # run_one CONTENDER ROUND
   case $name in
     nginx) "${server_cpus[@]}" "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/$name.log" 2>&1 & ;;
     haproxy) "${server_cpus[@]}" "$haproxy_bin" -db -f "$work/haproxy.cfg" >"$work/$name.log" 2>&1 & ;;
-    seg-proxy | seg-full)
+    seg-proxy | seg-full | seg-kcd)
       TOKIO_WORKER_THREADS=$workers "${server_cpus[@]}" "$seg_proxy" run --config "$work/$name.toml" \
         >"$work/$name.log" 2>&1 &
       ;;
-    *) die "unknown contender '$name' (nginx, haproxy, seg-proxy, seg-full)" ;;
+    *) die "unknown contender '$name' (nginx, haproxy, seg-proxy, seg-full, seg-kcd)" ;;
   esac
   pid=$!
   pids+=("$pid")
   log "round $round of $rounds: starting $name on 127.0.0.1:$proxy_port"
-  if [ "$name" = seg-full ]; then
+  if [ "$name" = seg-full ] || [ "$name" = seg-kcd ]; then
     wait_for_200 "$pid" "http://127.0.0.1:$admin_port/readyz" "$name" 120
   fi
   wait_for_port "$pid" "$proxy_port" "$name"
@@ -436,6 +531,11 @@ else
   reference="the faster of nginx and HAProxy in each round ($(for name in "${!reference_count[@]}"; do printf '%s %s of %s, ' "$name" "${reference_count[$name]}" "$rounds"; done | sed 's/, $//'))"
   figures_note="medians of $rounds rounds, each round in a rotated order; ratios: the median of the rounds' own ratios (range in brackets); peak RSS the highest of the rounds; idle memory from the first round"
 fi
+oha_loaded=
+for name in "${contenders[@]}"; do
+  [ "${tool_used[$name]:-}" != oha ] || oha_loaded+="${oha_loaded:+, }$name"
+done
+[ -z "$oha_loaded" ] || oha_loaded=", the same by \`oha -c$connections -z $duration\` and \`oha -c$large_connections\` for $oha_loaded (every status checked, not the bodies; seg-kcd's clients present a client certificate, which wrk cannot)"
 report=$(
   cat <<EOF
 
@@ -444,7 +544,7 @@ report=$(
 - machine: $(machine_line); commit $(commit_line)
 - versions: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'), HAProxy $("$haproxy_bin" -v | head -n1 | awk '{ print $3 }'), seg-proxy $("$seg_proxy" --version | awk '{ print $2 }'); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), oha $oha_version
 - every contender: $workers worker(s); TLS 1.3 and HTTP/1.1 keep-alive from the client, TLS and keep-alive to the upstream (\`seg-testbed static-soap\`, $upstream_protocol); $layout
-- saturation: \`wrk -t1 -c$connections -d$duration\` (small GetFolder, every body checked), \`wrk -t1 -c$large_connections -d$duration\` (GetItem answered with 1 MiB); latency: \`oha -q $rate -c$connections -z $duration --latency-correction\`; idle: $idle keep-alive connections after one request each (HAProxy at most $haproxy_idle: two descriptors per connection, 20,000 per process here)
+- saturation: \`wrk -t1 -c$connections -d$duration\` (small GetFolder, every body checked), \`wrk -t1 -c$large_connections -d$duration\` (GetItem answered with 1 MiB)$oha_loaded; latency: \`oha -q $rate -c$connections -z $duration --latency-correction\`; idle: $idle keep-alive connections after one request each (HAProxy at most $haproxy_idle: two descriptors per connection, 20,000 per process here)
 - figures: $figures_note
 - reference for the ratios: $reference
 - reproduce: \`$command_line\`

@@ -5,8 +5,9 @@ keep-alive connection" figure of bench/compare.sh.
 
 usage: bench/idle-connections.py HOST PORT N STATUS_FILE
 
-Environment: BENCH_AUTHORIZATION (the Authorization header), BENCH_DEVICE_ID (X-Device-Id, if
-set). Writes "ready N" to STATUS_FILE once all N connections have had their 200 response, or
+Environment: BENCH_AUTHORIZATION (the Authorization header; none if empty), BENCH_DEVICE_ID
+(X-Device-Id, if set), BENCH_CLIENT_CERT and BENCH_CLIENT_KEY (a client certificate and its key,
+PEM, presented on every connection, if set: a device authenticating by certificate). Writes "ready N" to STATUS_FILE once all N connections have had their 200 response, or
 "failed REASON" if any did not; then holds the connections until killed (SIGTERM/SIGINT).
 """
 import asyncio
@@ -33,8 +34,9 @@ def request(host: str) -> bytes:
         f"Host: {host}",
         "Content-Type: text/xml; charset=utf-8",
         f"Content-Length: {len(BODY)}",
-        f"Authorization: {os.environ['BENCH_AUTHORIZATION']}",
     ]
+    if os.environ.get("BENCH_AUTHORIZATION"):
+        headers.append(f"Authorization: {os.environ['BENCH_AUTHORIZATION']}")
     if os.environ.get("BENCH_DEVICE_ID"):
         headers.append(f"X-Device-Id: {os.environ['BENCH_DEVICE_ID']}")
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + BODY
@@ -71,6 +73,8 @@ async def main():
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["http/1.1"])
+    if os.environ.get("BENCH_CLIENT_CERT"):
+        context.load_cert_chain(os.environ["BENCH_CLIENT_CERT"], os.environ["BENCH_CLIENT_KEY"])
     payload = request(host)
     gate = asyncio.Semaphore(100)  # handshakes in flight at once
     connections = []

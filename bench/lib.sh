@@ -121,10 +121,15 @@ assert_alive() {
 # certificates of "$work/pki" (seg-testbed pki). plain: proxying only, TLS listener, the static
 # upstream trusted by its CA. full: every layer on as well: compliance synced from the test UEM
 # (TLS) with an admin listener, auth modes Basic and OAuth, client certificates asked for,
-# challenges stripped, SOAP required. Callers may append tables of their own.
+# challenges stripped, SOAP required. kcd: full, and Kerberos constrained delegation for
+# requests with a client certificate and no Authorization (auth mode cba-kcd, the gateway's keys
+# in $kcd_keytab, the realm in $kcd_krb5_conf: seg-testbed kdc's). Callers may append tables of
+# their own.
 seg_proxy_config() {
   local mode=$1 proxy_port=$2 upstream_port=$3 uem_port=${4:-} admin_port=${5:-} ews_extra=""
-  [ "$mode" != full ] || ews_extra=$'\nremove_unsupported_auth = true\nrequire_soap = true'
+  local auth_modes='"basic", "oauth"'
+  [ "$mode" = plain ] || ews_extra=$'\nremove_unsupported_auth = true\nrequire_soap = true'
+  [ "$mode" != kcd ] || auth_modes='"cba-kcd", "basic", "oauth"'
   cat <<EOF
 [listen]
 https = "127.0.0.1:$proxy_port"
@@ -146,11 +151,11 @@ enable_proxy = true$ews_extra
 [log]
 filter = "warn"
 EOF
-  [ "$mode" = full ] || return 0
+  [ "$mode" != plain ] || return 0
   cat <<EOF
 
 [auth]
-modes = ["basic", "oauth"]
+modes = [$auth_modes]
 client_cert = "optional"
 client_ca = "$work/pki/ca.pem"
 
@@ -165,6 +170,15 @@ delta_sync_interval = "24h"
 
 [admin]
 listen = "127.0.0.1:$admin_port"
+EOF
+  [ "$mode" = kcd ] || return 0
+  cat <<EOF
+
+[auth.kcd]
+krb5_conf = "$kcd_krb5_conf"
+keytab = "$kcd_keytab"
+service_principal = "HTTP/seg.test.local"
+target_spn = "HTTP/exchange.test.local"
 EOF
 }
 

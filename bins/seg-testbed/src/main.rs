@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use seg_testbed::exchange::{ExchangeConfig, ExchangeServer, NegotiateConfig, User};
-use seg_testbed::pki::{self, TestPki};
+use seg_testbed::pki::{self, ClientCertSpec, TestPki};
 use seg_testbed::token::{DEFAULT_AUDIENCE, TokenIssuer, TokenVerifier};
 
 /// Test stand-ins for the SEG gateway.
@@ -56,6 +56,11 @@ enum Command {
         /// An extra DNS name or IP address for the server certificate (repeatable).
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Also issue a client certificate naming this UPN (as a UPN `otherName` and common
+        /// name), written to `UPN.pem` and `UPN.key` (repeatable): what a device presents for
+        /// certificate-based authentication with Kerberos constrained delegation.
+        #[arg(long = "client")]
+        clients: Vec<String>,
     },
     /// Print a bearer token for a user; generates the signing key if the file does not exist.
     Token {
@@ -222,7 +227,11 @@ fn main() -> ExitCode {
         }),
         Command::Exchange(args) => run_async(exchange(args)),
         Command::Uem(args) => run_async(uem(args)),
-        Command::Pki { dir, names } => make_pki(&dir, &names),
+        Command::Pki {
+            dir,
+            names,
+            clients,
+        } => make_pki(&dir, &names, &clients),
         Command::Token {
             key,
             upn,
@@ -345,13 +354,25 @@ async fn fault_proxy(args: FaultProxyArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn make_pki(dir: &std::path::Path, names: &[String]) -> Result<(), BoxError> {
+fn make_pki(dir: &std::path::Path, names: &[String], clients: &[String]) -> Result<(), BoxError> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let pki = TestPki::generate_with_names(dir, &names)?;
     if let Some(files) = pki.files() {
         println!("{}", files.ca.display());
         println!("{}", files.server_cert.display());
         println!("{}", files.server_key.display());
+    }
+    for upn in clients {
+        // The UPN names the files: refuse what would put them elsewhere.
+        if upn.is_empty() || upn.contains(['/', '\\']) || upn.starts_with('.') {
+            return Err(format!("--client {upn:?}: not usable as a file name").into());
+        }
+        let cert = pki.issue_client_cert(&ClientCertSpec::upn(upn))?;
+        for (extension, pem) in [("pem", &cert.cert_pem), ("key", &cert.key_pem)] {
+            let path = dir.join(format!("{upn}.{extension}"));
+            std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("{}", path.display());
+        }
     }
     Ok(())
 }
