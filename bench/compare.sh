@@ -143,25 +143,9 @@ sed 's|<s:Body>.*</s:Body>|<s:Body><m:GetItem><m:ItemShape><t:BaseShape>Default<
   "$work/soap.xml" >"$work/get-item.xml"
 grep -q '<m:GetItem>' "$work/get-item.xml" || die "could not write the GetItem request"
 
-# seg-kcd's realm: a real MIT KDC (slapd and krb5kdc) that lets HTTP/seg.test.local delegate to
-# HTTP/exchange.test.local.
 kcd_krb5_conf=
 kcd_keytab=
-if has_contender seg-kcd; then
-  log "starting the KDC"
-  RUST_LOG=warn "$seg_testbed" kdc --dir "$work/kdc" >"$work/kdc.log" 2>&1 &
-  kdc_pid=$!
-  pids+=("$kdc_pid")
-  deadline=$((SECONDS + 120))
-  until grep -q '^Ctrl-C stops it' "$work/kdc.log"; do
-    assert_alive "$kdc_pid" kdc
-    [ "$SECONDS" -lt "$deadline" ] || die "the KDC did not start in 120 s: $(tail "$work/kdc.log")"
-    sleep 0.2
-  done
-  kcd_krb5_conf=$(sed -n 's/^  export KRB5_CONFIG=//p' "$work/kdc.log")
-  kcd_keytab=$(sed -n 's|^  HTTP/seg.test.local: ||p' "$work/kdc.log")
-  [ -f "$kcd_krb5_conf" ] && [ -f "$kcd_keytab" ] || die "no krb5.conf or keytab in the KDC's output"
-fi
+! has_contender seg-kcd || start_kdc
 
 read -r upstream_port proxy_port admin_port uem_port < <(free_ports 4)
 log "starting the static SOAP upstream on 127.0.0.1:$upstream_port"

@@ -13,7 +13,10 @@
 # for callgrind_annotate --tree=caller: which call sites the instructions go to;
 # INSTRUCTIONS_MODE=full counts compare.sh's seg-full instead (every layer on: compliance synced
 # from the test UEM, 100 devices, before the first request; auth; header rules), the requests
-# sent as device EASDEV000001, compliant
+# sent as device EASDEV000001, compliant; INSTRUCTIONS_MODE=kcd counts compare.sh's seg-kcd (the
+# same, and Kerberos constrained delegation: the requests come with alice@TEST.LOCAL's client
+# certificate and no Authorization, the gateway adds a Negotiate token from the ticket it got
+# from seg-testbed kdc at the first request)
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
@@ -22,15 +25,16 @@ build_release_binaries
 [ $# -gt 0 ] || set -- "$seg_proxy"
 
 mode=${INSTRUCTIONS_MODE:-plain}
-case $mode in plain | full) ;; *) die "INSTRUCTIONS_MODE is plain or full, not '$mode'" ;; esac
+case $mode in plain | full | kcd) ;; *) die "INSTRUCTIONS_MODE is plain, full or kcd, not '$mode'" ;; esac
 
-"$seg_testbed" pki --dir "$work/pki" >/dev/null
+"$seg_testbed" pki --dir "$work/pki" --client alice@TEST.LOCAL >/dev/null
+[ "$mode" != kcd ] || start_kdc
 read -r upstream_port proxy_port uem_port admin_port < <(free_ports 4)
 RUST_LOG=warn "$seg_testbed" static-soap --listen "127.0.0.1:$upstream_port" \
   --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/upstream.log" 2>&1 &
 pids+=($!)
 wait_for_port "${pids[-1]}" "$upstream_port" upstream
-if [ "$mode" = full ]; then
+if [ "$mode" != plain ]; then
   python3 bench/uem-devices.py 100 "$work/devices.json"
   RUST_LOG=warn "$seg_testbed" uem --listen "127.0.0.1:$uem_port" --devices "$work/devices.json" \
     --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" >"$work/uem.log" 2>&1 &
@@ -42,17 +46,21 @@ seg_proxy_config "$mode" "$proxy_port" "$upstream_port" "$uem_port" "$admin_port
 
 # Sends $1 small GetFolder POSTs on one keep-alive TLS connection, checking each answer.
 send() {
-  python3 - "$proxy_port" "$work/pki/ca.pem" "$1" <<'EOF'
+  python3 - "$proxy_port" "$work/pki" "$1" "$mode" <<'EOF'
 import http.client, ssl, sys
 sys.path.insert(0, "bench")
 import soak
-port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-context = ssl.create_default_context(cafile=ca)
+port, pki, n, mode = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+context = ssl.create_default_context(cafile=f"{pki}/ca.pem")
+headers = {"Content-Type": "text/xml; charset=utf-8", "X-Device-Id": "EASDEV000001"}
+if mode == "kcd":
+    context.load_cert_chain(f"{pki}/alice@TEST.LOCAL.pem", f"{pki}/alice@TEST.LOCAL.key")
+else:
+    headers["Authorization"] = "Basic YWxpY2VAdGVzdC5sb2NhbDp4"
 conn = http.client.HTTPSConnection("localhost", port, context=context)
 body = soak.ENVELOPE.format(soak.OPERATIONS["GetFolder"]).encode()
 for _ in range(n):
-    conn.request("POST", "/EWS/Exchange.asmx", body, {"Content-Type": "text/xml; charset=utf-8",
-                 "Authorization": "Basic YWxpY2VAdGVzdC5sb2NhbDp4", "X-Device-Id": "EASDEV000001"})
+    conn.request("POST", "/EWS/Exchange.asmx", body, headers)
     response = conn.getresponse()
     answer = response.read()
     if response.status != 200 or b'ResponseClass="Success"' not in answer:
@@ -67,7 +75,7 @@ total() {
     "$1" run --config "$work/seg-proxy.toml" >"$work/callgrind.$2.log" 2>&1 &
   local pid=$!
   wait_for_port "$pid" "$proxy_port" "seg-proxy under callgrind" 300
-  if [ "$mode" = full ]; then
+  if [ "$mode" != plain ]; then
     # Compliance synced before the first request. Polled once a second: each poll is counted
     # too, and fewer polls vary the total less between the two runs.
     local deadline=$((SECONDS + 600))

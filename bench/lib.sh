@@ -182,6 +182,25 @@ target_spn = "HTTP/exchange.test.local"
 EOF
 }
 
+# start_kdc: starts seg-testbed kdc (a real MIT KDC, slapd and krb5kdc, in "$work/kdc"; realm
+# TEST.LOCAL, users alice and bob, HTTP/seg.test.local allowed to delegate to
+# HTTP/exchange.test.local), stopped at exit, and sets kcd_krb5_conf and kcd_keytab (the
+# gateway's keys) for seg_proxy_config kcd.
+start_kdc() {
+  log "starting the KDC"
+  RUST_LOG=warn "$seg_testbed" kdc --dir "$work/kdc" >"$work/kdc.log" 2>&1 &
+  local kdc_pid=$! deadline=$((SECONDS + 120))
+  pids+=("$kdc_pid")
+  until grep -q '^Ctrl-C stops it' "$work/kdc.log"; do
+    assert_alive "$kdc_pid" kdc
+    [ "$SECONDS" -lt "$deadline" ] || die "the KDC did not start in 120 s: $(tail "$work/kdc.log")"
+    sleep 0.2
+  done
+  kcd_krb5_conf=$(sed -n 's/^  export KRB5_CONFIG=//p' "$work/kdc.log")
+  kcd_keytab=$(sed -n 's|^  HTTP/seg.test.local: ||p' "$work/kdc.log")
+  [ -f "$kcd_krb5_conf" ] && [ -f "$kcd_keytab" ] || die "no krb5.conf or keytab in the KDC's output"
+}
+
 # --- CPU accounting --------------------------------------------------------------------------
 clk_tck=$(getconf CLK_TCK)
 

@@ -254,8 +254,12 @@ where
             && let Some(identity) = request
                 .extensions()
                 .get::<PeerCertificate>()
-                .and_then(PeerCertificate::valid_end_entity)
-                .and_then(|der| certificate_identity(der, self.fallback).ok())
+                .and_then(|peer| {
+                    // Learnt once per connection, not parsed and hashed again for each request.
+                    peer.identity(self.fallback as u64, |der| {
+                        certificate_identity(der, self.fallback).ok()
+                    })
+                })
         {
             tracing::Span::current().record("user", identity.user.as_str());
             request.extensions_mut().insert(identity);

@@ -41,6 +41,7 @@
 //! ```
 
 use crate::body::BoxError;
+use crate::identity::ClientIdentity;
 use crate::proxy::DisplayChain;
 use crate::tls::{CertificateRejection, ClientAuth};
 use bytes::Bytes;
@@ -58,8 +59,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -148,11 +149,27 @@ impl Drop for IdlePause {
 /// Only present when the listener asked for client certificates
 /// ([`Server::with_client_auth`]) and the client sent one. In optional mode an invalid
 /// certificate is still recorded, with the reason it is not valid; in required mode an invalid
-/// one never completes the handshake. Cheap to clone.
-#[derive(Clone, Debug, PartialEq)]
+/// one never completes the handshake. Cheap to clone: the clones of one connection's requests
+/// share the certificate and what [`PeerCertificate::identity`] learnt from it.
+#[derive(Clone, Debug)]
 pub struct PeerCertificate {
     chain: Arc<[CertificateDer<'static>]>,
     valid: Result<(), CertificateRejection>,
+    identity: Arc<OnceLock<LearntIdentity>>,
+}
+
+/// The user a certificate names under one rule, learnt on a connection's first request.
+#[derive(Debug)]
+struct LearntIdentity {
+    rule: u64,
+    identity: Option<ClientIdentity>,
+}
+
+impl PartialEq for PeerCertificate {
+    /// The same certificate chain with the same outcome; what was learnt from it does not count.
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain && self.valid == other.valid
+    }
 }
 
 impl PeerCertificate {
@@ -164,6 +181,7 @@ impl PeerCertificate {
         PeerCertificate {
             chain: chain.into(),
             valid,
+            identity: Arc::default(),
         }
     }
 
@@ -185,6 +203,33 @@ impl PeerCertificate {
     /// The client's certificate when it is valid: the one a user may be learnt from.
     pub fn valid_end_entity(&self) -> Option<&CertificateDer<'static>> {
         self.valid.is_ok().then(|| self.end_entity()).flatten()
+    }
+
+    /// The user the valid certificate names, as `learn` reads it from the DER, learnt once per
+    /// connection: the first request's call runs `learn`, the connection's later requests get
+    /// a copy of its answer. (Parsing the certificate and hashing it for its fingerprint, for
+    /// every request of a keep-alive connection, was a quarter of the gateway's instructions
+    /// per request with certificate-based authentication.) `None` without a valid certificate.
+    ///
+    /// `rule` names how `learn` reads the certificate (e.g. which names it falls back to): the
+    /// answer is kept for the first `rule` asked; a call with another `rule` runs its `learn`
+    /// and keeps nothing.
+    pub fn identity(
+        &self,
+        rule: u64,
+        learn: impl FnOnce(&CertificateDer<'static>) -> Option<ClientIdentity>,
+    ) -> Option<ClientIdentity> {
+        let end_entity = self.valid_end_entity()?;
+        let mut learn = Some(learn);
+        let learnt = self.identity.get_or_init(|| LearntIdentity {
+            rule,
+            identity: learn.take().and_then(|learn| learn(end_entity)),
+        });
+        match learn {
+            // Another rule than the one kept: learnt afresh, not kept.
+            Some(learn) if learnt.rule != rule => learn(end_entity),
+            _ => learnt.identity.clone(),
+        }
     }
 }
 
@@ -1159,5 +1204,44 @@ mod tests {
         // The clock runs again from the pause's end.
         assert!(activity.last() + idle > Instant::now());
         assert_eq!(activity.idle_deadline(idle), activity.last() + idle);
+    }
+
+    #[test]
+    fn a_connections_requests_learn_the_certificates_user_once() {
+        use crate::identity::{CertificateFingerprint, IdentitySource};
+        use std::cell::Cell;
+        let alice = ClientIdentity {
+            user: "alice@corp.example".into(),
+            source: IdentitySource::Certificate {
+                fingerprint: CertificateFingerprint([7; 32]),
+            },
+        };
+        let learnt = Cell::new(0);
+        let learn = |_: &CertificateDer<'static>| {
+            learnt.set(learnt.get() + 1);
+            Some(alice.clone())
+        };
+        let peer = PeerCertificate::new(vec![CertificateDer::from(vec![0x30, 0])], Ok(()));
+        // Each request of the connection has its own clone.
+        let first_request = peer.clone();
+        let second_request = peer.clone();
+        assert_eq!(first_request.identity(1, learn), Some(alice.clone()));
+        assert_eq!(second_request.identity(1, learn), Some(alice.clone()));
+        assert_eq!(learnt.get(), 1);
+        // Another rule learns for itself and is not kept in place of the first.
+        let bob = ClientIdentity {
+            user: "bob@corp.example".into(),
+            ..alice.clone()
+        };
+        assert_eq!(peer.identity(2, |_| Some(bob.clone())), Some(bob));
+        assert_eq!(peer.identity(1, learn), Some(alice.clone()));
+        assert_eq!(learnt.get(), 1);
+        // An invalid certificate names nobody, and is not even read.
+        let invalid = PeerCertificate::new(
+            vec![CertificateDer::from(vec![0x30, 0])],
+            Err(CertificateRejection::NotChecked),
+        );
+        assert_eq!(invalid.identity(1, learn), None);
+        assert_eq!(learnt.get(), 1);
     }
 }
