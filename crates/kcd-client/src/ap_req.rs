@@ -12,7 +12,7 @@ use rasn_kerberos::{
 
 use crate::KcdError;
 use crate::asn1::{self, msg_type};
-use crate::crypto::Key;
+use crate::crypto::SealingKey;
 
 /// What an authenticator says besides its time.
 pub(crate) struct AuthenticatorParts<'a> {
@@ -25,25 +25,24 @@ pub(crate) struct AuthenticatorParts<'a> {
     pub(crate) seq_number: Option<u32>,
 }
 
-/// An AP-REQ for `ticket`, its authenticator made at `now` and encrypted with `session_key`
-/// under key `usage` (7 in a TGS request, 11 in an application request).
+/// An AP-REQ for `ticket`, its authenticator made at `now` and encrypted with the ticket's
+/// session key made ready for its key usage (7 in a TGS request, 11 in an application
+/// request).
 pub(crate) fn build(
     ticket: &Ticket,
-    session_key: &Key,
+    session_key: &SealingKey,
     parts: AuthenticatorParts<'_>,
-    usage: u32,
     now: SystemTime,
 ) -> Result<ApReq, KcdError> {
-    Ok(build_timed(ticket, session_key, parts, usage, now, &[])?.0)
+    Ok(build_timed(ticket, session_key, parts, now, &[])?.0)
 }
 
 /// As [`build`], with the AP options `ap_options` (bit numbers), and also returning the
 /// authenticator's `ctime` and `cusec`, which a mutual-authentication reply echoes.
 pub(crate) fn build_timed(
     ticket: &Ticket,
-    session_key: &Key,
+    session_key: &SealingKey,
     parts: AuthenticatorParts<'_>,
-    usage: u32,
     now: SystemTime,
     ap_options: &[usize],
 ) -> Result<(ApReq, KerberosTime, u32), KcdError> {
@@ -74,7 +73,7 @@ pub(crate) fn build_timed(
         authenticator: EncryptedData {
             etype: session_key.etype().as_i32(),
             kvno: None,
-            cipher: session_key.encrypt(usage, &plaintext).into(),
+            cipher: session_key.encrypt(&plaintext).into(),
         },
     };
     Ok((ap_req, ctime, cusec))

@@ -320,10 +320,7 @@ impl KcdClient {
         // GSS sequence numbers stay below 2^30 as MIT's do, leaving room to count up.
         let seq_number = rand::random::<u32>() & 0x3fff_ffff;
         let (krb5_token, context) = gss::krb5_initial_token(
-            &credential.ticket,
-            &credential.session_key,
-            &credential.crealm,
-            &credential.cname,
+            credential,
             bindings.as_ref(),
             seq_number,
             self.inner.clock.now(),

@@ -6,13 +6,13 @@ use std::time::SystemTime;
 
 use md5::{Digest as _, Md5};
 use rasn::prelude::*;
-use rasn_kerberos::{Checksum, PrincipalName, Realm, Ticket};
+use rasn_kerberos::Checksum;
 use sha2::{Sha256, Sha384, Sha512};
 
 use crate::KcdError;
 use crate::ap_req::{self, AuthenticatorParts};
 use crate::asn1::{self, ap_option, usage};
-use crate::crypto::Key;
+use crate::kdc::Credential;
 use crate::mutual::TokenContext;
 use crate::spnego;
 
@@ -166,36 +166,35 @@ pub fn gss_checksum(bindings: Option<&ChannelBindings>, flags: u32) -> Vec<u8> {
 /// The Kerberos mechanism's initial context token (RFC 4121 4.1): framed with the Kerberos
 /// OID, token id `01 00`, then the AP-REQ (mutual authentication required) whose
 /// authenticator carries the 0x8003 checksum and `seq_number`; and what checks the server's
-/// AP-REP to it.
+/// AP-REP to it; for the service ticket `credential`.
 pub(crate) fn krb5_initial_token(
-    ticket: &Ticket,
-    session_key: &Key,
-    crealm: &Realm,
-    cname: &PrincipalName,
+    credential: &Credential,
     bindings: Option<&ChannelBindings>,
     seq_number: u32,
     now: SystemTime,
 ) -> Result<(Vec<u8>, TokenContext), KcdError> {
     let (ap_req, ctime, cusec) = ap_req::build_timed(
-        ticket,
-        session_key,
+        &credential.ticket,
+        &credential.sealing_key(usage::AP_REQ_AUTHENTICATOR),
         AuthenticatorParts {
-            crealm,
-            cname,
+            crealm: &credential.crealm,
+            cname: &credential.cname,
             cksum: Some(Checksum {
                 r#type: GSS_CHECKSUM_TYPE,
                 checksum: gss_checksum(bindings, CONTEXT_FLAGS).into(),
             }),
             seq_number: Some(seq_number),
         },
-        usage::AP_REQ_AUTHENTICATOR,
         now,
         &[ap_option::MUTUAL_REQUIRED],
     )?;
     let mut inner = vec![0x01, 0x00];
     inner.extend_from_slice(&asn1::encode(&ap_req, "AP-REQ")?);
     let token = spnego::frame_initial_token(spnego::KRB5_OID, &inner)?;
-    Ok((token, TokenContext::new(session_key.clone(), ctime, cusec)))
+    Ok((
+        token,
+        TokenContext::new(credential.session_key.clone(), ctime, cusec),
+    ))
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! KRB-ERROR apart, decrypting and checking the encrypted part, and the TGS exchange that
 //! S4U2Self and S4U2Proxy share.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use rasn::types::Integer;
@@ -13,7 +15,7 @@ use rasn_kerberos::{
 use crate::KcdError;
 use crate::ap_req::{self, AuthenticatorParts};
 use crate::asn1::{self, msg_type, pa_type, usage};
-use crate::crypto::{EncType, Key};
+use crate::crypto::{EncType, Key, SealingKey};
 
 /// A ticket and what the KDC told its client about it.
 #[derive(Clone)]
@@ -28,6 +30,25 @@ pub(crate) struct Credential {
     /// When the ticket became valid (its start time, else its authentication time).
     pub(crate) start_time: SystemTime,
     pub(crate) end_time: SystemTime,
+    /// `session_key` made ready for the first key usage it encrypted for; see
+    /// [`Credential::sealing_key`].
+    pub(crate) sealing_key: OnceLock<SealingKey>,
+}
+
+impl Credential {
+    /// The session key made ready to encrypt for `usage`, made on the first call and kept: a
+    /// credential encrypts for one usage (a TGT's authenticators in TGS requests, 7; a service
+    /// ticket's in every Negotiate token, 11). Another usage is made ready afresh each time.
+    pub(crate) fn sealing_key(&self, usage: u32) -> Cow<'_, SealingKey> {
+        let kept = self
+            .sealing_key
+            .get_or_init(|| self.session_key.sealing_key(usage));
+        if kept.usage() == usage {
+            Cow::Borrowed(kept)
+        } else {
+            Cow::Owned(self.session_key.sealing_key(usage))
+        }
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -182,6 +203,7 @@ pub(crate) fn credential_from_rep(
         flags: part.flags,
         start_time: asn1::system_time(part.start_time.as_ref().unwrap_or(&part.auth_time)),
         end_time: asn1::system_time(&part.end_time),
+        sealing_key: OnceLock::new(),
     })
 }
 
@@ -217,7 +239,7 @@ pub(crate) fn tgs_request(
         .checksum(usage::TGS_REQ_AUTH_CKSUM, &body_der);
     let ap_req = ap_req::build(
         &tgt.ticket,
-        &tgt.session_key,
+        &tgt.sealing_key(usage::TGS_REQ_AUTHENTICATOR),
         AuthenticatorParts {
             crealm: &tgt.crealm,
             cname: &tgt.cname,
@@ -227,7 +249,6 @@ pub(crate) fn tgs_request(
             }),
             seq_number: None,
         },
-        usage::TGS_REQ_AUTHENTICATOR,
         now,
     )?;
     let mut padata = vec![PaData {

@@ -322,6 +322,22 @@ mod tests {
     use super::*;
     use crate::crypto::{self, EncType};
 
+    #[test]
+    fn a_credential_keeps_its_session_key_ready_for_the_first_usage_only() {
+        use std::borrow::Cow;
+        let credential = credential("alice");
+        assert!(matches!(credential.sealing_key(11), Cow::Borrowed(_)));
+        assert!(matches!(credential.sealing_key(11), Cow::Borrowed(_)));
+        let other = credential.sealing_key(7);
+        assert!(matches!(other, Cow::Owned(_)));
+        assert_eq!(other.usage(), 7);
+        let sealed = credential.sealing_key(11).encrypt(b"authenticator");
+        assert_eq!(
+            credential.session_key.decrypt(11, &sealed).unwrap(),
+            b"authenticator"
+        );
+    }
+
     fn credential(cname: &str) -> Credential {
         let realm = asn1::kstring("TEST.LOCAL").unwrap();
         let sname = asn1::principal_name(2, &["krbtgt", "TEST.LOCAL"]).unwrap();
@@ -342,6 +358,7 @@ mod tests {
             srealm: realm,
             sname,
             flags: TicketFlags(asn1::flags(&[])),
+            sealing_key: std::sync::OnceLock::new(),
             start_time: SystemTime::now(),
             end_time: SystemTime::now() + Duration::from_secs(3600),
         }

@@ -17,6 +17,7 @@ pub(crate) const BLOCK: usize = 16;
 /// An AES key schedule of either size. The `aes` crate wipes it on drop (feature `zeroize`).
 // Lives on the stack for one message; boxing the larger schedule would only add an allocation.
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 pub(crate) enum AesKey {
     A128(Aes128),
     A256(Aes256),

@@ -59,18 +59,30 @@ pub(crate) fn string_to_key(
     derive(&tkey, b"kerberos")
 }
 
-pub(crate) fn encrypt(key: &[u8], usage: u32, confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
+/// Ke's key schedule and Ki for key usage `usage`: what encrypting under it needs, made once
+/// for many messages by [`super::SealingKey`].
+pub(crate) fn prepare(key: &[u8], usage: u32) -> Option<(AesKey, Zeroizing<Vec<u8>>)> {
     let ke = derive(key, &usage_constant(usage, KEY_USAGE_ENCRYPTION));
     let ki = derive(key, &usage_constant(usage, KEY_USAGE_INTEGRITY));
+    Some((AesKey::new(&ke)?, ki))
+}
+
+/// Encrypts with the keys [`prepare`] made: HMAC of the plaintext (MAC-then-encrypt).
+pub(crate) fn seal(ke: &AesKey, ki: &[u8], confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut data = Zeroizing::new(Vec::with_capacity(confounder.len() + plaintext.len()));
     data.extend_from_slice(confounder);
     data.extend_from_slice(plaintext);
-    let mac = hmac_sha1_96(&ki, &[&data]);
-    let mut out = AesKey::new(&ke)
-        .and_then(|cipher| aes_cts::encrypt(&cipher, &data))
-        .unwrap_or_default();
+    let mac = hmac_sha1_96(ki, &[&data]);
+    let mut out = aes_cts::encrypt(ke, &data).unwrap_or_default();
     out.extend_from_slice(&mac);
     out
+}
+
+pub(crate) fn encrypt(key: &[u8], usage: u32, confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    // `Key` guarantees 16 or 32 bytes for these etypes.
+    prepare(key, usage)
+        .map(|(ke, ki)| seal(&ke, &ki, confounder, plaintext))
+        .unwrap_or_default()
 }
 
 pub(crate) fn decrypt(key: &[u8], usage: u32, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {

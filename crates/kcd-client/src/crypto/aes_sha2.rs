@@ -110,6 +110,32 @@ impl Profile {
         self.kdf(&tkey, b"kerberos", self.key_len())
     }
 
+    /// Ke's key schedule and Ki for key usage `usage`: what encrypting under it needs, made
+    /// once for many messages by [`super::SealingKey`].
+    pub(crate) fn prepare(self, key: &[u8], usage: u32) -> Option<(AesKey, Zeroizing<Vec<u8>>)> {
+        let ke = self.derive(key, usage, KEY_USAGE_ENCRYPTION);
+        let ki = self.derive(key, usage, KEY_USAGE_INTEGRITY);
+        Some((AesKey::new(&ke)?, ki))
+    }
+
+    /// Encrypts with the keys [`Profile::prepare`] made.
+    pub(crate) fn seal(
+        self,
+        ke: &AesKey,
+        ki: &[u8],
+        confounder: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let mut data = Zeroizing::new(Vec::with_capacity(confounder.len() + plaintext.len()));
+        data.extend_from_slice(confounder);
+        data.extend_from_slice(plaintext);
+        let mut out = aes_cts::encrypt(ke, &data).unwrap_or_default();
+        // The MAC covers the (zero) IV and the ciphertext: encrypt-then-MAC.
+        let mac = self.hmac(ki, &[&[0u8; BLOCK], &out]);
+        out.extend_from_slice(&mac[..self.mac_len()]);
+        out
+    }
+
     pub(crate) fn encrypt(
         self,
         key: &[u8],
@@ -117,18 +143,10 @@ impl Profile {
         confounder: &[u8],
         plaintext: &[u8],
     ) -> Vec<u8> {
-        let ke = self.derive(key, usage, KEY_USAGE_ENCRYPTION);
-        let ki = self.derive(key, usage, KEY_USAGE_INTEGRITY);
-        let mut data = Zeroizing::new(Vec::with_capacity(confounder.len() + plaintext.len()));
-        data.extend_from_slice(confounder);
-        data.extend_from_slice(plaintext);
-        let mut out = AesKey::new(&ke)
-            .and_then(|cipher| aes_cts::encrypt(&cipher, &data))
-            .unwrap_or_default();
-        // The MAC covers the (zero) IV and the ciphertext: encrypt-then-MAC.
-        let mac = self.hmac(&ki, &[&[0u8; BLOCK], &out]);
-        out.extend_from_slice(&mac[..self.mac_len()]);
-        out
+        // `Key` guarantees the profile's key length.
+        self.prepare(key, usage)
+            .map(|(ke, ki)| self.seal(&ke, &ki, confounder, plaintext))
+            .unwrap_or_default()
     }
 
     pub(crate) fn decrypt(
