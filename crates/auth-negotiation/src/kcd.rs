@@ -713,7 +713,8 @@ where
                         Ok(token) => token,
                         Err(error) => return Poll::Ready(Ok(kcd_fault(upn, &error.into()))),
                     };
-                    let Ok(mut value) = HeaderValue::from_str(&token.to_header_value()) else {
+                    // From the `String` itself: no copy of the 1.3 KB value.
+                    let Ok(mut value) = HeaderValue::try_from(token.to_header_value()) else {
                         // Base64 always makes a valid header value; this is for a stand-in K.
                         let error =
                             KcdError::MalformedReply("the token is not a header value".into());

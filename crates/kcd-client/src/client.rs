@@ -177,9 +177,14 @@ impl NegotiateToken {
         base64::engine::general_purpose::STANDARD.encode(&self.bytes)
     }
 
-    /// The `Authorization` header value: `Negotiate <base64>`.
+    /// The `Authorization` header value: `Negotiate <base64>`, written in one buffer (one is
+    /// made for every request the gateway authenticates, ≈ 1.3 KB).
     pub fn to_header_value(&self) -> String {
-        format!("Negotiate {}", self.to_base64())
+        const SCHEME: &str = "Negotiate ";
+        let mut value = String::with_capacity(SCHEME.len() + self.bytes.len().div_ceil(3) * 4);
+        value.push_str(SCHEME);
+        base64::engine::general_purpose::STANDARD.encode_string(&self.bytes, &mut value);
+        value
     }
 }
 
@@ -470,5 +475,24 @@ impl tower::Service<KcdRequest> for KcdClient {
                 )
                 .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_value_is_the_scheme_and_the_tokens_base64() {
+        for len in [0, 1, 2, 3, 4, 922] {
+            let token = NegotiateToken {
+                bytes: (0..len).map(|i| (i * 7) as u8).collect(),
+                context: None,
+            };
+            let value = token.to_header_value();
+            assert_eq!(value, format!("Negotiate {}", token.to_base64()));
+            // Written into the buffer made for it, never grown.
+            assert_eq!(value.capacity(), value.len());
+        }
     }
 }

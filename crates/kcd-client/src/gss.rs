@@ -174,7 +174,7 @@ pub(crate) fn krb5_initial_token(
     now: SystemTime,
 ) -> Result<(Vec<u8>, TokenContext), KcdError> {
     let (ap_req, ctime, cusec) = ap_req::build_timed(
-        &credential.ticket,
+        &credential.ticket_der,
         &credential.sealing_key(usage::AP_REQ_AUTHENTICATOR),
         AuthenticatorParts {
             crealm: &credential.crealm,

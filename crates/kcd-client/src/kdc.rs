@@ -21,6 +21,8 @@ use crate::crypto::{EncType, Key, SealingKey};
 #[derive(Clone)]
 pub(crate) struct Credential {
     pub(crate) ticket: Ticket,
+    /// `ticket`'s DER, encoded once for the AP-REQs that carry it ([`ap_req::encode_ticket`]).
+    pub(crate) ticket_der: rasn::types::Any,
     pub(crate) session_key: Key,
     pub(crate) crealm: Realm,
     pub(crate) cname: PrincipalName,
@@ -194,6 +196,7 @@ pub(crate) fn credential_from_rep(
     let session_key = Key::new(etype, &part.key.value)
         .map_err(|e| KcdError::malformed(format!("session key: {e}")))?;
     Ok(Credential {
+        ticket_der: ap_req::encode_ticket(&rep.ticket)?,
         ticket: rep.ticket,
         session_key,
         crealm: rep.crealm,
@@ -238,7 +241,7 @@ pub(crate) fn tgs_request(
         .session_key
         .checksum(usage::TGS_REQ_AUTH_CKSUM, &body_der);
     let ap_req = ap_req::build(
-        &tgt.ticket,
+        &tgt.ticket_der,
         &tgt.sealing_key(usage::TGS_REQ_AUTHENTICATOR),
         AuthenticatorParts {
             crealm: &tgt.crealm,

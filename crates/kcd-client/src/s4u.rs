@@ -341,17 +341,19 @@ mod tests {
     fn credential(cname: &str) -> Credential {
         let realm = asn1::kstring("TEST.LOCAL").unwrap();
         let sname = asn1::principal_name(2, &["krbtgt", "TEST.LOCAL"]).unwrap();
-        Credential {
-            ticket: Ticket {
-                tkt_vno: Integer::from(5),
-                realm: realm.clone(),
-                sname: sname.clone(),
-                enc_part: EncryptedData {
-                    etype: 18,
-                    kvno: Some(1),
-                    cipher: vec![0x42; 64].into(),
-                },
+        let ticket = Ticket {
+            tkt_vno: Integer::from(5),
+            realm: realm.clone(),
+            sname: sname.clone(),
+            enc_part: EncryptedData {
+                etype: 18,
+                kvno: Some(1),
+                cipher: vec![0x42; 64].into(),
             },
+        };
+        Credential {
+            ticket_der: crate::ap_req::encode_ticket(&ticket).unwrap(),
+            ticket,
             session_key: Key::random(EncType::Aes256CtsHmacSha196),
             crealm: realm.clone(),
             cname: asn1::principal_name(1, &[cname]).unwrap(),
