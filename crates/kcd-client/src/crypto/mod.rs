@@ -775,6 +775,20 @@ mod tests {
             sealed,
             hex("84D7F30754ED987BAB0BF3506BEB09CFB55402CEF7E6877CE99E247E52D16ED4421DFDF8976C")
         );
+        // The same known answer from the key made ready for usage 2, twice: what it keeps
+        // between messages does not change the next one.
+        let sealing = key.sealing_key(2);
+        for _ in 0..2 {
+            assert_eq!(
+                sealing
+                    .encrypt_with_confounder(
+                        &hex("7BCA285E2FD4130FB55B1A5C83BC5B24"),
+                        &hex("000102030405"),
+                    )
+                    .unwrap(),
+                sealed
+            );
+        }
         let cksum = key.checksum(2, &hex("000102030405060708090A0B0C0D0E0F1011121314"));
         assert_eq!(cksum.cksumtype, 19);
         assert_eq!(cksum.value, hex("D78367186643D67B411CBA9139FC1DEE"));
