@@ -78,7 +78,9 @@ pub(crate) fn seal(ke: &AesKey, ki: &[u8], confounder: &[u8], plaintext: &[u8]) 
     out
 }
 
-pub(crate) fn encrypt(key: &[u8], usage: u32, confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
+/// [`prepare`] and [`seal`] in one, for the test vectors.
+#[cfg(test)]
+fn encrypt(key: &[u8], usage: u32, confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
     // `Key` guarantees 16 or 32 bytes for these etypes.
     prepare(key, usage)
         .map(|(ke, ki)| seal(&ke, &ki, confounder, plaintext))

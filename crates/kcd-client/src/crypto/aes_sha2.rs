@@ -136,13 +136,9 @@ impl Profile {
         out
     }
 
-    pub(crate) fn encrypt(
-        self,
-        key: &[u8],
-        usage: u32,
-        confounder: &[u8],
-        plaintext: &[u8],
-    ) -> Vec<u8> {
+    /// [`Profile::prepare`] and [`Profile::seal`] in one, for the test vectors.
+    #[cfg(test)]
+    fn encrypt(self, key: &[u8], usage: u32, confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
         // `Key` guarantees the profile's key length.
         self.prepare(key, usage)
             .map(|(ke, ki)| self.seal(&ke, &ki, confounder, plaintext))

@@ -239,7 +239,8 @@ impl Checksum {
 /// the usage's derived keys (RFC 3961's Ke and Ki, RFC 8009's) and Ke's AES key schedule are
 /// made once instead of for every message. The gateway encrypts an AP-REQ authenticator in the
 /// same ticket's session key for every Negotiate token it makes, and deriving the keys again
-/// each time was about half of the encryption's cost. Its ciphertexts are [`Key::encrypt`]'s.
+/// each time was about half of the encryption's cost. [`Key::encrypt`] is one of these, used
+/// once.
 ///
 /// The key material is wiped when it is dropped, and `Debug` shows only the etype and usage.
 #[derive(Clone)]
@@ -259,8 +260,8 @@ enum Prepared {
         ke: AesKey,
         ki: Zeroizing<Vec<u8>>,
     },
-    /// Derives for each message (RC4).
-    Each(Key),
+    /// rc4-hmac, whose keys depend on each message.
+    Rc4(Key),
 }
 
 impl fmt::Debug for SealingKey {
@@ -289,7 +290,7 @@ impl SealingKey {
                 Profile::Sha256 => EncType::Aes128CtsHmacSha256128,
                 Profile::Sha384 => EncType::Aes256CtsHmacSha384192,
             },
-            Prepared::Each(key) => key.etype,
+            Prepared::Rc4(key) => key.etype,
         }
     }
 
@@ -324,7 +325,7 @@ impl SealingKey {
         match &self.prepared {
             Prepared::AesSha1 { ke, ki } => aes_sha1::seal(ke, ki, confounder, plaintext),
             Prepared::AesSha2 { profile, ke, ki } => profile.seal(ke, ki, confounder, plaintext),
-            Prepared::Each(key) => key.seal(self.usage, confounder, plaintext),
+            Prepared::Rc4(key) => rc4_hmac::encrypt(&key.bytes, self.usage, confounder, plaintext),
         }
     }
 }
@@ -430,10 +431,9 @@ impl Key {
     }
 
     /// Encrypts `plaintext` for key usage `usage` (RFC 4120 §7.5.1) with a random confounder.
+    /// For many messages under one usage, [`Key::sealing_key`] derives the usage's keys once.
     pub fn encrypt(&self, usage: u32, plaintext: &[u8]) -> Vec<u8> {
-        let mut confounder = Zeroizing::new(vec![0u8; self.etype.confounder_len()]);
-        rand::rng().fill_bytes(&mut confounder);
-        self.seal(usage, &confounder, plaintext)
+        self.sealing_key(usage).encrypt(plaintext)
     }
 
     /// This key made ready to encrypt many messages for key usage `usage`; see [`SealingKey`].
@@ -449,13 +449,13 @@ impl Key {
                         .map(|(ke, ki)| Prepared::AesSha2 { profile, ke, ki })
                 })
             }
+            // RC4 derives its keys from each message's checksum: nothing to prepare.
             EncType::Rc4Hmac => None,
         };
         SealingKey {
             usage,
-            // `Key` guarantees each etype's key length, so preparing cannot fail; RC4 derives
-            // its keys from each message's checksum and has nothing to prepare.
-            prepared: prepared.unwrap_or_else(|| Prepared::Each(self.clone())),
+            // `Key` guarantees each AES etype's key length, so preparing them cannot fail.
+            prepared: prepared.unwrap_or_else(|| Prepared::Rc4(self.clone())),
         }
     }
 
@@ -470,30 +470,8 @@ impl Key {
         confounder: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let expected = self.etype.confounder_len();
-        if confounder.len() != expected {
-            return Err(CryptoError::BadConfounderLength {
-                etype: self.etype,
-                expected,
-                actual: confounder.len(),
-            });
-        }
-        Ok(self.seal(usage, confounder, plaintext))
-    }
-
-    fn seal(&self, usage: u32, confounder: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        match self.etype {
-            EncType::Aes128CtsHmacSha196 | EncType::Aes256CtsHmacSha196 => {
-                aes_sha1::encrypt(&self.bytes, usage, confounder, plaintext)
-            }
-            EncType::Aes128CtsHmacSha256128 => {
-                Profile::Sha256.encrypt(&self.bytes, usage, confounder, plaintext)
-            }
-            EncType::Aes256CtsHmacSha384192 => {
-                Profile::Sha384.encrypt(&self.bytes, usage, confounder, plaintext)
-            }
-            EncType::Rc4Hmac => rc4_hmac::encrypt(&self.bytes, usage, confounder, plaintext),
-        }
+        self.sealing_key(usage)
+            .encrypt_with_confounder(confounder, plaintext)
     }
 
     /// Decrypts and verifies a ciphertext made for key usage `usage`, returning the plaintext
@@ -647,21 +625,29 @@ mod tests {
     ];
 
     #[test]
-    fn a_sealing_key_encrypts_as_its_key_does() {
+    fn a_sealing_key_encrypts_for_its_usage_and_keeps_nothing_between_messages() {
         for etype in ALL {
             let key = Key::random(etype);
             let sealing = key.sealing_key(11);
             assert_eq!((sealing.etype(), sealing.usage()), (etype, 11));
             let confounder = vec![7u8; etype.confounder_len()];
             let plaintext = b"an authenticator of about a hundred bytes, longer than a block";
-            assert_eq!(
-                sealing
-                    .encrypt_with_confounder(&confounder, plaintext)
-                    .unwrap(),
-                key.encrypt_with_confounder(11, &confounder, plaintext)
-                    .unwrap(),
-                "{etype:?}"
-            );
+            // `Key::encrypt` is a sealing key used once; a prepared key used many times must
+            // give the same bytes for the same message every time.
+            let once = key
+                .encrypt_with_confounder(11, &confounder, plaintext)
+                .unwrap();
+            for _ in 0..2 {
+                assert_eq!(
+                    sealing
+                        .encrypt_with_confounder(&confounder, plaintext)
+                        .unwrap(),
+                    once,
+                    "{etype:?}"
+                );
+            }
+            // Decryption derives its keys itself: an independent check of the prepared ones.
+            assert_eq!(key.decrypt(11, &once).unwrap(), plaintext, "{etype:?}");
             let sealed = sealing.encrypt(plaintext);
             assert_eq!(key.decrypt(11, &sealed).unwrap(), plaintext, "{etype:?}");
             // Made for usage 11, not for any other.
