@@ -93,7 +93,6 @@ fi
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive number, not '$rounds'"
 doc=${BENCH_DOC-docs/benchmarks.md}
 device_id=EASDEV000001 # enrolled and compliant in bench/uem-devices.py
-kcd_upn=alice@TEST.LOCAL # a user of seg-testbed kdc's realm, the UPN of seg-kcd's client certificate
 has_contender() { [[ " ${contenders[*]} " == *" $1 "* ]]; }
 
 # --- 1. what it needs --------------------------------------------------------------------------
@@ -133,15 +132,18 @@ password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
 export BENCH_AUTHORIZATION="Basic $(printf '%s:%s' alice@test.local "$password" | base64 -w0)"
 export BENCH_DEVICE_ID=$device_id
 python3 bench/uem-devices.py 10000 "$work/devices.json"
-python3 -c '
+# The bodies wrk's script sends (bench/soap-post.lua), for curl and oha: the GetFolder, and the
+# GetItem the upstream answers with 1 MiB.
+soap_body() { # soap_body OPERATION NEXT: the envelope around the Lua strings from "local OPERATION" to "local NEXT"
+  python3 -c '
 import re, sys
-lua = open(sys.argv[1]).read()
-body = lua[lua.index("local get_folder"):lua.index("local get_item")]
+lua, start, end = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
+body = lua[lua.index("local " + start):lua.index("local " + end)]
 print("<?xml version=\"1.0\" encoding=\"utf-8\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\" xmlns:t=\"http://schemas.microsoft.com/exchange/services/2006/types\"><s:Body>" + "".join(re.findall(r"\x27([^\x27]*)\x27", body)) + "</s:Body></s:Envelope>", end="")
-' bench/soap-post.lua >"$work/soap.xml"
-sed 's|<s:Body>.*</s:Body>|<s:Body><m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape><t:IncludeMimeContent>true</t:IncludeMimeContent></m:ItemShape><m:ItemIds><t:ItemId Id="AAMkADk0MTQ1YjBkLWM4ZjEtNGQ4Mi1hMjU0LTg5ZTgzNzdmYTg5YgBGAAAAAAD"/></m:ItemIds></m:GetItem></s:Body>|' \
-  "$work/soap.xml" >"$work/get-item.xml"
-grep -q '<m:GetItem>' "$work/get-item.xml" || die "could not write the GetItem request"
+' bench/soap-post.lua "$1" "$2"
+}
+soap_body get_folder get_item >"$work/soap.xml"
+soap_body get_item operation >"$work/get-item.xml"
 
 kcd_krb5_conf=
 kcd_keytab=
@@ -279,16 +281,14 @@ wrk_run() { # wrk_run NAME CONNECTIONS DURATION [env…] → $work/NAME.txt, RES
 }
 
 # How contender NAME's clients authenticate: Basic credentials, or (seg-kcd) a client certificate
-# and no Authorization. Sets curl_identity and oha_identity (arguments) and idle_identity
-# (environment of bench/idle-connections.py).
+# and no Authorization. Sets identity (arguments of curl and oha, which spell them alike) and
+# idle_identity (environment of bench/idle-connections.py).
 identify() {
   if [ "$1" = seg-kcd ]; then
-    curl_identity=(--cert "$client_cert" --key "$client_key")
-    oha_identity=(--cert "$client_cert" --key "$client_key")
+    identity=(--cert "$client_cert" --key "$client_key")
     idle_identity=(BENCH_AUTHORIZATION= BENCH_CLIENT_CERT="$client_cert" BENCH_CLIENT_KEY="$client_key")
   else
-    curl_identity=(-H "Authorization: $BENCH_AUTHORIZATION")
-    oha_identity=(-H "Authorization: $BENCH_AUTHORIZATION")
+    identity=(-H "Authorization: $BENCH_AUTHORIZATION")
     idle_identity=()
   fi
 }
@@ -299,34 +299,40 @@ saturation_tool() {
 }
 declare -A tool_used
 
-oha_run() { # oha_run NAME CONNECTIONS DURATION BODY_FILE → $work/NAME.json, got[requests] and got[rps]
-  local name=$1 conns=$2 length=$3 body=$4 summary
-  "${client_cpus[@]}" "$oha" --no-tui --output-format json -z "$length" -c "$conns" \
-    --wait-ongoing-requests-after-deadline --insecure -m POST "${oha_identity[@]}" \
+# oha_post NAME BODY_FILE [oha options…]: oha POSTs BODY_FILE as the contender's client (see
+# identify) into $work/NAME.json, for the options' time; dies if oha fails.
+oha_post() {
+  local name=$1 body=$2
+  shift 2
+  "${client_cpus[@]}" "$oha" --no-tui --output-format json "$@" \
+    --wait-ongoing-requests-after-deadline --insecure -m POST "${identity[@]}" \
     -H "X-Device-Id: $device_id" -H 'Content-Type: text/xml; charset=utf-8' -D "$body" \
     "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.json" 2>"$work/$name.err" ||
     die "oha ($name) failed:$(printf '\n')$(cat "$work/$name.err")"
+}
+oha_run() { # oha_run NAME CONNECTIONS DURATION BODY_FILE → $work/NAME.json, got[requests] and got[rps]
+  local name=$1 summary
+  oha_post "$name" "$4" -z "$3" -c "$2"
   summary=$(python3 bench/oha-percentiles.py --throughput "$work/$name.json" 2>&1) ||
     die "$name: $summary (every response must be a 200)"
   got=()
   read -r 'got[requests]' 'got[rps]' <<<"$summary"
   [ "${got[requests]}" -gt 0 ] || die "$name: no request completed"
 }
-# saturate NAME SMALL|LARGE CONTENDER: the saturation run of CONTENDER with small SOAP requests or
+# saturate NAME small|large CONTENDER [DURATION]: the saturation run of CONTENDER with small SOAP requests or
 # 1 MiB GetItem answers, by the tool saturation_tool names.
-saturate() {
-  local name=$1 size=$2 contender=$3 conns=$connections
-  [ "$size" = small ] || conns=$large_connections
+saturate() { # saturate NAME SMALL|LARGE CONTENDER [DURATION]
+  local name=$1 contender=$3 length=${4:-$duration} conns=$connections body=$work/soap.xml
+  local wrk_env=()
+  if [ "$2" = large ]; then
+    conns=$large_connections
+    body=$work/get-item.xml
+    wrk_env=(BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0)
+  fi
   if [ "$(saturation_tool "$contender")" = oha ]; then
-    if [ "$size" = small ]; then
-      oha_run "$name" "$conns" "${4:-$duration}" "$work/soap.xml"
-    else
-      oha_run "$name" "$conns" "${4:-$duration}" "$work/get-item.xml"
-    fi
-  elif [ "$size" = small ]; then
-    wrk_run "$name" "$conns" "${4:-$duration}"
+    oha_run "$name" "$conns" "$length" "$body"
   else
-    wrk_run "$name" "$conns" "${4:-$duration}" BENCH_OPERATION=GetItem BENCH_CHECK_BODY=0
+    wrk_run "$name" "$conns" "$length" "${wrk_env[@]}"
   fi
 }
 
@@ -340,7 +346,7 @@ measure() { # measure CONTENDER PID ROUND
   local code
   identify "$name"
   tool_used[$name]=$(saturation_tool "$name")
-  code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' "${curl_identity[@]}" \
+  code=$(curl -sk -o "$work/$name.probe" -w '%{http_code}' "${identity[@]}" \
     -H "X-Device-Id: $device_id" -H 'Content-Type: text/xml; charset=utf-8' \
     --data-binary @"$work/soap.xml" "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx") || code=000
   [ "$code" = 200 ] && grep -q 'ResponseClass="Success"' "$work/$name.probe" ||
@@ -379,12 +385,7 @@ measure() { # measure CONTENDER PID ROUND
   all_large_rps[$name]+="${got[rps]} "
 
   log "$name: latency at a fixed $rate requests/s (oha -q $rate -c$connections -z $duration)"
-  "${client_cpus[@]}" "$oha" --no-tui --output-format json -z "$duration" -q "$rate" \
-    -c "$connections" --latency-correction --wait-ongoing-requests-after-deadline --insecure -m POST \
-    "${oha_identity[@]}" -H "X-Device-Id: $device_id" \
-    -H 'Content-Type: text/xml; charset=utf-8' -D "$work/soap.xml" \
-    "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.oha.json" 2>"$work/$name.oha.err" ||
-    die "oha ($name) failed:$(printf '\n')$(cat "$work/$name.oha.err")"
+  oha_post "$name.oha" "$work/soap.xml" -z "$duration" -q "$rate" -c "$connections" --latency-correction
   local percentiles
   percentiles=$(python3 bench/oha-percentiles.py "$work/$name.oha.json" 2>&1) ||
     die "$name: the fixed-rate run had failures: $percentiles"

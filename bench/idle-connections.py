@@ -7,7 +7,9 @@ usage: bench/idle-connections.py HOST PORT N STATUS_FILE
 
 Environment: BENCH_AUTHORIZATION (the Authorization header; none if empty), BENCH_DEVICE_ID
 (X-Device-Id, if set), BENCH_CLIENT_CERT and BENCH_CLIENT_KEY (a client certificate and its key,
-PEM, presented on every connection, if set: a device authenticating by certificate). Writes "ready N" to STATUS_FILE once all N connections have had their 200 response, or
+PEM, presented on every connection, if set: a device authenticating by certificate).
+
+Writes "ready N" to STATUS_FILE once all N connections have had their 200 response, or
 "failed REASON" if any did not; then holds the connections until killed (SIGTERM/SIGINT).
 """
 import asyncio

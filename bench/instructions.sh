@@ -14,7 +14,7 @@
 # INSTRUCTIONS_MODE=full counts compare.sh's seg-full instead (every layer on: compliance synced
 # from the test UEM, 100 devices, before the first request; auth; header rules), the requests
 # sent as device EASDEV000001, compliant; INSTRUCTIONS_MODE=kcd counts compare.sh's seg-kcd (the
-# same, and Kerberos constrained delegation: the requests come with alice@TEST.LOCAL's client
+# same, and Kerberos constrained delegation: the requests come with $kcd_upn's client
 # certificate and no Authorization, the gateway adds a Negotiate token from the ticket it got
 # from seg-testbed kdc at the first request)
 set -euo pipefail
@@ -27,7 +27,7 @@ build_release_binaries
 mode=${INSTRUCTIONS_MODE:-plain}
 case $mode in plain | full | kcd) ;; *) die "INSTRUCTIONS_MODE is plain, full or kcd, not '$mode'" ;; esac
 
-"$seg_testbed" pki --dir "$work/pki" --client alice@TEST.LOCAL >/dev/null
+"$seg_testbed" pki --dir "$work/pki" --client "$kcd_upn" >/dev/null
 [ "$mode" != kcd ] || start_kdc
 read -r upstream_port proxy_port uem_port admin_port < <(free_ports 4)
 RUST_LOG=warn "$seg_testbed" static-soap --listen "127.0.0.1:$upstream_port" \
@@ -46,15 +46,15 @@ seg_proxy_config "$mode" "$proxy_port" "$upstream_port" "$uem_port" "$admin_port
 
 # Sends $1 small GetFolder POSTs on one keep-alive TLS connection, checking each answer.
 send() {
-  python3 - "$proxy_port" "$work/pki" "$1" "$mode" <<'EOF'
+  python3 - "$proxy_port" "$work/pki" "$1" "$mode" "$kcd_upn" <<'EOF'
 import http.client, ssl, sys
 sys.path.insert(0, "bench")
 import soak
-port, pki, n, mode = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+port, pki, n, mode, upn = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 context = ssl.create_default_context(cafile=f"{pki}/ca.pem")
 headers = {"Content-Type": "text/xml; charset=utf-8", "X-Device-Id": "EASDEV000001"}
 if mode == "kcd":
-    context.load_cert_chain(f"{pki}/alice@TEST.LOCAL.pem", f"{pki}/alice@TEST.LOCAL.key")
+    context.load_cert_chain(f"{pki}/{upn}.pem", f"{pki}/{upn}.key")
 else:
     headers["Authorization"] = "Basic YWxpY2VAdGVzdC5sb2NhbDp4"
 conn = http.client.HTTPSConnection("localhost", port, context=context)

@@ -182,6 +182,10 @@ target_spn = "HTTP/exchange.test.local"
 EOF
 }
 
+# The user whose client certificate (seg-testbed pki --client) the KCD runs present: one of
+# seg-testbed kdc's realm.
+kcd_upn=alice@TEST.LOCAL
+
 # start_kdc: starts seg-testbed kdc (a real MIT KDC, slapd and krb5kdc, in "$work/kdc"; realm
 # TEST.LOCAL, users alice and bob, HTTP/seg.test.local allowed to delegate to
 # HTTP/exchange.test.local), stopped at exit, and sets kcd_krb5_conf and kcd_keytab (the
