@@ -131,7 +131,7 @@ fn kerberos() {
     }
     write("keytab", "written.keytab", &keytab.to_bytes());
 
-    let init = kcd_client::spnego::neg_token_init(b"\x01\x00fake-ap-req").unwrap();
+    let init = kcd_client::spnego::neg_token_init(b"\x01\x00fake-ap-req");
     write("spnego", "neg-token-init.der", &init);
     // NegTokenResp { negState accept-completed, supportedMech krb5, responseToken 6f00 }.
     let resp = kcd_client::spnego::NegotiationToken::Resp(

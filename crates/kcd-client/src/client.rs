@@ -331,7 +331,7 @@ impl KcdClient {
             self.inner.clock.now(),
         )?;
         Ok(NegotiateToken {
-            bytes: spnego::neg_token_init(&krb5_token)?,
+            bytes: spnego::neg_token_init(&krb5_token),
             context: Some(context),
         })
     }
@@ -347,13 +347,18 @@ impl KcdClient {
         user: &UserName,
         target_spn: &str,
     ) -> Result<ServiceTicket, KcdError> {
-        let target = self.target(target_spn)?;
         let inner = &self.inner;
         let now = || inner.clock.now();
-        let key = (user.clone(), target.to_string());
+        // The target is read (and refused if need be) only when a ticket is fetched for it, so
+        // that a cached ticket costs no parsing.
+        let key = (
+            user.clone(),
+            ServiceName::canonical(target_spn, &inner.service.realm),
+        );
         let credential = inner
             .tickets
             .get_or_fetch(&key, now, || async {
+                let target = self.target(target_spn)?;
                 match self.delegate(user, &target).await {
                     // The TGT expired earlier than it said (the KDC's clock or policy): log
                     // in again once.
@@ -375,11 +380,8 @@ impl KcdClient {
     /// ticket), so that the next request asks the KDC again: what to do when the target
     /// answers 401 to a token.
     pub fn invalidate(&self, user: &UserName, target_spn: &str) {
-        if let Ok(target) = self.target(target_spn) {
-            self.inner
-                .tickets
-                .invalidate(&(user.clone(), target.to_string()));
-        }
+        let target = ServiceName::canonical(target_spn, &self.inner.service.realm);
+        self.inner.tickets.invalidate(&(user.clone(), target));
         self.inner.evidence.invalidate(user);
     }
 

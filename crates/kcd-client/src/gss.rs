@@ -188,9 +188,7 @@ pub(crate) fn krb5_initial_token(
         now,
         &[ap_option::MUTUAL_REQUIRED],
     )?;
-    let mut inner = vec![0x01, 0x00];
-    inner.extend_from_slice(&asn1::encode(&ap_req, "AP-REQ")?);
-    let token = spnego::frame_initial_token(spnego::KRB5_OID, &inner)?;
+    let token = spnego::frame_krb5_ap_req(&asn1::encode(&ap_req, "AP-REQ")?);
     Ok((
         token,
         TokenContext::new(credential.session_key.clone(), ctime, cusec),

@@ -157,6 +157,20 @@ impl ServiceName {
         })
     }
 
+    /// What [`ServiceName::parse`] of `text` displays as, for any `text` it accepts, without
+    /// reading the name: `text` when it names a realm, else `text@default_realm`. The ticket
+    /// cache's key, spelt for every request without parsing the name again.
+    pub(crate) fn canonical(text: &str, default_realm: &str) -> String {
+        if text.contains('@') {
+            return text.to_owned();
+        }
+        let mut name = String::with_capacity(text.len() + 1 + default_realm.len());
+        name.push_str(text);
+        name.push('@');
+        name.push_str(default_realm);
+        name
+    }
+
     /// As a principal name: NT-SRV-INST for `service/host`, NT-PRINCIPAL for an account.
     pub(crate) fn principal_name(&self) -> Result<PrincipalName, KcdError> {
         let parts: Vec<&str> = self.components.iter().map(String::as_str).collect();
@@ -227,5 +241,25 @@ mod tests {
         assert_eq!(a.realm, "CORP.EXAMPLE");
         assert_eq!(a.principal_name().unwrap().r#type, 1);
         assert!(ServiceName::parse("HTTP//x", "X").is_err());
+    }
+
+    #[test]
+    fn the_canonical_spelling_is_the_parsed_names_display() {
+        for text in [
+            "HTTP/exchange.test.local",
+            "HTTP/exchange.test.local@TEST.LOCAL",
+            "HTTP/exchange.test.local@OTHER.REALM",
+            "svc-seg@CORP.EXAMPLE",
+            "svc-seg",
+            "a@b@TEST.LOCAL",
+            "HTTP/x/y",
+        ] {
+            let parsed = ServiceName::parse(text, "TEST.LOCAL").unwrap();
+            assert_eq!(
+                ServiceName::canonical(text, "TEST.LOCAL"),
+                parsed.to_string(),
+                "{text}"
+            );
+        }
     }
 }

@@ -13,6 +13,21 @@ pub const MS_KRB5_OID: &[u32] = &[1, 2, 840, 48_018, 1, 2, 2];
 /// SPNEGO (RFC 4178): `1.3.6.1.5.5.2`.
 pub const SPNEGO_OID: &[u32] = &[1, 3, 6, 1, 5, 5, 2];
 
+/// The DER of [`SPNEGO_OID`] and [`KRB5_OID`], and NegTokenInit's `mechTypes` field (`[0]`
+/// around a SEQUENCE of [`MS_KRB5_OID`] and [`KRB5_OID`]), as rasn writes them (a test checks):
+/// the gateway frames a token for every request it authenticates, by hand and in one buffer.
+const SPNEGO_OID_DER: &[u8] = &[0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
+const KRB5_OID_DER: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02,
+];
+const MECH_TYPES_FIELD: &[u8] = &[
+    0xa0, 0x18, 0x30, 0x16, // [0] SEQUENCE OF
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02, // MS-KRB5
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02, // KRB5
+];
+/// The Kerberos mechanism's token id of an AP-REQ (RFC 4121 4.1).
+const TOK_ID_AP_REQ: [u8; 2] = [0x01, 0x00];
+
 /// Initial tokens deeper than this many bytes are refused before any parsing.
 const MAX_TOKEN: usize = 1 << 20;
 
@@ -111,6 +126,19 @@ pub fn frame_initial_token(mech: &[u32], inner: &[u8]) -> Result<Vec<u8>, KcdErr
     Ok(token)
 }
 
+/// The Kerberos mechanism's initial context token around `ap_req` (DER): as
+/// [`frame_initial_token`] with [`KRB5_OID`] and token id `01 00` (RFC 4121 4.1) before the
+/// AP-REQ, written in one buffer.
+pub(crate) fn frame_krb5_ap_req(ap_req: &[u8]) -> Vec<u8> {
+    let body_len = KRB5_OID_DER.len() + TOK_ID_AP_REQ.len() + ap_req.len();
+    let mut token = Vec::with_capacity(der_size(body_len));
+    push_der_header(&mut token, 0x60, body_len);
+    token.extend_from_slice(KRB5_OID_DER);
+    token.extend_from_slice(&TOK_ID_AP_REQ);
+    token.extend_from_slice(ap_req);
+    token
+}
+
 /// Splits a GSS-API initial context token into its mechanism OID and inner bytes.
 ///
 /// # Errors
@@ -132,19 +160,29 @@ pub fn parse_initial_token(token: &[u8]) -> Result<(ObjectIdentifier, &[u8]), Kc
 }
 
 /// An SPNEGO initial token offering Kerberos, as Windows sends it: mechTypes
-/// `[MS-KRB5, KRB5]` and the Kerberos token `krb5_token` as mechToken.
-pub fn neg_token_init(krb5_token: &[u8]) -> Result<Vec<u8>, KcdError> {
-    let oid = |arcs: &[u32]| {
-        ObjectIdentifier::new(arcs.to_vec()).ok_or_else(|| KcdError::malformed("invalid OID"))
-    };
-    let init = NegotiationToken::Init(NegTokenInit {
-        mech_types: vec![oid(MS_KRB5_OID)?, oid(KRB5_OID)?],
-        req_flags: None,
-        mech_token: Some(krb5_token.to_vec().into()),
-        mech_list_mic: None,
-    });
-    let inner = crate::asn1::encode(&init, "NegTokenInit")?;
-    frame_initial_token(SPNEGO_OID, &inner)
+/// `[MS-KRB5, KRB5]` and the Kerberos token `krb5_token` as mechToken; the DER rasn writes for
+/// that [`NegotiationToken::Init`], framed by [`frame_initial_token`] with [`SPNEGO_OID`].
+///
+/// Written by hand in one buffer (its headers, then `krb5_token` copied once), because one is
+/// made for every request the gateway authenticates.
+pub fn neg_token_init(krb5_token: &[u8]) -> Vec<u8> {
+    // Inside out: mechToken [2] OCTET STRING, the NegTokenInit SEQUENCE, its [0] choice tag,
+    // then the GSS-API framing with the SPNEGO OID.
+    let octets = der_size(krb5_token.len());
+    let mech_token_field = der_size(octets);
+    let sequence_len = MECH_TYPES_FIELD.len() + mech_token_field;
+    let choice_len = der_size(sequence_len);
+    let body_len = SPNEGO_OID_DER.len() + der_size(choice_len);
+    let mut token = Vec::with_capacity(der_size(body_len));
+    push_der_header(&mut token, 0x60, body_len);
+    token.extend_from_slice(SPNEGO_OID_DER);
+    push_der_header(&mut token, 0xa0, choice_len);
+    push_der_header(&mut token, 0x30, sequence_len);
+    token.extend_from_slice(MECH_TYPES_FIELD);
+    push_der_header(&mut token, 0xa2, octets);
+    push_der_header(&mut token, 0x04, krb5_token.len());
+    token.extend_from_slice(krb5_token);
+    token
 }
 
 /// Reads an SPNEGO token: an initial token (framed, with the SPNEGO OID) or a bare
@@ -168,6 +206,22 @@ pub fn parse_negotiation_token(token: &[u8]) -> Result<NegotiationToken, KcdErro
     }
     rasn::der::decode::<NegotiationToken>(inner)
         .map_err(|e| KcdError::malformed(format!("SPNEGO token: {e}")))
+}
+
+/// The size of a DER element with a one-byte tag whose contents are `len` bytes long.
+fn der_size(len: usize) -> usize {
+    let length_bytes = if len < 0x80 {
+        1
+    } else {
+        1 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize
+    };
+    1 + length_bytes + len
+}
+
+/// Writes a DER element's tag and length.
+fn push_der_header(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
+    push_der_length(out, len);
 }
 
 fn push_der_length(out: &mut Vec<u8>, len: usize) {
@@ -227,7 +281,7 @@ mod tests {
 
     #[test]
     fn neg_token_init_round_trips_and_lists_ms_krb5_first() {
-        let token = neg_token_init(b"mech token").unwrap();
+        let token = neg_token_init(b"mech token");
         // 0x60, length, SPNEGO OID 06 06 2b 06 01 05 05 02, then [0] NegTokenInit.
         assert_eq!(
             &token[2..10],
@@ -240,6 +294,61 @@ mod tests {
         assert_eq!(&*init.mech_types[0], MS_KRB5_OID);
         assert_eq!(&*init.mech_types[1], KRB5_OID);
         assert_eq!(init.mech_token.as_deref(), Some(&b"mech token"[..]));
+    }
+
+    /// Lengths around every change of a DER length's size.
+    const SIZES: [usize; 11] = [0, 1, 10, 127, 128, 255, 256, 900, 65_535, 65_536, 70_000];
+
+    #[test]
+    fn the_oid_constants_are_rasns_der() {
+        let der = |arcs: &[u32]| {
+            crate::asn1::encode(&ObjectIdentifier::new(arcs.to_vec()).unwrap(), "OID").unwrap()
+        };
+        assert_eq!(SPNEGO_OID_DER, der(SPNEGO_OID));
+        assert_eq!(KRB5_OID_DER, der(KRB5_OID));
+        let mech_types: SequenceOf<ObjectIdentifier> = vec![
+            ObjectIdentifier::new(MS_KRB5_OID.to_vec()).unwrap(),
+            ObjectIdentifier::new(KRB5_OID.to_vec()).unwrap(),
+        ];
+        let mut field = vec![0xa0, 0x18];
+        field.extend(crate::asn1::encode(&mech_types, "mechTypes").unwrap());
+        assert_eq!(MECH_TYPES_FIELD, field);
+    }
+
+    #[test]
+    fn the_hand_framed_tokens_are_what_rasn_writes() {
+        for size in SIZES {
+            let inner: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+            // SPNEGO: rasn's NegotiationToken in the generic GSS-API framing.
+            let init = NegotiationToken::Init(NegTokenInit {
+                mech_types: vec![
+                    ObjectIdentifier::new(MS_KRB5_OID.to_vec()).unwrap(),
+                    ObjectIdentifier::new(KRB5_OID.to_vec()).unwrap(),
+                ],
+                req_flags: None,
+                mech_token: Some(inner.clone().into()),
+                mech_list_mic: None,
+            });
+            let by_rasn =
+                frame_initial_token(SPNEGO_OID, &rasn::der::encode(&init).unwrap()).unwrap();
+            assert!(
+                neg_token_init(&inner) == by_rasn,
+                "NegTokenInit, {size} bytes"
+            );
+            // Kerberos: token id and AP-REQ in the generic framing.
+            let mut with_tok_id = TOK_ID_AP_REQ.to_vec();
+            with_tok_id.extend_from_slice(&inner);
+            let generic = frame_initial_token(KRB5_OID, &with_tok_id).unwrap();
+            assert!(
+                frame_krb5_ap_req(&inner) == generic,
+                "Kerberos token, {size} bytes"
+            );
+            assert_eq!(der_size(size), {
+                let mut header = Vec::new();
+                push_der_header(&mut header, 0x04, size);
+                header.len() + size
+            });
+        }
     }
 
     #[test]
@@ -256,7 +365,7 @@ mod tests {
 
     #[test]
     fn truncated_and_random_tokens_are_errors() {
-        let token = neg_token_init(&[0x55; 300]).unwrap();
+        let token = neg_token_init(&[0x55; 300]);
         for end in 0..token.len() {
             assert!(
                 parse_negotiation_token(&token[..end]).is_err(),
