@@ -5,12 +5,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rasn::prelude::*;
-use rasn_kerberos::{
-    ApOptions, Authenticator, Checksum, EncryptedData, KerberosTime, PrincipalName, Realm,
-};
+use rasn_kerberos::{Authenticator, Checksum, KerberosTime, PrincipalName, Realm};
 
 use crate::KcdError;
-use crate::asn1::{self, msg_type};
+use crate::asn1::{self, der_size, msg_type, push_der_header};
 use crate::crypto::SealingKey;
 
 /// What an authenticator says besides its time.
@@ -24,51 +22,32 @@ pub(crate) struct AuthenticatorParts<'a> {
     pub(crate) seq_number: Option<u32>,
 }
 
-/// An AP-REQ whose ticket is already DER: `rasn_kerberos::ApReq`'s fields and tags, the
-/// ticket spliced in as it was encoded once for its credential ([`encode_ticket`]) instead of
-/// cloned and encoded again for each message (most of a token's 922 bytes are the ticket).
-/// Decodes as an `ApReq`.
-#[derive(AsnType, Encode, Debug)]
-#[rasn(tag(explicit(application, 14)))]
-pub(crate) struct EncodedApReq {
-    #[rasn(tag(explicit(0)))]
-    pvno: Integer,
-    #[rasn(tag(explicit(1)))]
-    msg_type: Integer,
-    #[rasn(tag(explicit(2)))]
-    ap_options: ApOptions,
-    #[rasn(tag(explicit(3)))]
-    ticket: Any,
-    #[rasn(tag(explicit(4)))]
-    authenticator: EncryptedData,
-}
-
 /// A ticket's DER, for [`build`]: made once when its credential is.
-pub(crate) fn encode_ticket(ticket: &rasn_kerberos::Ticket) -> Result<Any, KcdError> {
-    Ok(Any::new(asn1::encode(ticket, "ticket")?))
+pub(crate) fn encode_ticket(ticket: &rasn_kerberos::Ticket) -> Result<Vec<u8>, KcdError> {
+    asn1::encode(ticket, "ticket")
 }
 
-/// An AP-REQ for the ticket `ticket` (DER, see [`encode_ticket`]), its authenticator made at
-/// `now` and encrypted with the ticket's session key made ready for its key usage (7 in a TGS
-/// request, 11 in an application request).
+/// An AP-REQ (DER) for the ticket `ticket` (DER, see [`encode_ticket`]), its authenticator made
+/// at `now` and encrypted with the ticket's session key made ready for its key usage (7 in a
+/// TGS request, 11 in an application request).
 pub(crate) fn build(
-    ticket: &Any,
+    ticket: &[u8],
     session_key: &SealingKey,
     parts: AuthenticatorParts<'_>,
     now: SystemTime,
-) -> Result<EncodedApReq, KcdError> {
+) -> Result<Vec<u8>, KcdError> {
     Ok(build_timed(ticket, session_key, parts, now, &[])?.0)
 }
 
 /// As [`build`], with the AP options `ap_options` (bit numbers), and also returning the
 /// authenticator's `ctime` and `cusec`, which a mutual-authentication reply echoes.
 pub(crate) fn build_timed(
-    ticket: &Any,
+    ticket: &[u8],
     session_key: &SealingKey,
     parts: AuthenticatorParts<'_>,
     now: SystemTime,
     ap_options: &[usize],
-) -> Result<(EncodedApReq, KerberosTime, u32), KcdError> {
+) -> Result<(Vec<u8>, KerberosTime, u32), KcdError> {
     // Microseconds of the same instant as ctime, so that (ctime, cusec) is unique for replay
     // caches even when several tokens are made within one second.
     let cusec = now
@@ -88,69 +67,127 @@ pub(crate) fn build_timed(
         authorization_data: None,
     };
     let plaintext = asn1::encode(&authenticator, "authenticator")?;
-    let ap_req = EncodedApReq {
-        pvno: Integer::from(5),
-        msg_type: Integer::from(i64::from(msg_type::AP_REQ)),
-        ap_options: ApOptions(asn1::flags(ap_options)),
-        ticket: ticket.clone(),
-        authenticator: EncryptedData {
-            etype: session_key.etype().as_i32(),
-            kvno: None,
-            cipher: session_key.encrypt(&plaintext).into(),
-        },
-    };
+    let ap_req = encode(
+        ticket,
+        asn1::flag_bytes(ap_options),
+        session_key.etype().as_i32(),
+        &session_key.encrypt(&plaintext),
+    );
     Ok((ap_req, ctime, cusec))
+}
+
+/// An AP-REQ's first fields: pvno `[0] INTEGER 5`, msg-type `[1] INTEGER 14`, and the head of
+/// ap-options `[2] BIT STRING` (32 bits, none unused) before its four bytes.
+const PVNO_MSG_TYPE_AP_OPTIONS: [u8; 15] = [
+    0xa0,
+    0x03,
+    0x02,
+    0x01,
+    0x05, // pvno
+    0xa1,
+    0x03,
+    0x02,
+    0x01,
+    msg_type::AP_REQ as u8, // msg-type
+    0xa2,
+    0x07,
+    0x03,
+    0x05,
+    0x00, // ap-options
+];
+
+/// The DER of `rasn_kerberos::ApReq` with the ticket `ticket` (DER) and an authenticator
+/// `EncryptedData` without kvno, written by hand in one buffer: the ticket, most of a token's
+/// ≈ 900 bytes, is copied once instead of being decoded, cloned and encoded again for each
+/// message. A test checks it byte for byte against rasn.
+///
+/// ```text
+/// AP-REQ ::= [APPLICATION 14] SEQUENCE {
+///     pvno [0] INTEGER, msg-type [1] INTEGER, ap-options [2] APOptions,
+///     ticket [3] Ticket, authenticator [4] EncryptedData }
+/// EncryptedData ::= SEQUENCE { etype [0] Int32, kvno [1] UInt32 OPTIONAL, cipher [2] OCTET STRING }
+/// ```
+fn encode(ticket: &[u8], ap_options: [u8; 4], etype: i32, cipher: &[u8]) -> Vec<u8> {
+    let mut etype_buffer = [0; 8];
+    let etype = asn1::der_integer(i64::from(etype), &mut etype_buffer);
+    // Inside out: the EncryptedData's fields, the EncryptedData, then the AP-REQ's SEQUENCE.
+    let encrypted_data = der_size(der_size(etype.len())) + der_size(der_size(cipher.len()));
+    let sequence = PVNO_MSG_TYPE_AP_OPTIONS.len()
+        + ap_options.len()
+        + der_size(ticket.len())
+        + der_size(der_size(encrypted_data));
+    let mut der = Vec::with_capacity(der_size(der_size(sequence)));
+    push_der_header(&mut der, 0x6e, der_size(sequence));
+    push_der_header(&mut der, 0x30, sequence);
+    der.extend_from_slice(&PVNO_MSG_TYPE_AP_OPTIONS);
+    der.extend_from_slice(&ap_options);
+    push_der_header(&mut der, 0xa3, ticket.len());
+    der.extend_from_slice(ticket);
+    push_der_header(&mut der, 0xa4, der_size(encrypted_data));
+    push_der_header(&mut der, 0x30, encrypted_data);
+    push_der_header(&mut der, 0xa0, der_size(etype.len()));
+    push_der_header(&mut der, 0x02, etype.len());
+    der.extend_from_slice(etype);
+    push_der_header(&mut der, 0xa2, der_size(cipher.len()));
+    push_der_header(&mut der, 0x04, cipher.len());
+    der.extend_from_slice(cipher);
+    der
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::{EncType, Key};
-    use rasn_kerberos::{ApReq, Ticket};
+    use rasn_kerberos::{ApOptions, ApReq, EncryptedData, Ticket};
 
     #[test]
-    fn the_spliced_ticket_encodes_as_rasns_own_ap_req() {
+    fn the_hand_written_ap_req_is_rasns_own() {
         let realm = asn1::kstring("TEST.LOCAL").unwrap();
-        let ticket = Ticket {
-            tkt_vno: Integer::from(5),
-            realm: realm.clone(),
-            sname: asn1::principal_name(2, &["HTTP", "exchange.test.local"]).unwrap(),
-            enc_part: EncryptedData {
-                etype: 18,
-                kvno: Some(3),
-                // Long enough that its length takes two bytes.
-                cipher: vec![0x42; 800].into(),
-            },
-        };
-        let key = Key::random(EncType::Aes256CtsHmacSha196).sealing_key(11);
         let cname = asn1::principal_name(1, &["alice"]).unwrap();
-        let parts = AuthenticatorParts {
-            crealm: &realm,
-            cname: &cname,
-            cksum: None,
-            seq_number: Some(7),
-        };
-        let (spliced, _, _) = build_timed(
-            &encode_ticket(&ticket).unwrap(),
-            &key,
-            parts,
-            SystemTime::now(),
-            &[2],
-        )
-        .unwrap();
-        let der = asn1::encode(&spliced, "AP-REQ").unwrap();
-        let decoded: ApReq = rasn::der::decode(&der).unwrap();
-        assert_eq!(decoded.ticket, ticket);
-        assert_eq!(decoded.ap_options, spliced.ap_options);
-        assert_eq!(decoded.authenticator, spliced.authenticator);
-        // Byte for byte what rasn writes for the same AP-REQ.
-        let own = ApReq {
-            pvno: Integer::from(5),
-            msg_type: Integer::from(i64::from(msg_type::AP_REQ)),
-            ap_options: spliced.ap_options.clone(),
-            ticket,
-            authenticator: spliced.authenticator.clone(),
-        };
-        assert_eq!(der, asn1::encode(&own, "AP-REQ").unwrap());
+        // Tickets whose length takes one, two and three bytes, and every etype.
+        for (cipher_len, etype) in [
+            (10, EncType::Aes256CtsHmacSha196),
+            (800, EncType::Aes128CtsHmacSha196),
+            (70_000, EncType::Aes256CtsHmacSha384192),
+            (300, EncType::Rc4Hmac),
+        ] {
+            let ticket = Ticket {
+                tkt_vno: Integer::from(5),
+                realm: realm.clone(),
+                sname: asn1::principal_name(2, &["HTTP", "exchange.test.local"]).unwrap(),
+                enc_part: EncryptedData {
+                    etype: 18,
+                    kvno: Some(3),
+                    cipher: vec![0x42; cipher_len].into(),
+                },
+            };
+            let key = Key::random(etype).sealing_key(11);
+            for options in [&[][..], &[2], &[1, 2]] {
+                let parts = AuthenticatorParts {
+                    crealm: &realm,
+                    cname: &cname,
+                    cksum: None,
+                    seq_number: Some(7),
+                };
+                let (der, _, _) = build_timed(
+                    &encode_ticket(&ticket).unwrap(),
+                    &key,
+                    parts,
+                    SystemTime::now(),
+                    options,
+                )
+                .unwrap();
+                let decoded: ApReq = rasn::der::decode(&der).unwrap();
+                assert_eq!(decoded.ticket, ticket);
+                assert_eq!(decoded.ap_options, ApOptions(asn1::flags(options)));
+                assert_eq!(decoded.authenticator.etype, etype.as_i32());
+                assert_eq!(decoded.authenticator.kvno, None);
+                // Byte for byte what rasn writes for the same AP-REQ.
+                assert!(
+                    der == asn1::encode(&decoded, "AP-REQ").unwrap(),
+                    "{etype:?} {options:?}"
+                );
+            }
+        }
     }
 }

@@ -76,13 +76,18 @@ pub(crate) mod ticket_flag {
 /// A 32-bit Kerberos flag field with `bits` set. `rasn-kerberos`'s own constructors build
 /// one-byte strings with the wrong bit positions, so flags are built here from bit numbers.
 pub(crate) fn flags(bits: &[usize]) -> KerberosFlags {
+    BitString::from_slice(&flag_bytes(bits))
+}
+
+/// The four bytes of [`flags`] (bit 0 the first byte's highest).
+pub(crate) fn flag_bytes(bits: &[usize]) -> [u8; 4] {
     let mut bytes = [0u8; 4];
     for &bit in bits {
         if let Some(byte) = bytes.get_mut(bit / 8) {
             *byte |= 0x80 >> (bit % 8);
         }
     }
-    BitString::from_slice(&bytes)
+    bytes
 }
 
 /// Whether `bit` is set; bits beyond the field's length are unset.
@@ -160,6 +165,51 @@ pub(crate) fn decode<T: rasn::Decode>(bytes: &[u8], what: &str) -> Result<T, Kcd
         .map_err(|error| KcdError::malformed(format!("{what}: {error}")))
 }
 
+/// The size of a DER element with a one-byte tag whose contents are `len` bytes long.
+pub(crate) fn der_size(len: usize) -> usize {
+    let length_bytes = if len < 0x80 {
+        1
+    } else {
+        1 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize
+    };
+    1 + length_bytes + len
+}
+
+/// Writes a DER element's tag and length.
+pub(crate) fn push_der_header(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
+    push_der_length(out, len);
+}
+
+/// Writes a DER length.
+pub(crate) fn push_der_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        let significant = bytes.get(skip..).unwrap_or_default();
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+}
+
+/// A DER INTEGER's contents: the fewest big-endian two's-complement bytes that hold `value`,
+/// in `buffer`.
+pub(crate) fn der_integer(value: i64, buffer: &mut [u8; 8]) -> &[u8] {
+    *buffer = value.to_be_bytes();
+    // A leading byte may go when it only repeats the sign bit of the byte after it.
+    let redundant = buffer
+        .windows(2)
+        .take_while(|pair| match pair {
+            [0x00, next] => next & 0x80 == 0,
+            [0xff, next] => next & 0x80 != 0,
+            _ => false,
+        })
+        .count();
+    buffer.get(redundant..).unwrap_or_default()
+}
+
 /// Encodes `value` as DER. Encoding the types of this crate does not fail; should it, the
 /// failure is reported as a malformed message rather than a panic.
 pub(crate) fn encode<T: rasn::Encode>(value: &T, what: &str) -> Result<Vec<u8>, KcdError> {
@@ -176,6 +226,35 @@ mod tests {
         let f = flags(&[kdc_option::FORWARDABLE, kdc_option::CNAME_IN_ADDL_TKT]);
         assert_eq!(f.as_raw_slice(), &[0x40, 0x02, 0, 0]);
         assert!(has_flag(&f, 1) && has_flag(&f, 14) && !has_flag(&f, 15) && !has_flag(&f, 40));
+    }
+
+    #[test]
+    fn der_integers_are_what_rasn_writes() {
+        for value in [
+            0,
+            1,
+            5,
+            23,
+            127,
+            128,
+            255,
+            256,
+            -1,
+            -128,
+            -129,
+            -135,
+            i64::from(i32::MAX),
+            i64::from(i32::MIN),
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut buffer = [0; 8];
+            let contents = der_integer(value, &mut buffer);
+            let mut ours = Vec::new();
+            push_der_header(&mut ours, 0x02, contents.len());
+            ours.extend_from_slice(contents);
+            assert_eq!(ours, rasn::der::encode(&value).unwrap(), "{value}");
+        }
     }
 
     #[test]

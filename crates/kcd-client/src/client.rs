@@ -113,7 +113,7 @@ impl ServiceTicket {
     /// The ticket as DER (RFC 4120 `Ticket`), opaque to the gateway: only the service can
     /// decrypt it.
     pub fn ticket_der(&self) -> Vec<u8> {
-        asn1::encode(&self.credential.ticket, "Ticket").unwrap_or_default()
+        self.credential.ticket_der.clone()
     }
 }
 

@@ -11,7 +11,7 @@ use sha2::{Sha256, Sha384, Sha512};
 
 use crate::KcdError;
 use crate::ap_req::{self, AuthenticatorParts};
-use crate::asn1::{self, ap_option, usage};
+use crate::asn1::{ap_option, usage};
 use crate::kdc::Credential;
 use crate::mutual::TokenContext;
 use crate::spnego;
@@ -188,7 +188,7 @@ pub(crate) fn krb5_initial_token(
         now,
         &[ap_option::MUTUAL_REQUIRED],
     )?;
-    let token = spnego::frame_krb5_ap_req(&asn1::encode(&ap_req, "AP-REQ")?);
+    let token = spnego::frame_krb5_ap_req(&ap_req);
     Ok((
         token,
         TokenContext::new(credential.session_key.clone(), ctime, cusec),

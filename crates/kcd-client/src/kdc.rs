@@ -22,7 +22,7 @@ use crate::crypto::{EncType, Key, SealingKey};
 pub(crate) struct Credential {
     pub(crate) ticket: Ticket,
     /// `ticket`'s DER, encoded once for the AP-REQs that carry it ([`ap_req::encode_ticket`]).
-    pub(crate) ticket_der: rasn::types::Any,
+    pub(crate) ticket_der: Vec<u8>,
     pub(crate) session_key: Key,
     pub(crate) crealm: Realm,
     pub(crate) cname: PrincipalName,
@@ -256,7 +256,7 @@ pub(crate) fn tgs_request(
     )?;
     let mut padata = vec![PaData {
         r#type: pa_type::TGS_REQ,
-        value: asn1::encode(&ap_req, "AP-REQ")?.into(),
+        value: ap_req.into(),
     }];
     padata.extend(params.extra_padata);
     let request = TgsReq(request(msg_type::TGS_REQ, padata, body));

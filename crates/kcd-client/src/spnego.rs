@@ -4,6 +4,7 @@
 use rasn::prelude::*;
 
 use crate::KcdError;
+use crate::asn1::{der_size, push_der_header, push_der_length};
 
 /// The Kerberos V5 GSS-API mechanism (RFC 1964): `1.2.840.113554.1.2.2`.
 pub const KRB5_OID: &[u32] = &[1, 2, 840, 113_554, 1, 2, 2];
@@ -206,34 +207,6 @@ pub fn parse_negotiation_token(token: &[u8]) -> Result<NegotiationToken, KcdErro
     }
     rasn::der::decode::<NegotiationToken>(inner)
         .map_err(|e| KcdError::malformed(format!("SPNEGO token: {e}")))
-}
-
-/// The size of a DER element with a one-byte tag whose contents are `len` bytes long.
-fn der_size(len: usize) -> usize {
-    let length_bytes = if len < 0x80 {
-        1
-    } else {
-        1 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize
-    };
-    1 + length_bytes + len
-}
-
-/// Writes a DER element's tag and length.
-fn push_der_header(out: &mut Vec<u8>, tag: u8, len: usize) {
-    out.push(tag);
-    push_der_length(out, len);
-}
-
-fn push_der_length(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        let significant = bytes.get(skip..).unwrap_or_default();
-        out.push(0x80 | significant.len() as u8);
-        out.extend_from_slice(significant);
-    }
 }
 
 fn read_der_length(input: &[u8]) -> Option<(usize, &[u8])> {
