@@ -187,11 +187,60 @@ pub(crate) fn push_der_length(out: &mut Vec<u8>, len: usize) {
         out.push(len as u8);
     } else {
         let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        let skip = (len.leading_zeros() / 8) as usize;
         let significant = bytes.get(skip..).unwrap_or_default();
         out.push(0x80 | significant.len() as u8);
         out.extend_from_slice(significant);
     }
+}
+
+/// Universal tags of the DER this crate writes by hand.
+pub(crate) mod tag {
+    pub(crate) const INTEGER: u8 = 0x02;
+    pub(crate) const OCTET_STRING: u8 = 0x04;
+    pub(crate) const SEQUENCE: u8 = 0x30;
+    pub(crate) const GENERALIZED_TIME: u8 = 0x18;
+    /// KerberosString (RFC 4120 5.2.1).
+    pub(crate) const GENERAL_STRING: u8 = 0x1b;
+}
+
+/// The size of a primitive element with `len` bytes of contents inside an explicit tag.
+pub(crate) fn explicit_size(len: usize) -> usize {
+    der_size(der_size(len))
+}
+
+/// Writes the primitive element `tag` with `contents` inside the explicit context tag
+/// `[context]`.
+pub(crate) fn push_explicit(out: &mut Vec<u8>, context: u8, tag: u8, contents: &[u8]) {
+    push_der_header(out, 0xa0 | context, der_size(contents.len()));
+    push_der_header(out, tag, contents.len());
+    out.extend_from_slice(contents);
+}
+
+/// A KerberosTime's GeneralizedTime contents, `YYYYMMDDHHMMSSZ` (RFC 4120 5.2.3), for the
+/// years that take four digits; `None` for the others, which rasn writes.
+pub(crate) fn kerberos_time_digits(time: &KerberosTime) -> Option<[u8; 15]> {
+    use chrono::{Datelike as _, Timelike as _};
+    let utc = time.0.naive_utc();
+    let year = u32::try_from(utc.year())
+        .ok()
+        .filter(|year| *year <= 9999)?;
+    let mut digits = *b"00000000000000Z";
+    let fields = [
+        (0, 4, year),
+        (4, 2, utc.month()),
+        (6, 2, utc.day()),
+        (8, 2, utc.hour()),
+        (10, 2, utc.minute()),
+        (12, 2, utc.second()),
+    ];
+    for (start, width, mut value) in fields {
+        for digit in digits.get_mut(start..start + width)?.iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    Some(digits)
 }
 
 /// A DER INTEGER's contents: the fewest big-endian two's-complement bytes that hold `value`,
@@ -255,6 +304,28 @@ mod tests {
             ours.extend_from_slice(contents);
             assert_eq!(ours, rasn::der::encode(&value).unwrap(), "{value}");
         }
+    }
+
+    #[test]
+    fn kerberos_time_digits_are_what_rasn_writes() {
+        for seconds in [
+            0,
+            951_782_400,
+            1_700_000_000,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
+            let time = kerberos_time(UNIX_EPOCH + Duration::from_secs(seconds));
+            let digits = kerberos_time_digits(&time).unwrap();
+            assert_eq!(
+                &rasn::der::encode(&time).unwrap()[2..],
+                &digits[..],
+                "{seconds}"
+            );
+        }
+        // Year 10000: rasn's to write.
+        let far = kerberos_time(UNIX_EPOCH + Duration::from_secs(253_402_300_800));
+        assert_eq!(kerberos_time_digits(&far), None);
     }
 
     #[test]
