@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rasn_kerberos::{Checksum, KerberosTime, PrincipalName, Realm};
 
 use crate::KcdError;
-use crate::asn1::{self, der_size, explicit_size, msg_type, push_der_header, push_explicit, tag};
+use crate::asn1::{
+    self, DerInteger, der_size, explicit_size, msg_type, push_der_header, push_explicit, tag,
+};
 use crate::crypto::SealingKey;
 
 /// What an authenticator says besides its time.
@@ -54,7 +56,7 @@ pub(crate) fn build_timed(
         .map(|d| d.subsec_micros())
         .unwrap_or(0);
     let ctime = asn1::kerberos_time(now);
-    let plaintext = encode_authenticator(&parts, cusec, &ctime)?;
+    let plaintext = encode_authenticator(&parts, cusec, &ctime);
     let ap_req = encode(
         ticket,
         asn1::flag_bytes(ap_options),
@@ -96,8 +98,8 @@ const PVNO_MSG_TYPE_AP_OPTIONS: [u8; 15] = [
 /// EncryptedData ::= SEQUENCE { etype [0] Int32, kvno [1] UInt32 OPTIONAL, cipher [2] OCTET STRING }
 /// ```
 fn encode(ticket: &[u8], ap_options: [u8; 4], etype: i32, cipher: &[u8]) -> Vec<u8> {
-    let mut etype_buffer = [0; 8];
-    let etype = asn1::der_integer(i64::from(etype), &mut etype_buffer);
+    let etype = DerInteger::new(i64::from(etype));
+    let etype = etype.contents();
     // Inside out: the EncryptedData's fields, the EncryptedData, then the AP-REQ's SEQUENCE.
     let encrypted_data = explicit_size(etype.len()) + explicit_size(cipher.len());
     let sequence = PVNO_MSG_TYPE_AP_OPTIONS.len()
@@ -126,46 +128,33 @@ fn encode_authenticator(
     parts: &AuthenticatorParts<'_>,
     cusec: u32,
     ctime: &KerberosTime,
-) -> Result<Vec<u8>, KcdError> {
+) -> Vec<u8> {
     const VNO: [u8; 5] = [0xa0, 0x03, 0x02, 0x01, 0x05];
-    // A year of more than four digits: rasn writes the time.
-    let ctime_der = match asn1::kerberos_time_digits(ctime) {
-        Some(digits) => CtimeDer::Digits(digits),
-        None => CtimeDer::Encoded(asn1::encode(ctime, "ctime")?),
-    };
     let realm = parts.crealm.as_bytes();
-    let mut name_type_buffer = [0; 8];
-    let name_type = asn1::der_integer(i64::from(parts.cname.r#type), &mut name_type_buffer);
+    let name_type = DerInteger::new(i64::from(parts.cname.r#type));
     let strings: usize = parts
         .cname
         .string
         .iter()
         .map(|string| der_size(string.as_bytes().len()))
         .sum();
-    let name = explicit_size(name_type.len()) + explicit_size(strings);
-    let mut checksum_type_buffer = [0; 8];
-    let checksum = match &parts.cksum {
-        Some(checksum) => {
-            let r#type = asn1::der_integer(i64::from(checksum.r#type), &mut checksum_type_buffer);
-            let value: &[u8] = &checksum.checksum;
-            let len = explicit_size(r#type.len()) + explicit_size(value.len());
-            Some((r#type, value, len))
-        }
-        None => None,
-    };
-    let mut cusec_buffer = [0; 8];
-    let cusec = asn1::der_integer(i64::from(cusec), &mut cusec_buffer);
-    let mut seq_buffer = [0; 8];
-    let seq_number = parts
-        .seq_number
-        .map(|seq| asn1::der_integer(i64::from(seq), &mut seq_buffer));
+    let name = explicit_size(name_type.contents().len()) + explicit_size(strings);
+    let checksum = parts.cksum.as_ref().map(|checksum| {
+        let r#type = DerInteger::new(i64::from(checksum.r#type));
+        let value: &[u8] = &checksum.checksum;
+        let len = explicit_size(r#type.contents().len()) + explicit_size(value.len());
+        (r#type, value, len)
+    });
+    let cusec = DerInteger::new(i64::from(cusec));
+    let ctime = asn1::kerberos_time_digits(ctime);
+    let seq_number = parts.seq_number.map(|seq| DerInteger::new(i64::from(seq)));
     let sequence = VNO.len()
         + explicit_size(realm.len())
         + explicit_size(name)
         + checksum.map_or(0, |(_, _, len)| explicit_size(len))
-        + explicit_size(cusec.len())
-        + der_size(ctime_der.len())
-        + seq_number.map_or(0, |seq| explicit_size(seq.len()));
+        + explicit_size(cusec.contents().len())
+        + explicit_size(ctime.len())
+        + seq_number.map_or(0, |seq| explicit_size(seq.contents().len()));
     let mut der = Vec::with_capacity(explicit_size(sequence));
     push_der_header(&mut der, 0x62, der_size(sequence));
     push_der_header(&mut der, tag::SEQUENCE, sequence);
@@ -173,7 +162,7 @@ fn encode_authenticator(
     push_explicit(&mut der, 1, tag::GENERAL_STRING, realm);
     push_der_header(&mut der, 0xa2, der_size(name));
     push_der_header(&mut der, tag::SEQUENCE, name);
-    push_explicit(&mut der, 0, tag::INTEGER, name_type);
+    push_explicit(&mut der, 0, tag::INTEGER, name_type.contents());
     push_der_header(&mut der, 0xa1, der_size(strings));
     push_der_header(&mut der, tag::SEQUENCE, strings);
     for string in &parts.cname.string {
@@ -183,37 +172,15 @@ fn encode_authenticator(
     if let Some((r#type, value, len)) = checksum {
         push_der_header(&mut der, 0xa3, der_size(len));
         push_der_header(&mut der, tag::SEQUENCE, len);
-        push_explicit(&mut der, 0, tag::INTEGER, r#type);
+        push_explicit(&mut der, 0, tag::INTEGER, r#type.contents());
         push_explicit(&mut der, 1, tag::OCTET_STRING, value);
     }
-    push_explicit(&mut der, 4, tag::INTEGER, cusec);
-    match &ctime_der {
-        CtimeDer::Digits(digits) => push_explicit(&mut der, 5, tag::GENERALIZED_TIME, digits),
-        CtimeDer::Encoded(encoded) => {
-            push_der_header(&mut der, 0xa5, encoded.len());
-            der.extend_from_slice(encoded);
-        }
-    }
+    push_explicit(&mut der, 4, tag::INTEGER, cusec.contents());
+    push_explicit(&mut der, 5, tag::GENERALIZED_TIME, &ctime);
     if let Some(seq) = seq_number {
-        push_explicit(&mut der, 7, tag::INTEGER, seq);
+        push_explicit(&mut der, 7, tag::INTEGER, seq.contents());
     }
-    Ok(der)
-}
-
-/// An authenticator's time: its digits, or (beyond year 9999) rasn's whole element.
-enum CtimeDer {
-    Digits([u8; 15]),
-    Encoded(Vec<u8>),
-}
-
-impl CtimeDer {
-    /// The size of the element (tag, length and digits).
-    fn len(&self) -> usize {
-        match self {
-            Self::Digits(digits) => der_size(digits.len()),
-            Self::Encoded(encoded) => encoded.len(),
-        }
-    }
+    der
 }
 
 #[cfg(test)]
@@ -252,7 +219,7 @@ mod tests {
                 Some(0),
                 4_102_444_799,
             ),
-            // Year 10000, whose time rasn writes.
+            // Year 10000: the last time a KerberosTime can carry.
             (
                 asn1::principal_name(1, &["bob"]).unwrap(),
                 Some(checksum),
@@ -268,7 +235,7 @@ mod tests {
                 cksum: cksum.clone(),
                 seq_number,
             };
-            let ours = encode_authenticator(&parts, 999_999, &ctime).unwrap();
+            let ours = encode_authenticator(&parts, 999_999, &ctime);
             let rasns = Authenticator {
                 authenticator_vno: Integer::from(5),
                 crealm: realm.clone(),

@@ -97,8 +97,10 @@ pub(crate) fn has_flag(flags: &KerberosFlags, bit: usize) -> bool {
 
 /// A time as Kerberos sends it: whole seconds, UTC (DER allows no fraction in KerberosTime).
 pub(crate) fn kerberos_time(time: SystemTime) -> KerberosTime {
+    // The last instant a KerberosTime can carry: its years have four digits.
+    const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let seconds = match time.duration_since(UNIX_EPOCH) {
-        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX / 2),
+        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(LAST).min(LAST),
         Err(_) => 0,
     };
     let utc = chrono::DateTime::from_timestamp(seconds, 0).unwrap_or_default();
@@ -217,14 +219,12 @@ pub(crate) fn push_explicit(out: &mut Vec<u8>, context: u8, tag: u8, contents: &
     out.extend_from_slice(contents);
 }
 
-/// A KerberosTime's GeneralizedTime contents, `YYYYMMDDHHMMSSZ` (RFC 4120 5.2.3), for the
-/// years that take four digits; `None` for the others, which rasn writes.
-pub(crate) fn kerberos_time_digits(time: &KerberosTime) -> Option<[u8; 15]> {
+/// A KerberosTime's GeneralizedTime contents, `YYYYMMDDHHMMSSZ` (RFC 4120 5.2.3), for a time
+/// [`kerberos_time`] made (its years have four digits).
+pub(crate) fn kerberos_time_digits(time: &KerberosTime) -> [u8; 15] {
     use chrono::{Datelike as _, Timelike as _};
     let utc = time.0.naive_utc();
-    let year = u32::try_from(utc.year())
-        .ok()
-        .filter(|year| *year <= 9999)?;
+    let year = u32::try_from(utc.year()).unwrap_or(0).min(9999);
     let mut digits = *b"00000000000000Z";
     let fields = [
         (0, 4, year),
@@ -235,28 +235,41 @@ pub(crate) fn kerberos_time_digits(time: &KerberosTime) -> Option<[u8; 15]> {
         (12, 2, utc.second()),
     ];
     for (start, width, mut value) in fields {
-        for digit in digits.get_mut(start..start + width)?.iter_mut().rev() {
-            *digit = b'0' + (value % 10) as u8;
-            value /= 10;
+        if let Some(field) = digits.get_mut(start..start + width) {
+            for digit in field.iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
         }
     }
-    Some(digits)
+    digits
 }
 
-/// A DER INTEGER's contents: the fewest big-endian two's-complement bytes that hold `value`,
-/// in `buffer`.
-pub(crate) fn der_integer(value: i64, buffer: &mut [u8; 8]) -> &[u8] {
-    *buffer = value.to_be_bytes();
-    // A leading byte may go when it only repeats the sign bit of the byte after it.
-    let redundant = buffer
-        .windows(2)
-        .take_while(|pair| match pair {
-            [0x00, next] => next & 0x80 == 0,
-            [0xff, next] => next & 0x80 != 0,
-            _ => false,
-        })
-        .count();
-    buffer.get(redundant..).unwrap_or_default()
+/// A DER INTEGER's contents: the fewest big-endian two's-complement bytes that hold a value.
+#[derive(Clone, Copy)]
+pub(crate) struct DerInteger {
+    bytes: [u8; 8],
+    start: usize,
+}
+
+impl DerInteger {
+    pub(crate) fn new(value: i64) -> Self {
+        let bytes = value.to_be_bytes();
+        // A leading byte may go when it only repeats the sign bit of the byte after it.
+        let start = bytes
+            .windows(2)
+            .take_while(|pair| match pair {
+                [0x00, next] => next & 0x80 == 0,
+                [0xff, next] => next & 0x80 != 0,
+                _ => false,
+            })
+            .count();
+        Self { bytes, start }
+    }
+
+    pub(crate) fn contents(&self) -> &[u8] {
+        self.bytes.get(self.start..).unwrap_or_default()
+    }
 }
 
 /// Encodes `value` as DER. Encoding the types of this crate does not fail; should it, the
@@ -297,8 +310,8 @@ mod tests {
             i64::MAX,
             i64::MIN,
         ] {
-            let mut buffer = [0; 8];
-            let contents = der_integer(value, &mut buffer);
+            let integer = DerInteger::new(value);
+            let contents = integer.contents();
             let mut ours = Vec::new();
             push_der_header(&mut ours, 0x02, contents.len());
             ours.extend_from_slice(contents);
@@ -316,16 +329,19 @@ mod tests {
             253_402_300_799,
         ] {
             let time = kerberos_time(UNIX_EPOCH + Duration::from_secs(seconds));
-            let digits = kerberos_time_digits(&time).unwrap();
+            let digits = kerberos_time_digits(&time);
             assert_eq!(
                 &rasn::der::encode(&time).unwrap()[2..],
                 &digits[..],
                 "{seconds}"
             );
         }
-        // Year 10000: rasn's to write.
-        let far = kerberos_time(UNIX_EPOCH + Duration::from_secs(253_402_300_800));
-        assert_eq!(kerberos_time_digits(&far), None);
+        // Year 10000 and beyond: the last time a KerberosTime can carry.
+        for seconds in [253_402_300_800, 1 << 40] {
+            let far = kerberos_time(UNIX_EPOCH + Duration::from_secs(seconds));
+            assert_eq!(&kerberos_time_digits(&far), b"99991231235959Z");
+            assert_eq!(&rasn::der::encode(&far).unwrap()[2..], b"99991231235959Z");
+        }
     }
 
     #[test]

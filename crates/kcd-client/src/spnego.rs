@@ -4,7 +4,7 @@
 use rasn::prelude::*;
 
 use crate::KcdError;
-use crate::asn1::{der_size, push_der_header, push_der_length};
+use crate::asn1::{der_size, push_der_header};
 
 /// The Kerberos V5 GSS-API mechanism (RFC 1964): `1.2.840.113554.1.2.2`.
 pub const KRB5_OID: &[u32] = &[1, 2, 840, 113_554, 1, 2, 2];
@@ -118,11 +118,8 @@ pub fn frame_initial_token(mech: &[u32], inner: &[u8]) -> Result<Vec<u8>, KcdErr
     let oid = ObjectIdentifier::new(mech.to_vec())
         .ok_or_else(|| KcdError::malformed("invalid mechanism OID"))?;
     let oid_der = crate::asn1::encode(&oid, "mechanism OID")?;
-    let body_len = oid_der.len() + inner.len();
-    let mut token = Vec::with_capacity(body_len + 6);
-    token.push(0x60);
-    push_der_length(&mut token, body_len);
-    token.extend_from_slice(&oid_der);
+    let mut token = Vec::with_capacity(initial_token_size(&oid_der, inner.len()));
+    push_initial_token_header(&mut token, &oid_der, inner.len());
     token.extend_from_slice(inner);
     Ok(token)
 }
@@ -131,13 +128,25 @@ pub fn frame_initial_token(mech: &[u32], inner: &[u8]) -> Result<Vec<u8>, KcdErr
 /// [`frame_initial_token`] with [`KRB5_OID`] and token id `01 00` (RFC 4121 4.1) before the
 /// AP-REQ, written in one buffer.
 pub(crate) fn frame_krb5_ap_req(ap_req: &[u8]) -> Vec<u8> {
-    let body_len = KRB5_OID_DER.len() + TOK_ID_AP_REQ.len() + ap_req.len();
-    let mut token = Vec::with_capacity(der_size(body_len));
-    push_der_header(&mut token, 0x60, body_len);
-    token.extend_from_slice(KRB5_OID_DER);
+    let inner_len = TOK_ID_AP_REQ.len() + ap_req.len();
+    let mut token = Vec::with_capacity(initial_token_size(KRB5_OID_DER, inner_len));
+    push_initial_token_header(&mut token, KRB5_OID_DER, inner_len);
     token.extend_from_slice(&TOK_ID_AP_REQ);
     token.extend_from_slice(ap_req);
     token
+}
+
+/// The size of a GSS-API initial context token whose mechanism OID is `oid_der` and whose
+/// inner token is `inner_len` bytes long.
+fn initial_token_size(oid_der: &[u8], inner_len: usize) -> usize {
+    der_size(oid_der.len() + inner_len)
+}
+
+/// Writes a GSS-API initial context token's framing (`0x60`, the length, the mechanism OID)
+/// before an inner token of `inner_len` bytes.
+fn push_initial_token_header(out: &mut Vec<u8>, oid_der: &[u8], inner_len: usize) {
+    push_der_header(out, 0x60, oid_der.len() + inner_len);
+    out.extend_from_slice(oid_der);
 }
 
 /// Splits a GSS-API initial context token into its mechanism OID and inner bytes.
@@ -173,10 +182,9 @@ pub fn neg_token_init(krb5_token: &[u8]) -> Vec<u8> {
     let mech_token_field = der_size(octets);
     let sequence_len = MECH_TYPES_FIELD.len() + mech_token_field;
     let choice_len = der_size(sequence_len);
-    let body_len = SPNEGO_OID_DER.len() + der_size(choice_len);
-    let mut token = Vec::with_capacity(der_size(body_len));
-    push_der_header(&mut token, 0x60, body_len);
-    token.extend_from_slice(SPNEGO_OID_DER);
+    let inner_len = der_size(choice_len);
+    let mut token = Vec::with_capacity(initial_token_size(SPNEGO_OID_DER, inner_len));
+    push_initial_token_header(&mut token, SPNEGO_OID_DER, inner_len);
     push_der_header(&mut token, 0xa0, choice_len);
     push_der_header(&mut token, 0x30, sequence_len);
     token.extend_from_slice(MECH_TYPES_FIELD);
