@@ -237,7 +237,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The layer's settings, shared by every service it makes.
 #[derive(Clone)]
 struct Settings {
-    target_spn: String,
+    target_spn: Arc<str>,
     default_realm: Option<String>,
     retry_body_limit: usize,
     invalidate: Arc<dyn Invalidate + Send + Sync>,
@@ -308,7 +308,7 @@ impl<K> KcdAuthLayer<K> {
         KcdAuthLayer {
             kcd,
             settings: Arc::new(Settings {
-                target_spn: target_spn.into(),
+                target_spn: Arc::from(target_spn.into()),
                 default_realm: None,
                 retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
                 invalidate: Arc::new(cache),
@@ -377,6 +377,7 @@ impl<S, K: Clone> Layer<S> for KcdAuthLayer<K> {
             inner,
             kcd: self.kcd.clone(),
             settings: self.settings.clone(),
+            last_user: None,
         }
     }
 }
@@ -388,6 +389,24 @@ pub struct KcdAuth<S, K> {
     inner: S,
     kcd: K,
     settings: Arc<Settings>,
+    /// The last certificate UPN read and its user name. A service serves one client
+    /// connection, whose certificate never changes: its requests need the name read once.
+    last_user: Option<(Arc<str>, UserName)>,
+}
+
+impl<S, K> KcdAuth<S, K> {
+    /// The UPN (shared) and its user name, from the last request's if it is the same UPN.
+    fn user(&mut self, upn: &str) -> Result<(Arc<str>, UserName), KcdError> {
+        if let Some((last, user)) = &self.last_user
+            && **last == *upn
+        {
+            return Ok((Arc::clone(last), user.clone()));
+        }
+        let user = self.settings.user_name(upn)?;
+        let upn: Arc<str> = Arc::from(upn);
+        self.last_user = Some((Arc::clone(&upn), user.clone()));
+        Ok((upn, user))
+    }
 }
 
 impl<S, K, B, ResBody> Service<Request<B>> for KcdAuth<S, K>
@@ -409,19 +428,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let upn = match certificate_user(request.extensions()) {
-            Some(upn) if !request.headers().contains_key(header::AUTHORIZATION) => upn.to_owned(),
+        let named = match certificate_user(request.extensions()) {
+            Some(upn) if !request.headers().contains_key(header::AUTHORIZATION) => {
+                let span = tracing::info_span!("kcd_auth", user = %upn);
+                self.user(upn)
+                    .map_err(|error| {
+                        let _entered = span.enter();
+                        kcd_fault(upn, &error.into())
+                    })
+                    .map(|(upn, user)| (upn, user, span))
+            }
             _ => {
                 return ResponseFuture::passed(self.inner.call(request.map(KcdBody::streamed)));
             }
         };
-        let span = tracing::info_span!("kcd_auth", user = %upn);
-        let user = match self.settings.user_name(&upn) {
-            Ok(user) => user,
-            Err(error) => {
-                let _entered = span.enter();
-                return ResponseFuture::answered(kcd_fault(&upn, &error.into()));
-            }
+        let (upn, user, span) = match named {
+            Ok(named) => named,
+            Err(fault) => return ResponseFuture::answered(fault),
         };
         // The ready service goes with the request; this one gets a fresh clone (tower's rule
         // for services called from a future).
@@ -599,7 +622,7 @@ pin_project! {
         kcd: K,
         settings: Arc<Settings>,
         user: UserName,
-        upn: String,
+        upn: Arc<str>,
         // The request head without the token, kept for a retry.
         parts: Parts,
         body: Held<B>,
@@ -1314,6 +1337,35 @@ mod tests {
         assert_eq!(
             kdc.requests()[0].user,
             UserName::principal("alice", "TEST.LOCAL").unwrap()
+        );
+    }
+
+    /// The service keeps the last UPN's user name; a request with another UPN must not get it.
+    #[tokio::test]
+    async fn one_service_asks_for_each_requests_own_user() {
+        let kdc = StubKdc::answering(|| Ok(token()));
+        let mut service = KcdAuthLayer::new(kdc.clone(), Forgotten::default(), SPN)
+            .with_default_realm("TEST.LOCAL")
+            .layer(StubExchange::answering(&[]));
+
+        for upn in ["alice@TEST.LOCAL", "alice@TEST.LOCAL", "bob@corp.example"] {
+            let request = request_with(full("x"), Some(certificate_identity(upn)), None);
+            ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+                .await
+                .unwrap()
+                .call(request)
+                .await
+                .unwrap();
+        }
+
+        let users: Vec<UserName> = kdc.requests().into_iter().map(|r| r.user).collect();
+        assert_eq!(
+            users,
+            [
+                UserName::principal("alice", "TEST.LOCAL").unwrap(),
+                UserName::principal("alice", "TEST.LOCAL").unwrap(),
+                UserName::enterprise("bob@corp.example").unwrap(),
+            ]
         );
     }
 

@@ -194,7 +194,7 @@ pub struct KcdRequest {
     /// The user to act for.
     pub user: UserName,
     /// The target's SPN (`HTTP/exchange.corp.example`).
-    pub target_spn: String,
+    pub target_spn: Arc<str>,
     /// The `tls-server-end-point` certificate hash of the connection to the target (see
     /// [`crate::tls_server_end_point_hash`]), if the token must be bound to it.
     pub channel_binding: Option<Vec<u8>>,
@@ -202,7 +202,7 @@ pub struct KcdRequest {
 
 impl KcdRequest {
     /// A request without channel binding.
-    pub fn new(user: UserName, target_spn: impl Into<String>) -> Self {
+    pub fn new(user: UserName, target_spn: impl Into<Arc<str>>) -> Self {
         Self {
             user,
             target_spn: target_spn.into(),

@@ -1,6 +1,7 @@
 //! Names: the user a ticket is asked for ([`UserName`]) and service principals.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rasn_kerberos::PrincipalName;
 
@@ -19,9 +20,12 @@ use crate::asn1::{self, name_type};
 ///   NT-PRINCIPAL (1). Every KDC understands it; in AD it must be the account name.
 ///
 /// [`UserName::parse`] picks the form from text; see there for the rule.
+///
+/// Cloning is cheap (a reference count): a name goes with every request the gateway
+/// authenticates and keys the ticket cache.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserName {
-    form: Form,
+    form: Arc<Form>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +46,7 @@ impl UserName {
     pub fn enterprise(upn: &str) -> Result<Self, KcdError> {
         check_text(upn)?;
         Ok(Self {
-            form: Form::Enterprise(upn.to_string()),
+            form: Arc::new(Form::Enterprise(upn.to_string())),
         })
     }
 
@@ -62,10 +66,10 @@ impl UserName {
             });
         }
         Ok(Self {
-            form: Form::Principal {
+            form: Arc::new(Form::Principal {
                 components: name.split('/').map(String::from).collect(),
                 realm: realm.to_string(),
-            },
+            }),
         })
     }
 
@@ -98,13 +102,13 @@ impl UserName {
 
     /// Whether this is an enterprise name.
     pub fn is_enterprise(&self) -> bool {
-        matches!(self.form, Form::Enterprise(_))
+        matches!(*self.form, Form::Enterprise(_))
     }
 
     /// The realm the user is asked for in: the principal's realm, or `service_realm` for an
     /// enterprise name (the KDC of the gateway's realm resolves it).
     pub(crate) fn realm<'a>(&'a self, service_realm: &'a str) -> &'a str {
-        match &self.form {
+        match &*self.form {
             Form::Enterprise(_) => service_realm,
             Form::Principal { realm, .. } => realm,
         }
@@ -112,7 +116,7 @@ impl UserName {
 
     /// The name as a Kerberos principal name.
     pub(crate) fn principal_name(&self) -> Result<PrincipalName, KcdError> {
-        match &self.form {
+        match &*self.form {
             Form::Enterprise(upn) => asn1::principal_name(name_type::ENTERPRISE, &[upn]),
             Form::Principal { components, .. } => {
                 let parts: Vec<&str> = components.iter().map(String::as_str).collect();
@@ -124,7 +128,7 @@ impl UserName {
 
 impl fmt::Display for UserName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.form {
+        match &*self.form {
             Form::Enterprise(upn) => f.write_str(upn),
             Form::Principal { components, realm } => {
                 write!(f, "{}@{realm}", components.join("/"))
