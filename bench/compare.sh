@@ -59,6 +59,10 @@
 #                           its small-request saturation run, CONTENDER.ROUND.data there (flat,
 #                           no call graphs: nginx and HAProxy have no frame pointers), for
 #                           `perf report -i FILE --sort dso,sym`: where each one's CPU goes
+#   BENCH_PERF_CALLERS=     with BENCH_PERF, "1": call graphs too (`perf record -g`), for
+#                           `perf report --no-children -S SYMBOL -G`: who calls a kernel
+#                           function (the kernel's stacks are whole; user space's stop where a
+#                           library has no frame pointers)
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
@@ -116,10 +120,12 @@ cpus=$(nproc)
 if [ "$pin" = split ] && [ "$cpus" -ge 2 ]; then
   client_cpus=(taskset -c 0)
   server_cpus=(taskset -c 1)
+  load_cpu=0
   layout="wrk/oha and the upstream pinned to CPU 0; the contender alone on CPU 1"
 else
   client_cpus=()
   server_cpus=()
+  load_cpu=
   layout="no pinning: load generators, upstream and contender share all $cpus CPUs"
 fi
 
@@ -257,6 +263,9 @@ sum_status() { # sum_status FIELD PID… → KiB
   done
   echo "$total"
 }
+cpu_idle_busy() { # cpu_idle_busy CPU → "IDLE_TICKS ALL_TICKS" of that CPU so far (/proc/stat)
+  awk -v cpu="cpu$1" '$1 == cpu { idle = $5 + $6; all = 0; for (i = 2; i <= NF; i++) all += $i; print idle, all }' /proc/stat
+}
 sum_cpu() { # sum_cpu user|system PID… → clock ticks
   local total=0 pid part=$1
   shift
@@ -338,6 +347,7 @@ saturate() { # saturate NAME SMALL|LARGE CONTENDER [DURATION]
 
 # Per contender: this round's figures, and every round's (space-separated, for the medians).
 declare -A rps large_rps idle_kib peak_mib
+declare -A all_load_idle # the load side's CPU, idle share over each small saturation run
 declare -A all_rps all_cpu100k all_user100k all_system100k all_large_rps all_p50 all_p99 all_p999 all_ratio all_large_ratio
 declare -A got
 measure() { # measure CONTENDER PID ROUND
@@ -357,15 +367,21 @@ measure() { # measure CONTENDER PID ROUND
   log "$name: saturation, small SOAP (${tool_used[$name]} -c$connections, $duration)"
   local recorder=
   if [ -n "$perf_dir" ]; then
-    "$perf_bin" record -q -F 1999 -o "$perf_dir/$name.$round.data" \
+    "$perf_bin" record -q -F 1999 ${BENCH_PERF_CALLERS:+-g} -o "$perf_dir/$name.$round.data" \
       -p "$(IFS=,; echo "${procs[*]}")" >"$work/$name.perf.log" 2>&1 &
     recorder=$!
   fi
   before_user=$(sum_cpu user "${procs[@]}")
   before_system=$(sum_cpu system "${procs[@]}")
+  local load_before=
+  [ -z "$load_cpu" ] || load_before=$(cpu_idle_busy "$load_cpu")
   saturate "$name.small" small "$name"
   after_user=$(sum_cpu user "${procs[@]}")
   after_system=$(sum_cpu system "${procs[@]}")
+  if [ -n "$load_cpu" ]; then
+    all_load_idle[$name]+="$(echo "$load_before $(cpu_idle_busy "$load_cpu")" |
+      awk '{ printf "%.1f", ($4 > $2 ? 100 * ($3 - $1) / ($4 - $2) : 0) }') "
+  fi
   if [ -n "$recorder" ]; then
     kill -INT "$recorder" 2>/dev/null || true
     wait "$recorder" || true # perf exits non-zero on SIGINT
@@ -516,6 +532,15 @@ else
   reference="the faster of nginx and HAProxy in each round ($(for name in "${!reference_count[@]}"; do printf '%s %s of %s, ' "$name" "${reference_count[$name]}" "$rounds"; done | sed 's/, $//'))"
   figures_note="medians of $rounds rounds, each round in a rotated order; ratios: the median of the rounds' own ratios (range in brackets); peak RSS the highest of the rounds; idle memory from the first round"
 fi
+load_idle_line=
+if [ -n "$load_cpu" ]; then
+  load_idle_line="- the load side's CPU ($load_cpu: load generator and upstream) idle during the small saturation runs$([ "$rounds" = 1 ] || echo ", medians"):"
+  for name in "${contenders[@]}"; do
+    # shellcheck disable=SC2086 # the list splits on purpose
+    load_idle_line+=" $name $(median ${all_load_idle[$name]})%,"
+  done
+  load_idle_line="${load_idle_line%,}; the more it idles, the more a contender's kernel spends waking it (on a VM an inter-processor interrupt to a halted vCPU): a slower contender pays more per request for the same wake-ups"$'\n'
+fi
 oha_loaded=
 for name in "${contenders[@]}"; do
   [ "${tool_used[$name]:-}" != oha ] || oha_loaded+="${oha_loaded:+, }$name"
@@ -532,7 +557,7 @@ report=$(
 - saturation: \`wrk -t1 -c$connections -d$duration\` (small GetFolder, every body checked), \`wrk -t1 -c$large_connections -d$duration\` (GetItem answered with 1 MiB)$oha_loaded; latency: \`oha -q $rate -c$connections -z $duration --latency-correction\`; idle: $idle keep-alive connections after one request each (HAProxy at most $haproxy_idle: two descriptors per connection, 20,000 per process here)
 - figures: $figures_note
 - reference for the ratios: $reference
-- reproduce: \`$command_line\`
+${load_idle_line}- reproduce: \`$command_line\`
 
 | contender | small req/s | ratio | 1 MiB req/s | ratio | p50 ms @${rate}/s | p99 ms | p99.9 ms | CPU s / 100k req (user + kernel) | peak RSS MiB | KiB / idle conn |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
