@@ -62,7 +62,8 @@
 #   BENCH_PERF_CALLERS=     with BENCH_PERF, "1": call graphs too (`perf record -g`), for
 #                           `perf report --no-children -S SYMBOL -G`: who calls a kernel
 #                           function (the kernel's stacks are whole; user space's stop where a
-#                           library has no frame pointers)
+#                           library has no frame pointers); "dwarf": user space's stacks
+#                           unwound from their debug info (seg-proxy only; large files)
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
@@ -367,7 +368,7 @@ measure() { # measure CONTENDER PID ROUND
   log "$name: saturation, small SOAP (${tool_used[$name]} -c$connections, $duration)"
   local recorder=
   if [ -n "$perf_dir" ]; then
-    "$perf_bin" record -q -F 1999 ${BENCH_PERF_CALLERS:+-g} -o "$perf_dir/$name.$round.data" \
+    "$perf_bin" record -q -F 1999 ${BENCH_PERF_CALLERS:+--call-graph=$([ "$BENCH_PERF_CALLERS" = dwarf ] && echo dwarf || echo fp)} -o "$perf_dir/$name.$round.data" \
       -p "$(IFS=,; echo "${procs[*]}")" >"$work/$name.perf.log" 2>&1 &
     recorder=$!
   fi

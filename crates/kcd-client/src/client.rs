@@ -355,22 +355,26 @@ impl KcdClient {
             user.clone(),
             ServiceName::canonical(target_spn, &inner.service.realm),
         );
+        // The fetch is boxed: its state (the KDC exchanges, ≈ 3.5 KB) would otherwise be part of
+        // every token's future, allocated and copied for each request that the cache answers.
         let credential = inner
             .tickets
-            .get_or_fetch(&key, now, || async {
-                let target = self.target(target_spn)?;
-                match self.delegate(user, &target).await {
-                    // The TGT expired earlier than it said (the KDC's clock or policy): log
-                    // in again once.
-                    Err(KcdError::KdcError { code, .. })
-                        if code == asn1::error_code::TKT_EXPIRED =>
-                    {
-                        inner.tgt.clear();
-                        inner.evidence.invalidate(user);
-                        self.delegate(user, &target).await
+            .get_or_fetch(&key, now, || {
+                Box::pin(async {
+                    let target = self.target(target_spn)?;
+                    match self.delegate(user, &target).await {
+                        // The TGT expired earlier than it said (the KDC's clock or policy): log
+                        // in again once.
+                        Err(KcdError::KdcError { code, .. })
+                            if code == asn1::error_code::TKT_EXPIRED =>
+                        {
+                            inner.tgt.clear();
+                            inner.evidence.invalidate(user);
+                            self.delegate(user, &target).await
+                        }
+                        other => other,
                     }
-                    other => other,
-                }
+                })
             })
             .await?;
         Ok(ServiceTicket { credential })
@@ -499,5 +503,27 @@ mod tests {
             // Written into the buffer made for it, never grown.
             assert_eq!(value.capacity(), value.len());
         }
+    }
+
+    /// Every request allocates and moves its token's future, so it stays small: the KDC
+    /// exchanges of a fetch (≈ 3.5 KB of state) live in a box of their own, made on a miss.
+    #[test]
+    fn a_tokens_future_does_not_carry_the_kdc_exchanges() {
+        fn size_of_future<F: Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let config = KcdConfig::new(
+            vec![crate::RealmConfig::new("TEST.LOCAL", ["127.0.0.1:1"])],
+            "HTTP/gw.test.local",
+            Credentials::Password("x".into()),
+        );
+        let client = KcdClient::new(config).unwrap();
+        let user = UserName::enterprise("alice@corp.example").unwrap();
+        let token = client.negotiate_token(&user, "HTTP/exchange.test.local", None);
+        assert!(
+            size_of_future(&token) < 1024,
+            "{} bytes",
+            size_of_future(&token)
+        );
     }
 }
