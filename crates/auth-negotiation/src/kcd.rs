@@ -389,8 +389,9 @@ pub struct KcdAuth<S, K> {
     inner: S,
     kcd: K,
     settings: Arc<Settings>,
-    /// The last certificate UPN read and its user name. A service serves one client
-    /// connection, whose certificate never changes: its requests need the name read once.
+    /// The last certificate UPN read and its user name. The gateway gives each client
+    /// connection its own clone of the stack, and a connection's certificate never changes:
+    /// its requests need the name read once.
     last_user: Option<(Arc<str>, UserName)>,
 }
 
@@ -428,23 +429,19 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let named = match certificate_user(request.extensions()) {
-            Some(upn) if !request.headers().contains_key(header::AUTHORIZATION) => {
-                let span = tracing::info_span!("kcd_auth", user = %upn);
-                self.user(upn)
-                    .map_err(|error| {
-                        let _entered = span.enter();
-                        kcd_fault(upn, &error.into())
-                    })
-                    .map(|(upn, user)| (upn, user, span))
-            }
+        let upn = match certificate_user(request.extensions()) {
+            Some(upn) if !request.headers().contains_key(header::AUTHORIZATION) => upn,
             _ => {
                 return ResponseFuture::passed(self.inner.call(request.map(KcdBody::streamed)));
             }
         };
-        let (upn, user, span) = match named {
+        let span = tracing::info_span!("kcd_auth", user = %upn);
+        let (upn, user) = match self.user(upn) {
             Ok(named) => named,
-            Err(fault) => return ResponseFuture::answered(fault),
+            Err(error) => {
+                let _entered = span.enter();
+                return ResponseFuture::answered(kcd_fault(upn, &error.into()));
+            }
         };
         // The ready service goes with the request; this one gets a fresh clone (tower's rule
         // for services called from a future).
