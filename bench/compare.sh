@@ -104,6 +104,12 @@ has_contender() { [[ " ${contenders[*]} " == *" $1 "* ]]; }
 scripts/install-deps.sh wrk nginx haproxy python3 curl >&2
 perf_dir=${BENCH_PERF:-}
 perf_bin=
+case ${BENCH_PERF_CALLERS:-} in
+  "") perf_graph=() ;;
+  1) perf_graph=(--call-graph=fp) ;;
+  dwarf) perf_graph=(--call-graph=dwarf) ;;
+  *) die "BENCH_PERF_CALLERS must be empty, 1 or dwarf, not '$BENCH_PERF_CALLERS'" ;;
+esac
 if [ -n "$perf_dir" ]; then
   scripts/install-deps.sh linux-perf >&2
   perf_bin=$(command -v perf || ls /usr/bin/perf_* 2>/dev/null | head -n 1)
@@ -368,7 +374,7 @@ measure() { # measure CONTENDER PID ROUND
   log "$name: saturation, small SOAP (${tool_used[$name]} -c$connections, $duration)"
   local recorder=
   if [ -n "$perf_dir" ]; then
-    "$perf_bin" record -q -F 1999 ${BENCH_PERF_CALLERS:+--call-graph=$([ "$BENCH_PERF_CALLERS" = dwarf ] && echo dwarf || echo fp)} -o "$perf_dir/$name.$round.data" \
+    "$perf_bin" record -q -F 1999 "${perf_graph[@]}" -o "$perf_dir/$name.$round.data" \
       -p "$(IFS=,; echo "${procs[*]}")" >"$work/$name.perf.log" 2>&1 &
     recorder=$!
   fi

@@ -471,7 +471,8 @@ impl tower::Service<KcdRequest> for KcdClient {
 
     fn call(&mut self, request: KcdRequest) -> Self::Future {
         let client = self.clone();
-        // Boxed: the future is an async fn's, and a KDC round trip dwarfs the allocation.
+        // Boxed: the future is an async fn's. It is made for every request, so a ticket fetch's
+        // state is boxed apart (in `service_ticket`), and a cached ticket's future stays small.
         Box::pin(async move {
             client
                 .negotiate_token(
