@@ -34,6 +34,13 @@ set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
 mode=${PROFILE_MODE:-proxy}
+# lib.sh's seg_proxy_config names proxying only "plain"; any other name there means every layer
+# on, which without the test UEM started below refuses every request.
+case $mode in
+  proxy) config_mode=plain ;;
+  full) config_mode=full ;;
+  *) die "PROFILE_MODE is proxy or full, not '$mode'" ;;
+esac
 duration=${PROFILE_DURATION:-10s}
 connections=${PROFILE_CONNECTIONS:-32}
 record=${PROFILE_RECORD:-}
@@ -63,7 +70,7 @@ if [ "$mode" = full ]; then
   pids+=($!)
   wait_for_port "${pids[-1]}" "$uem_port" uem
 fi
-seg_proxy_config "$mode" "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg.toml"
+seg_proxy_config "$config_mode" "$proxy_port" "$upstream_port" "$uem_port" "$admin_port" >"$work/seg.toml"
 TOKIO_WORKER_THREADS=1 taskset -c 1 "$seg_proxy" run --config "$work/seg.toml" \
   >"$work/seg-proxy.log" 2>&1 &
 gateway=$!
@@ -106,6 +113,12 @@ kill -INT "$perf_pid"
 wait "$perf_pid" 2>/dev/null || true
 result=$(grep '^RESULT' "$work/wrk.out")
 requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")
+# Every answer must be the upstream's EWS success: a refusal costs the gateway far less than
+# proxying, and a profile of refusals would pass for a fast gateway.
+for key in non2xx not_success err_status err_connect err_read err_write err_timeout; do
+  count=$(sed -E "s/.* $key=([0-9]+).*/\1/" <<<"$result")
+  [ "$count" = 0 ] || die "$key=$count in $requests requests: every answer must be a 200 EWS success"
+done
 rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$result")
 if [ -n "$copy_event" ]; then
   [ -z "${added_probe:-}" ] || "$perf_bin" probe -q -d "$added_probe" >/dev/null 2>&1 || true
