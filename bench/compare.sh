@@ -286,14 +286,7 @@ wrk_run() { # wrk_run NAME CONNECTIONS DURATION [env…] → $work/NAME.txt, RES
   env "$@" "${client_cpus[@]}" wrk -t1 -c"$conns" -d"$length" --latency -s bench/soap-post.lua \
     "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx" >"$work/$name.txt" 2>&1 ||
     die "wrk ($name) failed:$(printf '\n')$(cat "$work/$name.txt")"
-  local result field key
-  result=$(grep '^RESULT ' "$work/$name.txt") || die "no RESULT line from wrk ($name)"
-  got=()
-  for field in ${result#RESULT }; do got[${field%%=*}]=${field#*=}; done
-  [ "${got[requests]}" -gt 0 ] || die "$name: no request completed"
-  for key in non2xx not_success err_connect err_read err_write err_status err_timeout; do
-    [ "${got[$key]}" = 0 ] || die "$name: $key=${got[$key]} (every response must be a 200 EWS success)"
-  done
+  wrk_result "$name" "$work/$name.txt"
 }
 
 # How contender NAME's clients authenticate: Basic credentials, or (seg-kcd) a client certificate

@@ -293,6 +293,23 @@ cpu_layout() {
 }
 
 # --- wrk runs --------------------------------------------------------------------------------
+# wrk_result NAME FILE: the RESULT line bench/soap-post.lua wrote to FILE, into got[] (an
+# associative array the caller declared: got[requests], got[rps], got[p50_us]…); dies unless
+# every response was a 200 EWS success. A run of refusals costs a gateway far less than
+# proxying, and would otherwise pass for a fast one.
+wrk_result() {
+  local name=$1 file=$2 result field key
+  result=$(grep '^RESULT ' "$file") || die "no RESULT line from wrk ($name)"
+  got=()
+  for field in ${result#RESULT }; do got[${field%%=*}]=${field#*=}; done
+  [ "${got[requests]}" -gt 0 ] || die "$name: no request completed"
+  for key in non2xx not_success err_connect err_read err_write err_status err_timeout; do
+    [ "${got[$key]}" = 0 ] || die "$name: $key=${got[$key]} (every response must be a 200 EWS success)"
+  done
+  [ "${got[responses]}" = "${got[requests]}" ] ||
+    die "$name: ${got[responses]} responses for ${got[requests]} requests"
+}
+
 # wrk_measure NAME URL LABEL=PID…: a warm-up (unless $warmup is 0), then a run of $duration
 # with "${wrk_args[@]}" under "${client_cpus[@]}"; checks every response (the RESULT line of
 # bench/soap-post.lua) and that each process still lives. Sets, in associative arrays the
@@ -300,7 +317,7 @@ cpu_layout() {
 # cpu_us[NAME.LABEL] (each process's CPU per request, µs) and other_cpu[NAME] (CPUs' worth other
 # processes used meanwhile: 0.00 on an otherwise idle machine).
 wrk_measure() {
-  local name=$1 url=$2 result field key requests proc label pid before_all after_all ticks
+  local name=$1 url=$2 requests proc label pid before_all after_all ticks
   shift 2
   local -A before=()
   if [ "$warmup" != 0 ]; then
@@ -324,17 +341,9 @@ wrk_measure() {
   done
   sed 's/^/  /' "$work/$name.txt" >&2
   for proc in "$@"; do assert_alive "${proc#*=}" "${proc%%=*}"; done
-  result=$(grep '^RESULT ' "$work/$name.txt") || die "no RESULT line from wrk against $name"
   local -A got=()
-  for field in ${result#RESULT }; do
-    got[${field%%=*}]=${field#*=}
-  done
+  wrk_result "$name" "$work/$name.txt"
   requests=${got[requests]}
-  [ "$requests" -gt 0 ] || die "$name: no request completed"
-  for key in non2xx not_success err_connect err_read err_write err_status err_timeout; do
-    [ "${got[$key]}" = 0 ] || die "$name: $key=${got[$key]} (every response must be a 200 EWS success)"
-  done
-  [ "${got[responses]}" = "$requests" ] || die "$name: ${got[responses]} responses for $requests requests"
   rps[$name]=${got[rps]}
   p50[$name]=${got[p50_us]}
   p99[$name]=${got[p99_us]}

@@ -133,10 +133,9 @@ throughput() { # throughput PORT → requests/s
   wrk -t1 -c"$connections" -d"$duration" -s bench/soap-post.lua \
     "https://127.0.0.1:$1/EWS/Exchange.asmx" >"$work/wrk-$1.txt" 2>&1 ||
     die "wrk failed:$(printf '\n')$(cat "$work/wrk-$1.txt")"
-  local result
-  result=$(grep '^RESULT ' "$work/wrk-$1.txt") || die "no RESULT from wrk"
-  grep -q 'non2xx=0 not_success=0' <<<"$result" || die "requests failed: $result"
-  sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$result"
+  local -A got=()
+  wrk_result "port $1" "$work/wrk-$1.txt"
+  echo "${got[rps]}"
 }
 log "throughput: three nodes behind HAProxy, then one"
 throughput "$lb1_port" >/dev/null # warm-up
