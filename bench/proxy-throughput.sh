@@ -14,7 +14,7 @@
 #   BENCH_PIN=split         split: wrk on CPU 0, the test Exchange server and seg-proxy on CPU 1
 #                           (needs 2 CPUs; falls back to none with fewer); none: no pinning
 #   BENCH_EXCHANGE_PORT, BENCH_PROXY_PORT   loopback ports (default: free ones picked at random)
-#   BENCH_DOC=docs/benchmarks.md            where the results are appended ("" for nowhere)
+#   BENCH_DOC=docs/benchmarks.md            where the results are added ("" for nowhere)
 #   BENCH_NO_BUILD=1        use the release binaries already in the target dir
 #   BENCH_MIN_RATIO=0.70    the target ratio proxy/direct
 set -euo pipefail
@@ -123,19 +123,18 @@ if awk -v d="${other_cpu[direct]}" -v p="${other_cpu[proxy]}" 'BEGIN { exit !(d 
   verdict="$verdict — but **unreliable**: other processes took CPU during the runs (direct ${other_cpu[direct]}, proxy ${other_cpu[proxy]} CPUs' worth); run again on a quiet machine"
 fi
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-  commit="$commit (with uncommitted changes)"
-fi
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+# Gateway settings given by SEG_* variables (e.g. SEG_EXCHANGE__POOL__HTTP2_SHORT_REQUESTS=true)
+# change what is measured: say which, leaving out anything that may hold a secret.
+settings=$(env | awk '/^SEG_/ && !/^[^=]*(PASSWORD|SECRET|TOKEN|KEY)/ { print "`" $0 "`" }' | sort | paste -sd, - | sed 's/,/, /g')
 
 report=$(
   cat <<EOF
 
 #### Run of $(date -u '+%Y-%m-%d %H:%M UTC')
 
-- machine: $cpus CPUs ($cpu_model), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)
-- commit: $commit; $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)
+- machine: $(machine_line)
+- commit: $(commit_line); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)
+- gateway settings: the defaults (short requests to Exchange over pooled HTTP/1.1, long-lived ones over HTTP/2)${settings:+; from the environment: $settings}
 - load: \`wrk -t$threads -c$connections -d$duration --latency -s bench/soap-post.lua\` (after a ${warmup} warm-up), TLS and keep-alive, GetFolder of the inbox with Basic credentials; every response checked to be a 200 EWS success
 - layout: $layout
 - other processes on the machine during the measured runs (CPUs' worth, of $cpus): direct ${other_cpu[direct]}, proxy ${other_cpu[proxy]}
@@ -150,7 +149,5 @@ Target (proxy ≥ 70% of direct): $verdict.
 EOF
 )
 printf '%s\n' "$report"
-if [ -n "$doc" ]; then
-  printf '%s\n' "$report" >>"$doc"
-  log "appended to $doc"
-fi
+[ -z "$doc" ] ||
+  add_run "$doc" 'Proxy throughput (issue 2)' '<!-- bench/proxy-throughput.sh adds its runs above this line -->' "$report"
