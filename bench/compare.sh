@@ -23,8 +23,8 @@
 #     omission)
 #   - memory per idle keep-alive connection (BENCH_IDLE connections, one request each, held)
 #   - peak RSS (VmHWM, summed over the contender's processes)
-# Prints a table with ratios to the faster of nginx and HAProxy and appends it, with the machine
-# and the command, to docs/benchmarks.md.
+# Prints a table with ratios to the faster of nginx and HAProxy and adds it, with the machine
+# and the command, to its section of docs/benchmarks.md.
 #
 # usage: bench/compare.sh
 #
@@ -45,7 +45,7 @@
 #                           most: this machine's hard limit is 20,000 descriptors per process,
 #                           unraisable even by root, and HAProxy reserves two per connection
 #                           (maxconn 9,900 here)
-#   BENCH_DOC=docs/benchmarks.md   where the results are appended ("" for nowhere)
+#   BENCH_DOC=docs/benchmarks.md   where the results are added ("" for nowhere)
 #   BENCH_NO_BUILD=1        use the release binaries already in the target dir
 #   BENCH_SEG_PROXY=PATH    run that seg-proxy binary (another build); the run's record names it
 #   BENCH_ROUNDS=1          rounds over the contenders (each round in a rotated order; idle
@@ -565,16 +565,5 @@ ${rows%$'\n'}
 EOF
 )
 printf '%s\n' "$report"
-# Into the comparison's section of the doc (before its end marker), else at the end.
-if [ -n "$doc" ]; then
-  printf '%s\n' "$report" >"$work/report.md"
-  python3 - "$doc" "$work/report.md" <<'PY'
-import sys
-doc, report = sys.argv[1], open(sys.argv[2]).read()
-marker = "<!-- bench/compare.sh adds its runs above this line -->"
-text = open(doc).read() if __import__("os").path.exists(doc) else ""
-text = text.replace(marker, report.strip("\n") + "\n\n" + marker, 1) if marker in text else text + report
-open(doc, "w").write(text)
-PY
-  log "added to $doc"
-fi
+[ -z "$doc" ] ||
+  add_run "$doc" 'seg-proxy against nginx and HAProxy (issue 7)' '<!-- bench/compare.sh adds its runs above this line -->' "$report"

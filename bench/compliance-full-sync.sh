@@ -9,7 +9,7 @@
 # first sync into an empty view, as at start; the second over the loaded view, as the periodic
 # full sync). It reports the wall time of fetch + parse + build, and the process's peak RSS
 # (VmHWM, and /usr/bin/time's "Maximum resident set size"), for each page size; prints a table
-# and appends it to docs/benchmarks.md.
+# and adds it to its section of docs/benchmarks.md.
 #
 # usage: bench/compliance-full-sync.sh
 #
@@ -17,7 +17,7 @@
 #   BENCH_DEVICES=1000000          devices in the UEM
 #   BENCH_PAGE_SIZES="500 5000"    page sizes to try (the gateway's default is 500)
 #   BENCH_UEM_TLS=1                UEM over TLS (as a real console); 0 for plain HTTP
-#   BENCH_DOC=docs/benchmarks.md   where the results are appended ("" for nowhere)
+#   BENCH_DOC=docs/benchmarks.md   where the results are added ("" for nowhere)
 #   BENCH_NO_BUILD=1               use the binaries already built
 #   BENCH_MAX_SECONDS=5 BENCH_MAX_RSS_MB=500   the targets
 set -euo pipefail
@@ -141,7 +141,5 @@ $verdicts
 EOF
 )
 printf '%s\n' "$report"
-if [ -n "$doc" ]; then
-  printf '%s\n' "$report" >>"$doc"
-  log "appended to $doc"
-fi
+[ -z "$doc" ] ||
+  add_run "$doc" 'Compliance (issue 3)' '<!-- bench/compliance-full-sync.sh adds its runs above this line -->' "$report"

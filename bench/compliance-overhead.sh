@@ -7,7 +7,7 @@
 # synced from `seg-testbed uem` (holding BENCH_DEVICES devices, the one wrk sends among them,
 # enrolled and compliant, so that every request passes). The runs alternate (off, on, on, off,
 # off, on…) so that drifting background load and run order hit both alike; each is checked to be all 200 EWS successes.
-# Prints a table and appends it to docs/benchmarks.md.
+# Prints a table and adds it to its section of docs/benchmarks.md.
 #
 # usage: bench/compliance-overhead.sh
 #
@@ -230,7 +230,5 @@ Mean requests/s: without compliance $off_mean, with $on_mean. Target (under 5% a
 EOF
 )
 printf '%s\n' "$report"
-if [ -n "$doc" ]; then
-  printf '%s\n' "$report" >>"$doc"
-  log "appended to $doc"
-fi
+[ -z "$doc" ] ||
+  add_run "$doc" 'Compliance (issue 3)' '<!-- bench/compliance-overhead.sh adds its runs above this line -->' "$report"

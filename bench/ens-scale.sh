@@ -251,7 +251,5 @@ average $(load_now) at the end.
 EOF
 )
 printf '%s\n' "$report"
-if [ -n "$doc" ]; then
-  printf '%s\n' "$report" >>"$doc"
-  log "appended to $doc"
-fi
+[ -z "$doc" ] ||
+  add_run "$doc" 'mock-ens and ENS traffic at scale (issue 6)' '<!-- bench/ens-scale.sh adds its runs above this line -->' "$report"
