@@ -184,6 +184,9 @@ struct ExchangeArgs {
     /// TLS certificate (RFC 5929 tls-server-end-point channel bindings).
     #[arg(long, requires = "keytab", requires = "tls_cert")]
     require_channel_binding: bool,
+    /// How many of the latest requests are kept for `GET /testbed/requests` (0: none).
+    #[arg(long, default_value_t = seg_testbed::DEFAULT_RECORDED_REQUESTS)]
+    record_requests: usize,
 }
 
 fn main() -> ExitCode {
@@ -290,6 +293,7 @@ async fn exchange(args: ExchangeArgs) -> Result<(), BoxError> {
     config.minute = Duration::from_millis(args.minute_ms.max(1));
     config.keepalive_interval = Duration::from_millis(args.keepalive_ms.max(1));
     config.server_name = args.server_name;
+    config.record_requests = args.record_requests;
     config.negotiate = args.keytab.map(|keytab| NegotiateConfig {
         keytab,
         require_channel_binding: args.require_channel_binding,
@@ -544,6 +548,9 @@ struct UemArgs {
     /// The API user's organization group, which holds every device.
     #[arg(long, default_value_t = seg_testbed::uem::DEFAULT_ORGANIZATION_GROUP_ID)]
     organization_group_id: u64,
+    /// How many of the latest requests are kept for `GET /testbed/requests` (0: none).
+    #[arg(long, default_value_t = seg_testbed::DEFAULT_RECORDED_REQUESTS)]
+    record_requests: usize,
 }
 
 async fn uem(args: UemArgs) -> Result<(), BoxError> {
@@ -559,6 +566,7 @@ async fn uem(args: UemArgs) -> Result<(), BoxError> {
     };
     config.tenant_code = args.tenant_code;
     config.organization_group_id = args.organization_group_id;
+    config.record_requests = args.record_requests;
     config.webhook = match (&args.webhook, &args.webhook_secret) {
         (Some(url), Some(secret)) => Some(Webhook::new(url, secret)),
         _ => None,

@@ -36,6 +36,7 @@ pub mod fault_proxy;
 pub mod harness;
 pub mod kdc;
 pub mod pki;
+mod recording;
 pub mod redis;
 pub mod samba;
 mod serve;
@@ -45,3 +46,4 @@ pub mod uem;
 pub mod upstream;
 
 pub use error::{Error, Result};
+pub use recording::DEFAULT_RECORDED_REQUESTS;

@@ -680,3 +680,32 @@ async fn windows_authentication_over_h2_is_reset_with_http_1_1_required() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn only_the_latest_requests_are_kept_and_every_one_is_counted() {
+    let testbed = TestExchange::start(|config| config.record_requests = 2)
+        .await
+        .unwrap();
+    let alice = testbed.basic("alice@test.local");
+    for name in ["first", "second", "third"] {
+        let (status, _, _) =
+            ews_text(&testbed, &alice, &[("X-Request-Name", name)], GET_INBOX).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    let kept = testbed.server.requests();
+    assert_eq!(testbed.server.requests_received(), 3);
+    let names: Vec<&str> = kept
+        .iter()
+        .map(|r| r.headers["x-request-name"].to_str().unwrap())
+        .collect();
+    assert_eq!(names, ["second", "third"]);
+    assert!(
+        kept.iter()
+            .all(|r| r.body.starts_with(b"<?xml") || !r.body.is_empty())
+    );
+    assert!(
+        kept.iter()
+            .all(|r| r.operation.as_deref() == Some("GetFolder"))
+    );
+}

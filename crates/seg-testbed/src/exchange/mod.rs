@@ -65,6 +65,7 @@ use tokio::sync::watch;
 
 use crate::client::HttpClient;
 use crate::error::{Error, Result};
+use crate::recording::{RequestLog, owned_headers};
 use crate::serve::Running;
 use crate::token::TokenVerifier;
 use subscriptions::{Store, mailbox_key};
@@ -184,6 +185,10 @@ pub struct ExchangeConfig {
     pub push_timeout: Duration,
     /// The largest request body accepted (413 beyond).
     pub max_body: usize,
+    /// How many of the latest requests [`ExchangeHandle::requests`] keeps
+    /// ([`DEFAULT_RECORDED_REQUESTS`](crate::DEFAULT_RECORDED_REQUESTS) by default; 0 keeps
+    /// none). Their bodies are kept up to 64 MiB in all, the newest request's whatever its size.
+    pub record_requests: usize,
 }
 
 impl ExchangeConfig {
@@ -209,6 +214,7 @@ impl Default for ExchangeConfig {
             push_roots: None,
             push_timeout: Duration::from_secs(30),
             max_body: 10 * 1024 * 1024,
+            record_requests: crate::DEFAULT_RECORDED_REQUESTS,
         }
     }
 }
@@ -330,12 +336,13 @@ impl ExchangeServer {
                 .entry(mailbox_key(&user.mailbox))
                 .or_insert_with(|| mailbox::Mailbox::new(&user.mailbox));
         }
+        let record_requests = config.record_requests;
         let shared = Arc::new(Shared {
             affinity_salt: rand::random(),
             acceptor,
             config,
             store: Mutex::new(store),
-            requests: Mutex::new(Vec::new()),
+            requests: Mutex::new(RequestLog::new(record_requests)),
             shutdown: shutdown_rx,
             push_client,
             next_token: AtomicU64::new(1),
@@ -390,14 +397,21 @@ impl ExchangeHandle {
         self.shared.deliver(mailbox, message)
     }
 
-    /// The requests received so far, oldest first.
+    /// The requests received so far, oldest first: the latest
+    /// [`ExchangeConfig::record_requests`] of them.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
+        lock(&self.shared.requests).to_vec()
     }
 
     /// Forgets the requests received so far.
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
+    }
+
+    /// How many requests arrived since the start, kept by [`requests`](Self::requests) or not
+    /// (test controls under `/testbed/` excepted).
+    pub fn requests_received(&self) -> u64 {
+        lock(&self.shared.requests).received()
     }
 
     /// The number of live subscriptions (all mailboxes, all kinds).
@@ -424,7 +438,7 @@ pub(crate) struct Shared {
     config: ExchangeConfig,
     acceptor: Option<negotiate::Acceptor>,
     store: Mutex<Store>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    requests: Mutex<RequestLog<RecordedRequest>>,
     shutdown: watch::Receiver<bool>,
     push_client: HttpClient,
     affinity_salt: u64,
@@ -529,21 +543,26 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     } else {
         None
     };
-    lock(&shared.requests).push(RecordedRequest {
-        method: parts.method.clone(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_string())
-            .unwrap_or_else(|| "/".into()),
-        headers: parts.headers.clone(),
-        operation,
-        authenticated_user: match &authenticated {
-            Some(Ok(principal)) => Some(principal.upn.clone()),
-            _ => None,
+    lock(&shared.requests).push(
+        RecordedRequest {
+            method: parts.method.clone(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers: owned_headers(&parts.headers),
+            operation,
+            authenticated_user: match &authenticated {
+                Some(Ok(principal)) => Some(principal.upn.clone()),
+                _ => None,
+            },
+            // A copy: the body as read shares the connection's read buffer, which a kept slice
+            // of it would hold.
+            body: Bytes::copy_from_slice(&body),
         },
-        body,
-    });
+        body.len(),
+    );
     let principal = match authenticated {
         None => return respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
         Some(Ok(principal)) => principal,

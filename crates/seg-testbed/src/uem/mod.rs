@@ -104,6 +104,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::recording::{RequestLog, owned_headers};
 use crate::serve::Running;
 use device::MemDevice;
 use webhook::Outbox;
@@ -160,6 +161,10 @@ pub struct UemConfig {
     pub webhook: Option<Webhook>,
     /// The largest test-control request body accepted (`413` beyond).
     pub max_body: usize,
+    /// How many of the latest API requests [`UemHandle::requests`] keeps
+    /// ([`DEFAULT_RECORDED_REQUESTS`](crate::DEFAULT_RECORDED_REQUESTS) by default; 0 keeps
+    /// none).
+    pub record_requests: usize,
 }
 
 impl UemConfig {
@@ -176,6 +181,7 @@ impl UemConfig {
             organization_group_id: DEFAULT_ORGANIZATION_GROUP_ID,
             webhook: None,
             max_body: 1024 * 1024,
+            record_requests: crate::DEFAULT_RECORDED_REQUESTS,
         }
     }
 }
@@ -330,6 +336,7 @@ impl UemServer {
             organization_group_id,
             webhook,
             max_body,
+            record_requests,
         } = config;
         let store = Store::new(devices, Timestamp::now())?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -342,7 +349,7 @@ impl UemServer {
                 max_body,
             },
             store: Mutex::new(store),
-            requests: Mutex::new(Vec::new()),
+            requests: Mutex::new(RequestLog::new(record_requests)),
             mode: Mutex::new(Mode::Normal),
             outbox,
             shutdown: shutdown_rx,
@@ -457,14 +464,21 @@ impl UemHandle {
         *lock(&self.shared.mode) = mode;
     }
 
-    /// The API requests received so far, oldest first.
+    /// The API requests received so far, oldest first: the latest
+    /// [`UemConfig::record_requests`] of them.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
+        lock(&self.shared.requests).to_vec()
     }
 
     /// Forgets the API requests received so far.
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
+    }
+
+    /// How many API requests arrived since the start, kept by [`requests`](Self::requests) or
+    /// not.
+    pub fn requests_received(&self) -> u64 {
+        lock(&self.shared.requests).received()
     }
 
     /// Every change event and what became of it, oldest first (empty without a webhook).
@@ -495,7 +509,7 @@ struct Settings {
 struct Shared {
     settings: Settings,
     store: Mutex<Store>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    requests: Mutex<RequestLog<RecordedRequest>>,
     mode: Mutex<Mode>,
     outbox: Option<Outbox>,
     shutdown: watch::Receiver<bool>,
@@ -791,15 +805,18 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         return control(&shared, &parts.method, parts.uri.path(), &body);
     }
     drop(body);
-    lock(&shared.requests).push(RecordedRequest {
-        method: parts.method.clone(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_string())
-            .unwrap_or_else(|| "/".into()),
-        headers: parts.headers.clone(),
-    });
+    lock(&shared.requests).push(
+        RecordedRequest {
+            method: parts.method.clone(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers: owned_headers(&parts.headers),
+        },
+        0,
+    );
     api(&shared, &parts).await
 }
 
