@@ -5,7 +5,8 @@
 //! `Unsubscribe`; pushes `SendNotification` to push subscribers; answers `GET
 //! /EWS/Services.wsdl`; and offers test controls: `POST /testbed/deliver` (JSON `{"mailbox",
 //! "subject"}`) delivers a message to a mailbox's Inbox, raising `NewMailEvent` and
-//! `CreatedEvent`, and `GET /testbed/requests` lists the EWS requests received.
+//! `CreatedEvent`, and `GET /testbed/requests` lists the latest EWS requests received
+//! ([`ExchangeConfig::record_requests`] of them).
 //!
 //! The ActiveSync virtual directory (`/Microsoft-Server-ActiveSync`, any case) is there only as
 //! far as authentication goes: it authenticates as EWS does and answers an authenticated

@@ -46,7 +46,8 @@
 //! - `POST /testbed/mode` with `{"mode": "normal" | "down" | "garbage" | "empty_list" |
 //!   "no_content" | "truncated_page"}`, `{"mode": "slow", "delay_ms": N}` or `{"mode":
 //!   "down_from_page", "page": N}` sets the fault mode ([`Mode`]).
-//! - `GET /testbed/requests` and `GET /testbed/webhook-deliveries` list what happened.
+//! - `GET /testbed/requests` (the latest [`UemConfig::record_requests`] API requests) and `GET
+//!   /testbed/webhook-deliveries` list what happened.
 //!
 //! Malformed JSON is `400` with a message; an unknown device `404`.
 //!
