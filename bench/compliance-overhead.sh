@@ -126,8 +126,8 @@ sync_started=$SECONDS
 wait_for_200 "$on_pid" "http://127.0.0.1:$admin_port/readyz" on 300
 log "compliance view loaded ($devices devices) $((SECONDS - sync_started)) s after start"
 wait_for_port "$on_pid" "$on_port" on
-on_rss=$(awk '/^VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$on_pid/status")
-off_rss=$(awk '/^VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$off_pid/status")
+on_rss=$(rss_mib "$on_pid")
+off_rss=$(rss_mib "$off_pid")
 
 # The layer is really there: the device passes, an unknown one is refused with the 403.
 # The SOAP body of bench/soap-post.lua (the quoted pieces of `wrk.body = … .. …`, with its

@@ -292,6 +292,11 @@ cpu_layout() {
   esac
 }
 
+# rss_mib PID: the resident memory of process PID, e.g. "42 MiB".
+rss_mib() {
+  awk '/^VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$1/status"
+}
+
 # --- wrk runs --------------------------------------------------------------------------------
 # wrk_result NAME FILE: the RESULT line bench/soap-post.lua wrote to FILE, into got[] (an
 # associative array the caller declared: got[requests], got[rps], got[p50_us]…); dies unless

@@ -111,6 +111,10 @@ run() {
 
 run direct "https://127.0.0.1:$exchange_port/EWS/Exchange.asmx"
 run proxy "https://127.0.0.1:$proxy_port/EWS/Exchange.asmx"
+# Memory after the runs: a server that keeps something per request shows here (the test
+# Exchange kept every request until 2026-12-06 and grew to 6.6 GB in one run).
+exchange_rss=$(rss_mib "$exchange_pid")
+proxy_rss=$(rss_mib "$proxy_pid")
 
 # --- 6. report -------------------------------------------------------------------------------
 ratio=$(awk -v p="${rps[proxy]}" -v d="${rps[direct]}" 'BEGIN { printf "%.2f", p / d }')
@@ -138,6 +142,7 @@ report=$(
 - load: \`wrk -t$threads -c$connections -d$duration --latency -s bench/soap-post.lua\` (after a ${warmup} warm-up), TLS and keep-alive, GetFolder of the inbox with Basic credentials; every response checked to be a 200 EWS success
 - layout: $layout
 - other processes on the machine during the measured runs (CPUs' worth, of $cpus): direct ${other_cpu[direct]}, proxy ${other_cpu[proxy]}
+- resident memory after both runs: test Exchange $exchange_rss, seg-proxy $proxy_rss
 - reproduce: \`$command_line\`
 
 | target | requests/s | p50 | p99 | ratio proxy/direct | CPU time per request |
