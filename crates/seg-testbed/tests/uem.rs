@@ -712,3 +712,21 @@ async fn a_million_devices_are_served_page_by_page() {
     }
     assert_eq!(next - 1, N);
 }
+
+#[tokio::test]
+async fn only_the_latest_api_requests_are_kept_and_every_one_is_counted() {
+    let uem = start(uem::generate(3), |config| config.record_requests = 1).await;
+    for page in 0..3 {
+        let (status, _) = search(&uem, &format!("page={page}&pagesize=1")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Test controls are not API requests: neither kept nor counted.
+    let (status, _) = control(&uem, "/testbed/mode", r#"{"mode": "normal"}"#).await;
+    assert_eq!(status, StatusCode::OK);
+
+    assert_eq!(uem.requests_received(), 3);
+    let kept = uem.requests();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].uri.contains("page=2"), "{}", kept[0].uri);
+    assert_eq!(kept[0].headers["accept"], "application/json;version=1");
+}
