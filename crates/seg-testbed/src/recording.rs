@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Uri};
 
 /// How many requests a stand-in keeps by default: far more than any test sends, a few MB.
 pub const DEFAULT_RECORDED_REQUESTS: usize = 10_000;
@@ -74,6 +74,12 @@ impl<T: Clone> RequestLog<T> {
     pub(crate) fn received(&self) -> u64 {
         self.received
     }
+}
+
+/// The path and query of `uri` as a stand-in records it (`/` when it has none).
+pub(crate) fn path_and_query(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| "/".into(), |pq| pq.as_str().to_string())
 }
 
 /// A copy of `headers` that holds its values on its own: the values hyper parsed share the

@@ -66,7 +66,7 @@ use tokio::sync::watch;
 
 use crate::client::HttpClient;
 use crate::error::{Error, Result};
-use crate::recording::{RequestLog, owned_headers};
+use crate::recording::{RequestLog, owned_headers, path_and_query};
 use crate::serve::Running;
 use crate::token::TokenVerifier;
 use subscriptions::{Store, mailbox_key};
@@ -547,11 +547,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     lock(&shared.requests).push(
         RecordedRequest {
             method: parts.method.clone(),
-            uri: parts
-                .uri
-                .path_and_query()
-                .map(|pq| pq.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
+            uri: path_and_query(&parts.uri),
             headers: owned_headers(&parts.headers),
             operation,
             authenticated_user: match &authenticated {

@@ -105,7 +105,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::recording::{RequestLog, owned_headers};
+use crate::recording::{RequestLog, owned_headers, path_and_query};
 use crate::serve::Running;
 use device::MemDevice;
 use webhook::Outbox;
@@ -809,11 +809,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     lock(&shared.requests).push(
         RecordedRequest {
             method: parts.method.clone(),
-            uri: parts
-                .uri
-                .path_and_query()
-                .map(|pq| pq.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
+            uri: path_and_query(&parts.uri),
             headers: owned_headers(&parts.headers),
         },
         0,
