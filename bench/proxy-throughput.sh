@@ -17,11 +17,14 @@
 #   BENCH_DOC=docs/benchmarks.md            where the results are added ("" for nowhere)
 #   BENCH_NO_BUILD=1        use the release binaries already in the target dir
 #   BENCH_MIN_RATIO=0.70    the target ratio proxy/direct
+#   BENCH_SERVICE_TIME_MS=0 how long the test Exchange waits before serving each call (a real
+#                           Exchange's milliseconds; 0, the default, measures the proxy's cost
+#                           against the stand-in's own ≈ 20 µs per request)
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh" # cd to the root; log, die, $work, pids and cleanup at exit, …
 command_line="bench/proxy-throughput.sh"
-for name in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_PIN BENCH_MIN_RATIO; do
+for name in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_PIN BENCH_MIN_RATIO BENCH_SERVICE_TIME_MS; do
   [ -z "${!name:-}" ] || command_line="$name=${!name} $command_line"
 done
 
@@ -32,6 +35,7 @@ threads=${BENCH_THREADS:-1}
 pin=${BENCH_PIN:-split}
 doc=${BENCH_DOC-docs/benchmarks.md}
 min_ratio=${BENCH_MIN_RATIO:-0.70}
+service_time_ms=${BENCH_SERVICE_TIME_MS:-0}
 
 # --- 1. what it needs ------------------------------------------------------------------------
 scripts/install-deps.sh wrk python3 >&2
@@ -63,7 +67,7 @@ export BENCH_AUTHORIZATION="Basic $(printf '%s:%s' "$upn" "$password" | base64 -
 log "starting the test Exchange server on 127.0.0.1:$exchange_port"
 RUST_LOG=warn "${server_cpus[@]}" "$seg_testbed" exchange --listen "127.0.0.1:$exchange_port" \
   --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" \
-  --users "$work/users.json" >"$work/exchange.log" 2>&1 &
+  --users "$work/users.json" --service-time-ms "$service_time_ms" >"$work/exchange.log" 2>&1 &
 exchange_pid=$!
 pids+=("$exchange_pid")
 wait_for_port "$exchange_pid" "$exchange_port" exchange
@@ -131,6 +135,11 @@ ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 # change what is measured: say which, leaving out anything that may hold a secret.
 settings=$(env | awk '/^SEG_/ && !/^[^=]*(PASSWORD|SECRET|TOKEN|KEY)/ { print "`" $0 "`" }' | sort | paste -sd, - | sed 's/,/, /g')
 
+if [ "$service_time_ms" = 0 ]; then
+  upstream_timing="serving each call at once"
+else
+  upstream_timing="waiting $service_time_ms ms before serving each call (\`--service-time-ms\`, a real Exchange's service time)"
+fi
 report=$(
   cat <<EOF
 
@@ -140,6 +149,7 @@ report=$(
 - commit: $(commit_line); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)
 - gateway settings: the defaults (short requests to Exchange over pooled HTTP/1.1, long-lived ones over HTTP/2)${settings:+; from the environment: $settings}
 - load: \`wrk -t$threads -c$connections -d$duration --latency -s bench/soap-post.lua\` (after a ${warmup} warm-up), TLS and keep-alive, GetFolder of the inbox with Basic credentials; every response checked to be a 200 EWS success
+- upstream: \`seg-testbed exchange\`, $upstream_timing
 - layout: $layout
 - other processes on the machine during the measured runs (CPUs' worth, of $cpus): direct ${other_cpu[direct]}, proxy ${other_cpu[proxy]}
 - resident memory after both runs: test Exchange $exchange_rss, seg-proxy $proxy_rss

@@ -184,6 +184,10 @@ struct ExchangeArgs {
     /// TLS certificate (RFC 5929 tls-server-end-point channel bindings).
     #[arg(long, requires = "keytab", requires = "tls_cert")]
     require_channel_binding: bool,
+    /// How long each EWS call waits before it is served, in milliseconds (a real Exchange's
+    /// service time; GetStreamingEvents is not delayed).
+    #[arg(long, default_value_t = 0)]
+    service_time_ms: u64,
     /// How many of the latest requests are kept for `GET /testbed/requests` (0: none).
     #[arg(long, default_value_t = seg_testbed::DEFAULT_RECORDED_REQUESTS)]
     record_requests: usize,
@@ -293,6 +297,7 @@ async fn exchange(args: ExchangeArgs) -> Result<(), BoxError> {
     config.minute = Duration::from_millis(args.minute_ms.max(1));
     config.keepalive_interval = Duration::from_millis(args.keepalive_ms.max(1));
     config.server_name = args.server_name;
+    config.service_time = Duration::from_millis(args.service_time_ms);
     config.record_requests = args.record_requests;
     config.negotiate = args.keytab.map(|keytab| NegotiateConfig {
         keytab,

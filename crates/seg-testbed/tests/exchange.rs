@@ -709,3 +709,20 @@ async fn only_the_latest_requests_are_kept_and_every_one_is_counted() {
             .all(|r| r.operation.as_deref() == Some("GetFolder"))
     );
 }
+
+#[tokio::test]
+async fn a_service_time_delays_every_ews_call_by_at_least_that_long() {
+    let service_time = Duration::from_millis(100);
+    let testbed = TestExchange::start(|config| config.service_time = service_time)
+        .await
+        .unwrap();
+    let alice = testbed.basic("alice@test.local");
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let (status, _, body) = ews_text(&testbed, &alice, &[], GET_INBOX).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains(r#"ResponseClass="Success""#), "{body}");
+        // A lower bound only: the call cannot be answered before its service time is over.
+        assert!(started.elapsed() >= service_time, "{:?}", started.elapsed());
+    }
+}

@@ -186,6 +186,11 @@ pub struct ExchangeConfig {
     pub push_timeout: Duration,
     /// The largest request body accepted (413 beyond).
     pub max_body: usize,
+    /// How long each EWS call waits before it is served (none by default). A real Exchange
+    /// spends milliseconds on a call, this stand-in microseconds; benchmarks that ask how much
+    /// of an upstream's throughput a proxy keeps need the former. `GetStreamingEvents` is not
+    /// delayed (its stream has its own timing).
+    pub service_time: Duration,
     /// How many of the latest requests [`ExchangeHandle::requests`] keeps
     /// ([`DEFAULT_RECORDED_REQUESTS`](crate::DEFAULT_RECORDED_REQUESTS) by default; 0 keeps
     /// none). Their bodies are kept up to 64 MiB in all, the newest request's whatever its size.
@@ -216,6 +221,7 @@ impl Default for ExchangeConfig {
             push_timeout: Duration::from_secs(30),
             max_body: 10 * 1024 * 1024,
             record_requests: crate::DEFAULT_RECORDED_REQUESTS,
+            service_time: Duration::ZERO,
         }
     }
 }
@@ -544,6 +550,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     } else {
         None
     };
+    let delayed = is_ews && operation.as_deref() != Some("GetStreamingEvents");
     lock(&shared.requests).push(
         RecordedRequest {
             method: parts.method.clone(),
@@ -570,6 +577,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             return unauthorized(&parts, &refusal);
         }
     };
+    if delayed && !shared.config.service_time.is_zero() {
+        tokio::time::sleep(shared.config.service_time).await;
+    }
     let mut response = serve(&shared, &parts, &path, envelope, &principal).await;
     if let Some(reply) = &principal.negotiate_reply {
         // The mutual-authentication token goes back with the response, as IIS sends it.
