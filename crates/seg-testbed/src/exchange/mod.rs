@@ -551,22 +551,21 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         None
     };
     let delayed = is_ews && operation.as_deref() != Some("GetStreamingEvents");
-    lock(&shared.requests).push(
-        RecordedRequest {
-            method: parts.method.clone(),
-            uri: path_and_query(&parts.uri),
-            headers: owned_headers(&parts.headers),
-            operation,
-            authenticated_user: match &authenticated {
-                Some(Ok(principal)) => Some(principal.upn.clone()),
-                _ => None,
-            },
-            // A copy: the body as read shares the connection's read buffer, which a kept slice
-            // of it would hold.
-            body: Bytes::copy_from_slice(&body),
+    // Built before taking the lock: other connections record too.
+    let record = RecordedRequest {
+        method: parts.method.clone(),
+        uri: path_and_query(&parts.uri),
+        headers: owned_headers(&parts.headers),
+        operation,
+        authenticated_user: match &authenticated {
+            Some(Ok(principal)) => Some(principal.upn.clone()),
+            _ => None,
         },
-        body.len(),
-    );
+        // A copy: the body as read shares the connection's read buffer, which a kept slice
+        // of it would hold.
+        body: Bytes::copy_from_slice(&body),
+    };
+    lock(&shared.requests).push(record, body.len());
     let principal = match authenticated {
         None => return respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
         Some(Ok(principal)) => principal,

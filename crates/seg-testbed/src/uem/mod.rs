@@ -806,14 +806,13 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         return control(&shared, &parts.method, parts.uri.path(), &body);
     }
     drop(body);
-    lock(&shared.requests).push(
-        RecordedRequest {
-            method: parts.method.clone(),
-            uri: path_and_query(&parts.uri),
-            headers: owned_headers(&parts.headers),
-        },
-        0,
-    );
+    // Built before taking the lock: other connections record too.
+    let record = RecordedRequest {
+        method: parts.method.clone(),
+        uri: path_and_query(&parts.uri),
+        headers: owned_headers(&parts.headers),
+    };
+    lock(&shared.requests).push(record, 0);
     api(&shared, &parts).await
 }
 
