@@ -404,6 +404,97 @@ async fn user_override_applies_to_the_user_of_the_credentials() {
     assert_eq!(refused.headers()["x-seg-fault"], "duplicate-authorization");
 }
 
+/// `OPTIONS /Microsoft-Server-ActiveSync` with `authorization`: ActiveSync's protocol discovery,
+/// which names no device (MS-ASHTTP 2.2.3).
+async fn activesync_discovery(
+    stand: &Stand,
+    authorization: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let url = format!("{}/Microsoft-Server-ActiveSync", http_base(&stand.gateway));
+    let request = http::Request::options(url)
+        .header(http::header::AUTHORIZATION, authorization)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    stand.exchange.client.send(request).await.unwrap()
+}
+
+/// Every EAS client asks `OPTIONS` without a device id before its first command: with the
+/// gateway failing closed on unknown devices, it still reaches Exchange, unless its user is
+/// blocked.
+#[tokio::test]
+async fn activesync_discovery_reaches_exchange_unless_its_user_is_blocked() {
+    let stand = ComplianceStand::start(vec![Device::new(DEVICE, 1, ALICE)], |config, _| {
+        config.activesync.enable_proxy = true;
+    })
+    .await;
+    let alice = stand.exchange.basic(ALICE);
+    let answered = activesync_discovery(&stand, &alice).await;
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert!(answered.headers().get("x-compliance-status").is_none());
+    assert!(
+        answered.headers()["ms-asprotocolversions"]
+            .to_str()
+            .unwrap()
+            .contains("16.1"),
+        "Exchange's answer: {:?}",
+        answered.headers()
+    );
+    // A command without a device id is still an unknown device.
+    let sync = harness::ews_request(
+        &format!(
+            "{}/Microsoft-Server-ActiveSync?Cmd=FolderSync",
+            http_base(&stand.gateway)
+        ),
+        Some(&alice),
+        &[],
+        "",
+    )
+    .unwrap();
+    let refused = stand.exchange.client.send(sync).await.unwrap();
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=unknown-device"
+    );
+
+    let admin = format!(
+        "http://{}/overrides/user/{ALICE}",
+        stand.gateway.admin_addr().unwrap()
+    );
+    let block = http::Request::put(admin)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"action":"block"}"#,
+        )))
+        .unwrap();
+    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
+    assert_eq!(client.send(block).await.unwrap().status(), StatusCode::OK);
+    let refused = activesync_discovery(&stand, &alice).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=user-override"
+    );
+}
+
+/// `compliance.activesync_discovery = "decide"`: the discovery is an unknown device like any
+/// request without a device id.
+#[tokio::test]
+async fn activesync_discovery_set_to_decide_is_an_unknown_device() {
+    let stand = ComplianceStand::start(vec![Device::new(DEVICE, 1, ALICE)], |config, _| {
+        config.activesync.enable_proxy = true;
+        config.compliance.as_mut().unwrap().activesync_discovery =
+            compliance_policy::policy::ActiveSyncDiscovery::Decide;
+    })
+    .await;
+    let refused = activesync_discovery(&stand, &stand.exchange.basic(ALICE)).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused.headers()["x-compliance-status"],
+        "blocked; reason=unknown-device"
+    );
+}
+
 /// Windows Mail and Windows Phone may send ActiveSync's parameters base64-encoded in the query
 /// (MS-ASHTTP 2.2.1.1.1.1), a GUID device id as its 16 bytes. With unknown devices allowed, a
 /// device id the gateway failed to read there would let a compromised device through as an

@@ -120,6 +120,7 @@ pub fn gateway_config(
         delta_sync_interval: Duration::from_secs(3600),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         unknown_device: Default::default(),
+        activesync_discovery: Default::default(),
         policy: Default::default(),
         backend: Default::default(),
         redis_url: None,

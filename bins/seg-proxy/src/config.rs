@@ -11,7 +11,7 @@
 
 use crate::properties::PropertiesFile;
 use auth_negotiation::client_cert::UpnFallback;
-use compliance_policy::policy::{PolicySettings, UnknownDevice};
+use compliance_policy::policy::{ActiveSyncDiscovery, PolicySettings, UnknownDevice};
 use ews_proxy_core::server::ServerSettings;
 use ews_proxy_core::tls::{ClientAuth, ClientCertMode};
 use ews_proxy_core::upstream::PoolSettings;
@@ -365,6 +365,11 @@ pub struct ComplianceConfig {
     /// `block` (default, fail closed) or `allow` (fail open, logged) for unknown devices.
     #[serde(default)]
     pub unknown_device: UnknownDevice,
+    /// `allow` (default) or `decide`: an ActiveSync `OPTIONS` naming no device (every EAS
+    /// client's protocol discovery) passes unless its user is blocked, or is decided as an
+    /// unknown device.
+    #[serde(default)]
+    pub activesync_discovery: ActiveSyncDiscovery,
     /// The MEM policies.
     #[serde(default)]
     pub policy: PolicySettings,
@@ -430,6 +435,7 @@ impl std::fmt::Debug for ComplianceConfig {
                 &self.webhook_secret.as_ref().map(|_| REDACTED),
             )
             .field("unknown_device", &self.unknown_device)
+            .field("activesync_discovery", &self.activesync_discovery)
             .field("policy", &self.policy)
             .field("backend", &self.backend)
             .field(

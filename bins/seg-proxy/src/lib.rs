@@ -719,6 +719,7 @@ fn start_compliance(
 ) -> Result<(Compliance, SyncHandle), StartError> {
     let mut policy = settings.policy.clone();
     policy.unknown_device = settings.unknown_device;
+    policy.activesync_discovery = settings.activesync_discovery;
     if policy.unknown_device == compliance_policy::policy::UnknownDevice::Allow {
         tracing::warn!(
             "compliance.unknown_device = allow: devices UEM does not know are let through (fail open)"

@@ -160,6 +160,7 @@ pub async fn run(mut say: impl FnMut(&str)) -> Result<Outcome, BoxError> {
         delta_sync_interval: Duration::from_secs(600),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         unknown_device: Default::default(),
+        activesync_discovery: Default::default(),
         policy: Default::default(),
         backend: Default::default(),
         redis_url: None,

@@ -8,7 +8,10 @@
 //! [`Compliance::decide`]. A blocked device gets `403` with an EWS SOAP fault
 //! (`ErrorAccessDenied`, the reason in the message) and `X-Compliance-Status: blocked;
 //! reason=<code>`, and nothing reaches Exchange. A request without a device id is an unknown
-//! device (blocked by default): the gate never opens by omission. Each decision is counted in
+//! device (blocked by default): the gate never opens by omission. The one exception is
+//! ActiveSync's protocol discovery, an `OPTIONS` that names no device (how every EAS client
+//! starts, MS-ASHTTP 2.2.3): it passes unless its user is blocked, as
+//! [`ActiveSyncDiscovery`](crate::policy::ActiveSyncDiscovery) says. Each decision is counted in
 //! the state's [metrics](crate::metrics), when it has some (one atomic add, no lock).
 //!
 //! Requests whose response may stay open are registered before the decision: EWS
@@ -134,6 +137,9 @@ struct Subject<'a> {
     watched: bool,
     /// ActiveSync named a parameter twice with different values: refused, not decided.
     conflicting: bool,
+    /// An ActiveSync `OPTIONS` naming no device: protocol discovery, decided by
+    /// [`Compliance::decide_discovery`].
+    discovery: bool,
 }
 
 impl<S> Enforce<S> {
@@ -148,6 +154,7 @@ impl<S> Enforce<S> {
             let query = ActiveSyncQuery::parse(request.uri().query().unwrap_or(""));
             return Subject {
                 watched: query.may_hang(),
+                discovery: request.method() == Method::OPTIONS && query.device_id.is_none(),
                 device: query.device_id,
                 user: identity.or(query.user),
                 device_type: query.device_type,
@@ -177,6 +184,7 @@ impl<S> Enforce<S> {
             operation: operation.map(|operation| Cow::Borrowed(operation.as_str())),
             watched,
             conflicting: false,
+            discovery: false,
         }
     }
 }
@@ -277,11 +285,15 @@ impl<S> Enforce<S> {
         let guard = subject.watched.then(|| {
             compliance.register_stream(subject.device.as_deref(), subject.user.as_deref())
         });
-        let decision = compliance.decide_request(
-            subject.device.as_deref(),
-            subject.user.as_deref(),
-            subject.device_type.as_deref(),
-        );
+        let decision = if subject.discovery {
+            compliance.decide_discovery(subject.user.as_deref())
+        } else {
+            compliance.decide_request(
+                subject.device.as_deref(),
+                subject.user.as_deref(),
+                subject.device_type.as_deref(),
+            )
+        };
         if let Some(metrics) = compliance.metrics() {
             metrics.decision(decision);
         }
@@ -527,6 +539,94 @@ mod tests {
             service.oneshot(request).await.unwrap().status(),
             StatusCode::OK
         );
+    }
+
+    /// `method` on the ActiveSync path with `query` (empty: none), as `user` (a client
+    /// identity an authentication layer would have set).
+    fn activesync(method: Method, query: &str, user: Option<&str>) -> Request<Full<Bytes>> {
+        let uri = if query.is_empty() {
+            "/Microsoft-Server-ActiveSync".to_owned()
+        } else {
+            format!("/Microsoft-Server-ActiveSync?{query}")
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::default())
+            .unwrap();
+        if let Some(user) = user {
+            request.extensions_mut().insert(ClientIdentity {
+                user: user.into(),
+                source: ews_proxy_core::identity::IdentitySource::Basic,
+            });
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn activesync_discovery_passes_without_a_device_unless_its_user_is_blocked() {
+        let compliance = compliance();
+        compliance.set_user_override("bob@test.local", Some(Override::Block));
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        let status = |response: &Response<_>| {
+            response
+                .headers()
+                .get(COMPLIANCE_STATUS)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        // How every EAS client starts: no query, its user in the authentication.
+        for request in [
+            activesync(Method::OPTIONS, "", Some("alice@test.local")),
+            activesync(Method::OPTIONS, "", None),
+            activesync(Method::OPTIONS, "User=alice%40test.local", None),
+        ] {
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(status(&response), None);
+        }
+        assert_eq!(*calls.lock().unwrap(), 3);
+        // A blocked user, a device UEM does not know, and a command without a device: refused.
+        for (request, expected) in [
+            (
+                activesync(Method::OPTIONS, "", Some("bob@test.local")),
+                "blocked; reason=user-override",
+            ),
+            (
+                activesync(Method::OPTIONS, "User=bob%40test.local", None),
+                "blocked; reason=user-override",
+            ),
+            (
+                activesync(Method::OPTIONS, "DeviceId=STRANGER", None),
+                "blocked; reason=unknown-device",
+            ),
+            (
+                activesync(Method::POST, "Cmd=FolderSync", Some("alice@test.local")),
+                "blocked; reason=unknown-device",
+            ),
+        ] {
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::FORBIDDEN);
+            assert_eq!(status(&response).as_deref(), Some(expected));
+        }
+        assert_eq!(*calls.lock().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn activesync_discovery_is_an_unknown_device_when_the_policy_says_decide() {
+        let compliance = Compliance::new(PolicySettings {
+            activesync_discovery: crate::policy::ActiveSyncDiscovery::Decide,
+            ..PolicySettings::default()
+        });
+        let calls = Arc::new(Mutex::new(0));
+        let service = ComplianceLayer::new(compliance).layer(counting(calls.clone()));
+        let request = activesync(Method::OPTIONS, "", Some("alice@test.local"));
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(
+            response.headers()[COMPLIANCE_STATUS],
+            "blocked; reason=unknown-device"
+        );
+        assert_eq!(*calls.lock().unwrap(), 0);
     }
 
     #[tokio::test]

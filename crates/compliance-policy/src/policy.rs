@@ -7,7 +7,10 @@
 //! - per-device and per-user admin overrides (the console's Whitelist / Blacklist / Default),
 //!   which win over every policy;
 //! - the default for a device the console does not know: block (fail closed), or allow (fail
-//!   open, logged as such at start).
+//!   open, logged as such at start);
+//! - ActiveSync's protocol discovery (an `OPTIONS` naming no device, MS-ASHTTP 2.2.3): passed by
+//!   default, for the user's overrides and lists to decide, since every EAS client asks it
+//!   before it can name its device (see [`ActiveSyncDiscovery`]).
 //!
 //! A wiped or unenrolled device is always blocked unless an administrator allows it explicitly:
 //! that is the mission of the gateway, not a policy to turn off.
@@ -49,6 +52,25 @@ pub enum UnknownDevice {
     Allow,
 }
 
+/// What the gateway does with an ActiveSync `OPTIONS` that names no device.
+///
+/// Every Exchange ActiveSync client asks `OPTIONS /Microsoft-Server-ActiveSync`, without a
+/// query, to learn which protocol versions and commands the server supports (MS-ASHTTP 2.2.3
+/// and 3.2.5.2) before its first command, and again now and then. The request names no
+/// device, so deciding it as an unknown device refuses every client's account set-up. Its
+/// answer holds headers only (`MS-ASProtocolVersions`, `MS-ASProtocolCommands`), no mailbox
+/// data, and Exchange still authenticates it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActiveSyncDiscovery {
+    /// Let it through unless the user is blocked (an override, or the user lists): the
+    /// default. Counted as [`AllowReason::ProtocolDiscovery`].
+    #[default]
+    Allow,
+    /// Decide it as any request: without a device id it is an unknown device.
+    Decide,
+}
+
 /// The policy settings (`[compliance.policy]`). Empty lists mean "no restriction".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +109,10 @@ pub struct PolicySettings {
     /// `compliance.unknown_device`, beside the policies rather than among them.
     #[serde(skip)]
     pub unknown_device: UnknownDevice,
+    /// What happens to an ActiveSync `OPTIONS` that names no device. Configured as
+    /// `compliance.activesync_discovery`, beside `unknown_device`.
+    #[serde(skip)]
+    pub activesync_discovery: ActiveSyncDiscovery,
 }
 
 impl Default for PolicySettings {
@@ -108,6 +134,7 @@ impl Default for PolicySettings {
             blocked_models: Vec::new(),
             min_os_version: BTreeMap::new(),
             unknown_device: UnknownDevice::Block,
+            activesync_discovery: ActiveSyncDiscovery::Allow,
         }
     }
 }
@@ -170,6 +197,8 @@ pub enum AllowReason {
     UserOverride,
     /// Unknown to the console, and the default is to allow.
     UnknownDeviceAllowed,
+    /// An ActiveSync `OPTIONS` naming no device, passed by [`ActiveSyncDiscovery::Allow`].
+    ProtocolDiscovery,
 }
 
 /// Why a device is blocked; stable, machine-readable codes (sent in `X-Compliance-Status`).
@@ -279,11 +308,12 @@ impl fmt::Display for BlockReason {
 impl AllowReason {
     /// Every reason, each at its [`index`](Self::index). A new reason is added here too (its
     /// decisions are otherwise not counted in the metrics).
-    pub const ALL: [AllowReason; 4] = [
+    pub const ALL: [AllowReason; 5] = [
         AllowReason::Compliant,
         AllowReason::DeviceOverride,
         AllowReason::UserOverride,
         AllowReason::UnknownDeviceAllowed,
+        AllowReason::ProtocolDiscovery,
     ];
 
     /// This reason's position in [`ALL`](Self::ALL), for tables indexed by reason (the
@@ -300,6 +330,7 @@ impl AllowReason {
             AllowReason::DeviceOverride => "device-override",
             AllowReason::UserOverride => "user-override",
             AllowReason::UnknownDeviceAllowed => "unknown-device-allowed",
+            AllowReason::ProtocolDiscovery => "protocol-discovery",
         }
     }
 }
@@ -389,7 +420,11 @@ impl PolicySettings {
         now: u64,
     ) -> Decision {
         let known = device.map(|record| (self.record_verdict(record), record.last_seen));
-        let asked = Asked { user, device_type };
+        let asked = Asked {
+            user,
+            device_type,
+            discovery: false,
+        };
         self.decide_from(
             device_id,
             known,
@@ -398,6 +433,19 @@ impl PolicySettings {
             overrides,
             now,
         )
+    }
+
+    /// The decision for an ActiveSync `OPTIONS` that names no device, by `user` (when the
+    /// authentication or the query names one): see [`ActiveSyncDiscovery`]. With `Allow`, the
+    /// user override decides first, then the user lists (a non-empty allow list refuses a
+    /// request that names no user); with `Decide`, an unknown device's decision.
+    pub fn decide_discovery(&self, user: Option<&str>, overrides: &Overrides) -> Decision {
+        let asked = Asked {
+            user,
+            device_type: None,
+            discovery: true,
+        };
+        self.decide_from(None, None, asked, || None, overrides, 0)
     }
 
     /// What this policy decides from a device's record alone: every check but the ones that
@@ -464,6 +512,16 @@ impl PolicySettings {
             }
         }
         let Some((verdict, last_seen)) = known else {
+            if asked.discovery
+                && device_id.is_none()
+                && self.activesync_discovery == ActiveSyncDiscovery::Allow
+            {
+                return if passes_lists(user, &self.allowed_users, &self.blocked_users) {
+                    Decision::Allow(AllowReason::ProtocolDiscovery)
+                } else {
+                    Decision::Block(BlockReason::User)
+                };
+            }
             return match self.unknown_device {
                 UnknownDevice::Block => Decision::Block(BlockReason::UnknownDevice),
                 UnknownDevice::Allow => Decision::Allow(AllowReason::UnknownDeviceAllowed),
@@ -591,6 +649,8 @@ pub(crate) struct Asked<'a> {
     pub(crate) user: Option<&'a str>,
     /// Its EAS device type (ActiveSync's `DeviceType` parameter).
     pub(crate) device_type: Option<&'a str>,
+    /// An ActiveSync `OPTIONS` naming no device ([`ActiveSyncDiscovery`]).
+    pub(crate) discovery: bool,
 }
 
 /// An allow list (empty: anything) and a block list, compared without ASCII case. A missing value
@@ -651,6 +711,54 @@ mod tests {
 
     fn decide(policy: &PolicySettings, record: &DeviceRecord) -> Decision {
         policy.decide(Some(record), None, &Overrides::default(), 1_000_000)
+    }
+
+    #[test]
+    fn activesync_discovery_passes_for_the_user_lists_and_overrides_to_decide() {
+        let mut policy = PolicySettings::default();
+        let mut overrides = Overrides::default();
+        let allowed = Decision::Allow(AllowReason::ProtocolDiscovery);
+        assert_eq!(
+            policy.decide_discovery(Some("alice@x"), &overrides),
+            allowed
+        );
+        assert_eq!(policy.decide_discovery(None, &overrides), allowed);
+        overrides.users.insert("bob@x".into(), Override::Block);
+        overrides.users.insert("carol@x".into(), Override::Allow);
+        assert_eq!(
+            policy.decide_discovery(Some("BOB@x"), &overrides),
+            Decision::Block(BlockReason::UserOverride)
+        );
+        policy.blocked_users = vec!["dave@x".into()];
+        assert_eq!(
+            policy.decide_discovery(Some("dave@x"), &overrides),
+            Decision::Block(BlockReason::User)
+        );
+        // An allow list refuses a request that names nobody; an override still wins over it.
+        policy.allowed_users = vec!["alice@x".into()];
+        assert_eq!(
+            policy.decide_discovery(None, &overrides),
+            Decision::Block(BlockReason::User)
+        );
+        assert_eq!(
+            policy.decide_discovery(Some("alice@x"), &overrides),
+            allowed
+        );
+        assert_eq!(
+            policy.decide_discovery(Some("carol@x"), &overrides),
+            Decision::Allow(AllowReason::UserOverride)
+        );
+        // Decide: an unknown device, as either default for unknown devices says.
+        policy.activesync_discovery = ActiveSyncDiscovery::Decide;
+        assert_eq!(
+            policy.decide_discovery(Some("alice@x"), &overrides),
+            Decision::Block(BlockReason::UnknownDevice)
+        );
+        policy.unknown_device = UnknownDevice::Allow;
+        assert_eq!(
+            policy.decide_discovery(Some("alice@x"), &overrides),
+            Decision::Allow(AllowReason::UnknownDeviceAllowed)
+        );
     }
 
     #[test]

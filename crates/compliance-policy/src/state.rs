@@ -158,6 +158,16 @@ impl Compliance {
         view.decide_request(policy, device_id, user, device_type, now)
     }
 
+    /// The decision for an ActiveSync `OPTIONS` that names no device, by `user`: passed unless
+    /// the user is blocked, or decided as an unknown device, as the policy's
+    /// [`ActiveSyncDiscovery`](crate::policy::ActiveSyncDiscovery) says.
+    pub fn decide_discovery(&self, user: Option<&str>) -> Decision {
+        self.shared
+            .view
+            .load()
+            .decide_discovery(&self.shared.policy, user)
+    }
+
     /// The last requests the enforcement layer decided (see [`crate::recent`]).
     pub fn recent_requests(&self) -> &RecentRequests {
         &self.shared.recent

@@ -105,6 +105,12 @@ impl View {
         self.decide_request(policy, device_id, user, None, now)
     }
 
+    /// The decision for an ActiveSync `OPTIONS` that names no device (see
+    /// [`PolicySettings::decide_discovery`]).
+    pub fn decide_discovery(&self, policy: &PolicySettings, user: Option<&str>) -> Decision {
+        policy.decide_discovery(user, &self.overrides)
+    }
+
     /// [`View::decide`] for a request that also says its EAS device type (see
     /// [`PolicySettings::decide_request`]).
     #[inline]
@@ -140,7 +146,11 @@ impl View {
                     .ok()?;
                 self.base.record_of(slot).user.as_deref()
             };
-            let request = Asked { user, device_type };
+            let request = Asked {
+                user,
+                device_type,
+                discovery: false,
+            };
             return policy.decide_from(Some(id), known, request, record_user, &self.overrides, now);
         }
         let record = self.lookup(&key).map(|r| &**r);
