@@ -69,19 +69,10 @@ impl Stand {
     }
 
     async fn block_alice(&self) {
-        let url = format!(
-            "http://{}/overrides/user/{ALICE}",
-            self.gateway.admin_addr().unwrap()
+        assert_eq!(
+            admin_user_override(&self.gateway, ALICE, Some("block")).await,
+            StatusCode::OK
         );
-        let request = http::Request::put(url)
-            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"action":"block"}"#,
-            )))
-            .unwrap();
-        let client = HttpClient::accepting_any_certificate();
-        assert_eq!(client.send(request).await.unwrap().status(), StatusCode::OK);
     }
 
     /// A GetFolder from bob's device over the TLS listener, presenting `cert`, with

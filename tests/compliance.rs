@@ -365,19 +365,10 @@ async fn metrics_show_the_wipe_block_on_the_admin_listener() {
 #[tokio::test]
 async fn user_override_applies_to_the_user_of_the_credentials() {
     let stand = Stand::two_devices().await;
-    let admin = format!(
-        "http://{}/overrides/user/alice@test.local",
-        stand.gateway.admin_addr().unwrap()
+    assert_eq!(
+        admin_user_override(&stand.gateway, ALICE, Some("block")).await,
+        StatusCode::OK
     );
-    let request = http::Request::put(admin)
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"action":"block"}"#,
-        )))
-        .unwrap();
-    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
-    assert_eq!(client.send(request).await.unwrap().status(), StatusCode::OK);
 
     // Bob's device, but alice's credentials: the user of the request is alice, who is blocked.
     let refused = stand.ews("EASDEV2", STREAMING_SUBSCRIBE).await;
@@ -456,19 +447,10 @@ async fn activesync_discovery_reaches_exchange_unless_its_user_is_blocked() {
         "blocked; reason=unknown-device"
     );
 
-    let admin = format!(
-        "http://{}/overrides/user/{ALICE}",
-        stand.gateway.admin_addr().unwrap()
+    assert_eq!(
+        admin_user_override(&stand.gateway, ALICE, Some("block")).await,
+        StatusCode::OK
     );
-    let block = http::Request::put(admin)
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"action":"block"}"#,
-        )))
-        .unwrap();
-    let client = seg_testbed::client::HttpClient::accepting_any_certificate();
-    assert_eq!(client.send(block).await.unwrap().status(), StatusCode::OK);
     let refused = activesync_discovery(&stand, &alice).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(

@@ -304,8 +304,27 @@ pub async fn admin_device_override(
     device: &str,
     action: Option<&str>,
 ) -> http::StatusCode {
+    admin_override(gateway, "device", device, action).await
+}
+
+/// [`admin_device_override`] for a user (UPN).
+pub async fn admin_user_override(
+    gateway: &Gateway,
+    user: &str,
+    action: Option<&str>,
+) -> http::StatusCode {
+    admin_override(gateway, "user", user, action).await
+}
+
+/// Sets or clears the override of `/overrides/{kind}/{id}`.
+async fn admin_override(
+    gateway: &Gateway,
+    kind: &str,
+    id: &str,
+    action: Option<&str>,
+) -> http::StatusCode {
     let url = format!(
-        "http://{}/overrides/device/{device}",
+        "http://{}/overrides/{kind}/{id}",
         gateway.admin_addr().expect("an admin listener")
     );
     let builder = match action {
