@@ -96,8 +96,8 @@ fn main() -> ExitCode {
             println!("# effective configuration (defaults, file, properties, environment)");
             match &loaded.config.compliance {
                 Some(compliance) => println!(
-                    "# compliance: devices from {}, unknown devices: {:?}",
-                    compliance.uem_url, compliance.unknown_device
+                    "# compliance: devices from {}, unknown devices: {:?}, ActiveSync discovery: {:?}",
+                    compliance.uem_url, compliance.unknown_device, compliance.activesync_discovery
                 ),
                 None => {
                     println!("# compliance: not configured: plain EWS proxy, no device is blocked")

@@ -194,7 +194,8 @@ fn check_config_says_where_compliance_comes_from() {
     );
     assert!(
         stdout.contains(
-            "# compliance: devices from https://uem.corp.example, unknown devices: Block"
+            "# compliance: devices from https://uem.corp.example, unknown devices: Block, \
+             ActiveSync discovery: Allow"
         ),
         "{stdout}"
     );
