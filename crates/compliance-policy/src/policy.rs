@@ -512,10 +512,7 @@ impl PolicySettings {
             }
         }
         let Some((verdict, last_seen)) = known else {
-            if asked.discovery
-                && device_id.is_none()
-                && self.activesync_discovery == ActiveSyncDiscovery::Allow
-            {
+            if asked.discovery && self.activesync_discovery == ActiveSyncDiscovery::Allow {
                 return if passes_lists(user, &self.allowed_users, &self.blocked_users) {
                     Decision::Allow(AllowReason::ProtocolDiscovery)
                 } else {
