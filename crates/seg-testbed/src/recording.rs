@@ -7,6 +7,8 @@
 //! a number of bytes, and their headers and bodies are copied out of the read buffer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use http::{HeaderMap, HeaderValue, Uri};
 
@@ -17,63 +19,91 @@ pub const DEFAULT_RECORDED_REQUESTS: usize = 10_000;
 /// The bodies kept, in bytes, at most (the newest request is kept whatever its size).
 const BODY_BUDGET: usize = 64 * 1024 * 1024;
 
-/// The most recent requests, oldest first, and how many arrived in all.
+/// The most recent requests, oldest first, and how many arrived in all. Shared by a stand-in's
+/// connections.
 #[derive(Debug)]
 pub(crate) struct RequestLog<T> {
-    kept: VecDeque<(T, usize)>,
-    kept_bytes: usize,
     capacity: usize,
-    received: u64,
+    received: AtomicU64,
+    kept: Mutex<Kept<T>>,
 }
 
-impl<T: Clone> RequestLog<T> {
+/// The kept requests with their bodies' lengths, and the sum of those.
+#[derive(Debug)]
+struct Kept<T> {
+    requests: VecDeque<(T, usize)>,
+    bytes: usize,
+}
+
+impl<T> RequestLog<T> {
     /// A log keeping at most `capacity` requests (none with 0).
     pub(crate) fn new(capacity: usize) -> Self {
         RequestLog {
-            kept: VecDeque::new(),
-            kept_bytes: 0,
             capacity,
-            received: 0,
+            received: AtomicU64::new(0),
+            kept: Mutex::new(Kept {
+                requests: VecDeque::new(),
+                bytes: 0,
+            }),
         }
     }
 
-    /// Counts a request and keeps it, `body_bytes` long, forgetting the oldest ones beyond the
-    /// capacity or the bodies' budget.
-    pub(crate) fn push(&mut self, request: T, body_bytes: usize) {
-        self.received += 1;
+    /// Counts a request and keeps the record `build` makes of it, `body_bytes` long, forgetting
+    /// the oldest ones beyond the capacity or the bodies' budget. With a capacity of 0 nothing
+    /// is built: a stand-in under a benchmark's load pays for the count alone.
+    pub(crate) fn record(&self, body_bytes: usize, build: impl FnOnce() -> T) {
+        self.received.fetch_add(1, Ordering::Relaxed);
         if self.capacity == 0 {
             return;
         }
-        self.kept.push_back((request, body_bytes));
-        self.kept_bytes += body_bytes;
-        while self.kept.len() > self.capacity
-            || (self.kept_bytes > BODY_BUDGET && self.kept.len() > 1)
+        // Built before taking the lock: other connections record too.
+        let request = build();
+        let mut kept = self.lock();
+        kept.requests.push_back((request, body_bytes));
+        kept.bytes += body_bytes;
+        while kept.requests.len() > self.capacity
+            || (kept.bytes > BODY_BUDGET && kept.requests.len() > 1)
         {
-            if let Some((_, bytes)) = self.kept.pop_front() {
-                self.kept_bytes -= bytes;
+            if let Some((_, bytes)) = kept.requests.pop_front() {
+                kept.bytes -= bytes;
             }
         }
     }
 
-    /// The kept requests, oldest first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.kept.iter().map(|(request, _)| request)
-    }
-
-    /// A copy of the kept requests, oldest first.
-    pub(crate) fn to_vec(&self) -> Vec<T> {
-        self.iter().cloned().collect()
+    /// `f` of each kept request, oldest first.
+    pub(crate) fn map<R>(&self, f: impl FnMut(&T) -> R) -> Vec<R> {
+        self.lock()
+            .requests
+            .iter()
+            .map(|(request, _)| request)
+            .map(f)
+            .collect()
     }
 
     /// Forgets the kept requests (the count of received ones stays).
-    pub(crate) fn clear(&mut self) {
-        self.kept.clear();
-        self.kept_bytes = 0;
+    pub(crate) fn clear(&self) {
+        let mut kept = self.lock();
+        kept.requests.clear();
+        kept.bytes = 0;
     }
 
     /// Requests received since the start, kept or not.
     pub(crate) fn received(&self) -> u64 {
-        self.received
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// The kept requests, recovered if a panicking thread poisoned the lock.
+    fn lock(&self) -> MutexGuard<'_, Kept<T>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<T: Clone> RequestLog<T> {
+    /// A copy of the kept requests, oldest first.
+    pub(crate) fn to_vec(&self) -> Vec<T> {
+        self.map(T::clone)
     }
 }
 
@@ -95,15 +125,26 @@ pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
     owned
 }
 
+/// `headers` as `[name, value]` pairs for `GET /testbed/requests` (values decoded lossily).
+pub(crate) fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn keeps_the_most_recent_requests_and_counts_all() {
-        let mut log = RequestLog::new(3);
+        let log = RequestLog::new(3);
         for n in 0..5 {
-            log.push(n, 0);
+            log.record(0, || n);
         }
         assert_eq!(log.to_vec(), vec![2, 3, 4]);
         assert_eq!(log.received(), 5);
@@ -114,14 +155,14 @@ mod tests {
 
     #[test]
     fn forgets_the_oldest_bodies_beyond_the_budget_but_keeps_the_newest() {
-        let mut log = RequestLog::new(100);
-        log.push("small", 1024);
-        log.push("half", BODY_BUDGET / 2);
-        log.push("another half", BODY_BUDGET / 2);
+        let log = RequestLog::new(100);
+        log.record(1024, || "small");
+        log.record(BODY_BUDGET / 2, || "half");
+        log.record(BODY_BUDGET / 2, || "another half");
         assert_eq!(log.to_vec(), vec!["half", "another half"]);
-        log.push("huge", BODY_BUDGET * 2);
+        log.record(BODY_BUDGET * 2, || "huge");
         assert_eq!(log.to_vec(), vec!["huge"]);
-        log.push("small again", 10);
+        log.record(10, || "small again");
         assert_eq!(log.to_vec(), vec!["small again"]);
         assert_eq!(log.received(), 5);
     }
@@ -137,8 +178,10 @@ mod tests {
 
     #[test]
     fn a_capacity_of_zero_keeps_nothing_but_counts() {
-        let mut log = RequestLog::new(0);
-        log.push(1, 10);
+        let log = RequestLog::new(0);
+        log.record(10, || -> u32 {
+            unreachable!("nothing is built when nothing is kept")
+        });
         assert!(log.to_vec().is_empty());
         assert_eq!(log.received(), 1);
     }

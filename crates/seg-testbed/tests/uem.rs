@@ -729,4 +729,18 @@ async fn only_the_latest_api_requests_are_kept_and_every_one_is_counted() {
     assert_eq!(kept.len(), 1);
     assert!(kept[0].uri.contains("page=2"), "{}", kept[0].uri);
     assert_eq!(kept[0].headers["accept"], "application/json;version=1");
+
+    // The same, as the test control lists it: each header a [name, value] pair.
+    let url = format!("{}/testbed/requests", uem.base_url());
+    let (status, _, body) = get(&client(), &url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0]["uri"].as_str().unwrap().contains("page=2"));
+    let headers = listed[0]["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&serde_json::json!(["accept", "application/json;version=1"])),
+        "{headers:?}"
+    );
 }

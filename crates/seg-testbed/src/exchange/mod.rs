@@ -66,7 +66,7 @@ use tokio::sync::watch;
 
 use crate::client::HttpClient;
 use crate::error::{Error, Result};
-use crate::recording::{RequestLog, owned_headers, path_and_query};
+use crate::recording::{RequestLog, header_pairs, owned_headers, path_and_query};
 use crate::serve::Running;
 use crate::token::TokenVerifier;
 use subscriptions::{Store, mailbox_key};
@@ -349,7 +349,7 @@ impl ExchangeServer {
             acceptor,
             config,
             store: Mutex::new(store),
-            requests: Mutex::new(RequestLog::new(record_requests)),
+            requests: RequestLog::new(record_requests),
             shutdown: shutdown_rx,
             push_client,
             next_token: AtomicU64::new(1),
@@ -407,18 +407,18 @@ impl ExchangeHandle {
     /// The requests received so far, oldest first: the latest
     /// [`ExchangeConfig::record_requests`] of them.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).to_vec()
+        self.shared.requests.to_vec()
     }
 
     /// Forgets the requests received so far.
     pub fn clear_requests(&self) {
-        lock(&self.shared.requests).clear();
+        self.shared.requests.clear();
     }
 
     /// How many requests arrived since the start, kept by [`requests`](Self::requests) or not
     /// (test controls under `/testbed/` excepted).
     pub fn requests_received(&self) -> u64 {
-        lock(&self.shared.requests).received()
+        self.shared.requests.received()
     }
 
     /// The number of live subscriptions (all mailboxes, all kinds).
@@ -445,7 +445,7 @@ pub(crate) struct Shared {
     config: ExchangeConfig,
     acceptor: Option<negotiate::Acceptor>,
     store: Mutex<Store>,
-    requests: Mutex<RequestLog<RecordedRequest>>,
+    requests: RequestLog<RecordedRequest>,
     shutdown: watch::Receiver<bool>,
     push_client: HttpClient,
     affinity_salt: u64,
@@ -551,8 +551,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         None
     };
     let delayed = is_ews && operation.as_deref() != Some("GetStreamingEvents");
-    // Built before taking the lock: other connections record too.
-    let record = RecordedRequest {
+    shared.requests.record(body.len(), || RecordedRequest {
         method: parts.method.clone(),
         uri: path_and_query(&parts.uri),
         headers: owned_headers(&parts.headers),
@@ -564,8 +563,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         // A copy: the body as read shares the connection's read buffer, which a kept slice
         // of it would hold.
         body: Bytes::copy_from_slice(&body),
-    };
-    lock(&shared.requests).push(record, body.len());
+    });
     let principal = match authenticated {
         None => return respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
         Some(Ok(principal)) => principal,
@@ -725,21 +723,16 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &Bytes) -> Respon
             }
         }
         (&Method::GET, "/testbed/requests") => {
-            let requests: Vec<serde_json::Value> = lock(&shared.requests)
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "method": r.method.as_str(),
-                        "uri": r.uri,
-                        "operation": r.operation,
-                        "authenticated_user": r.authenticated_user,
-                        "headers": r.headers.iter()
-                            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                            .collect::<Vec<_>>(),
-                        "body": String::from_utf8_lossy(&r.body),
-                    })
+            let requests = shared.requests.map(|r| {
+                serde_json::json!({
+                    "method": r.method.as_str(),
+                    "uri": r.uri,
+                    "operation": r.operation,
+                    "authenticated_user": r.authenticated_user,
+                    "headers": header_pairs(&r.headers),
+                    "body": String::from_utf8_lossy(&r.body),
                 })
-                .collect();
+            });
             json(StatusCode::OK, serde_json::Value::Array(requests))
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found"),

@@ -105,7 +105,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::recording::{RequestLog, owned_headers, path_and_query};
+use crate::recording::{RequestLog, header_pairs, owned_headers, path_and_query};
 use crate::serve::Running;
 use device::MemDevice;
 use webhook::Outbox;
@@ -350,7 +350,7 @@ impl UemServer {
                 max_body,
             },
             store: Mutex::new(store),
-            requests: Mutex::new(RequestLog::new(record_requests)),
+            requests: RequestLog::new(record_requests),
             mode: Mutex::new(Mode::Normal),
             outbox,
             shutdown: shutdown_rx,
@@ -468,18 +468,18 @@ impl UemHandle {
     /// The API requests received so far, oldest first: the latest
     /// [`UemConfig::record_requests`] of them.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).to_vec()
+        self.shared.requests.to_vec()
     }
 
     /// Forgets the API requests received so far.
     pub fn clear_requests(&self) {
-        lock(&self.shared.requests).clear();
+        self.shared.requests.clear();
     }
 
     /// How many API requests arrived since the start, kept by [`requests`](Self::requests) or
     /// not.
     pub fn requests_received(&self) -> u64 {
-        lock(&self.shared.requests).received()
+        self.shared.requests.received()
     }
 
     /// Every change event and what became of it, oldest first (empty without a webhook).
@@ -510,7 +510,7 @@ struct Settings {
 struct Shared {
     settings: Settings,
     store: Mutex<Store>,
-    requests: Mutex<RequestLog<RecordedRequest>>,
+    requests: RequestLog<RecordedRequest>,
     mode: Mutex<Mode>,
     outbox: Option<Outbox>,
     shutdown: watch::Receiver<bool>,
@@ -806,13 +806,11 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         return control(&shared, &parts.method, parts.uri.path(), &body);
     }
     drop(body);
-    // Built before taking the lock: other connections record too.
-    let record = RecordedRequest {
+    shared.requests.record(0, || RecordedRequest {
         method: parts.method.clone(),
         uri: path_and_query(&parts.uri),
         headers: owned_headers(&parts.headers),
-    };
-    lock(&shared.requests).push(record, 0);
+    });
     api(&shared, &parts).await
 }
 
@@ -1231,18 +1229,13 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &Bytes) -> Respon
             _ => not_allowed(),
         },
         ["requests"] if *method == Method::GET => {
-            let requests: Vec<serde_json::Value> = lock(&shared.requests)
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "method": r.method.as_str(),
-                        "uri": r.uri,
-                        "headers": r.headers.iter()
-                            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                            .collect::<Vec<_>>(),
-                    })
+            let requests = shared.requests.map(|r| {
+                serde_json::json!({
+                    "method": r.method.as_str(),
+                    "uri": r.uri,
+                    "headers": header_pairs(&r.headers),
                 })
-                .collect();
+            });
             json(StatusCode::OK, &requests)
         }
         ["webhook-deliveries"] if *method == Method::GET => {
